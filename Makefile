@@ -1,0 +1,43 @@
+# melu — the two commands: `make quickstart` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+DATASET ?= ml-100k
+RUN ?= runs/quickstart
+
+.PHONY: quickstart test venv install install-dev lint clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned, so pip never resolves a multi-GB CUDA build here
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.created
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+quickstart: $(VENV)/.installed
+	$(VENV)/bin/melu quickstart --dataset $(DATASET) --out $(RUN)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check melu service tests benchmarks
+	$(VENV)/bin/ruff format --check melu service tests benchmarks
+
+test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check melu service tests benchmarks
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,5 @@
+"""``python -m melu`` (and ``torchrun -m melu``) runs the CLI."""
+
+from melu.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""The model bundle: everything needed to serve or evaluate a trained model, no pickle.
+
+A directory holding ``weights.safetensors`` (meta-learned parameters, plus ``inner_lr.*``
+for Meta-SGD), ``config.json`` (all configs, schema version, package versions, data
+fingerprint), ``features.json`` (the FeatureSpace), ``catalog.parquet`` (items: ids,
+titles, years, genres, popularity and their encoded feature indices) and ``metrics.json``.
+It is written to a temporary sibling folder and renamed, so a killed run never leaves a
+half-written bundle; loading checks the schema and every tensor's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from melu import __version__
+from melu.config import Config
+from melu.errors import BundleError, ConfigError
+from melu.features import FeatureSpace, FeatureTables
+from melu.model import Params, PreferenceEstimator
+
+SCHEMA_VERSION = 1
+BUNDLE_FILES = ("weights.safetensors", "config.json", "features.json", "catalog.parquet",
+                "metrics.json")  # fmt: skip
+INNER_LR_PREFIX = "inner_lr."
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle. ``params`` are the meta-learned initial weights."""
+
+    config: Config
+    features: FeatureSpace
+    model: PreferenceEstimator
+    params: Params
+    catalog: pd.DataFrame
+    item_features: FeatureTables  # item rows in catalog order; no user rows
+    inner_lr: Params | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _catalog_with_features(catalog: pd.DataFrame, tables: FeatureTables) -> pd.DataFrame:
+    """The catalog in feature-table row order with ``feat.<field>`` columns of indices."""
+    order = pd.Series(np.arange(len(catalog)), index=catalog["item_id"].to_numpy())
+    rows = order.loc[tables.item_ids.numpy()].to_numpy()
+    out = catalog.iloc[rows].reset_index(drop=True).copy()
+    for name, value in tables.items.items():
+        array = value.numpy()
+        out[f"feat.{name}"] = list(array) if array.ndim == 2 else array
+    return out
+
+
+def save_bundle(path: Path | str, *, config: Config, features: FeatureSpace, params: Params,
+                catalog: pd.DataFrame, tables: FeatureTables, metrics: dict[str, Any] | None = None,
+                inner_lr: Params | None = None, fingerprint: str = "") -> Path:  # fmt: skip
+    """Write a bundle to ``path`` atomically (temp folder + rename); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
+        for k, v in (inner_lr or {}).items():
+            tensors[INNER_LR_PREFIX + k] = v.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / "weights.safetensors"))
+        info = {
+            "schema_version": SCHEMA_VERSION,
+            "melu_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "data_fingerprint": fingerprint,
+            "config": config.to_dict(),
+        }
+        (tmp / "config.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        features.save(tmp / "features.json")
+        _catalog_with_features(catalog, tables).to_parquet(tmp / "catalog.parquet", index=False)
+        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=1, sort_keys=True) + "\n")
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc})") from exc
+
+
+def _item_tables(catalog: pd.DataFrame, features: FeatureSpace, path: Path) -> FeatureTables:
+    items = {}
+    for f in features.item_fields:
+        column = f"feat.{f.name}"
+        if column not in catalog.columns:
+            raise BundleError(f"{path}: catalog lacks column {column!r}")
+        values = catalog[column].to_numpy()
+        array = np.stack([np.asarray(v) for v in values]) if f.multi else values
+        items[f.name] = torch.as_tensor(np.asarray(array, dtype=np.int64))
+    return FeatureTables(torch.empty(0, dtype=torch.int64), {},
+                         torch.as_tensor(catalog["item_id"].to_numpy(dtype=np.int64)), items)  # fmt: skip
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load and validate a bundle; raises ``BundleError`` naming what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no model bundle here (expected a folder from `melu train`)")
+    missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
+    if missing:
+        raise BundleError(f"{path}: incomplete bundle, missing {', '.join(missing)}")
+    info = _read_json(path / "config.json")
+    if not isinstance(info, dict) or info.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}/config.json: schema version {info.get('schema_version') if isinstance(info, dict) else None!r}"
+                          f" is not {SCHEMA_VERSION}; retrain or use a matching melu")  # fmt: skip
+    try:
+        config = Config.from_dict(info["config"])
+    except (KeyError, ConfigError) as exc:
+        raise BundleError(f"{path}/config.json: {exc}") from exc
+    features = FeatureSpace.load(path / "features.json")
+    try:
+        tensors = load_file(str(path / "weights.safetensors"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}/weights.safetensors: unreadable or truncated ({exc})") from exc
+    model = PreferenceEstimator(config.model, features)
+    expected = {k: v.shape for k, v in model.named_parameters()}
+    params = {k: v for k, v in tensors.items() if not k.startswith(INNER_LR_PREFIX)}
+    inner = {k[len(INNER_LR_PREFIX):]: v for k, v in tensors.items() if k.startswith(INNER_LR_PREFIX)}
+    if set(params) != set(expected):
+        raise BundleError(f"{path}/weights.safetensors: parameters {sorted(set(params) ^ set(expected))} "
+                          "do not match the model in config.json")  # fmt: skip
+    for k, shape in expected.items():
+        if params[k].shape != shape:
+            raise BundleError(f"{path}/weights.safetensors: {k} has shape {tuple(params[k].shape)},"
+                              f" expected {tuple(shape)}")  # fmt: skip
+    try:
+        catalog = pd.read_parquet(path / "catalog.parquet")
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise BundleError(f"{path}/catalog.parquet: unreadable ({exc})") from exc
+    tables = _item_tables(catalog, features, path)
+    metrics = _read_json(path / "metrics.json")
+    return Bundle(config, features, model, params, catalog, tables, inner or None, metrics,
+                  info, path)  # fmt: skip

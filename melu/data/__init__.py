@@ -1,0 +1,1 @@
+"""MovieLens readers and download."""

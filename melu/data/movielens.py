@@ -1,0 +1,326 @@
+"""Readers for MovieLens into the canonical frames of DESIGN.md.
+
+``ratings(user_id, item_id, rating, timestamp)``, ``users(user_id[, gender, age, occupation,
+zip])`` and ``items(item_id, title, year, released, genres[, rate, directors, actors])``.
+Each reader handles its format's separator and encoding (ml-100k and ml-1m are latin-1) and
+fails with ``file:line`` and the offending text on a malformed row.
+
+Cleaning is explicit and counted in ``MovieLens.dropped``: duplicate (user, item) rows keep
+the latest rating; ratings of items missing from the item file are dropped. Ratings outside
+the format's documented scale are an error, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from melu.errors import DataError
+
+DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m")
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+_YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
+_SEP = "\x1f"  # single-byte stand-in for "::" so pandas' C parser can read ml-1m
+
+
+@dataclass
+class MovieLens:
+    """One MovieLens data set as canonical frames.
+
+    ``rating_scale`` is the observed (min, max) rating; ``rating_step`` the format's
+    granularity (1.0 for whole stars, 0.5 for half stars).
+    """
+
+    name: str
+    ratings: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+    rating_scale: tuple[float, float]
+    rating_step: float
+    files: list[Path] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def user_fields(self) -> list[str]:
+        return [c for c in ("gender", "age", "occupation", "zip") if c in self.users.columns]
+
+
+def dataset_dir(name: str, data_dir: Path) -> Path:
+    """The folder of data set ``name`` under ``data_dir`` (``data_dir/name``)."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    return Path(data_dir) / name
+
+
+def _require(path: Path, name: str) -> Path:
+    if not path.is_file():
+        raise DataError(
+            f"missing data file {path}; run `melu data download {name} --data-dir "
+            f"{path.parent.parent}` or point --data-dir / MELU_DATA_DIR at a folder holding {name}/"
+        )
+    return path
+
+
+def _first_bad_line(path: Path, text: str, check: Callable[[str], bool]) -> DataError:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not check(line):
+            shown = line.replace(_SEP, "::")[:200]
+            return DataError(f"{path}:{number}: malformed row: {shown!r}")
+    return DataError(f"{path}: could not be parsed")
+
+
+def _read_table(
+    path: Path, text: str, sep: str, names: list[str], dtypes: dict[str, str], header: bool = False
+) -> pd.DataFrame:
+    """Parse ``text`` strictly: every row has ``len(names)`` fields of the given dtypes."""
+
+    def ok(line: str) -> bool:
+        parts = line.split(sep)
+        if len(parts) != len(names):
+            return False
+        try:
+            for part, name in zip(parts, names, strict=True):
+                if dtypes.get(name, "str").startswith(("int", "float")):
+                    float(part)
+        except ValueError:
+            return False
+        return True
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), sep=sep, names=names, header=0 if header else None,
+            dtype=dtypes, quoting=3 if sep != "," else 0, keep_default_na=False,
+            na_values=[], engine="c",
+        )  # fmt: skip
+    except (ValueError, pd.errors.ParserError) as exc:
+        body = text.split("\n", 1)[1] if header else text
+        error = _first_bad_line(path, body, ok)
+        if header and error.args[0].startswith(f"{path}:"):
+            line_no, rest = error.args[0][len(str(path)) + 1 :].split(":", 1)
+            error = DataError(f"{path}:{int(line_no) + 1}:{rest}")
+        raise error from exc
+    if len(frame.columns) != len(names) or (not header and frame.isna().any().any()):
+        raise _first_bad_line(path, text, ok)
+    return frame
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start})")
+
+
+def _check_ratings(frame: pd.DataFrame, path: Path, low: float, high: float, step: float) -> None:
+    values = frame["rating"].to_numpy()
+    bad = ~np.isfinite(values) | (values < low) | (values > high)
+    bad |= np.abs(values / step - np.round(values / step)) > 1e-6
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}:{row + 1}: rating {values[row]!r} is outside the scale "
+            f"{low:g}..{high:g} in steps of {step:g}"
+        )
+
+
+def _year_from_title(titles: pd.Series) -> pd.Series:
+    return titles.str.extract(_YEAR_IN_TITLE, expand=False).astype("Int16")
+
+
+def _clean(name: str, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
+           step: float, files: list[Path]) -> MovieLens:  # fmt: skip
+    dropped: dict[str, int] = {}
+    before = len(ratings)
+    ratings = ratings.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
+    ratings = ratings.drop_duplicates(["user_id", "item_id"], keep="last")
+    dropped["duplicate_ratings"] = before - len(ratings)
+    known = ratings["item_id"].isin(items["item_id"])
+    dropped["ratings_of_unknown_items"] = int((~known).sum())
+    ratings = ratings[known]
+    if len(users.columns) > 1:
+        known_users = ratings["user_id"].isin(users["user_id"])
+        dropped["ratings_of_unknown_users"] = int((~known_users).sum())
+        ratings = ratings[known_users]
+    else:
+        users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique())})
+    if ratings.empty:
+        raise DataError(f"{name}: no ratings left after cleaning ({dropped})")
+    ratings = ratings.astype({"user_id": "int32", "item_id": "int32", "rating": "float32",
+                              "timestamp": "int64"}).reset_index(drop=True)  # fmt: skip
+    scale = (float(ratings["rating"].min()), float(ratings["rating"].max()))
+    return MovieLens(name, ratings, users.reset_index(drop=True), items.reset_index(drop=True),
+                     scale, step, files, dropped)  # fmt: skip
+
+
+def _age_bucket(age: pd.Series) -> pd.Series:
+    """ml-100k raw ages → ml-1m's buckets (1: <18, 18, 25, 35, 45, 50, 56+)."""
+    edges = np.array([18, 25, 35, 45, 50, 56])
+    codes = np.array([1, 18, 25, 35, 45, 50, 56])
+    return pd.Series(codes[np.searchsorted(edges, age.to_numpy(), side="right")], index=age.index)
+
+
+def read_ml100k(root: Path) -> MovieLens:
+    """ml-100k: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1)."""
+    files = [_require(root / f, "ml-100k") for f in ("u.data", "u.user", "u.item")]
+    ratings = _read_table(files[0], _read_text(files[0], "latin-1"), "\t",
+                          ["user_id", "item_id", "rating", "timestamp"],
+                          {"user_id": "int64", "item_id": "int64", "rating": "float64",
+                           "timestamp": "int64"})  # fmt: skip
+    _check_ratings(ratings, files[0], 1, 5, 1.0)
+    users = _read_table(files[1], _read_text(files[1], "latin-1"), "|",
+                        ["user_id", "age", "gender", "occupation", "zip"],
+                        {"user_id": "int64", "age": "int64"})  # fmt: skip
+    users["age"] = _age_bucket(users["age"]).astype(str)
+    users = users[["user_id", "gender", "age", "occupation", "zip"]].astype({"user_id": "int32"})
+    item_names = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
+    raw = _read_table(files[2], _read_text(files[2], "latin-1"), "|", item_names,
+                      {"item_id": "int64", **{g: "int8" for g in ML100K_GENRES}})  # fmt: skip
+    flags = raw[list(ML100K_GENRES)].to_numpy().astype(bool)
+    names = np.array(ML100K_GENRES, dtype=object)
+    released = pd.to_datetime(raw["release_date"], format="%d-%b-%Y", errors="coerce")
+    items = pd.DataFrame({
+        "item_id": raw["item_id"].astype("int32"),
+        "title": raw["title"],
+        "year": released.dt.year.astype("Int16").fillna(_year_from_title(raw["title"])),
+        "released": released,
+        "genres": [list(names[row]) for row in flags],
+    })  # fmt: skip
+    return _clean("ml-100k", ratings, users, items, 1.0, files)
+
+
+def _read_dat(path: Path, names: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+    text = _read_text(path, "latin-1").replace("::", _SEP)
+    return _read_table(path, text, _SEP, names, dtypes)
+
+
+def _split_list(values: pd.Series, sep: str) -> list[list[str]]:
+    return [[] if v in ("", "N/A") else [s.strip() for s in v.split(sep) if s.strip()]
+            for v in values]  # fmt: skip
+
+
+def _read_melu_extra(path: Path) -> pd.DataFrame:
+    """MeLU's ``movies_extrainfos.dat`` (UTF-8, CRLF, 11 ``::`` fields) → rate/directors/actors."""
+    text = _read_text(path, "utf-8").replace("\r\n", "\n").replace("::", _SEP)
+    names = ["item_id", "title", "year", "rate", "released", "genre", "director", "writer",
+             "actors", "plot", "poster"]  # fmt: skip
+    raw = _read_table(path, text, _SEP, names, {"item_id": "int64"})
+    return pd.DataFrame({
+        "item_id": raw["item_id"].astype("int32"),
+        "rate": raw["rate"].replace("N/A", ""),
+        "directors": _split_list(raw["director"], ","),
+        "actors": _split_list(raw["actors"], ","),
+    })  # fmt: skip
+
+
+def read_ml1m(root: Path, *, extra_info: bool = True) -> MovieLens:
+    """ml-1m: ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``, latin-1).
+
+    With ``extra_info`` and MeLU's ``movies_extrainfos.dat`` present, items also get the
+    MPAA ``rate``, ``directors`` and ``actors``.
+    """
+    files = [_require(root / f, "ml-1m") for f in ("ratings.dat", "users.dat", "movies.dat")]
+    ratings = _read_dat(files[0], ["user_id", "item_id", "rating", "timestamp"],
+                        {"user_id": "int64", "item_id": "int64", "rating": "float64",
+                         "timestamp": "int64"})  # fmt: skip
+    _check_ratings(ratings, files[0], 1, 5, 1.0)
+    users = _read_dat(files[1], ["user_id", "gender", "age", "occupation", "zip"],
+                      {"user_id": "int32"})  # fmt: skip
+    raw = _read_dat(files[2], ["item_id", "title", "genres"], {"item_id": "int32"})
+    items = pd.DataFrame({
+        "item_id": raw["item_id"],
+        "title": raw["title"],
+        "year": _year_from_title(raw["title"]),
+        "released": pd.NaT,
+        "genres": _split_list(raw["genres"], "|"),
+    })  # fmt: skip
+    extra = root / "movies_extrainfos.dat"
+    if extra_info and extra.is_file():
+        files.append(extra)
+        info = _read_melu_extra(extra)
+        items = items.merge(info, on="item_id", how="left")
+        items["rate"] = items["rate"].fillna("")
+        for col in ("directors", "actors"):
+            items[col] = [v if isinstance(v, list) else [] for v in items[col]]
+    return _clean("ml-1m", ratings, users, items, 1.0, files)
+
+
+def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
+    """``ratings.csv`` in chunks with compact dtypes (bounded peak memory at 25M+ rows)."""
+    dtypes = {"userId": "int32", "movieId": "int32", "rating": "float32", "timestamp": "int64"}
+    try:
+        with pd.read_csv(path, dtype=dtypes, chunksize=chunksize, engine="c") as reader:
+            chunks = list(reader)
+    except (ValueError, pd.errors.ParserError) as exc:
+        text = _read_text(path, "utf-8")
+        raise _line_error(path, text, 4) from exc
+    frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(dtypes))
+    if list(frame.columns) != list(dtypes):
+        raise DataError(f"{path}:1: expected header userId,movieId,rating,timestamp, "
+                        f"got {','.join(map(str, frame.columns))}")  # fmt: skip
+    if frame.isna().any().any():
+        raise _line_error(path, _read_text(path, "utf-8"), 4)
+    return frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
+
+
+def _line_error(path: Path, text: str, fields: int) -> DataError:
+    for number, line in enumerate(text.splitlines()[1:], start=2):
+        parts = line.split(",")
+        try:
+            if len(parts) != fields or any(not p for p in parts):
+                raise ValueError
+            [float(p) for p in parts]
+        except ValueError:
+            return DataError(f"{path}:{number}: malformed row: {line[:200]!r}")
+    return DataError(f"{path}: could not be parsed")
+
+
+def read_csv_family(root: Path, name: str) -> MovieLens:
+    """ml-latest-small, ml-latest, ml-25m, ml-32m: ``ratings.csv`` + ``movies.csv``.
+
+    Half-star ratings (0.5..5); no user demographics, so ``users`` has only ``user_id``.
+    """
+    files = [_require(root / f, name) for f in ("ratings.csv", "movies.csv")]
+    ratings = _read_csv_ratings(files[0])
+    _check_ratings(ratings, files[0], 0.5, 5, 0.5)
+    try:
+        raw = pd.read_csv(files[1], dtype={"movieId": "int32", "title": str, "genres": str},
+                          keep_default_na=False)  # fmt: skip
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{files[1]}: malformed movies file ({exc})") from exc
+    if list(raw.columns) != ["movieId", "title", "genres"]:
+        raise DataError(f"{files[1]}:1: expected header movieId,title,genres")
+    genres = raw["genres"].replace("(no genres listed)", "")
+    items = pd.DataFrame({
+        "item_id": raw["movieId"],
+        "title": raw["title"].str.strip(),
+        "year": _year_from_title(raw["title"].str.strip()),
+        "released": pd.NaT,
+        "genres": _split_list(genres, "|"),
+    })  # fmt: skip
+    users = pd.DataFrame({"user_id": pd.Series([], dtype="int32")})
+    return _clean(name, ratings, users, items, 0.5, files)
+
+
+def load_movielens(name: str, data_dir: Path | str, *, extra_info: bool = True) -> MovieLens:
+    """Read data set ``name`` from ``data_dir/name`` into canonical frames."""
+    root = dataset_dir(name, Path(data_dir))
+    if not root.is_dir():
+        raise DataError(
+            f"data set {name} not found in {root}; run `melu data download {name} "
+            f"--data-dir {data_dir}` (or set --data-dir / MELU_DATA_DIR)"
+        )
+    if name == "ml-100k":
+        return read_ml100k(root)
+    if name == "ml-1m":
+        return read_ml1m(root, extra_info=extra_info)
+    return read_csv_family(root, name)

@@ -1,0 +1,19 @@
+"""Exceptions the library raises. The CLI and the service turn them into messages."""
+
+from __future__ import annotations
+
+
+class MeluError(Exception):
+    """Base class: every error the library raises on purpose."""
+
+
+class DataError(MeluError):
+    """A data file is missing, malformed or inconsistent (message names file and line)."""
+
+
+class ConfigError(MeluError, ValueError):
+    """A configuration value is out of range or of the wrong type."""
+
+
+class BundleError(MeluError):
+    """A model bundle or checkpoint is missing, truncated or does not match."""

@@ -1,0 +1,234 @@
+"""FeatureSpace: vocabularies of user and item fields, and their encoding to index tensors.
+
+Every vocabulary reserves index 0 for "unknown": a value never seen in the training rows
+(a new user's zip code, a new item's director) maps to 0, so cold scenarios and serving
+need no special case. Multi-valued fields (genres, directors, actors) are encoded as index
+lists padded with 0 to a fixed length ``(N, L)`` and fed to ``nn.EmbeddingBag(mode="mean",
+padding_idx=0)``, never as dense multi-hot rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from melu.errors import BundleError
+
+UNKNOWN = 0
+MAX_LIST = 16  # multi-valued fields keep at most this many values (in file order)
+FeatureBatch = dict[str, Tensor]  # field name -> (..., N) or (..., N, L) int64 indices
+
+USER_FIELDS = ("gender", "age", "occupation", "zip")
+ITEM_SINGLE = ("rate", "decade")
+ITEM_MULTI = ("genres", "directors", "actors")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One categorical field. ``vocab[i]`` has index ``i + 1``; 0 is unknown/padding."""
+
+    name: str
+    source: Literal["user", "item"]
+    multi: bool
+    vocab: tuple[str, ...]
+    max_len: int = 1
+
+    @property
+    def size(self) -> int:
+        """Number of embedding rows, including the unknown row 0."""
+        return len(self.vocab) + 1
+
+    def index(self) -> dict[str, int]:
+        return {value: i + 1 for i, value in enumerate(self.vocab)}
+
+
+def user_values(users: pd.DataFrame, zip_prefix: int) -> pd.DataFrame:
+    """Raw user columns → the string values the vocabularies hold (zip → its prefix)."""
+    out = pd.DataFrame(index=users.index)
+    for name in USER_FIELDS:
+        if name not in users.columns or (name == "zip" and zip_prefix == 0):
+            continue
+        values = users[name].astype(str).str.strip()
+        out[name] = values.str[:zip_prefix] if name == "zip" else values
+    return out
+
+
+def item_values(items: pd.DataFrame) -> dict[str, Any]:
+    """Raw item columns → per-field values (strings, or lists of strings)."""
+    out: dict[str, Any] = {}
+    if "rate" in items.columns:
+        out["rate"] = items["rate"].fillna("").astype(str).tolist()
+    year = items["year"].astype("Float64")
+    out["decade"] = [
+        "" if pd.isna(y) else f"{int(y) // 10 * 10}s" for y in year.to_numpy(dtype=object)
+    ]
+    for name in ITEM_MULTI:
+        if name in items.columns:
+            out[name] = [list(v)[:MAX_LIST] if isinstance(v, list | tuple | np.ndarray) else []
+                         for v in items[name]]  # fmt: skip
+    return out
+
+
+def _vocab(values: Iterable[Any], multi: bool) -> tuple[str, ...]:
+    seen: set[str] = set()
+    for v in values:
+        seen.update(v if multi else [v])
+    seen.discard("")
+    return tuple(sorted(seen))
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """All fields of a data set, the rating scale, and the zip prefix length."""
+
+    fields: tuple[Field, ...]
+    rating_scale: tuple[float, float]
+    rating_step: float
+    zip_prefix: int
+
+    @classmethod
+    def build(cls, users: pd.DataFrame, items: pd.DataFrame, rating_scale: tuple[float, float],
+              rating_step: float, zip_prefix: int = 2) -> FeatureSpace:  # fmt: skip
+        """Vocabularies from the *training* users and items only (caller filters them)."""
+        fields: list[Field] = []
+        uvals = user_values(users, zip_prefix)
+        for name in uvals.columns:
+            fields.append(Field(name, "user", False, _vocab(uvals[name], False)))
+        for name, values in item_values(items).items():
+            multi = name in ITEM_MULTI
+            vocab = _vocab(values, multi)
+            if not vocab:
+                continue
+            max_len = max((len(v) for v in values), default=1) if multi else 1
+            fields.append(Field(name, "item", multi, vocab, max(1, max_len)))
+        return cls(tuple(fields), rating_scale, rating_step, zip_prefix)
+
+    @property
+    def user_fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.source == "user")
+
+    @property
+    def item_fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.source == "item")
+
+    def encode_users(self, users: pd.DataFrame) -> FeatureBatch:
+        """``users`` frame → field → (U,) int64 indices (unknown values → 0)."""
+        uvals = user_values(users, self.zip_prefix)
+        out: FeatureBatch = {}
+        for f in self.user_fields:
+            column = uvals[f.name] if f.name in uvals.columns else pd.Series([""] * len(users))
+            codes = column.map(f.index()).fillna(UNKNOWN).to_numpy(dtype=np.int64)
+            out[f.name] = torch.from_numpy(codes)
+        return out
+
+    def encode_user(self, values: Mapping[str, Any]) -> FeatureBatch:
+        """One user's raw values (e.g. a request body) → field → () int64 index."""
+        row = {k: ["" if values.get(k) is None else str(values[k])] for k in USER_FIELDS}
+        encoded = self.encode_users(pd.DataFrame(row))
+        return {k: v[0] for k, v in encoded.items()}
+
+    def encode_items(self, items: pd.DataFrame) -> FeatureBatch:
+        """``items`` frame → field → (I,) or (I, L) int64 indices, lists padded with 0."""
+        values = item_values(items)
+        out: FeatureBatch = {}
+        for f in self.item_fields:
+            lookup = f.index()
+            column = values.get(f.name, [[] if f.multi else ""] * len(items))
+            if not f.multi:
+                codes = np.array([lookup.get(v, UNKNOWN) for v in column], dtype=np.int64)
+                out[f.name] = torch.from_numpy(codes)
+                continue
+            codes = np.zeros((len(items), f.max_len), dtype=np.int64)
+            for row, entries in enumerate(column):
+                known = [lookup.get(v, UNKNOWN) for v in entries[: f.max_len]]
+                codes[row, : len(known)] = known
+            out[f.name] = torch.from_numpy(codes)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fields": [{**asdict(f), "vocab": list(f.vocab)} for f in self.fields],
+            "rating_scale": list(self.rating_scale),
+            "rating_step": self.rating_step,
+            "zip_prefix": self.zip_prefix,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpace:
+        try:
+            fields = tuple(
+                Field(f["name"], f["source"], bool(f["multi"]), tuple(f["vocab"]), int(f["max_len"]))
+                for f in data["fields"]
+            )
+            low, high = data["rating_scale"]
+            return cls(fields, (float(low), float(high)), float(data["rating_step"]),
+                       int(data["zip_prefix"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"features: malformed feature space ({exc!r})") from exc
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSpace:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{path}: cannot read feature space ({exc})") from exc
+        return cls.from_dict(data)
+
+
+@dataclass
+class FeatureTables:
+    """Encoded features of every user and item, addressed by row.
+
+    ``users[field]``: (U,) ; ``items[field]``: (I,) or (I, L). ``user_ids`` (U,) and
+    ``item_ids`` (I,) are the data set's own ids of each row.
+    """
+
+    user_ids: Tensor
+    users: FeatureBatch
+    item_ids: Tensor
+    items: FeatureBatch
+
+    @classmethod
+    def build(cls, space: FeatureSpace, users: pd.DataFrame, items: pd.DataFrame) -> FeatureTables:
+        return cls(
+            torch.from_numpy(users["user_id"].to_numpy(dtype=np.int64)),
+            space.encode_users(users),
+            torch.from_numpy(items["item_id"].to_numpy(dtype=np.int64)),
+            space.encode_items(items),
+        )
+
+    def gather(self, user_rows: Tensor, item_rows: Tensor) -> FeatureBatch:
+        """Features of (user, item) pairs: ``user_rows`` (...,) and ``item_rows`` (..., N).
+
+        Returns field → (..., N) or (..., N, L).
+        """
+        out: FeatureBatch = {}
+        for name, table in self.users.items():
+            out[name] = table[user_rows].unsqueeze(-1).expand(item_rows.shape)
+        for name, table in self.items.items():
+            out[name] = table[item_rows]
+        return out
+
+    def with_user(self, user: Mapping[str, Tensor], item_rows: Tensor) -> FeatureBatch:
+        """Features of one user (field → () index) paired with ``item_rows`` (N,)."""
+        out: FeatureBatch = {k: v.expand(item_rows.shape) for k, v in user.items()}
+        for name, table in self.items.items():
+            out[name] = table[item_rows]
+        return out
+
+    def to(self, device: torch.device | str) -> FeatureTables:
+        return FeatureTables(
+            self.user_ids.to(device), {k: v.to(device) for k, v in self.users.items()},
+            self.item_ids.to(device), {k: v.to(device) for k, v in self.items.items()},
+        )  # fmt: skip

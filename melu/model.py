@@ -1,0 +1,99 @@
+"""PreferenceEstimator: field embeddings → concatenation → MLP → predicted rating.
+
+Used only as a pure function of ``(params, inputs)`` through
+``torch.func.functional_call``; nothing here is mutated per task. Parameter names split into
+*shared* (``embeddings.*``, updated by the outer loop only) and *fast* (the adapted group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from melu.config import FastGroup, ModelConfig
+from melu.features import FeatureBatch, FeatureSpace
+
+Params = dict[str, Tensor]
+Inputs = FeatureBatch | Tensor  # raw field indices, or already-embedded rows (..., N, E)
+
+
+class PreferenceEstimator(nn.Module):
+    """MeLU's user-preference estimator.
+
+    One embedding table per field (``EmbeddingBag(mode="mean", padding_idx=0)`` for
+    multi-valued fields), concatenated to (..., N, F·D), then Linear-ReLU layers of sizes
+    ``config.hidden`` and a Linear output (..., N).
+    """
+
+    def __init__(self, config: ModelConfig, space: FeatureSpace) -> None:
+        super().__init__()
+        self.config = config
+        self.field_names = [f.name for f in space.fields]
+        dim = config.embedding_dim
+        self.embeddings = nn.ModuleDict({
+            f.name: nn.EmbeddingBag(f.size, dim, mode="mean", padding_idx=0) if f.multi
+            else nn.Embedding(f.size, dim)
+            for f in space.fields
+        })  # fmt: skip
+        layers: list[nn.Module] = []
+        width = dim * len(self.field_names)
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        head = nn.Linear(width, 1)
+        with torch.no_grad():
+            head.bias.fill_(sum(space.rating_scale) / 2)  # start at the scale's midpoint
+        layers.append(head)
+        self.mlp = nn.Sequential(*layers)
+        self.head_prefix = f"mlp.{len(layers) - 1}."
+
+    @property
+    def embedding_width(self) -> int:
+        return self.config.embedding_dim * len(self.field_names)
+
+    def embed(self, features: FeatureBatch) -> Tensor:
+        """field → (..., N) or (..., N, L) indices  →  (..., N, F·D) embeddings."""
+        parts = []
+        for name in self.field_names:
+            table, idx = self.embeddings[name], features[name]
+            if isinstance(table, nn.EmbeddingBag):
+                flat = table(idx.reshape(-1, idx.shape[-1]))  # (M, D)
+                parts.append(flat.reshape(*idx.shape[:-1], flat.shape[-1]))
+            else:
+                parts.append(table(idx))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, inputs: Inputs, embed_only: bool = False) -> Tensor:
+        """Predicted ratings (..., N) for features or for pre-embedded rows (..., N, F·D)."""
+        x = inputs if isinstance(inputs, Tensor) else self.embed(inputs)
+        if embed_only:
+            return x
+        return self.mlp(x).squeeze(-1)
+
+    def fast_names(self, group: FastGroup | None = None) -> list[str]:
+        """Names of the parameters adapted per user for ``group`` (default: the config's)."""
+        group = group or self.config.fast_params
+        names = [n for n, _ in self.named_parameters()]
+        if group == "all":
+            return names
+        if group == "head":
+            return [n for n in names if n.startswith(self.head_prefix)]
+        return [n for n in names if n.startswith("mlp.")]
+
+
+def apply(model: PreferenceEstimator, params: Mapping[str, Tensor], inputs: Inputs) -> Tensor:
+    """The model as a pure function: predicted ratings (..., N)."""
+    return functional_call(model, dict(params), (inputs,))
+
+
+def embed(model: PreferenceEstimator, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
+    """Pure embedding stage: (..., N, F·D)."""
+    return functional_call(model, dict(params), (features,), {"embed_only": True})
+
+
+def init_params(model: PreferenceEstimator) -> Params:
+    """The module's initial parameters as a plain dict (the meta-learned initialisation)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}

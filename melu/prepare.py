@@ -1,0 +1,191 @@
+"""From MovieLens files to cached TaskSets: ``prepare(config, data_dir, cache_dir)``.
+
+The cache folder is keyed by a hash of the data files' contents and the ``DataConfig``; a
+change in either builds a new one. It is written to a temporary folder and renamed, so an
+interrupted run never leaves a half-written cache. Formats are safe: JSON, ``.npy``
+(``allow_pickle=False``) and Parquet. Same inputs and seed → byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from melu import __version__
+from melu.config import DataConfig
+from melu.data.movielens import MovieLens, load_movielens
+from melu.errors import DataError
+from melu.features import FeatureSpace, FeatureTables
+from melu.tasks import (
+    SCENARIOS,
+    TaskSet,
+    build_scenarios,
+    load_taskset,
+    new_item_mask,
+    save_taskset,
+    scenario_stats,
+    split_users,
+)
+
+CACHE_VERSION = 1
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """Everything training, evaluation and serving need from the data."""
+
+    config: DataConfig
+    features: FeatureSpace
+    tables: FeatureTables
+    tasks: dict[str, TaskSet]
+    catalog: pd.DataFrame  # item_id, title, year, genres, is_new, n_ratings, mean_rating
+    fingerprint: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(files: list[Path], config: DataConfig) -> str:
+    """sha256 of the data files' contents, the DataConfig and the cache format version."""
+    h = hashlib.sha256(f"melu-cache-v{CACHE_VERSION}".encode())
+    for path in sorted(files, key=lambda p: p.name):
+        h.update(path.name.encode() + file_digest(path).encode())
+    h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def build_catalog(data: MovieLens, train_ratings: pd.DataFrame, is_new: np.ndarray) -> pd.DataFrame:
+    """Items with titles and the training popularity (count, mean) used by onboarding."""
+    agg = train_ratings.groupby("item_id")["rating"].agg(["size", "mean"])
+    catalog = data.items[["item_id", "title", "year", "genres"]].copy()
+    catalog["year"] = catalog["year"].astype("Float64").astype("Int32")
+    catalog["is_new"] = is_new
+    catalog["n_ratings"] = catalog["item_id"].map(agg["size"]).fillna(0).astype("int64")
+    catalog["mean_rating"] = catalog["item_id"].map(agg["mean"]).astype("float64")
+    return catalog.reset_index(drop=True)
+
+
+def build(data: MovieLens, config: DataConfig) -> Prepared:
+    """Split users and items, build the FeatureSpace from training rows, build all tasks."""
+    is_new = new_item_mask(data.items, config.new_item_fraction)
+    new_ids = data.items["item_id"].to_numpy()[is_new]
+    roles = split_users(data.ratings, config)
+    ratings = data.ratings
+    train_rows = ratings[ratings["user_id"].isin(roles["train"]) & ~ratings["item_id"].isin(new_ids)]
+    space = FeatureSpace.build(
+        data.users[data.users["user_id"].isin(roles["train"])],
+        data.items[data.items["item_id"].isin(train_rows["item_id"].unique())],
+        data.rating_scale, data.rating_step, config.zip_prefix,
+    )  # fmt: skip
+    users = data.users
+    if len(users.columns) == 1:  # no demographics: one row per rating user
+        users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique()).astype(np.int32)})
+    tables = FeatureTables.build(space, users, data.items)
+    tasks = build_scenarios(ratings, roles, new_ids, tables.user_ids.numpy(),
+                            tables.item_ids.numpy(), config)  # fmt: skip
+    stats = {
+        "dataset": data.name,
+        "ratings": len(ratings),
+        "users": int(ratings["user_id"].nunique()),
+        "items": len(data.items),
+        "new_items": int(is_new.sum()),
+        "roles": {k: len(v) for k, v in roles.items()},
+        "dropped": data.dropped,
+        "scenarios": {name: scenario_stats(t) for name, t in tasks.items()},
+    }
+    catalog = build_catalog(data, train_rows, is_new)
+    return Prepared(config, space, tables, tasks, catalog, "", stats)
+
+
+def _save(prepared: Prepared, folder: Path) -> None:
+    prepared.features.save(folder / "features.json")
+    tables = folder / "tables"
+    tables.mkdir()
+    np.save(tables / "user_ids.npy", prepared.tables.user_ids.numpy(), allow_pickle=False)
+    np.save(tables / "item_ids.npy", prepared.tables.item_ids.numpy(), allow_pickle=False)
+    for side in ("users", "items"):
+        for name, value in getattr(prepared.tables, side).items():
+            np.save(tables / f"{side}.{name}.npy", value.numpy(), allow_pickle=False)
+    for name, tasks in prepared.tasks.items():
+        save_taskset(tasks, folder / "tasks" / name)
+    prepared.catalog.to_parquet(folder / "catalog.parquet", index=False)
+    manifest = {"melu_cache_version": CACHE_VERSION, "fingerprint": prepared.fingerprint,
+                "config": prepared.config.to_dict(), "stats": prepared.stats}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
+    """Read a cache folder written by ``prepare``."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{folder}: not a melu task cache ({exc})") from exc
+    space = FeatureSpace.load(folder / "features.json")
+    tdir = folder / "tables"
+
+    def arr(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(tdir / f"{name}.npy", allow_pickle=False))
+
+    tables = FeatureTables(
+        arr("user_ids"), {f.name: arr(f"users.{f.name}") for f in space.user_fields},
+        arr("item_ids"), {f.name: arr(f"items.{f.name}") for f in space.item_fields},
+    )  # fmt: skip
+    tasks = {name: load_taskset(folder / "tasks" / name, mmap) for name in SCENARIOS}
+    catalog = pd.read_parquet(folder / "catalog.parquet")
+    config = DataConfig.from_dict(manifest["config"])
+    return Prepared(config, space, tables, tasks, catalog, manifest["fingerprint"],
+                    manifest["stats"], folder)  # fmt: skip
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MELU_CACHE_DIR", ".melu-cache"))
+
+
+def prepare(config: DataConfig, data_dir: Path | str, cache_dir: Path | str | None = None, *,
+            rebuild: bool = False, progress: Progress | None = None) -> Prepared:  # fmt: skip
+    """Load the cached TaskSets for ``config``, building (and caching) them if needed."""
+    say = progress or (lambda _msg: None)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    say(f"reading {config.dataset} from {data_dir}")
+    data = load_movielens(config.dataset, data_dir, extra_info=config.use_extra_item_info)
+    key = cache_key(data.files, config)
+    folder = cache_root / f"{config.dataset}-{key[:16]}"
+    if folder.is_dir() and not rebuild:
+        say(f"using cached tasks in {folder}")
+        return load_prepared(folder)
+    say("building tasks")
+    prepared = build(data, config)
+    prepared.fingerprint = key
+    prepared.stats["melu_version"] = __version__
+    cache_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_root))
+    try:
+        _save(prepared, tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prepared.path = folder
+    say(f"cached tasks in {folder}")
+    return prepared
