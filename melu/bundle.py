@@ -32,8 +32,13 @@ from melu.features import FeatureSpace, FeatureTables
 from melu.model import Params, PreferenceEstimator
 
 SCHEMA_VERSION = 1
-BUNDLE_FILES = ("weights.safetensors", "config.json", "features.json", "catalog.parquet",
-                "metrics.json")  # fmt: skip
+BUNDLE_FILES = (
+    "weights.safetensors",
+    "config.json",
+    "features.json",
+    "catalog.parquet",
+    "metrics.json",
+)
 INNER_LR_PREFIX = "inner_lr."
 
 
@@ -64,9 +69,18 @@ def _catalog_with_features(catalog: pd.DataFrame, tables: FeatureTables) -> pd.D
     return out
 
 
-def save_bundle(path: Path | str, *, config: Config, features: FeatureSpace, params: Params,
-                catalog: pd.DataFrame, tables: FeatureTables, metrics: dict[str, Any] | None = None,
-                inner_lr: Params | None = None, fingerprint: str = "") -> Path:  # fmt: skip
+def save_bundle(
+    path: Path | str,
+    *,
+    config: Config,
+    features: FeatureSpace,
+    params: Params,
+    catalog: pd.DataFrame,
+    tables: FeatureTables,
+    metrics: dict[str, Any] | None = None,
+    inner_lr: Params | None = None,
+    fingerprint: str = "",
+) -> Path:
     """Write a bundle to ``path`` atomically (temp folder + rename); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +101,9 @@ def save_bundle(path: Path | str, *, config: Config, features: FeatureSpace, par
         (tmp / "config.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         features.save(tmp / "features.json")
         _catalog_with_features(catalog, tables).to_parquet(tmp / "catalog.parquet", index=False)
-        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=1, sort_keys=True) + "\n")
+        (tmp / "metrics.json").write_text(
+            json.dumps(metrics or {}, indent=1, sort_keys=True) + "\n"
+        )
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)
@@ -115,8 +131,12 @@ def _item_tables(catalog: pd.DataFrame, features: FeatureSpace, path: Path) -> F
         values = catalog[column].to_numpy()
         array = np.stack([np.asarray(v) for v in values]) if f.multi else values
         items[f.name] = torch.as_tensor(np.asarray(array, dtype=np.int64))
-    return FeatureTables(torch.empty(0, dtype=torch.int64), {},
-                         torch.as_tensor(catalog["item_id"].to_numpy(dtype=np.int64)), items)  # fmt: skip
+    return FeatureTables(
+        torch.empty(0, dtype=torch.int64),
+        {},
+        torch.as_tensor(catalog["item_id"].to_numpy(dtype=np.int64)),
+        items,
+    )
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -129,8 +149,10 @@ def load_bundle(path: Path | str) -> Bundle:
         raise BundleError(f"{path}: incomplete bundle, missing {', '.join(missing)}")
     info = _read_json(path / "config.json")
     if not isinstance(info, dict) or info.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path}/config.json: schema version {info.get('schema_version') if isinstance(info, dict) else None!r}"
-                          f" is not {SCHEMA_VERSION}; retrain or use a matching melu")  # fmt: skip
+        raise BundleError(
+            f"{path}/config.json: schema version {info.get('schema_version') if isinstance(info, dict) else None!r}"
+            f" is not {SCHEMA_VERSION}; retrain or use a matching melu"
+        )
     try:
         config = Config.from_dict(info["config"])
     except (KeyError, ConfigError) as exc:
@@ -143,19 +165,26 @@ def load_bundle(path: Path | str) -> Bundle:
     model = PreferenceEstimator(config.model, features)
     expected = {k: v.shape for k, v in model.named_parameters()}
     params = {k: v for k, v in tensors.items() if not k.startswith(INNER_LR_PREFIX)}
-    inner = {k[len(INNER_LR_PREFIX):]: v for k, v in tensors.items() if k.startswith(INNER_LR_PREFIX)}
+    inner = {
+        k[len(INNER_LR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(INNER_LR_PREFIX)
+    }
     if set(params) != set(expected):
-        raise BundleError(f"{path}/weights.safetensors: parameters {sorted(set(params) ^ set(expected))} "
-                          "do not match the model in config.json")  # fmt: skip
+        raise BundleError(
+            f"{path}/weights.safetensors: parameters {sorted(set(params) ^ set(expected))} "
+            "do not match the model in config.json"
+        )
     for k, shape in expected.items():
         if params[k].shape != shape:
-            raise BundleError(f"{path}/weights.safetensors: {k} has shape {tuple(params[k].shape)},"
-                              f" expected {tuple(shape)}")  # fmt: skip
+            raise BundleError(
+                f"{path}/weights.safetensors: {k} has shape {tuple(params[k].shape)},"
+                f" expected {tuple(shape)}"
+            )
     try:
         catalog = pd.read_parquet(path / "catalog.parquet")
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise BundleError(f"{path}/catalog.parquet: unreadable ({exc})") from exc
     tables = _item_tables(catalog, features, path)
     metrics = _read_json(path / "metrics.json")
-    return Bundle(config, features, model, params, catalog, tables, inner or None, metrics,
-                  info, path)  # fmt: skip
+    return Bundle(
+        config, features, model, params, catalog, tables, inner or None, metrics, info, path
+    )

@@ -30,7 +30,9 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Convert a JSON value to the annotated type, or raise ConfigError naming the field."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        _check(value in typing.get_args(tp), f"{name}: {value!r} is not one of {typing.get_args(tp)}")
+        _check(
+            value in typing.get_args(tp), f"{name}: {value!r} is not one of {typing.get_args(tp)}"
+        )
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -45,10 +47,16 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         _check(isinstance(value, bool), f"{name}: expected true/false, got {value!r}")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{name}: expected an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            f"{name}: expected an integer, got {value!r}",
+        )
         return value
     if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), f"{name}: expected a number, got {value!r}")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            f"{name}: expected a number, got {value!r}",
+        )
         return float(value)
     if tp is str:
         _check(isinstance(value, str), f"{name}: expected a string, got {value!r}")

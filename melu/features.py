@@ -72,8 +72,10 @@ def item_values(items: pd.DataFrame) -> dict[str, Any]:
     ]
     for name in ITEM_MULTI:
         if name in items.columns:
-            out[name] = [list(v)[:MAX_LIST] if isinstance(v, list | tuple | np.ndarray) else []
-                         for v in items[name]]  # fmt: skip
+            out[name] = [
+                list(v)[:MAX_LIST] if isinstance(v, list | tuple | np.ndarray) else []
+                for v in items[name]
+            ]
     return out
 
 
@@ -95,8 +97,14 @@ class FeatureSpace:
     zip_prefix: int
 
     @classmethod
-    def build(cls, users: pd.DataFrame, items: pd.DataFrame, rating_scale: tuple[float, float],
-              rating_step: float, zip_prefix: int = 2) -> FeatureSpace:  # fmt: skip
+    def build(
+        cls,
+        users: pd.DataFrame,
+        items: pd.DataFrame,
+        rating_scale: tuple[float, float],
+        rating_step: float,
+        zip_prefix: int = 2,
+    ) -> FeatureSpace:
         """Vocabularies from the *training* users and items only (caller filters them)."""
         fields: list[Field] = []
         uvals = user_values(users, zip_prefix)
@@ -165,12 +173,18 @@ class FeatureSpace:
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpace:
         try:
             fields = tuple(
-                Field(f["name"], f["source"], bool(f["multi"]), tuple(f["vocab"]), int(f["max_len"]))
+                Field(
+                    f["name"], f["source"], bool(f["multi"]), tuple(f["vocab"]), int(f["max_len"])
+                )
                 for f in data["fields"]
             )
             low, high = data["rating_scale"]
-            return cls(fields, (float(low), float(high)), float(data["rating_step"]),
-                       int(data["zip_prefix"]))  # fmt: skip
+            return cls(
+                fields,
+                (float(low), float(high)),
+                float(data["rating_step"]),
+                int(data["zip_prefix"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"features: malformed feature space ({exc!r})") from exc
 
@@ -229,6 +243,8 @@ class FeatureTables:
 
     def to(self, device: torch.device | str) -> FeatureTables:
         return FeatureTables(
-            self.user_ids.to(device), {k: v.to(device) for k, v in self.users.items()},
-            self.item_ids.to(device), {k: v.to(device) for k, v in self.items.items()},
-        )  # fmt: skip
+            self.user_ids.to(device),
+            {k: v.to(device) for k, v in self.users.items()},
+            self.item_ids.to(device),
+            {k: v.to(device) for k, v in self.items.items()},
+        )

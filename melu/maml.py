@@ -92,8 +92,12 @@ def embeds_are_shared(model: PreferenceEstimator, fast: Sequence[str]) -> bool:
     return not any(name.startswith("embeddings.") for name in fast)
 
 
-def precompute(model: PreferenceEstimator, params: Mapping[str, Tensor], examples: Examples,
-               fast: Sequence[str]) -> Examples:  # fmt: skip
+def precompute(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    examples: Examples,
+    fast: Sequence[str],
+) -> Examples:
     """Embed the rows once when no embedding adapts (the inner loop then runs the MLP only).
 
     Also keeps ``EmbeddingBag`` outside ``vmap``, where it has no batching rule.
@@ -103,20 +107,36 @@ def precompute(model: PreferenceEstimator, params: Mapping[str, Tensor], example
     return examples._replace(inputs=embed(model, params, examples.inputs))
 
 
-def task_query_loss(model: PreferenceEstimator, params: Mapping[str, Tensor], support: Examples,
-                    query: Examples, *, steps: int, lr: float | Mapping[str, Tensor],
-                    first_order: bool, fast: Sequence[str]) -> tuple[Tensor, Tensor]:  # fmt: skip
+def task_query_loss(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: Examples,
+    query: Examples,
+    *,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool,
+    fast: Sequence[str],
+) -> tuple[Tensor, Tensor]:
     """One task: adapt on the support, return (query loss (), inner losses (steps + 1,))."""
-    adapted, inner = adapt(model, params, support, steps=steps, lr=lr,
-                           first_order=first_order, fast=fast)  # fmt: skip
+    adapted, inner = adapt(
+        model, params, support, steps=steps, lr=lr, first_order=first_order, fast=fast
+    )
     query_loss = masked_mse(apply(model, adapted, query.inputs), query.ratings, query.mask)
     return query_loss, inner
 
 
-def meta_loss(model: PreferenceEstimator, params: Mapping[str, Tensor], support: Examples,
-              query: Examples, *, steps: int, lr: float | Mapping[str, Tensor],
-              first_order: bool = False, fast: Sequence[str] | None = None,
-              ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+def meta_loss(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: Examples,
+    query: Examples,
+    *,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool = False,
+    fast: Sequence[str] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Mean post-adaptation query loss over a meta-batch, tasks vectorised with ``vmap``.
 
     ``support`` / ``query`` have a leading task dimension T. Returns (loss (), per-task
@@ -128,15 +148,20 @@ def meta_loss(model: PreferenceEstimator, params: Mapping[str, Tensor], support:
     query = precompute(model, params, query, names)
 
     def one(s: Examples, q: Examples) -> tuple[Tensor, Tensor]:
-        return task_query_loss(model, params, s, q, steps=steps, lr=lr,
-                               first_order=first_order, fast=names)  # fmt: skip
+        return task_query_loss(
+            model, params, s, q, steps=steps, lr=lr, first_order=first_order, fast=names
+        )
 
     per_task, inner = vmap(one, randomness="error")(support, query)
     return per_task.mean(), per_task, inner
 
 
-def task_examples(tasks: TaskSet, tables: FeatureTables, index: Tensor | slice | None = None,
-                  device: torch.device | str | None = None) -> tuple[Examples, Examples]:  # fmt: skip
+def task_examples(
+    tasks: TaskSet,
+    tables: FeatureTables,
+    index: Tensor | slice | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Examples, Examples]:
     """Support and query Examples (leading dim T) of ``tasks[index]`` with features gathered."""
     sel = tasks if index is None else tasks.select(index)
     if device is not None:
@@ -147,5 +172,7 @@ def task_examples(tasks: TaskSet, tables: FeatureTables, index: Tensor | slice |
         features: FeatureBatch = tables.gather(users, items.long())
         return Examples(features, ratings.float(), mask.bool())
 
-    return (examples(sel.support_items, sel.support_ratings, sel.support_mask),
-            examples(sel.query_items, sel.query_ratings, sel.query_mask))  # fmt: skip
+    return (
+        examples(sel.support_items, sel.support_ratings, sel.support_mask),
+        examples(sel.query_items, sel.query_ratings, sel.query_mask),
+    )

@@ -33,11 +33,14 @@ class PreferenceEstimator(nn.Module):
         self.config = config
         self.field_names = [f.name for f in space.fields]
         dim = config.embedding_dim
-        self.embeddings = nn.ModuleDict({
-            f.name: nn.EmbeddingBag(f.size, dim, mode="mean", padding_idx=0) if f.multi
-            else nn.Embedding(f.size, dim)
-            for f in space.fields
-        })  # fmt: skip
+        self.embeddings = nn.ModuleDict(
+            {
+                f.name: nn.EmbeddingBag(f.size, dim, mode="mean", padding_idx=0)
+                if f.multi
+                else nn.Embedding(f.size, dim)
+                for f in space.fields
+            }
+        )
         layers: list[nn.Module] = []
         width = dim * len(self.field_names)
         for hidden in config.hidden:
@@ -89,7 +92,9 @@ def apply(model: PreferenceEstimator, params: Mapping[str, Tensor], inputs: Inpu
     return functional_call(model, dict(params), (inputs,))
 
 
-def embed(model: PreferenceEstimator, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
+def embed(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], features: FeatureBatch
+) -> Tensor:
     """Pure embedding stage: (..., N, F·D)."""
     return functional_call(model, dict(params), (features,), {"embed_only": True})
 

@@ -90,18 +90,23 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
     new_ids = data.items["item_id"].to_numpy()[is_new]
     roles = split_users(data.ratings, config)
     ratings = data.ratings
-    train_rows = ratings[ratings["user_id"].isin(roles["train"]) & ~ratings["item_id"].isin(new_ids)]
+    train_rows = ratings[
+        ratings["user_id"].isin(roles["train"]) & ~ratings["item_id"].isin(new_ids)
+    ]
     space = FeatureSpace.build(
         data.users[data.users["user_id"].isin(roles["train"])],
         data.items[data.items["item_id"].isin(train_rows["item_id"].unique())],
-        data.rating_scale, data.rating_step, config.zip_prefix,
-    )  # fmt: skip
+        data.rating_scale,
+        data.rating_step,
+        config.zip_prefix,
+    )
     users = data.users
     if len(users.columns) == 1:  # no demographics: one row per rating user
         users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique()).astype(np.int32)})
     tables = FeatureTables.build(space, users, data.items)
-    tasks = build_scenarios(ratings, roles, new_ids, tables.user_ids.numpy(),
-                            tables.item_ids.numpy(), config)  # fmt: skip
+    tasks = build_scenarios(
+        ratings, roles, new_ids, tables.user_ids.numpy(), tables.item_ids.numpy(), config
+    )
     stats = {
         "dataset": data.name,
         "ratings": len(ratings),
@@ -128,8 +133,12 @@ def _save(prepared: Prepared, folder: Path) -> None:
     for name, tasks in prepared.tasks.items():
         save_taskset(tasks, folder / "tasks" / name)
     prepared.catalog.to_parquet(folder / "catalog.parquet", index=False)
-    manifest = {"melu_cache_version": CACHE_VERSION, "fingerprint": prepared.fingerprint,
-                "config": prepared.config.to_dict(), "stats": prepared.stats}  # fmt: skip
+    manifest = {
+        "melu_cache_version": CACHE_VERSION,
+        "fingerprint": prepared.fingerprint,
+        "config": prepared.config.to_dict(),
+        "stats": prepared.stats,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
@@ -146,22 +155,31 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
         return torch.from_numpy(np.load(tdir / f"{name}.npy", allow_pickle=False))
 
     tables = FeatureTables(
-        arr("user_ids"), {f.name: arr(f"users.{f.name}") for f in space.user_fields},
-        arr("item_ids"), {f.name: arr(f"items.{f.name}") for f in space.item_fields},
-    )  # fmt: skip
+        arr("user_ids"),
+        {f.name: arr(f"users.{f.name}") for f in space.user_fields},
+        arr("item_ids"),
+        {f.name: arr(f"items.{f.name}") for f in space.item_fields},
+    )
     tasks = {name: load_taskset(folder / "tasks" / name, mmap) for name in SCENARIOS}
     catalog = pd.read_parquet(folder / "catalog.parquet")
     config = DataConfig.from_dict(manifest["config"])
-    return Prepared(config, space, tables, tasks, catalog, manifest["fingerprint"],
-                    manifest["stats"], folder)  # fmt: skip
+    return Prepared(
+        config, space, tables, tasks, catalog, manifest["fingerprint"], manifest["stats"], folder
+    )
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MELU_CACHE_DIR", ".melu-cache"))
 
 
-def prepare(config: DataConfig, data_dir: Path | str, cache_dir: Path | str | None = None, *,
-            rebuild: bool = False, progress: Progress | None = None) -> Prepared:  # fmt: skip
+def prepare(
+    config: DataConfig,
+    data_dir: Path | str,
+    cache_dir: Path | str | None = None,
+    *,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+) -> Prepared:
     """Load the cached TaskSets for ``config``, building (and caching) them if needed."""
     say = progress or (lambda _msg: None)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

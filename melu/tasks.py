@@ -44,7 +44,7 @@ def new_item_mask(items: pd.DataFrame, fraction: float) -> np.ndarray:
     stamp = np.where(released.isna().to_numpy(), np.iinfo(np.int64).min, stamp)
     order = np.lexsort((items["item_id"].to_numpy(), stamp, year))  # oldest first
     mask = np.zeros(len(items), dtype=bool)
-    n_new = int(round(fraction * len(items)))
+    n_new = round(fraction * len(items))
     if n_new:
         mask[order[-n_new:]] = True
     return mask
@@ -63,8 +63,8 @@ def split_users(ratings: pd.DataFrame, config: DataConfig) -> dict[str, np.ndarr
         ids = ids[np.lexsort((ids, first.to_numpy()))]
     else:
         ids = np.random.default_rng(config.seed).permutation(ids)
-    n_train = int(round(config.train_fraction * len(ids)))
-    n_val = int(round(config.validation_fraction * len(ids)))
+    n_train = round(config.train_fraction * len(ids))
+    n_val = round(config.validation_fraction * len(ids))
     return {
         "train": np.sort(ids[:n_train]),
         "validation": np.sort(ids[n_train : n_train + n_val]),
@@ -115,9 +115,16 @@ class TaskSet:
         keys = torch.where(self.support_mask.cpu(), keys, torch.full_like(keys, 2.0))
         order = keys.argsort(dim=1)[:, :n].to(self.support_mask.device)
         take = lambda t: torch.gather(t, 1, order)  # noqa: E731
-        return TaskSet(self.user_rows, self.user_ids, take(self.support_items),
-                       take(self.support_ratings), take(self.support_mask),
-                       self.query_items, self.query_ratings, self.query_mask)  # fmt: skip
+        return TaskSet(
+            self.user_rows,
+            self.user_ids,
+            take(self.support_items),
+            take(self.support_ratings),
+            take(self.support_mask),
+            self.query_items,
+            self.query_ratings,
+            self.query_mask,
+        )
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -145,8 +152,15 @@ def _eligible(rows: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     return rows[(counts >= config.min_ratings) & (counts <= config.max_ratings)]
 
 
-def _pack(rows: pd.DataFrame, is_query: np.ndarray, slot: np.ndarray, is_support: np.ndarray,
-          user_row: dict[str, np.ndarray], item_row: pd.Series, query_size: int) -> TaskSet:  # fmt: skip
+def _pack(
+    rows: pd.DataFrame,
+    is_query: np.ndarray,
+    slot: np.ndarray,
+    is_support: np.ndarray,
+    user_row: dict[str, np.ndarray],
+    item_row: pd.Series,
+    query_size: int,
+) -> TaskSet:
     """Scatter ordered rows into padded (T, S) / (T, Q) arrays. No loop over rows."""
     users, task = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
     n_tasks = len(users)
@@ -171,9 +185,14 @@ def _pack(rows: pd.DataFrame, is_query: np.ndarray, slot: np.ndarray, is_support
     )
 
 
-def build_scenarios(ratings: pd.DataFrame, roles: dict[str, np.ndarray], new_items: set[int] |
-                    np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray,
-                    config: DataConfig) -> dict[str, TaskSet]:  # fmt: skip
+def build_scenarios(
+    ratings: pd.DataFrame,
+    roles: dict[str, np.ndarray],
+    new_items: set[int] | np.ndarray,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    config: DataConfig,
+) -> dict[str, TaskSet]:
     """Every scenario's TaskSet from the ratings frame (vectorised pandas/numpy).
 
     ``user_ids`` / ``item_ids`` are the feature-table rows' ids (row i has id ``ids[i]``).
@@ -181,8 +200,9 @@ def build_scenarios(ratings: pd.DataFrame, roles: dict[str, np.ndarray], new_ite
     order = np.argsort(user_ids)
     user_row = {"ids": user_ids[order], "rows": order}
     item_row = pd.Series(np.arange(len(item_ids)), index=item_ids)
-    is_new = ratings["item_id"].isin(np.asarray(list(new_items) if isinstance(new_items, set)
-                                                else new_items))  # fmt: skip
+    is_new = ratings["item_id"].isin(
+        np.asarray(list(new_items) if isinstance(new_items, set) else new_items)
+    )
     role_of = {role: ratings["user_id"].isin(ids) for role, ids in roles.items()}
     q = config.query_size
     out: dict[str, TaskSet] = {}
@@ -190,15 +210,30 @@ def build_scenarios(ratings: pd.DataFrame, roles: dict[str, np.ndarray], new_ite
     def standard(rows: pd.DataFrame, salt: int) -> TaskSet:
         rows = _order_within_users(_eligible(rows, config), config, salt)
         pos = rows["pos"].to_numpy()
-        return _pack(rows, pos < q, np.where(pos < q, pos, pos - q),
-                     (pos >= q) & (pos < q + config.max_support), user_row, item_row, q)  # fmt: skip
+        return _pack(
+            rows,
+            pos < q,
+            np.where(pos < q, pos, pos - q),
+            (pos >= q) & (pos < q + config.max_support),
+            user_row,
+            item_row,
+            q,
+        )
 
-    warm_rows = _order_within_users(_eligible(ratings[role_of["train"] & ~is_new], config),
-                                    config, salt=1)  # fmt: skip
+    warm_rows = _order_within_users(
+        _eligible(ratings[role_of["train"] & ~is_new], config), config, salt=1
+    )
     pos = warm_rows["pos"].to_numpy()
     held = pos < q
-    out["warm"] = _pack(warm_rows, held, np.where(held, pos, pos - q),
-                        ~held & (pos - q < config.max_support), user_row, item_row, q)  # fmt: skip
+    out["warm"] = _pack(
+        warm_rows,
+        held,
+        np.where(held, pos, pos - q),
+        ~held & (pos - q < config.max_support),
+        user_row,
+        item_row,
+        q,
+    )
     # meta-training tasks: the non-held-out ratings, query = up to q of them, support ≥ min
     pool = warm_rows[~held].copy()
     pool["pos"] = pos[~held] - q
@@ -223,11 +258,24 @@ def build_scenarios(ratings: pd.DataFrame, roles: dict[str, np.ndarray], new_ite
 def scenario_stats(tasks: TaskSet) -> dict[str, float]:
     """Users, tasks, support size min/median/max, distinct items, ratings of one scenario."""
     if len(tasks) == 0:
-        return {"users": 0, "tasks": 0, "support_min": 0, "support_median": 0,
-                "support_max": 0, "items": 0, "ratings": 0}  # fmt: skip
+        return {
+            "users": 0,
+            "tasks": 0,
+            "support_min": 0,
+            "support_median": 0,
+            "support_max": 0,
+            "items": 0,
+            "ratings": 0,
+        }
     sizes = tasks.support_sizes().numpy()
-    items = np.unique(np.concatenate([tasks.support_items[tasks.support_mask].numpy(),
-                                      tasks.query_items[tasks.query_mask].numpy()]))  # fmt: skip
+    items = np.unique(
+        np.concatenate(
+            [
+                tasks.support_items[tasks.support_mask].numpy(),
+                tasks.query_items[tasks.query_mask].numpy(),
+            ]
+        )
+    )
     return {
         "users": int(np.unique(tasks.user_ids.numpy()).size),
         "tasks": len(tasks),
@@ -254,6 +302,8 @@ def load_taskset(folder: Path, mmap: bool = False) -> TaskSet:
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable task cache ({exc}); delete the cache folder") from exc
+            raise DataError(
+                f"{path}: unreadable task cache ({exc}); delete the cache folder"
+            ) from exc
         arrays[f.name] = torch.from_numpy(np.asarray(array) if not mmap else array)
     return TaskSet(**arrays)

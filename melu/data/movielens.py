@@ -25,10 +25,26 @@ from melu.errors import DataError
 
 DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m")
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
 _SEP = "\x1f"  # single-byte stand-in for "::" so pandas' C parser can read ml-1m
 
@@ -98,10 +114,16 @@ def _read_table(
 
     try:
         frame = pd.read_csv(
-            io.StringIO(text), sep=sep, names=names, header=0 if header else None,
-            dtype=dtypes, quoting=3 if sep != "," else 0, keep_default_na=False,
-            na_values=[], engine="c",
-        )  # fmt: skip
+            io.StringIO(text),
+            sep=sep,
+            names=names,
+            header=0 if header else None,
+            dtype=dtypes,
+            quoting=3 if sep != "," else 0,
+            keep_default_na=False,
+            na_values=[],
+            engine="c",
+        )
     except (ValueError, pd.errors.ParserError) as exc:
         body = text.split("\n", 1)[1] if header else text
         error = _first_bad_line(path, body, ok)
@@ -137,8 +159,14 @@ def _year_from_title(titles: pd.Series) -> pd.Series:
     return titles.str.extract(_YEAR_IN_TITLE, expand=False).astype("Int16")
 
 
-def _clean(name: str, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame,
-           step: float, files: list[Path]) -> MovieLens:  # fmt: skip
+def _clean(
+    name: str,
+    ratings: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    step: float,
+    files: list[Path],
+) -> MovieLens:
     dropped: dict[str, int] = {}
     before = len(ratings)
     ratings = ratings.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
@@ -155,11 +183,20 @@ def _clean(name: str, ratings: pd.DataFrame, users: pd.DataFrame, items: pd.Data
         users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique())})
     if ratings.empty:
         raise DataError(f"{name}: no ratings left after cleaning ({dropped})")
-    ratings = ratings.astype({"user_id": "int32", "item_id": "int32", "rating": "float32",
-                              "timestamp": "int64"}).reset_index(drop=True)  # fmt: skip
+    ratings = ratings.astype(
+        {"user_id": "int32", "item_id": "int32", "rating": "float32", "timestamp": "int64"}
+    ).reset_index(drop=True)
     scale = (float(ratings["rating"].min()), float(ratings["rating"].max()))
-    return MovieLens(name, ratings, users.reset_index(drop=True), items.reset_index(drop=True),
-                     scale, step, files, dropped)  # fmt: skip
+    return MovieLens(
+        name,
+        ratings,
+        users.reset_index(drop=True),
+        items.reset_index(drop=True),
+        scale,
+        step,
+        files,
+        dropped,
+    )
 
 
 def _age_bucket(age: pd.Series) -> pd.Series:
@@ -172,29 +209,43 @@ def _age_bucket(age: pd.Series) -> pd.Series:
 def read_ml100k(root: Path) -> MovieLens:
     """ml-100k: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1)."""
     files = [_require(root / f, "ml-100k") for f in ("u.data", "u.user", "u.item")]
-    ratings = _read_table(files[0], _read_text(files[0], "latin-1"), "\t",
-                          ["user_id", "item_id", "rating", "timestamp"],
-                          {"user_id": "int64", "item_id": "int64", "rating": "float64",
-                           "timestamp": "int64"})  # fmt: skip
+    ratings = _read_table(
+        files[0],
+        _read_text(files[0], "latin-1"),
+        "\t",
+        ["user_id", "item_id", "rating", "timestamp"],
+        {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"},
+    )
     _check_ratings(ratings, files[0], 1, 5, 1.0)
-    users = _read_table(files[1], _read_text(files[1], "latin-1"), "|",
-                        ["user_id", "age", "gender", "occupation", "zip"],
-                        {"user_id": "int64", "age": "int64"})  # fmt: skip
+    users = _read_table(
+        files[1],
+        _read_text(files[1], "latin-1"),
+        "|",
+        ["user_id", "age", "gender", "occupation", "zip"],
+        {"user_id": "int64", "age": "int64"},
+    )
     users["age"] = _age_bucket(users["age"]).astype(str)
     users = users[["user_id", "gender", "age", "occupation", "zip"]].astype({"user_id": "int32"})
     item_names = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
-    raw = _read_table(files[2], _read_text(files[2], "latin-1"), "|", item_names,
-                      {"item_id": "int64", **{g: "int8" for g in ML100K_GENRES}})  # fmt: skip
+    raw = _read_table(
+        files[2],
+        _read_text(files[2], "latin-1"),
+        "|",
+        item_names,
+        {"item_id": "int64", **{g: "int8" for g in ML100K_GENRES}},
+    )
     flags = raw[list(ML100K_GENRES)].to_numpy().astype(bool)
     names = np.array(ML100K_GENRES, dtype=object)
     released = pd.to_datetime(raw["release_date"], format="%d-%b-%Y", errors="coerce")
-    items = pd.DataFrame({
-        "item_id": raw["item_id"].astype("int32"),
-        "title": raw["title"],
-        "year": released.dt.year.astype("Int16").fillna(_year_from_title(raw["title"])),
-        "released": released,
-        "genres": [list(names[row]) for row in flags],
-    })  # fmt: skip
+    items = pd.DataFrame(
+        {
+            "item_id": raw["item_id"].astype("int32"),
+            "title": raw["title"],
+            "year": released.dt.year.astype("Int16").fillna(_year_from_title(raw["title"])),
+            "released": released,
+            "genres": [list(names[row]) for row in flags],
+        }
+    )
     return _clean("ml-100k", ratings, users, items, 1.0, files)
 
 
@@ -204,22 +255,36 @@ def _read_dat(path: Path, names: list[str], dtypes: dict[str, str]) -> pd.DataFr
 
 
 def _split_list(values: pd.Series, sep: str) -> list[list[str]]:
-    return [[] if v in ("", "N/A") else [s.strip() for s in v.split(sep) if s.strip()]
-            for v in values]  # fmt: skip
+    return [
+        [] if v in ("", "N/A") else [s.strip() for s in v.split(sep) if s.strip()] for v in values
+    ]
 
 
 def _read_melu_extra(path: Path) -> pd.DataFrame:
     """MeLU's ``movies_extrainfos.dat`` (UTF-8, CRLF, 11 ``::`` fields) → rate/directors/actors."""
     text = _read_text(path, "utf-8").replace("\r\n", "\n").replace("::", _SEP)
-    names = ["item_id", "title", "year", "rate", "released", "genre", "director", "writer",
-             "actors", "plot", "poster"]  # fmt: skip
+    names = [
+        "item_id",
+        "title",
+        "year",
+        "rate",
+        "released",
+        "genre",
+        "director",
+        "writer",
+        "actors",
+        "plot",
+        "poster",
+    ]
     raw = _read_table(path, text, _SEP, names, {"item_id": "int64"})
-    return pd.DataFrame({
-        "item_id": raw["item_id"].astype("int32"),
-        "rate": raw["rate"].replace("N/A", ""),
-        "directors": _split_list(raw["director"], ","),
-        "actors": _split_list(raw["actors"], ","),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "item_id": raw["item_id"].astype("int32"),
+            "rate": raw["rate"].replace("N/A", ""),
+            "directors": _split_list(raw["director"], ","),
+            "actors": _split_list(raw["actors"], ","),
+        }
+    )
 
 
 def read_ml1m(root: Path, *, extra_info: bool = True) -> MovieLens:
@@ -229,20 +294,25 @@ def read_ml1m(root: Path, *, extra_info: bool = True) -> MovieLens:
     MPAA ``rate``, ``directors`` and ``actors``.
     """
     files = [_require(root / f, "ml-1m") for f in ("ratings.dat", "users.dat", "movies.dat")]
-    ratings = _read_dat(files[0], ["user_id", "item_id", "rating", "timestamp"],
-                        {"user_id": "int64", "item_id": "int64", "rating": "float64",
-                         "timestamp": "int64"})  # fmt: skip
+    ratings = _read_dat(
+        files[0],
+        ["user_id", "item_id", "rating", "timestamp"],
+        {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"},
+    )
     _check_ratings(ratings, files[0], 1, 5, 1.0)
-    users = _read_dat(files[1], ["user_id", "gender", "age", "occupation", "zip"],
-                      {"user_id": "int32"})  # fmt: skip
+    users = _read_dat(
+        files[1], ["user_id", "gender", "age", "occupation", "zip"], {"user_id": "int32"}
+    )
     raw = _read_dat(files[2], ["item_id", "title", "genres"], {"item_id": "int32"})
-    items = pd.DataFrame({
-        "item_id": raw["item_id"],
-        "title": raw["title"],
-        "year": _year_from_title(raw["title"]),
-        "released": pd.NaT,
-        "genres": _split_list(raw["genres"], "|"),
-    })  # fmt: skip
+    items = pd.DataFrame(
+        {
+            "item_id": raw["item_id"],
+            "title": raw["title"],
+            "year": _year_from_title(raw["title"]),
+            "released": pd.NaT,
+            "genres": _split_list(raw["genres"], "|"),
+        }
+    )
     extra = root / "movies_extrainfos.dat"
     if extra_info and extra.is_file():
         files.append(extra)
@@ -265,8 +335,10 @@ def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
         raise _line_error(path, text, 4) from exc
     frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(dtypes))
     if list(frame.columns) != list(dtypes):
-        raise DataError(f"{path}:1: expected header userId,movieId,rating,timestamp, "
-                        f"got {','.join(map(str, frame.columns))}")  # fmt: skip
+        raise DataError(
+            f"{path}:1: expected header userId,movieId,rating,timestamp, "
+            f"got {','.join(map(str, frame.columns))}"
+        )
     if frame.isna().any().any():
         raise _line_error(path, _read_text(path, "utf-8"), 4)
     return frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
@@ -293,20 +365,23 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
     ratings = _read_csv_ratings(files[0])
     _check_ratings(ratings, files[0], 0.5, 5, 0.5)
     try:
-        raw = pd.read_csv(files[1], dtype={"movieId": "int32", "title": str, "genres": str},
-                          keep_default_na=False)  # fmt: skip
+        raw = pd.read_csv(
+            files[1], dtype={"movieId": "int32", "title": str, "genres": str}, keep_default_na=False
+        )
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{files[1]}: malformed movies file ({exc})") from exc
     if list(raw.columns) != ["movieId", "title", "genres"]:
         raise DataError(f"{files[1]}:1: expected header movieId,title,genres")
     genres = raw["genres"].replace("(no genres listed)", "")
-    items = pd.DataFrame({
-        "item_id": raw["movieId"],
-        "title": raw["title"].str.strip(),
-        "year": _year_from_title(raw["title"].str.strip()),
-        "released": pd.NaT,
-        "genres": _split_list(genres, "|"),
-    })  # fmt: skip
+    items = pd.DataFrame(
+        {
+            "item_id": raw["movieId"],
+            "title": raw["title"].str.strip(),
+            "year": _year_from_title(raw["title"].str.strip()),
+            "released": pd.NaT,
+            "genres": _split_list(genres, "|"),
+        }
+    )
     users = pd.DataFrame({"user_id": pd.Series([], dtype="int32")})
     return _clean(name, ratings, users, items, 0.5, files)
 
