@@ -140,7 +140,9 @@ def _read_text(path: Path, encoding: str) -> str:
     try:
         return path.read_text(encoding=encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start})")
+        raise DataError(
+            f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start})"
+        ) from exc
 
 
 def _check_ratings(frame: pd.DataFrame, path: Path, low: float, high: float, step: float) -> None:
