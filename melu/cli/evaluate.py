@@ -1,0 +1,1 @@
+"""melu evaluate command (filled in by its issue)."""

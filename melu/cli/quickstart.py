@@ -1,0 +1,1 @@
+"""melu quickstart command (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""melu serve command (filled in by its issue)."""

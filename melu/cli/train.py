@@ -1,0 +1,1 @@
+"""melu train command (filled in by its issue)."""

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real MovieLens folder and prepared ml-100k tasks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from melu.config import DataConfig
+from melu.prepare import Prepared, prepare
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """$MELU_DATA_DIR (CI: ../shared/data); real-data tests skip when it is unset."""
+    value = os.environ.get("MELU_DATA_DIR")
+    if not value:
+        pytest.skip("MELU_DATA_DIR is not set: real MovieLens tests need it (CI sets it)")
+    path = Path(value)
+    if not (path / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"MELU_DATA_DIR={value} holds no ml-100k/u.data")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ml100k(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """ml-100k tasks with the default protocol, built once per test session."""
+    return prepare(DataConfig(dataset="ml-100k"), data_dir, tmp_path_factory.mktemp("cache"))
