@@ -87,6 +87,29 @@ def _vocab(values: Iterable[Any], multi: bool) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def _codes(values: Iterable[str], vocab: tuple[str, ...]) -> np.ndarray:
+    """(N,) int64 vocabulary indices (``vocab[i]`` → i + 1; anything else → 0), vectorised."""
+    codes = pd.Index(vocab, dtype=object).get_indexer(pd.Index(list(values), dtype=object))
+    return codes.astype(np.int64) + 1  # unknown/missing: -1 → 0 (a fresh, writable array)
+
+
+def _list_codes(values: list[list[str]], vocab: tuple[str, ...], max_len: int) -> np.ndarray:
+    """(N, max_len) int64 indices of each row's list, in order, padded with 0.
+
+    Unknown entries keep their slot as 0, which ``EmbeddingBag(padding_idx=0)`` ignores.
+    """
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    out = np.zeros((len(values), max_len), dtype=np.int64)
+    if lengths.sum() == 0:
+        return out
+    rows = np.repeat(np.arange(len(values)), lengths)
+    slots = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = [v for row in values for v in row]
+    keep = slots < max_len
+    out[rows[keep], slots[keep]] = _codes(flat, vocab)[keep]
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureSpace:
     """All fields of a data set, the rating scale, and the zip prefix length."""
@@ -132,9 +155,8 @@ class FeatureSpace:
         uvals = user_values(users, self.zip_prefix)
         out: FeatureBatch = {}
         for f in self.user_fields:
-            column = uvals[f.name] if f.name in uvals.columns else pd.Series([""] * len(users))
-            codes = column.map(f.index()).fillna(UNKNOWN).to_numpy(dtype=np.int64)
-            out[f.name] = torch.from_numpy(codes)
+            column = uvals[f.name] if f.name in uvals.columns else [""] * len(users)
+            out[f.name] = torch.from_numpy(_codes(column, f.vocab))
         return out
 
     def encode_user(self, values: Mapping[str, Any]) -> FeatureBatch:
@@ -148,17 +170,11 @@ class FeatureSpace:
         values = item_values(items)
         out: FeatureBatch = {}
         for f in self.item_fields:
-            lookup = f.index()
             column = values.get(f.name, [[] if f.multi else ""] * len(items))
-            if not f.multi:
-                codes = np.array([lookup.get(v, UNKNOWN) for v in column], dtype=np.int64)
-                out[f.name] = torch.from_numpy(codes)
-                continue
-            codes = np.zeros((len(items), f.max_len), dtype=np.int64)
-            for row, entries in enumerate(column):
-                known = [lookup.get(v, UNKNOWN) for v in entries[: f.max_len]]
-                codes[row, : len(known)] = known
-            out[f.name] = torch.from_numpy(codes)
+            if f.multi:
+                out[f.name] = torch.from_numpy(_list_codes(column, f.vocab, f.max_len))
+            else:
+                out[f.name] = torch.from_numpy(_codes(column, f.vocab))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -156,6 +156,53 @@ def meta_loss(
     return per_task.mean(), per_task, inner
 
 
+def adapted_predictions(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: Examples,
+    query_inputs: Inputs,
+    *,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    fast: Sequence[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Adapt each task of a batch (first order, no meta-gradient) and predict its queries.
+
+    ``support`` has a leading task dim T; ``query_inputs`` features (T, Q, ...) or
+    embeddings (T, Q, E). Returns (predictions (T, Q), inner losses (T, steps + 1)). Run it
+    under ``torch.no_grad()`` for evaluation; ``steps=0`` predicts with ``params`` as is.
+    """
+    names = list(fast) if fast is not None else model.fast_names()
+    support = precompute(model, params, support, names)
+    if not isinstance(query_inputs, Tensor) and embeds_are_shared(model, names):
+        query_inputs = embed(model, params, query_inputs)
+
+    def one(s: Examples, q_inputs: Inputs) -> tuple[Tensor, Tensor]:
+        adapted, inner = adapt(
+            model, params, s, steps=steps, lr=lr, first_order=True, fast=names
+        )
+        return apply(model, adapted, q_inputs), inner
+
+    return vmap(one, randomness="error")(support, query_inputs)
+
+
+def trim(examples: Examples) -> Examples:
+    """Drop the trailing slots that are padding in every task: (T, N) → (T, n ≤ N).
+
+    Real rows are packed first in each task, so this only removes work, never data.
+    """
+    used = examples.mask.any(0)
+    n = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    if n == examples.mask.shape[-1]:
+        return examples
+    inputs = (
+        examples.inputs[:, :n]
+        if isinstance(examples.inputs, Tensor)
+        else {k: v[:, :n] for k, v in examples.inputs.items()}
+    )
+    return Examples(inputs, examples.ratings[:, :n], examples.mask[:, :n])
+
+
 def task_examples(
     tasks: TaskSet,
     tables: FeatureTables,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.func import functional_call
 
 from melu.config import FastGroup, ModelConfig
@@ -62,11 +63,13 @@ class PreferenceEstimator(nn.Module):
         parts = []
         for name in self.field_names:
             table, idx = self.embeddings[name], features[name]
+            rows = F.embedding(idx, table.weight)  # (..., N, D) or (..., N, L, D)
             if isinstance(table, nn.EmbeddingBag):
-                flat = table(idx.reshape(-1, idx.shape[-1]))  # (M, D)
-                parts.append(flat.reshape(*idx.shape[:-1], flat.shape[-1]))
-            else:
-                parts.append(table(idx))
+                # EmbeddingBag(mode="mean", padding_idx=0), written out so vmap and
+                # double backward apply: mean over the non-padding entries, 0 if none.
+                keep = (idx != 0).unsqueeze(-1).to(rows.dtype)  # (..., N, L, 1)
+                rows = (rows * keep).sum(-2) / keep.sum(-2).clamp(min=1.0)
+            parts.append(rows)
         return torch.cat(parts, dim=-1)
 
     def forward(self, inputs: Inputs, embed_only: bool = False) -> Tensor:

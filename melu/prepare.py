@@ -24,7 +24,7 @@ import torch
 
 from melu import __version__
 from melu.config import DataConfig
-from melu.data.movielens import MovieLens, load_movielens
+from melu.data.movielens import MovieLens, dataset_files, load_movielens
 from melu.errors import DataError
 from melu.features import FeatureSpace, FeatureTables
 from melu.tasks import (
@@ -143,7 +143,11 @@ def _save(prepared: Prepared, folder: Path) -> None:
 
 
 def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
-    """Read a cache folder written by ``prepare``."""
+    """Read a cache folder written by ``prepare``.
+
+    ``mmap``: the TaskSets are memory-mapped copy-on-write (see ``melu.tasks.load_taskset``),
+    so a 25M-rating cache opens instantly and processes share one copy in the page cache.
+    """
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -152,7 +156,10 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
     tdir = folder / "tables"
 
     def arr(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.load(tdir / f"{name}.npy", allow_pickle=False))
+        try:
+            return torch.from_numpy(np.load(tdir / f"{name}.npy", allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{tdir / name}.npy: unreadable task cache ({exc})") from exc
 
     tables = FeatureTables(
         arr("user_ids"),
@@ -162,6 +169,7 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
     )
     tasks = {name: load_taskset(folder / "tasks" / name, mmap) for name in SCENARIOS}
     catalog = pd.read_parquet(folder / "catalog.parquet")
+    catalog["genres"] = [list(g) for g in catalog["genres"]]  # parquet gives arrays back
     config = DataConfig.from_dict(manifest["config"])
     return Prepared(
         config, space, tables, tasks, catalog, manifest["fingerprint"], manifest["stats"], folder
@@ -183,13 +191,14 @@ def prepare(
     """Load the cached TaskSets for ``config``, building (and caching) them if needed."""
     say = progress or (lambda _msg: None)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    say(f"reading {config.dataset} from {data_dir}")
-    data = load_movielens(config.dataset, data_dir, extra_info=config.use_extra_item_info)
-    key = cache_key(data.files, config)
+    files = dataset_files(config.dataset, data_dir, extra_info=config.use_extra_item_info)
+    key = cache_key(files, config)
     folder = cache_root / f"{config.dataset}-{key[:16]}"
     if folder.is_dir() and not rebuild:
         say(f"using cached tasks in {folder}")
         return load_prepared(folder)
+    say(f"reading {config.dataset} from {data_dir}")
+    data = load_movielens(config.dataset, data_dir, extra_info=config.use_extra_item_info)
     say("building tasks")
     prepared = build(data, config)
     prepared.fingerprint = key

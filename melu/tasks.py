@@ -295,15 +295,22 @@ def save_taskset(tasks: TaskSet, folder: Path) -> None:
 
 
 def load_taskset(folder: Path, mmap: bool = False) -> TaskSet:
-    """Read a TaskSet written by ``save_taskset`` (``mmap``: map the files, copy nothing)."""
+    """Read a TaskSet written by ``save_taskset``.
+
+    ``mmap``: map the ``.npy`` files copy-on-write (``np.load(mmap_mode="c")``) instead of
+    reading them. Pages come from the OS page cache on first touch and are shared by every
+    process that maps the same files (one copy in RAM for all ranks); the arrays are
+    writable (private copy of a page only if written), so ``torch.from_numpy`` wraps them
+    without copying and without PyTorch's non-writable-array warning.
+    """
     arrays = {}
     for f in fields(TaskSet):
         path = folder / f"{f.name}.npy"
         try:
-            array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+            array = np.load(path, allow_pickle=False, mmap_mode="c" if mmap else None)
         except (OSError, ValueError) as exc:
             raise DataError(
                 f"{path}: unreadable task cache ({exc}); delete the cache folder"
             ) from exc
-        arrays[f.name] = torch.from_numpy(np.asarray(array) if not mmap else array)
+        arrays[f.name] = torch.from_numpy(array)
     return TaskSet(**arrays)

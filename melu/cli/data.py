@@ -1,15 +1,25 @@
-"""``melu prepare`` (and, later, ``melu data download``)."""
+"""``melu data download|list`` and ``melu prepare``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from tqdm import tqdm
 
 from melu.cli.app import app, echo, resolve_data_dir
 from melu.config import DataConfig
+from melu.data.download import download_dataset, is_present, required_files
+from melu.data.movielens import DATASETS
 from melu.prepare import prepare as prepare_tasks
+from melu.tasks import SCENARIOS
+
+data_app = typer.Typer(
+    help="Get MovieLens data sets from GroupLens and see what is present.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
 
 DataDir = Annotated[
     Path | None,
@@ -17,25 +27,157 @@ DataDir = Annotated[
 ]
 
 
+def _dataset(value: str) -> str:
+    if value not in DATASETS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(DATASETS)}")
+    return value
+
+
+DatasetArg = Annotated[str, typer.Argument(help=" | ".join(DATASETS), callback=_dataset)]
+DatasetOpt = Annotated[str, typer.Option(help=" | ".join(DATASETS), callback=_dataset)]
+
+
+class _Bar:
+    """A tqdm bar driven by the library's ``(bytes_done, bytes_total)`` callback."""
+
+    def __init__(self, name: str) -> None:
+        self.bar = tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024)
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total is not None and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+
+@data_app.command("download")
+def download(
+    dataset: DatasetArg,
+    data_dir: DataDir = None,
+    url_base: Annotated[
+        str | None,
+        typer.Option(
+            help="Mirror to fetch <dataset>.zip(.md5) from (default: $MELU_DOWNLOAD_URL, else GroupLens)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+) -> None:
+    """Fetch the official GroupLens zip, verify it (published MD5; SHA-256 of ML-100K/ML-1M files) and unpack it atomically into <data-dir>/<dataset>/.
+
+    MovieLens belongs to GroupLens Research: research use only, never redistribute it.
+    """
+    root = resolve_data_dir(data_dir)
+    if is_present(dataset, root) and not force:
+        echo(f"{dataset} is already in {root / dataset} (use --force to download again)")
+        return
+    bar = _Bar(f"{dataset}.zip")
+    try:
+        folder = download_dataset(dataset, root, url_base=url_base, progress=bar, force=force)
+    finally:
+        bar.bar.close()
+    echo(f"{dataset}: verified and unpacked into {folder}")
+
+
+@data_app.command("list")
+def list_datasets(data_dir: DataDir = None) -> None:
+    """Show which data sets are present in the data folder."""
+    root = resolve_data_dir(data_dir)
+    echo(f"data folder: {root}")
+    for name in DATASETS:
+        folder = root / name
+        if is_present(name, root):
+            size = sum((folder / f).stat().st_size for f in required_files(name))
+            echo(f"  {name:<16} present  {size / 2**20:8.1f} MiB")
+        else:
+            missing = [f for f in required_files(name) if not (folder / f).is_file()]
+            echo(f"  {name:<16} missing  {', '.join(missing)}  (melu data download {name})")
+
+
+def _row(name: str, s: dict[str, Any]) -> str:
+    return (
+        f"{name:<16}{s['users']:>8}{s['tasks']:>8}{s['support_min']:>6}"
+        f"{s['support_median']:>8g}{s['support_max']:>6}{s['items']:>8}{s['ratings']:>10}"
+    )
+
+
+def print_summary(stats: dict[str, Any]) -> None:
+    """The per-scenario table and the cleaning counts of ``Prepared.stats``."""
+    echo(
+        f"{stats['dataset']}: {stats['ratings']} ratings, {stats['users']} users, "
+        f"{stats['items']} items ({stats['new_items']} new); roles "
+        + ", ".join(f"{k} {v}" for k, v in stats["roles"].items())
+    )
+    dropped = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in stats["dropped"].items())
+    echo(f"dropped rows: {dropped or 'none'}")
+    echo(
+        f"{'scenario':<16}{'users':>8}{'tasks':>8}{'sup':>6}{'median':>8}{'max':>6}"
+        f"{'items':>8}{'ratings':>10}"
+    )
+    for name in SCENARIOS:
+        if name in stats["scenarios"]:
+            echo(_row(name, stats["scenarios"][name]))
+
+
 @app.command()
 def prepare(
-    dataset: Annotated[
-        str, typer.Option(help="ml-100k, ml-1m, ml-latest-small, ml-latest, ml-25m or ml-32m.")
-    ] = "ml-100k",
+    dataset: DatasetOpt = "ml-100k",
     data_dir: DataDir = None,
     out: Annotated[
         Path | None, typer.Option(help="Cache folder (default: $MELU_CACHE_DIR, else .melu-cache).")
     ] = None,
-    seed: int = 0,
+    user_split: Annotated[
+        str, typer.Option(help="time: order users by first rating; random: seeded shuffle.")
+    ] = "time",
+    query_order: Annotated[
+        str, typer.Option(help="random: seeded query of each user; time: the last ratings.")
+    ] = "random",
+    seed: Annotated[int, typer.Option(help="Seed of the random split and query.")] = 0,
+    new_item_fraction: Annotated[
+        float, typer.Option(help="Newest share of items that are new.")
+    ] = 0.2,
+    train_fraction: Annotated[float, typer.Option(help="Share of users that train.")] = 0.7,
+    validation_fraction: Annotated[float, typer.Option(help="Share of users that validate.")] = 0.1,
+    min_ratings: Annotated[int, typer.Option(help="Fewest ratings of a task.")] = 13,
+    max_ratings: Annotated[int, typer.Option(help="Most ratings of a task.")] = 100,
+    query_size: Annotated[int, typer.Option(help="Query ratings per task.")] = 10,
+    min_support: Annotated[int, typer.Option(help="Fewest support ratings of a task.")] = 3,
+    max_support: Annotated[int, typer.Option(help="Support cap per task.")] = 90,
+    zip_prefix: Annotated[int, typer.Option(help="Zip code digits kept (0 drops zip).")] = 2,
+    extra_item_info: Annotated[
+        bool, typer.Option(help="ml-1m: use MeLU's movies_extrainfos.dat when present.")
+    ] = True,
+    rebuild: Annotated[bool, typer.Option(help="Build again even if cached.")] = False,
 ) -> None:
-    """Build (or reuse) the cached per-user tasks of every scenario and print a summary."""
-    config = DataConfig(dataset=dataset, seed=seed)
-    prepared = prepare_tasks(config, resolve_data_dir(data_dir), out, progress=echo)
-    echo(
-        f"{'scenario':<16}{'users':>7}{'tasks':>7}{'sup min':>9}{'median':>8}{'max':>6}{'items':>7}{'ratings':>9}"
+    """Build (or reuse) the cached per-user tasks of every scenario and print a summary.
+
+    Protocol: the newest --new-item-fraction of items (by release date) are new items; users are ordered by first rating (--user-split time) or shuffled (random): the oldest --train-fraction train, the next --validation-fraction validate, the rest are the cold test users. A user with --min-ratings..--max-ratings ratings in a scenario's items forms a task: --query-size query ratings (seeded random, or the last ones with --query-order time), the rest (at most --max-support) the support. Scenarios: train, validation, warm (train users' held-out queries), user_cold, item_cold, user_item_cold.
+
+    Cleaning: duplicate (user, item) ratings keep the latest; ratings of unknown items (and, with demographics, unknown users) are dropped and counted; a rating outside the format's scale, or a malformed row, is an error naming file:line (exit 1).
+
+    The cache is keyed by the data files' SHA-256 and these settings; a change rebuilds it.
+    """
+    config = DataConfig(
+        dataset=dataset,
+        new_item_fraction=new_item_fraction,
+        user_split=_choice("--user-split", user_split, ("time", "random")),  # type: ignore[arg-type]
+        train_fraction=train_fraction,
+        validation_fraction=validation_fraction,
+        min_ratings=min_ratings,
+        max_ratings=max_ratings,
+        query_size=query_size,
+        max_support=max_support,
+        min_support=min_support,
+        query_order=_choice("--query-order", query_order, ("random", "time")),  # type: ignore[arg-type]
+        zip_prefix=zip_prefix,
+        use_extra_item_info=extra_item_info,
+        seed=seed,
     )
-    for name, s in prepared.stats["scenarios"].items():
-        echo(
-            f"{name:<16}{s['users']:>7}{s['tasks']:>7}{s['support_min']:>9}{s['support_median']:>8g}"
-            f"{s['support_max']:>6}{s['items']:>7}{s['ratings']:>9}"
-        )
+    prepared = prepare_tasks(
+        config, resolve_data_dir(data_dir), out, rebuild=rebuild, progress=echo
+    )
+    print_summary(prepared.stats)
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
+    return value

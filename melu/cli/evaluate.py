@@ -1,1 +1,89 @@
-"""melu evaluate command (filled in by its issue)."""
+"""``melu evaluate``: score a model bundle on the four scenarios against the baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from tqdm import tqdm
+
+from melu.cli.app import app, echo, resolve_data_dir
+
+if TYPE_CHECKING:
+    from melu.evaluate import Report
+
+
+def resolve_model(path: Path) -> tuple[Path, Path]:
+    """(bundle folder, run folder) from a run folder or its ``model/`` subfolder."""
+    if (path / "config.json").is_file() or not (path / "model").is_dir():
+        return path, path.parent if path.name == "model" else path
+    return path / "model", path
+
+
+def print_summary(report: Report) -> None:
+    """Print the per-scenario summary table (MAML vs the best baseline)."""
+    from melu.report import summary_table
+
+    echo("per-user query MAE (lower is better); MAML − best baseline with a paired 95% CI")
+    echo(summary_table(report))
+
+
+def run_evaluation(
+    *,
+    model: Path,
+    data_dir: Path | None = None,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> Report:
+    """Load the bundle, prepare its data protocol, evaluate, write ``out``, print the summary."""
+    from melu.bundle import load_bundle
+    from melu.evaluate import EVAL_SCENARIOS, count_stages, evaluate
+    from melu.prepare import prepare
+    from melu.report import write_report
+
+    bundle_dir, run_dir = resolve_model(model)
+    bundle = load_bundle(bundle_dir)
+    target = out if out is not None else run_dir / "eval"
+    prepared = prepare(bundle.config.data, resolve_data_dir(data_dir), cache_dir)
+    sizes = (1, 3, 5, 10, 20)
+    with tqdm(
+        total=count_stages(EVAL_SCENARIOS, sizes), desc="evaluate", disable=not show_progress
+    ) as bar:
+
+        def step(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
+
+        report = evaluate(bundle, prepared, support_sizes=sizes, seed=seed, progress=step)
+    write_report(report, target)
+    print_summary(report)
+    echo(f"report: {target / 'report.md'}")
+    return report
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        Path, typer.Option(help="Run folder (runs/NAME) or its model bundle (runs/NAME/model).")
+    ],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: <run folder>/eval).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Task cache (default: $MELU_CACHE_DIR or .melu-cache).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the support sampling and bootstrap.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate a model on warm, user-cold, item-cold and user-item-cold tasks."""
+    run_evaluation(
+        model=model, data_dir=data_dir, out=out, cache_dir=cache_dir, seed=seed,
+        show_progress=progress,
+    )  # fmt: skip

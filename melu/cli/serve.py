@@ -1,1 +1,128 @@
-"""melu serve command (filled in by its issue)."""
+"""``melu serve`` (the HTTP service under uvicorn) and ``melu recommend`` (one new user)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from melu.cli.app import app, echo
+from melu.errors import BundleError
+from melu.recommend import InvalidInput, Recommendations, Recommender
+
+ModelOpt = Annotated[
+    Path,
+    typer.Option("--model", help="Run folder (runs/NAME) or its model/ bundle folder."),
+]
+
+
+def bundle_folder(path: Path) -> Path:
+    """A run folder or its ``model/`` subfolder → the bundle folder (checked to exist)."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    raise BundleError(f"{path}: no model bundle here (expected runs/NAME or runs/NAME/model)")
+
+
+def parse_rating(text: str) -> tuple[int, float]:
+    """``"50=5"`` → ``(50, 5.0)``; anything else is a usage error."""
+    item, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(item), float(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not ITEM_ID=RATING (e.g. 50=5)", param_hint="--rate"
+        ) from None
+
+
+def format_table(result: Recommendations) -> str:
+    """The recommendations as an aligned text table: rank, id, title, year, score."""
+    lines = [f"{'#':>3}  {'id':>6}  {'title':<50}  {'year':>4}  {'score':>5}"]
+    for rank, item in enumerate(result.items, 1):
+        title = item.title if len(item.title) <= 50 else item.title[:47] + "..."
+        year = "" if item.year is None else str(item.year)
+        lines.append(f"{rank:>3}  {item.item_id:>6}  {title:<50}  {year:>4}  {item.score:>5.2f}")
+    info = result.adaptation
+    if info.steps:
+        lines.append(
+            f"adapted in {info.steps} steps: support MSE {info.support_loss_before:.3f}"
+            f" → {info.support_loss_after:.3f}"
+        )
+    else:
+        lines.append("no ratings given: ranked from the user's features only")
+    return "\n".join(lines)
+
+
+def print_recommendations(
+    model: Path | str,
+    ratings: list[tuple[int, float]],
+    user: dict[str, object] | None = None,
+    k: int = 10,
+) -> Recommendations:
+    """Print the top-``k`` table for a new user (used by ``melu quickstart``); returns it."""
+    recommender = Recommender.from_bundle(bundle_folder(Path(model)))
+    try:
+        result = recommender.recommend(user or {}, ratings, k=k)
+    except InvalidInput as exc:
+        raise typer.BadParameter(str(exc)) from None
+    rows = recommender.rows([item_id for item_id, _ in ratings], "--rate").tolist()
+    for row, (_, value) in zip(rows, ratings, strict=True):
+        echo(f"you rated {value:g}: {recommender.titles[row]}")
+    echo(format_table(result))
+    return result
+
+
+@app.command("recommend")
+def recommend(
+    model: ModelOpt,
+    rate: Annotated[
+        list[str] | None, typer.Option(help="ITEM_ID=RATING, repeatable (e.g. --rate 50=5).")
+    ] = None,
+    gender: Annotated[str | None, typer.Option(help="e.g. F or M")] = None,
+    age: Annotated[int | None, typer.Option(min=0, max=150, help="age in years")] = None,
+    occupation: Annotated[str | None, typer.Option(help="e.g. student")] = None,
+    zip_code: Annotated[str | None, typer.Option("--zip", help="zip / postal code")] = None,
+    k: Annotated[int, typer.Option(min=1, help="how many items")] = 10,
+) -> None:
+    """Recommend movies for a new user from a few ratings (adapts the model first)."""
+    ratings = [parse_rating(r) for r in rate or []]
+    user = {"gender": gender, "age": age, "occupation": occupation, "zip": zip_code}
+    print_recommendations(model, ratings, {k: v for k, v in user.items() if v is not None}, k)
+
+
+@app.command("serve")
+def serve(
+    model: ModelOpt,
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the HTTP API (docs at /docs). Other limits: MELU_* environment variables."""
+    import uvicorn
+
+    from service.app import create_app, load
+    from service.settings import Settings
+
+    folder = bundle_folder(model).resolve()
+    os.environ["MELU_MODEL"] = str(folder)
+    settings = Settings(model=folder, host=host, port=port, workers=workers)
+    loaded = load(settings)  # fail here, clearly, before uvicorn starts
+    echo(f"serving {folder} on http://{host}:{port} (docs: http://{host}:{port}/docs)")
+    if workers == 1:
+        uvicorn.run(create_app(settings, loaded), host=host, port=port, log_level=log_level)
+        return
+    del loaded  # each worker process loads its own copy from MELU_MODEL
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )

@@ -1,1 +1,154 @@
-"""melu train command (filled in by its issue)."""
+"""``melu train``: prepare (or reuse) the tasks, meta-train, write the model bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from tqdm import tqdm
+
+from melu.cli.app import app, echo, resolve_data_dir
+from melu.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
+from melu.errors import ConfigError
+
+DEFAULTS = Config()
+
+
+class _Bar:
+    """Turns the trainer's progress events into a tqdm bar with the running loss."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None  # type: ignore[type-arg]
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        kind = event["event"]
+        if kind == "epoch_start":
+            self.bar = tqdm(total=event["batches"], desc=f"epoch {event['epoch']}", leave=False)
+        elif kind == "batch" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}")
+        elif kind == "epoch_end":
+            if self.bar is not None:
+                self.bar.close()
+            echo(
+                f"epoch {event['epoch']:>3}  loss {event['train_loss']:.4f}  "
+                f"val MAE {event['val_mae_before']:.4f} → {event['val_mae_after']:.4f}  "
+                f"({event['seconds']:.1f}s, {event['tasks_per_s']:.0f} tasks/s)"
+            )
+        elif kind == "resumed":
+            echo(f"resumed after epoch {event['epoch']}")
+
+
+def build_config(dataset: str, **options: Any) -> Config:
+    """A Config from CLI options (None = default); bad values raise ConfigError."""
+
+    def pick(section: Any, names: tuple[str, ...]) -> Any:
+        return section.replace(**{n: options[n] for n in names if options.get(n) is not None})
+
+    return Config(
+        data=DataConfig(dataset=dataset),
+        model=pick(ModelConfig(), ("fast_params",)),
+        meta=pick(MetaConfig(), ("inner_steps", "inner_lr", "first_order", "learn_inner_lr")),
+        train=pick(
+            TrainConfig(),
+            ("epochs", "meta_batch", "outer_lr", "seed", "patience", "device", "amp"),
+        ),
+    )
+
+
+def run_training(
+    *,
+    dataset: str = "ml-100k",
+    data_dir: Path | None = None,
+    out: Path = Path("runs/train"),
+    cache_dir: Path | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+    **options: Any,
+) -> Path:
+    """Prepare, train and return the bundle path (used by ``train`` and ``quickstart``)."""
+    from melu.prepare import prepare
+    from melu.train import train
+
+    config = build_config(dataset, **options)
+    prepared = prepare(
+        config.data, resolve_data_dir(data_dir), cache_dir, progress=echo if show_progress else None
+    )
+    result = train(config, prepared, out, resume=resume, progress=_Bar(show_progress))
+    echo(
+        f"best epoch {result.best_epoch}: validation MAE "
+        f"{result.metrics.get('val_mae_before', float('nan')):.4f} before → "
+        f"{result.metrics.get('val_mae_after', float('nan')):.4f} after adaptation"
+    )
+    echo(f"model bundle: {result.bundle}")
+    return result.bundle
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=name)
+    return value
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="MovieLens data set (e.g. ml-100k, ml-1m).")] = (
+        "ml-100k"
+    ),
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Run folder: metrics, checkpoint, model/.")] = Path(
+        "runs/train"
+    ),
+    epochs: Annotated[int, typer.Option(min=1)] = DEFAULTS.train.epochs,
+    meta_batch: Annotated[int, typer.Option(min=1, help="Tasks per outer step.")] = (
+        DEFAULTS.train.meta_batch
+    ),
+    inner_steps: Annotated[int, typer.Option(min=0)] = DEFAULTS.meta.inner_steps,
+    inner_lr: float = DEFAULTS.meta.inner_lr,
+    outer_lr: float = DEFAULTS.train.outer_lr,
+    first_order: Annotated[bool, typer.Option(help="FOMAML (no second-order terms).")] = False,
+    learn_inner_lr: Annotated[bool, typer.Option(help="Meta-SGD: learned inner rates.")] = False,
+    fast_params: Annotated[str, typer.Option(help="Adapted group: mlp, head or all.")] = (
+        DEFAULTS.model.fast_params
+    ),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    amp: Annotated[str, typer.Option(help="none or bf16 (autocast the forward).")] = "none",
+    seed: int = DEFAULTS.train.seed,
+    patience: Annotated[int, typer.Option(min=1)] = DEFAULTS.train.patience,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Task cache folder.")] = None,
+) -> None:
+    """Meta-train the preference estimator and write the model bundle to OUT/model."""
+    _choice("--fast-params", fast_params, ("mlp", "head", "all"))
+    _choice("--device", device, ("auto", "cpu", "cuda"))
+    _choice("--amp", amp, ("none", "bf16"))
+    try:
+        build_config(dataset, inner_lr=inner_lr, outer_lr=outer_lr)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    run_training(
+        dataset=dataset,
+        data_dir=data_dir,
+        out=out,
+        cache_dir=cache_dir,
+        resume=resume,
+        epochs=epochs,
+        meta_batch=meta_batch,
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+        outer_lr=outer_lr,
+        first_order=first_order,
+        learn_inner_lr=learn_inner_lr,
+        fast_params=fast_params,
+        device=device,
+        amp=amp,
+        seed=seed,
+        patience=patience,
+    )

@@ -145,20 +145,48 @@ def _read_text(path: Path, encoding: str) -> str:
         ) from exc
 
 
-def _check_ratings(frame: pd.DataFrame, path: Path, low: float, high: float, step: float) -> None:
+def _check_ratings(
+    frame: pd.DataFrame, path: Path, low: float, high: float, step: float, header: int = 0
+) -> None:
+    """Error naming ``path:line`` of the first rating off the scale (``header`` lines skipped)."""
     values = frame["rating"].to_numpy()
     bad = ~np.isfinite(values) | (values < low) | (values > high)
     bad |= np.abs(values / step - np.round(values / step)) > 1e-6
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}:{row + 1}: rating {values[row]!r} is outside the scale "
+            f"{path}:{row + 1 + header}: rating {float(values[row]):g} is outside the scale "
             f"{low:g}..{high:g} in steps of {step:g}"
         )
 
 
 def _year_from_title(titles: pd.Series) -> pd.Series:
     return titles.str.extract(_YEAR_IN_TITLE, expand=False).astype("Int16")
+
+
+def _latest_per_pair(ratings: pd.DataFrame) -> np.ndarray:
+    """Row positions sorted by (user, item), one per pair: the latest (then last in file).
+
+    One stable int64 argsort in the usual case (no duplicates); the timestamp tie-break
+    sort runs only when duplicates exist.
+    """
+    users = ratings["user_id"].to_numpy(dtype=np.int64)
+    items = ratings["item_id"].to_numpy(dtype=np.int64)
+    if len(items) and (items.min() < 0 or users.min() < 0):
+        raise DataError(
+            f"negative user or item id in the ratings (e.g. {users.min()}, {items.min()})"
+        )
+    key = users * (int(items.max(initial=0)) + 1) + items
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    if not (sorted_key[1:] == sorted_key[:-1]).any():
+        return order
+    stamps = ratings["timestamp"].to_numpy()
+    order = np.lexsort((np.arange(len(key)), stamps, key))
+    sorted_key = key[order]
+    last = np.ones(len(key), dtype=bool)
+    last[:-1] = sorted_key[1:] != sorted_key[:-1]
+    return order[last]
 
 
 def _clean(
@@ -171,8 +199,7 @@ def _clean(
 ) -> MovieLens:
     dropped: dict[str, int] = {}
     before = len(ratings)
-    ratings = ratings.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
-    ratings = ratings.drop_duplicates(["user_id", "item_id"], keep="last")
+    ratings = ratings.take(_latest_per_pair(ratings))
     dropped["duplicate_ratings"] = before - len(ratings)
     known = ratings["item_id"].isin(items["item_id"])
     dropped["ratings_of_unknown_items"] = int((~known).sum())
@@ -365,7 +392,7 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
     """
     files = [_require(root / f, name) for f in ("ratings.csv", "movies.csv")]
     ratings = _read_csv_ratings(files[0])
-    _check_ratings(ratings, files[0], 0.5, 5, 0.5)
+    _check_ratings(ratings, files[0], 0.5, 5, 0.5, header=1)
     try:
         raw = pd.read_csv(
             files[1], dtype={"movieId": "int32", "title": str, "genres": str}, keep_default_na=False
@@ -388,14 +415,37 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
     return _clean(name, ratings, users, items, 0.5, files)
 
 
-def load_movielens(name: str, data_dir: Path | str, *, extra_info: bool = True) -> MovieLens:
-    """Read data set ``name`` from ``data_dir/name`` into canonical frames."""
+def _root(name: str, data_dir: Path | str) -> Path:
     root = dataset_dir(name, Path(data_dir))
     if not root.is_dir():
         raise DataError(
             f"data set {name} not found in {root}; run `melu data download {name} "
             f"--data-dir {data_dir}` (or set --data-dir / MELU_DATA_DIR)"
         )
+    return root
+
+
+def dataset_files(name: str, data_dir: Path | str, *, extra_info: bool = True) -> list[Path]:
+    """The files ``load_movielens`` reads for ``name`` (what the task cache is keyed on).
+
+    Raises ``DataError`` naming the missing file and the download command.
+    """
+    root = _root(name, data_dir)
+    if name == "ml-100k":
+        names = ["u.data", "u.user", "u.item"]
+    elif name == "ml-1m":
+        names = ["ratings.dat", "users.dat", "movies.dat"]
+    else:
+        names = ["ratings.csv", "movies.csv"]
+    files = [_require(root / f, name) for f in names]
+    if name == "ml-1m" and extra_info and (root / "movies_extrainfos.dat").is_file():
+        files.append(root / "movies_extrainfos.dat")
+    return files
+
+
+def load_movielens(name: str, data_dir: Path | str, *, extra_info: bool = True) -> MovieLens:
+    """Read data set ``name`` from ``data_dir/name`` into canonical frames."""
+    root = _root(name, data_dir)
     if name == "ml-100k":
         return read_ml100k(root)
     if name == "ml-1m":

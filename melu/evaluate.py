@@ -1,0 +1,272 @@
+"""Scenario evaluation: MAML before/after adaptation, curves, baselines, paired comparison.
+
+``evaluate(bundle, prepared)`` scores the bundle on the four cold-start scenarios of the
+data protocol it was trained with and returns a ``Report`` (plain JSON-able figures);
+``melu.report`` writes it as report.json, report.md and PNG plots. Every per-user interval
+uses one seeded bootstrap draw per scenario, shared by all methods, so differences are
+paired.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from melu import __version__
+from melu.adapted import predict_curve
+from melu.baselines import (
+    BaselineConfig,
+    ItemMean,
+    fit_item_mean,
+    fit_pooled,
+    global_mean,
+    pick_finetune_lr,
+    pooled_predict,
+)
+from melu.bundle import Bundle
+from melu.errors import BundleError, DataError
+from melu.metrics import NDCG_KS, bootstrap_ci, bootstrap_indices, nanmean, per_user, summarize
+from melu.model import Params, PreferenceEstimator
+from melu.prepare import Prepared
+from melu.tasks import EVAL_SCENARIOS, TaskSet
+
+Progress = Callable[[str], None]
+BASELINES = ("global_mean", "item_mean", "pooled", "pooled_finetune")
+METHODS = ("maml_before", "maml_after", *BASELINES)
+CURVE_METRICS = ("mae", "ndcg@10")
+HEADLINE = "mae"
+
+
+@dataclass
+class Report:
+    """All figures of one evaluation. ``scenarios[name]`` holds ``methods`` (method →
+    summary), ``steps_curve``, ``support_curve``, ``comparison`` and task counts."""
+
+    meta: dict[str, Any]
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "scenarios": self.scenarios}
+
+    @classmethod
+    def load(cls, path: Path | str) -> Report:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "report.json"
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["meta"], data["scenarios"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}: not a melu evaluation report ({exc})") from exc
+
+
+@dataclass
+class Fitted:
+    """The fitted baselines and the settings picked on the validation users."""
+
+    mu: float
+    item_mean: ItemMean
+    pooled_model: PreferenceEstimator
+    pooled_params: Params
+    pooled_epoch: int
+    finetune_lr: float
+
+
+def check_compatible(bundle: Bundle, prepared: Prepared) -> None:
+    """Refuse data other than the bundle's: protocol, data files or vocabularies differ."""
+    where = bundle.path or "model bundle"
+    ours, theirs = bundle.config.data.to_dict(), prepared.config.to_dict()
+    diff = {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: model {a!r} vs data {b!r}" for k, (a, b) in diff.items())
+        raise BundleError(f"{where}: trained with another data protocol ({detail})")
+    fingerprint = bundle.info.get("data_fingerprint", "")
+    if fingerprint and prepared.fingerprint and fingerprint != prepared.fingerprint:
+        raise BundleError(
+            f"{where}: trained on other {prepared.config.dataset} files (fingerprint "
+            f"{fingerprint[:12]} vs {prepared.fingerprint[:12]} of the data given)"
+        )
+    if bundle.features.to_dict() != prepared.features.to_dict():
+        raise BundleError(f"{where}: feature vocabularies differ from the data's")
+
+
+def check_tasks(prepared: Prepared, names: Iterable[str]) -> None:
+    for name in names:
+        if len(prepared.tasks[name]) == 0:
+            c = prepared.config
+            raise DataError(
+                f"scenario {name!r} has no tasks: no user has {c.min_ratings}..{c.max_ratings}"
+                f" ratings in its items ({c.dataset})"
+            )
+
+
+def fit_baselines(
+    bundle: Bundle, prepared: Prepared, options: BaselineConfig, progress: Progress
+) -> Fitted:
+    train, val, tables = prepared.tasks["train"], prepared.tasks["validation"], prepared.tables
+    mu = global_mean(train)
+    item = fit_item_mean(train, val, len(tables.item_ids), options.shrinkage_grid)
+    model, params, epoch = fit_pooled(bundle.config, prepared.features, train, val, tables, options)
+    progress("fitted pooled model")
+    meta = bundle.config.meta
+    lr = pick_finetune_lr(
+        model, params, val, tables, steps=meta.inner_steps, base_lr=meta.inner_lr,
+        scales=options.finetune_lr_scales,
+    )  # fmt: skip
+    return Fitted(mu, item, model, params, epoch, lr)
+
+
+def _curve(preds: Tensor, tasks: TaskSet) -> dict[str, list[float]]:
+    """Per-metric user-averaged figures of each prediction in ``preds`` (P, T, Q)."""
+    out: dict[str, list[float]] = {m: [] for m in CURVE_METRICS}
+    for pred in preds:
+        values = per_user(pred, tasks.query_ratings, tasks.query_mask, (10,))
+        for m in CURVE_METRICS:
+            out[m].append(nanmean(values[m]))
+    return out
+
+
+def compare(
+    tasks: TaskSet, preds: Mapping[str, Tensor], index: np.ndarray, methods: Mapping[str, Any]
+) -> dict[str, Any]:
+    """MAML (after) minus the best baseline by headline MAE, per user, with a paired CI."""
+    best = min(BASELINES, key=lambda b: methods[b][HEADLINE])
+    ours = per_user(preds["maml_after"], tasks.query_ratings, tasks.query_mask)
+    theirs = per_user(preds[best], tasks.query_ratings, tasks.query_mask)
+    out: dict[str, Any] = {"baseline": best}
+    for metric in ("mae", "ndcg@10"):
+        diff = ours[metric] - theirs[metric]
+        lo, hi = bootstrap_ci(diff, index)
+        lower_is_better = metric == "mae"
+        out[metric] = {
+            "difference": nanmean(diff),
+            "ci": [lo, hi],
+            "maml_better": (hi < 0) if lower_is_better else (lo > 0),
+            "maml_worse": (lo > 0) if lower_is_better else (hi < 0),
+        }
+    return out
+
+
+def evaluate_scenario(
+    bundle: Bundle,
+    prepared: Prepared,
+    fitted: Fitted,
+    name: str,
+    *,
+    steps_curve: Sequence[int],
+    support_sizes: Sequence[int],
+    seed: int,
+    n_boot: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    tasks, tables = prepared.tasks[name], prepared.tables
+    meta = bundle.config.meta
+    lr = bundle.inner_lr if bundle.inner_lr is not None else meta.inner_lr
+    steps = sorted({0, meta.inner_steps, *steps_curve})
+    maml = predict_curve(bundle.model, bundle.params, tasks, tables, steps=steps, lr=lr)
+    tuned = predict_curve(
+        fitted.pooled_model, fitted.pooled_params, tasks, tables, steps=steps,
+        lr=fitted.finetune_lr,
+    )  # fmt: skip
+    progress(f"{name}: adapted")
+    after = steps.index(meta.inner_steps)
+    preds = {
+        "maml_before": maml[0],
+        "maml_after": maml[after],
+        "global_mean": torch.full(tasks.query_ratings.shape, fitted.mu),
+        "item_mean": fitted.item_mean.predict(tasks.query_items),
+        "pooled": pooled_predict(fitted.pooled_model, fitted.pooled_params, tasks, tables),
+        "pooled_finetune": tuned[after],
+    }
+    index = bootstrap_indices(len(tasks), n_boot, seed)
+    methods = {
+        m: summarize(p, tasks.query_ratings, tasks.query_mask, index, NDCG_KS)
+        for m, p in preds.items()
+    }
+    support = {"sizes": list(support_sizes), "maml": [], "pooled_finetune": []}
+    for n in support_sizes:
+        sub = tasks.with_support_size(n, seed)
+        for key, model, params, rate in (
+            ("maml", bundle.model, bundle.params, lr),
+            ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
+        ):
+            pred = predict_curve(model, params, sub, tables, steps=[meta.inner_steps], lr=rate)[0]
+            figures = summarize(pred, sub.query_ratings, sub.query_mask, index, (10,))
+            support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
+        progress(f"{name}: support {n}")
+    sizes = tasks.support_sizes().float()
+    return {
+        "n_tasks": len(tasks),
+        "n_query_ratings": int(tasks.query_mask.sum()),
+        "mean_support": float(sizes.mean()),
+        "methods": methods,
+        "steps_curve": {"steps": steps, "maml": _curve(maml, tasks), "pooled_finetune": _curve(tuned, tasks)},
+        "support_curve": support,
+        "comparison": compare(tasks, preds, index, methods),
+    }
+
+
+def count_stages(scenarios: Sequence[str], support_sizes: Sequence[int]) -> int:
+    """How many times ``evaluate`` calls ``progress`` (for a progress bar's total)."""
+    return 1 + len(scenarios) * (1 + len(support_sizes))
+
+
+def evaluate(
+    bundle: Bundle,
+    prepared: Prepared,
+    *,
+    steps_curve: Iterable[int] = range(0, 11),
+    support_sizes: Sequence[int] = (1, 3, 5, 10, 20),
+    seed: int = 0,
+    n_boot: int = 1000,
+    scenarios: Sequence[str] = EVAL_SCENARIOS,
+    baselines: BaselineConfig | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol)."""
+    say = progress or (lambda _msg: None)
+    check_compatible(bundle, prepared)
+    check_tasks(prepared, ("train", "validation", *scenarios))
+    options = baselines or BaselineConfig(seed=seed)
+    torch.manual_seed(seed)
+    fitted = fit_baselines(bundle, prepared, options, say)
+    meta_cfg = bundle.config.meta
+    report = Report(
+        meta={
+            "melu_version": __version__,
+            "model": str(bundle.path) if bundle.path else None,
+            "dataset": prepared.config.dataset,
+            "data_fingerprint": prepared.fingerprint,
+            "config": bundle.config.to_dict(),
+            "seed": seed,
+            "n_boot": n_boot,
+            "headline": "mae: per-user mean absolute error on the query ratings",
+            "adaptation": {
+                "steps": meta_cfg.inner_steps,
+                "lr": "learned (Meta-SGD)" if bundle.inner_lr is not None else meta_cfg.inner_lr,
+                "fast_params": bundle.config.model.fast_params,
+                "first_order": True,
+            },
+            "baselines": {
+                "global_mean": fitted.mu,
+                "item_mean_shrinkage": fitted.item_mean.shrinkage,
+                "pooled_best_epoch": fitted.pooled_epoch,
+                "finetune_lr": fitted.finetune_lr,
+                "finetune_steps": meta_cfg.inner_steps,
+            },
+        }
+    )
+    steps = list(steps_curve)
+    for name in scenarios:
+        report.scenarios[name] = evaluate_scenario(
+            bundle, prepared, fitted, name, steps_curve=steps, support_sizes=support_sizes,
+            seed=seed, n_boot=n_boot, progress=say,
+        )  # fmt: skip
+    return report

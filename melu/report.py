@@ -1,0 +1,217 @@
+"""An evaluation ``Report`` as files a person reads: report.json, report.md and PNG plots.
+
+``write_report`` builds everything in a temporary sibling folder and renames it onto
+``out``, so a failed run never leaves a half-written report. The plotting functions return
+matplotlib figures (Agg backend) and are reused by the notebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from melu.evaluate import METHODS, Report
+
+LABELS = {
+    "maml_before": "MAML, 0 steps",
+    "maml_after": "MAML, adapted",
+    "global_mean": "global mean",
+    "item_mean": "item mean (shrunk)",
+    "pooled": "pooled",
+    "pooled_finetune": "pooled + fine-tune",
+}
+PLOTS = ("methods.png", "steps_curve.png", "support_curve.png")
+
+
+def _ci(value: float, ci: list[float]) -> str:
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def summary_rows(report: Report) -> list[dict[str, Any]]:
+    """One row per scenario: MAML before/after, the best baseline and the paired difference."""
+    rows = []
+    for name, sc in report.scenarios.items():
+        cmp, methods = sc["comparison"], sc["methods"]
+        best = cmp["baseline"]
+        verdict = (
+            "MAML better"
+            if cmp["mae"]["maml_better"]
+            else "MAML worse"
+            if cmp["mae"]["maml_worse"]
+            else "no clear difference"
+        )
+        rows.append(
+            {
+                "scenario": name,
+                "users": sc["n_tasks"],
+                "MAE before": methods["maml_before"]["mae"],
+                "MAE after": methods["maml_after"]["mae"],
+                "best baseline": LABELS[best],
+                "baseline MAE": methods[best]["mae"],
+                "diff": cmp["mae"]["difference"],
+                "diff CI": cmp["mae"]["ci"],
+                "nDCG@10 after": methods["maml_after"]["ndcg@10"],
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+def summary_table(report: Report) -> str:
+    """The summary as aligned plain text (the CLI prints it)."""
+    head = ("scenario", "users", "MAE 0-step", "MAE adapted", "best baseline", "its MAE",
+            "MAML − best [95% CI]", "verdict")  # fmt: skip
+    lines = [head]
+    for r in summary_rows(report):
+        diff = f"{r['diff']:+.3f} [{r['diff CI'][0]:+.3f}, {r['diff CI'][1]:+.3f}]"
+        lines.append((r["scenario"], str(r["users"]), f"{r['MAE before']:.3f}",
+                      f"{r['MAE after']:.3f}", r["best baseline"], f"{r['baseline MAE']:.3f}",
+                      diff, r["verdict"]))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)  # fmt: skip
+
+
+def method_table(report: Report, scenario: str) -> str:
+    """Markdown table of every method's figures (with 95% CIs) in one scenario."""
+    methods = report.scenarios[scenario]["methods"]
+    cols = ["mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10"]
+    out = ["| method | " + " | ".join(c.upper() if "@" not in c else f"nDCG{c[4:]}" for c in cols)
+           + " | MAE all | RMSE all |", "|---" * (len(cols) + 3) + "|"]  # fmt: skip
+    for m in METHODS:
+        f = methods[m]
+        cells = [_ci(f[c], f[f"{c}_ci"]) for c in cols]
+        out.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {f['mae_all']:.3f} | {f['rmse_all']:.3f} |")
+    return "\n".join(out)
+
+
+def to_markdown(report: Report) -> str:
+    """report.md: summary, then per scenario the method table, curves and comparison."""
+    meta = report.meta
+    adapt = meta["adaptation"]
+    parts = [
+        f"# Evaluation of {meta.get('model') or 'a model'} on {meta['dataset']}",
+        "",
+        f"Seed {meta['seed']}; 95% CIs from {meta['n_boot']} bootstrap resamples of the users"
+        " (paired across methods). Headline: per-user MAE (each user counts equally); MAE/RMSE"
+        " all = over all query ratings. nDCG ranks each user's query items by predicted score"
+        " (gain 2^rating − 1, ties averaged).",
+        f"Adaptation: {adapt['steps']} first-order steps, lr {adapt['lr']}, fast group"
+        f" `{adapt['fast_params']}`. Baselines: {json.dumps(meta['baselines'])}.",
+        "",
+        "## Summary",
+        "",
+        "```",
+        summary_table(report),
+        "```",
+    ]
+    for name, sc in report.scenarios.items():
+        cmp = sc["comparison"]
+        sizes = sc["support_curve"]["sizes"]
+        parts += [
+            "",
+            f"## {name} ({sc['n_tasks']} users, {sc['n_query_ratings']} query ratings,"
+            f" mean support {sc['mean_support']:.1f})",
+            "",
+            method_table(report, name),
+            "",
+            f"MAML adapted − {LABELS[cmp['baseline']]} (per user, paired): MAE"
+            f" {_ci(cmp['mae']['difference'], cmp['mae']['ci'])}, nDCG@10"
+            f" {_ci(cmp['ndcg@10']['difference'], cmp['ndcg@10']['ci'])}.",
+            "",
+            "| support size | " + " | ".join(str(s) for s in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+        ]
+        for key in ("maml", "pooled_finetune"):
+            cells = [f"{p['mae']:.3f}" for p in sc["support_curve"][key]]
+            parts.append(f"| MAE {LABELS[key if key != 'maml' else 'maml_after']} | " + " | ".join(cells) + " |")
+    parts += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in PLOTS), ""]
+    return "\n".join(parts)
+
+
+def plot_methods(report: Report, metrics: tuple[str, ...] = ("mae", "ndcg@10")) -> Figure:
+    """Bars with 95% CIs: each metric per scenario per method."""
+    names = list(report.scenarios)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    width = 0.8 / len(METHODS)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for j, m in enumerate(METHODS):
+            vals = [report.scenarios[n]["methods"][m][metric] for n in names]
+            cis = [report.scenarios[n]["methods"][m][f"{metric}_ci"] for n in names]
+            err = [[v - c[0] for v, c in zip(vals, cis, strict=True)],
+                   [c[1] - v for v, c in zip(vals, cis, strict=True)]]  # fmt: skip
+            xs = [i + (j - len(METHODS) / 2 + 0.5) * width for i in range(len(names))]
+            ax.bar(xs, vals, width, yerr=err, label=LABELS[m], capsize=2)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel(metric.upper() if metric == "mae" else f"nDCG{metric[4:]}")
+        low = min(report.scenarios[n]["methods"][m][metric] for n in names for m in METHODS)
+        ax.set_ylim(bottom=max(0.0, low - 0.15))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _curves(report: Report, key: str, xlabel: str) -> Figure:
+    names = list(report.scenarios)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        sc = report.scenarios[name]
+        curve = sc[key]
+        xs = curve["steps"] if key == "steps_curve" else curve["sizes"]
+        for method, label in (("maml", "MAML"), ("pooled_finetune", "pooled + fine-tune")):
+            ys = curve[method]["mae"] if key == "steps_curve" else [p["mae"] for p in curve[method]]
+            ax.plot(xs, ys, marker="o", label=label)
+        for m in ("item_mean", "pooled"):
+            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color="grey" if m == "pooled" else "k", label=LABELS[m])
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("MAE")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_steps(report: Report) -> Figure:
+    """MAE of the query ratings against the number of inner steps, per scenario."""
+    return _curves(report, "steps_curve", "inner steps")
+
+
+def plot_support(report: Report) -> Figure:
+    """MAE against the support size (ratings the user gave), per scenario."""
+    fig = _curves(report, "support_curve", "support ratings")
+    for ax in fig.axes:
+        ax.set_xscale("log")
+    return fig
+
+
+def write_report(report: Report, out: Path | str) -> Path:
+    """Write report.json, report.md and the plots to ``out`` atomically; returns ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        (tmp / "report.md").write_text(to_markdown(report))
+        for name, draw in zip(PLOTS, (plot_methods, plot_steps, plot_support), strict=True):
+            fig = draw(report)
+            fig.savefig(tmp / name, dpi=110)
+            plt.close(fig)
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

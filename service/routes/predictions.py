@@ -1,0 +1,30 @@
+"""POST /v1/predictions: the predicted rating of given items after adapting."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import LoadedDep, SettingsDep
+from service.routes.common import adaptation, check_size, model_ref, pairs, user_dict
+from service.schemas import ERRORS, Prediction, PredictionRequest, PredictionResponse
+
+router = APIRouter(prefix="/v1", tags=["predictions"])
+
+
+@router.post("/predictions", response_model=PredictionResponse, responses=ERRORS)
+def predict(
+    body: PredictionRequest, loaded: LoadedDep, settings: SettingsDep
+) -> PredictionResponse:
+    """Predicted rating (clamped to the scale) of each of `item_ids`, in request order."""
+    check_size("ratings", body.ratings, settings.max_ratings, "MELU_MAX_RATINGS")
+    check_size("item_ids", body.item_ids, settings.max_items, "MELU_MAX_ITEMS")
+    scores, info = loaded.recommender.predict(
+        user_dict(body.user), pairs(body.ratings), body.item_ids
+    )
+    return PredictionResponse(
+        predictions=[
+            Prediction(item_id=i, rating=s) for i, s in zip(body.item_ids, scores, strict=True)
+        ],
+        adaptation=adaptation(info),
+        model=model_ref(loaded),
+    )

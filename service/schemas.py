@@ -1,0 +1,155 @@
+"""Request and response bodies of the HTTP API (pydantic), with examples for ``/docs``.
+
+Types and shapes are checked here (422 naming the field); what depends on the model (item
+ids in the catalog, the rating scale, ``k`` against the catalog) is checked by the
+``Recommender`` and reported in the same 422 format.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+ItemId = Annotated[int, Field(ge=-(2**62), le=2**62, description="the data set's movie id")]
+
+
+class User(BaseModel):
+    """What we know about the person; every field is optional, unknown values are fine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gender: str | None = Field(None, max_length=64, examples=["F"])
+    age: Annotated[int, Field(ge=0, le=150)] | None = Field(None, examples=[25])
+    occupation: str | None = Field(None, max_length=64, examples=["student"])
+    zip: str | None = Field(None, max_length=64, examples=["94110"])
+
+
+class Rating(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    rating: Finite = Field(description="on the data set's scale, e.g. 1..5")
+
+
+EXAMPLE_RATINGS = [{"item_id": 50, "rating": 5}, {"item_id": 181, "rating": 4}]
+
+
+class RecommendationRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"user": {"gender": "F", "age": 25}, "ratings": EXAMPLE_RATINGS, "k": 10}]
+        },
+    )
+
+    user: User = Field(default_factory=User)
+    ratings: list[Rating] = Field(default_factory=list, description="may be empty")
+    k: int = Field(10, description="how many items, 1..catalog size")
+    exclude_rated: bool = True
+    candidate_ids: list[ItemId] | None = Field(None, description="rank only these items")
+
+
+class PredictionRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"user": {"gender": "M"}, "ratings": EXAMPLE_RATINGS, "item_ids": [1, 2]}]
+        },
+    )
+
+    user: User = Field(default_factory=User)
+    ratings: list[Rating] = Field(default_factory=list)
+    item_ids: list[ItemId] = Field(min_length=1)
+
+
+class Item(BaseModel):
+    item_id: int
+    title: str
+    year: int | None
+    genres: list[str]
+
+
+class ScoredItem(Item):
+    score: float = Field(description="predicted rating, clamped to the scale")
+
+
+class Adaptation(BaseModel):
+    steps: int
+    support_loss_before: float | None
+    support_loss_after: float | None
+
+
+class ModelRef(BaseModel):
+    version: str
+    dataset: str
+
+
+class RecommendationResponse(BaseModel):
+    items: list[ScoredItem]
+    adaptation: Adaptation
+    model: ModelRef
+
+
+class Prediction(BaseModel):
+    item_id: int
+    rating: float
+
+
+class PredictionResponse(BaseModel):
+    predictions: list[Prediction]
+    adaptation: Adaptation
+    model: ModelRef
+
+
+class OnboardingItem(Item):
+    n_ratings: int
+    influence: float = Field(description="mean |Δ prediction| between rating it high vs low")
+    score: float = Field(description="log(1 + n_ratings) × influence")
+
+
+class OnboardingResponse(BaseModel):
+    items: list[OnboardingItem]
+
+
+class ItemPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[Item]
+
+
+class ModelInfo(BaseModel):
+    version: str
+    dataset: str
+    n_items: int
+    rating_scale: tuple[float, float]
+    inner_steps: int
+    fast_params: str
+    data_fingerprint: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    info: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: str
+    n_items: int
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorDetail] | str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "request body too large"},
+    422: {"model": ErrorResponse, "description": "invalid input; `loc` names the field"},
+}

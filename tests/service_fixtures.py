@@ -1,0 +1,106 @@
+"""A small trained ML-100K bundle for the recommender and service tests.
+
+``train_bundle`` runs a few Adam steps on ``melu.maml.meta_loss`` and saves the bundle with
+``melu.bundle.save_bundle``. It is cached per process (the fixture module is imported by
+several test files, each of which would otherwise build its own copy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from melu.bundle import save_bundle
+from melu.config import Config
+from melu.maml import meta_loss, task_examples
+from melu.model import PreferenceEstimator, init_params
+from melu.prepare import Prepared
+from melu.recommend import Recommender
+
+_BUNDLES: dict[tuple[str, int], Path] = {}
+_RECOMMENDERS: dict[Path, Recommender] = {}
+
+
+def train_bundle(prepared: Prepared, out: Path, *, steps: int = 40, seed: int = 0) -> Path:
+    """A bundle after ``steps`` meta-batches (16 tasks, second order) of Adam; returns it."""
+    key = (str(out), steps)
+    if key in _BUNDLES:
+        return _BUNDLES[key]
+    config = Config().replace(data=prepared.config)
+    torch.manual_seed(seed)
+    model = PreferenceEstimator(config.model, prepared.features)
+    params = {k: v.requires_grad_() for k, v in init_params(model).items()}
+    optimiser = torch.optim.Adam(params.values(), lr=config.train.outer_lr * 5)
+    tasks = prepared.tasks["train"]
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        index = torch.randint(len(tasks.user_rows), (16,), generator=generator)
+        support, query = task_examples(tasks, prepared.tables, index)
+        loss, _, _ = meta_loss(
+            model, params, support, query, steps=config.meta.inner_steps, lr=config.meta.inner_lr
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    save_bundle(
+        out,
+        config=config,
+        features=prepared.features,
+        params={k: v.detach() for k, v in params.items()},
+        catalog=prepared.catalog,
+        tables=prepared.tables,
+        metrics={"note": "test bundle", "steps": steps},
+        fingerprint=prepared.fingerprint,
+    )
+    _BUNDLES[key] = out
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle_path(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained ML-100K bundle folder (``run/model``)."""
+    root = tmp_path_factory.getbasetemp() / "service-run"
+    return train_bundle(ml100k, root / "model")
+
+
+@pytest.fixture(scope="session")
+def recommender(bundle_path: Path) -> Recommender:
+    """One Recommender over ``bundle_path``, shared by every test module (it is read-only)."""
+    if bundle_path not in _RECOMMENDERS:
+        _RECOMMENDERS[bundle_path] = Recommender.from_bundle(bundle_path)
+    return _RECOMMENDERS[bundle_path]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: object, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

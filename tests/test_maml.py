@@ -1,0 +1,216 @@
+"""The MAML math, pinned on a tiny float64 problem built here (no data files)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import Tensor
+
+from melu.config import ModelConfig
+from melu.features import FeatureSpace, FeatureTables
+from melu.maml import Examples, adapt, masked_mse, meta_loss, task_query_loss, trim
+from melu.model import Params, PreferenceEstimator, apply, init_params
+
+STEPS, LR = 3, 0.1
+
+
+def tiny_space() -> tuple[FeatureSpace, FeatureTables]:
+    users = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3, 4],
+            "gender": ["F", "M", "F", "M"],
+            "age": [18, 25, 35, 56],
+            "occupation": ["a", "b", "c", "a"],
+            "zip": ["10001", "20002", "10003", "30004"],
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": list(range(1, 9)),
+            "title": [f"m{i}" for i in range(1, 9)],
+            "year": [1990, 1991, 1995, 1998, 1999, 1985, 1979, 1996],
+            "genres": [["x"], ["y", "z"], ["x", "z"], [], ["y"], ["z"], ["x", "y", "z"], ["x"]],
+        }
+    )
+    space = FeatureSpace.build(users, items, (1.0, 5.0), 1.0, zip_prefix=1)
+    return space, FeatureTables.build(space, users, items)
+
+
+def tiny_model(fast: str = "mlp", seed: int = 0) -> tuple[PreferenceEstimator, Params]:
+    space, _ = tiny_space()
+    torch.manual_seed(seed)
+    model = PreferenceEstimator(ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast), space)
+    model.double()
+    params = {k: v.requires_grad_() for k, v in init_params(model).items()}
+    return model, params
+
+
+def tiny_batch(
+    tasks: int = 4, width: int = 6, seed: int = 1, pad_from: int = 3
+) -> tuple[Examples, Examples]:
+    """(T, width) support and (T, 4) query; task t has ``pad_from + t`` real support rows."""
+    _, tables = tiny_space()
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.arange(tasks) % 4
+    s_items = torch.randint(0, 8, (tasks, width), generator=gen)
+    q_items = torch.randint(0, 8, (tasks, 4), generator=gen)
+    s_mask = torch.arange(width) < (pad_from + torch.arange(tasks)).clamp(max=width)[:, None]
+    s_rat = torch.randint(1, 6, (tasks, width), generator=gen).double() * s_mask
+    q_rat = torch.randint(1, 6, (tasks, 4), generator=gen).double()
+    support = Examples(tables.gather(users, s_items), s_rat, s_mask)
+    query = Examples(tables.gather(users, q_items), q_rat, torch.ones(tasks, 4, dtype=torch.bool))
+    return support, query
+
+
+def task(batch: Examples, t: int) -> Examples:
+    inputs = {k: v[t] for k, v in batch.inputs.items()}  # type: ignore[union-attr]
+    return Examples(inputs, batch.ratings[t], batch.mask[t])
+
+
+def grads_of(loss: Tensor, params: Params) -> Params:
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
+
+
+@pytest.mark.parametrize("fast", ["mlp", "head", "all"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmap_meta_gradient_equals_per_task_loop(fast: str, first_order: bool) -> None:
+    model, params = tiny_model(fast)
+    support, query = tiny_batch()
+    kw = {"steps": STEPS, "lr": LR, "first_order": first_order}
+    loss, per_task, inner = meta_loss(model, params, support, query, **kw)
+    vm = grads_of(loss, params)
+    losses = [
+        task_query_loss(model, params, task(support, t), task(query, t), fast=model.fast_names(), **kw)
+        for t in range(4)
+    ]
+    loop = grads_of(torch.stack([q for q, _ in losses]).mean(), params)
+    assert torch.allclose(per_task, torch.stack([q for q, _ in losses]).detach(), atol=1e-12)
+    assert torch.allclose(inner, torch.stack([i for _, i in losses]).detach(), atol=1e-12)
+    for k in params:
+        assert (vm[k] - loop[k]).abs().max() < 1e-10, k
+
+
+def test_second_order_gradient_matches_finite_differences() -> None:
+    model, params = tiny_model()
+    support, query = tiny_batch()
+
+    def value(p: Params) -> float:
+        with torch.no_grad():
+            loss, _, _ = meta_loss(model, p, support, query, steps=STEPS, lr=LR)
+        return float(loss)
+
+    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    analytic = grads_of(loss, params)
+    gen = torch.Generator().manual_seed(3)
+    eps = 1e-6
+    for name in params:
+        for _ in range(2):
+            i = int(torch.randint(params[name].numel(), (1,), generator=gen))
+            if analytic[name].reshape(-1)[i] == 0:  # an unused row (e.g. padding index)
+                continue
+            shift = torch.zeros_like(params[name]).reshape(-1)
+            shift[i] = eps
+            shift = shift.view_as(params[name])
+            plus = {**params, name: params[name].detach() + shift}
+            minus = {**params, name: params[name].detach() - shift}
+            fd = (value(plus) - value(minus)) / (2 * eps)
+            assert abs(fd - float(analytic[name].reshape(-1)[i])) < 1e-7, (name, i)
+
+
+def test_first_order_is_the_query_gradient_at_the_adapted_params() -> None:
+    model, params = tiny_model()
+    support, query = tiny_batch()
+    first, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, first_order=True)
+    second, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    fo, so = grads_of(first, params), grads_of(second, params)
+    # hand-derived FOMAML: adapt without any graph, then differentiate the query loss at θ'
+    reference = {k: torch.zeros_like(v) for k, v in params.items()}
+    for t in range(4):
+        plain = {k: v.detach() for k, v in params.items()}
+        adapted, _ = adapt(model, plain, task(support, t), steps=STEPS, lr=LR, first_order=True)
+        adapted = {k: v.detach().requires_grad_() for k, v in adapted.items()}
+        q = task(query, t)
+        g = grads_of(masked_mse(apply(model, adapted, q.inputs), q.ratings, q.mask), adapted)
+        for k in reference:
+            reference[k] += g[k] / 4
+    for k in params:
+        assert (fo[k] - reference[k]).abs().max() < 1e-12, k
+    assert max((fo[k] - so[k]).abs().max() for k in model.fast_names()) > 1e-6
+    assert max((fo[k] - so[k]).abs().max() for k in params if k.startswith("embeddings")) > 1e-6
+
+
+def test_meta_gradient_reaches_every_parameter() -> None:
+    model, params = tiny_model("mlp")
+    support, query = tiny_batch()
+    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    for name, g in grads_of(loss, params).items():
+        assert g.abs().sum() > 0, f"{name} gets no meta-gradient"
+
+
+def test_adapt_lowers_the_support_loss() -> None:
+    model, params = tiny_model()
+    support, _ = tiny_batch()
+    _, inner = adapt(model, params, task(support, 3), steps=10, lr=LR)
+    assert inner.shape == (11,)
+    assert bool((inner.diff() < 0).all())  # every step lowers it
+    assert inner[-1] < 0.7 * inner[0]
+
+
+def test_padding_rows_change_nothing() -> None:
+    model, params = tiny_model()
+    support, query = tiny_batch(tasks=1, width=8, pad_from=5)
+    real = trim(support)
+    assert real.mask.shape == (1, 5) and bool(real.mask.all())
+    a, inner_a = adapt(model, params, task(support, 0), steps=STEPS, lr=LR)
+    b, inner_b = adapt(model, params, task(real, 0), steps=STEPS, lr=LR)
+    assert torch.allclose(inner_a, inner_b, atol=1e-14)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-14)
+    # garbage in the padded slots (other items, absurd ratings) is ignored as well
+    garbage = {}
+    for k, v in support.inputs.items():  # type: ignore[union-attr]
+        keep = support.mask if v.dim() == 2 else support.mask.unsqueeze(-1).expand_as(v)
+        garbage[k] = torch.where(keep, v, v.flip(1))
+    noisy = Examples(garbage, support.ratings + 7.0 * ~support.mask, support.mask)
+    c, _ = adapt(model, params, task(noisy, 0), steps=STEPS, lr=LR)
+    for k in a:
+        assert torch.allclose(a[k], c[k], atol=1e-14)
+
+
+@pytest.mark.parametrize("fast", ["mlp", "head", "all"])
+def test_only_the_fast_group_changes(fast: str) -> None:
+    model, params = tiny_model(fast)
+    support, _ = tiny_batch()
+    adapted, _ = adapt(model, params, task(support, 2), steps=STEPS, lr=LR)
+    names = set(model.fast_names())
+    assert names == {
+        "mlp": {k for k in params if k.startswith("mlp.")},
+        "head": {k for k in params if k.startswith(model.head_prefix)},
+        "all": set(params),
+    }[fast]
+    for k in params:
+        if k in names:
+            assert not torch.equal(adapted[k], params[k]), f"{k} did not adapt"
+        else:
+            assert adapted[k] is params[k], f"{k} changed but is not fast"
+
+
+def test_meta_sgd_learning_rates_get_a_gradient() -> None:
+    model, params = tiny_model()
+    support, query = tiny_batch()
+    lrs = {k: torch.full_like(params[k], LR).requires_grad_() for k in model.fast_names()}
+    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=lrs)
+    g = grads_of(loss, lrs)
+    assert all(v.abs().sum() > 0 for v in g.values())
+    plain, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    assert torch.allclose(loss, plain, atol=1e-14)  # equal rates == the scalar rate
+
+
+def test_adapt_never_mutates_its_inputs() -> None:
+    model, params = tiny_model("all")
+    before = {k: v.detach().clone() for k, v in params.items()}
+    support, _ = tiny_batch()
+    adapt(model, params, task(support, 0), steps=STEPS, lr=LR)
+    assert all(torch.equal(before[k], params[k]) for k in params)
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())

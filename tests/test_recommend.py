@@ -1,0 +1,192 @@
+"""Recommender on a trained ML-100K bundle: adaptation, ranking, validation, onboarding."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from service_fixtures import bundle_path, recommender  # noqa: F401  (fixtures)
+
+from melu.maml import Examples, adapt
+from melu.model import apply
+from melu.recommend import InvalidInput, Recommender, age_bucket
+
+RATINGS = [(50, 5.0), (181, 4.0), (1, 2.0), (100, 5.0), (258, 1.0)]
+USER = {"gender": "F", "age": 25, "occupation": "student", "zip": "94110"}
+
+
+def test_recommend_ranks_unrated_items_with_scores_in_scale(recommender: Recommender) -> None:
+    result = recommender.recommend(USER, RATINGS, k=20)
+    ids = [i.item_id for i in result.items]
+    scores = [i.score for i in result.items]
+    assert len(ids) == 20 == len(set(ids))
+    assert not set(ids) & {r[0] for r in RATINGS}
+    assert set(ids) <= set(recommender.item_ids.tolist())
+    assert scores == sorted(scores, reverse=True)
+    assert all(1.0 <= s <= 5.0 for s in scores)
+    assert result.items[0].title and isinstance(result.items[0].genres, tuple)
+    info = result.adaptation
+    assert info.steps == recommender.bundle.config.meta.inner_steps == 5
+    assert info.support_loss_after < info.support_loss_before  # type: ignore[operator]
+
+
+def test_recommend_is_the_top_of_predict_over_the_catalog(recommender: Recommender) -> None:
+    top = recommender.recommend(USER, RATINGS, k=10, exclude_rated=False).items
+    all_ids = recommender.item_ids.tolist()
+    scores, _ = recommender.predict(USER, RATINGS, all_ids)
+    best = max(scores)
+    assert top[0].score == pytest.approx(best, abs=1e-5)
+    by_id = dict(zip(all_ids, scores, strict=True))
+    for item in top:
+        assert item.score == pytest.approx(by_id[item.item_id], abs=1e-5)
+
+
+def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommender) -> None:
+    """The precomputed-embedding fast path equals the one adapt() on plain feature rows."""
+    bundle = recommender.bundle
+    user = recommender.encode_user(USER)
+    support_rows = recommender.rows([r[0] for r in RATINGS], "ratings")
+    support = Examples(
+        bundle.item_features.with_user(user, support_rows),
+        torch.tensor([r[1] for r in RATINGS]),
+        torch.ones(len(RATINGS), dtype=torch.bool),
+    )
+    params, losses = adapt(
+        bundle.model, bundle.params, support, steps=5, lr=bundle.config.meta.inner_lr
+    )
+    targets = [1, 7, 500, 1682]
+    rows = recommender.rows(targets, "item_ids")
+    with torch.no_grad():
+        expected = apply(bundle.model, params, bundle.item_features.with_user(user, rows))
+    got, info = recommender.predict(USER, RATINGS, targets)
+    assert got == pytest.approx(expected.clamp(1, 5).tolist(), abs=1e-5)
+    assert info.support_loss_before == pytest.approx(losses[0].item(), rel=1e-5)
+    assert info.support_loss_after == pytest.approx(losses[-1].item(), rel=1e-5)
+
+
+def test_zero_ratings_scores_from_features_only(recommender: Recommender) -> None:
+    woman, _ = recommender.predict({"gender": "F", "age": 18}, [], [1, 50, 100])
+    man, info = recommender.predict({"gender": "M", "age": 56}, [], [1, 50, 100])
+    assert info.steps == 0 and info.support_loss_before is None
+    assert woman != man  # the user's features reach the prediction
+    assert len(recommender.recommend({}, [], k=5).items) == 5
+
+
+def test_unknown_user_values_map_to_unknown(recommender: Recommender) -> None:
+    nothing = recommender.encode_user({})
+    strange = recommender.encode_user({"gender": "X", "occupation": "astronaut", "zip": "zz"})
+    assert all(int(v) == 0 for v in nothing.values())
+    assert {k: int(v) for k, v in strange.items()} == {k: int(v) for k, v in nothing.items()}
+    assert recommender.predict({"gender": "X"}, RATINGS, [1])[0] == recommender.predict(
+        {}, RATINGS, [1]
+    )[0]
+
+
+def test_user_encoding_matches_the_feature_space(recommender: Recommender) -> None:
+    """Raw ages are bucketed as the reader does; everything else is FeatureSpace's rule."""
+    assert [age_bucket(a) for a in (7, 18, 24, 25, 49, 50, 90)] == [
+        "1",
+        "18",
+        "18",
+        "25",
+        "45",
+        "50",
+        "56",
+    ]
+    user = {"gender": "M", "age": 30, "occupation": "engineer", "zip": "55105"}
+    ours = recommender.encode_user(user)
+    theirs = recommender.bundle.features.encode_user({**user, "age": "25"})
+    assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in theirs.items()}
+    assert all(int(v) > 0 for v in ours.values())
+
+
+def test_candidates_and_exclude_rated(recommender: Recommender) -> None:
+    candidates = [1, 50, 181, 300, 1000]
+    kept = recommender.recommend(USER, RATINGS, k=5, candidates=candidates).items
+    assert {i.item_id for i in kept} == {1000, 300}  # 1, 50, 181 were rated
+    everything = recommender.recommend(
+        USER, RATINGS, k=5, exclude_rated=False, candidates=candidates
+    ).items
+    assert sorted(i.item_id for i in everything) == sorted(candidates)
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "value"),
+    [
+        (lambda r: r.recommend({}, [(99999, 4.0), (0, 3.0)], k=5), "ratings.item_id", [0, 99999]),
+        (lambda r: r.recommend({}, [(1, 4.0), (1, 3.0)], k=5), "ratings[1].item_id", 1),
+        (lambda r: r.recommend({}, [(1, 6.0)], k=5), "ratings[0].rating", 6.0),
+        (lambda r: r.recommend({}, [(1, 0.5)], k=5), "ratings[0].rating", 0.5),
+        (lambda r: r.recommend({}, [(1, math.inf)], k=5), "ratings[0].rating", math.inf),
+        (lambda r: r.recommend({}, [], k=0), "k", 0),
+        (lambda r: r.recommend({}, [], k=1683), "k", 1683),
+        (lambda r: r.recommend({}, [], candidates=[5, 4000]), "candidate_ids", [4000]),
+        (lambda r: r.recommend({}, [], candidates=[]), "candidate_ids", []),
+        (lambda r: r.predict({}, [], [2, -3]), "item_ids", [-3]),
+        (lambda r: r.onboarding_items(0), "n", 0),
+    ],
+)
+def test_bad_input_names_field_and_value(
+    recommender: Recommender, call: object, field: str, value: object
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        call(recommender)  # type: ignore[operator]
+    assert err.value.field == field
+    assert err.value.value == value
+    assert field in str(err.value)
+
+
+def test_nan_rating_is_rejected(recommender: Recommender) -> None:
+    with pytest.raises(InvalidInput, match="finite"):
+        recommender.predict({}, [(1, math.nan)], [2])
+
+
+def test_works_under_no_grad_and_inference_mode(recommender: Recommender) -> None:
+    plain = recommender.recommend(USER, RATINGS, k=10)
+    with torch.no_grad():
+        no_grad = recommender.recommend(USER, RATINGS, k=10)
+    with torch.inference_mode():
+        inference = recommender.recommend(USER, RATINGS, k=10)
+    assert plain == no_grad == inference
+    assert plain.adaptation.steps == 5
+
+
+def test_learned_inner_rates_are_used(recommender: Recommender) -> None:
+    """Meta-SGD rates of zero leave the model where it was: same as zero ratings."""
+    bundle = recommender.bundle
+    zero = {k: torch.zeros_like(bundle.params[k]) for k in bundle.model.fast_names()}
+    frozen = Recommender(dataclasses.replace(bundle, inner_lr=zero))
+    adapted, info = frozen.predict(USER, RATINGS, [1, 2, 3])
+    assert info.support_loss_after == pytest.approx(info.support_loss_before)
+    assert adapted == frozen.predict(USER, [], [1, 2, 3])[0]
+
+
+def test_onboarding_follows_its_rule_and_is_not_just_popularity(
+    recommender: Recommender,
+) -> None:
+    board = recommender.onboarding_items(30)
+    assert len(board) == 30 and board["item_id"].is_unique
+    score = board["onboarding_score"].to_numpy()
+    assert np.all(np.diff(score) <= 0)
+    np.testing.assert_allclose(score, np.log1p(board["n_ratings"]) * board["influence"])
+    # the rule, recomputed through the public API for the top item
+    catalog = recommender.catalog
+    probe = catalog.iloc[np.lexsort((np.arange(len(catalog)), -catalog["n_ratings"]))]
+    probe_ids = probe["item_id"].head(100).tolist()
+    top = int(board["item_id"].iloc[0])
+    high, _ = recommender.predict({}, [(top, 5.0)], probe_ids)
+    low, _ = recommender.predict({}, [(top, 1.0)], probe_ids)
+    influence = np.abs(np.array(high) - np.array(low)).mean()
+    assert board["influence"].iloc[0] == pytest.approx(influence, rel=1e-3, abs=1e-4)
+    # not just popularity: the most popular items are not simply the first ones asked
+    popular = catalog.sort_values("n_ratings", ascending=False)["item_id"].head(30).tolist()
+    assert board["item_id"].tolist() != popular
+    assert board["influence"].nunique() > 5
+
+
+def test_from_bundle_accepts_the_run_folder(bundle_path, recommender: Recommender) -> None:  # noqa: F811
+    again = Recommender.from_bundle(bundle_path.parent)
+    assert again.recommend(USER, RATINGS, k=5) == recommender.recommend(USER, RATINGS, k=5)
