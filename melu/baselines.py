@@ -107,7 +107,10 @@ def fit_item_mean(
 ) -> ItemMean:
     """The item-mean baseline with λ from ``grid`` minimising validation query MAE."""
     base = ItemMean.fit(train, n_items, grid[0])
-    scores = {lam: query_mae(base.with_shrinkage(lam).predict(validation.query_items), validation) for lam in grid}
+    scores = {
+        lam: query_mae(base.with_shrinkage(lam).predict(validation.query_items), validation)
+        for lam in grid
+    }
     return base.with_shrinkage(min(scores, key=scores.__getitem__))
 
 

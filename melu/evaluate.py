@@ -207,7 +207,11 @@ def evaluate_scenario(
         "n_query_ratings": int(tasks.query_mask.sum()),
         "mean_support": float(sizes.mean()),
         "methods": methods,
-        "steps_curve": {"steps": steps, "maml": _curve(maml, tasks), "pooled_finetune": _curve(tuned, tasks)},
+        "steps_curve": {
+            "steps": steps,
+            "maml": _curve(maml, tasks),
+            "pooled_finetune": _curve(tuned, tasks),
+        },
         "support_curve": support,
         "comparison": compare(tasks, preds, index, methods),
     }

@@ -10,6 +10,7 @@ all ratings (``*_all``) weight heavy raters more and are reported beside it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,8 +105,10 @@ def bootstrap_ci(
     quantiles of the resampled means (NaN users are ignored in each mean).
     """
     v = np.asarray(values, dtype=np.float64)
-    means = np.nanmean(v[index], axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    with warnings.catch_warnings():  # a resample of only NaN users has no mean: skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(v[index], axis=1)
+        lo, hi = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 

@@ -15,6 +15,7 @@ are embedded per request from their features.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,15 @@ def age_bucket(age: Any) -> str:
 class Recommender:
     """Serve a bundle: ``recommend``, ``predict`` and ``onboarding_items``. Thread-safe."""
 
-    def __init__(self, bundle: Bundle, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: torch.device | str | None = None,
+        *,
+        onboarding: bool = True,
+    ) -> None:
+        """Prepare ``bundle`` for serving; ``onboarding=False`` defers the onboarding ranking
+        (about a second of CPU) to the first ``onboarding_items`` call."""
         self.bundle = bundle
         self.device = torch.device(device or "cpu")
         self.model = bundle.model.to(self.device)
@@ -119,15 +128,18 @@ class Recommender:
         ] == [f.name for f in self._user_fields]
         with torch.no_grad():
             self._item_embedding = self._embed_items() if self.shared else None
-            self._onboarding = self._rank_onboarding()
+        self._lock = threading.Lock()
+        self._onboarding = self._rank_onboarding() if onboarding else None
 
     @classmethod
-    def from_bundle(cls, path: Path | str, device: torch.device | str | None = None) -> Recommender:
+    def from_bundle(
+        cls, path: Path | str, device: torch.device | str | None = None, *, onboarding: bool = True
+    ) -> Recommender:
         """Load ``path`` (a bundle folder, or a run folder holding ``model/``)."""
         path = Path(path)
         if not (path / "config.json").is_file() and (path / "model").is_dir():
             path = path / "model"
-        return cls(load_bundle(path), device)
+        return cls(load_bundle(path), device, onboarding=onboarding)
 
     @property
     def n_items(self) -> int:
@@ -292,9 +304,17 @@ class Recommender:
         """
         if n < 1:
             raise InvalidInput("n", n, "must be >= 1")
+        with self._lock:
+            if self._onboarding is None:
+                self._onboarding = self._rank_onboarding()
         return self._onboarding.head(n).reset_index(drop=True)
 
     def _rank_onboarding(self) -> pd.DataFrame:
+        """The whole catalog ranked by the onboarding rule (under no_grad)."""
+        with torch.no_grad():
+            return self._onboarding_frame()
+
+    def _onboarding_frame(self) -> pd.DataFrame:
         unknown = self.encode_user(None)
         rows = torch.arange(self.n_items, device=self.device)
         popularity = self.catalog["n_ratings"].to_numpy(dtype=np.float64)

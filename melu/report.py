@@ -1,12 +1,14 @@
 """An evaluation ``Report`` as files a person reads: report.json, report.md and PNG plots.
 
 ``write_report`` builds everything in a temporary sibling folder and renames it onto
-``out``, so a failed run never leaves a half-written report. The plotting functions return
-matplotlib figures (Agg backend) and are reused by the notebooks.
+``out``, so a failed run never leaves a half-written report. The plotting functions build
+matplotlib ``Figure`` objects without pyplot (no global backend or state; rendered by Agg)
+and are reused by the notebooks (``figure_png`` gives the PNG bytes to display).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,10 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from melu.evaluate import METHODS, Report
@@ -91,7 +89,11 @@ def method_table(report: Report, scenario: str) -> str:
     for m in METHODS:
         f = methods[m]
         cells = [_ci(f[c], f[f"{c}_ci"]) for c in cols]
-        out.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {f['mae_all']:.3f} | {f['rmse_all']:.3f} |")
+        out.append(
+            f"| {LABELS[m]} | "
+            + " | ".join(cells)
+            + f" | {f['mae_all']:.3f} | {f['rmse_all']:.3f} |"
+        )
     return "\n".join(out)
 
 
@@ -134,7 +136,11 @@ def to_markdown(report: Report) -> str:
         ]
         for key in ("maml", "pooled_finetune"):
             cells = [f"{p['mae']:.3f}" for p in sc["support_curve"][key]]
-            parts.append(f"| MAE {LABELS[key if key != 'maml' else 'maml_after']} | " + " | ".join(cells) + " |")
+            parts.append(
+                f"| MAE {LABELS[key if key != 'maml' else 'maml_after']} | "
+                + " | ".join(cells)
+                + " |"
+            )
     parts += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in PLOTS), ""]
     return "\n".join(parts)
 
@@ -142,7 +148,8 @@ def to_markdown(report: Report) -> str:
 def plot_methods(report: Report, metrics: tuple[str, ...] = ("mae", "ndcg@10")) -> Figure:
     """Bars with 95% CIs: each metric per scenario per method."""
     names = list(report.scenarios)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    fig = Figure(figsize=(6 * len(metrics), 4))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     width = 0.8 / len(METHODS)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for j, m in enumerate(METHODS):
@@ -163,7 +170,8 @@ def plot_methods(report: Report, metrics: tuple[str, ...] = ("mae", "ndcg@10")) 
 
 def _curves(report: Report, key: str, xlabel: str) -> Figure:
     names = list(report.scenarios)
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    fig = Figure(figsize=(4 * len(names), 3.5))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         sc = report.scenarios[name]
         curve = sc[key]
@@ -172,7 +180,13 @@ def _curves(report: Report, key: str, xlabel: str) -> Figure:
             ys = curve[method]["mae"] if key == "steps_curve" else [p["mae"] for p in curve[method]]
             ax.plot(xs, ys, marker="o", label=label)
         for m in ("item_mean", "pooled"):
-            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color="grey" if m == "pooled" else "k", label=LABELS[m])
+            ax.axhline(
+                sc["methods"][m]["mae"],
+                ls="--",
+                lw=1,
+                color="grey" if m == "pooled" else "k",
+                label=LABELS[m],
+            )
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("MAE")
@@ -189,9 +203,18 @@ def plot_steps(report: Report) -> Figure:
 def plot_support(report: Report) -> Figure:
     """MAE against the support size (ratings the user gave), per scenario."""
     fig = _curves(report, "support_curve", "support ratings")
-    for ax in fig.axes:
+    for ax, name in zip(fig.axes, report.scenarios, strict=False):
         ax.set_xscale("log")
+        sizes = report.scenarios[name]["support_curve"]["sizes"]
+        ax.set_xticks(sizes, [str(n) for n in sizes])
     return fig
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure rendered as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def write_report(report: Report, out: Path | str) -> Path:
@@ -203,9 +226,7 @@ def write_report(report: Report, out: Path | str) -> Path:
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         (tmp / "report.md").write_text(to_markdown(report))
         for name, draw in zip(PLOTS, (plot_methods, plot_steps, plot_support), strict=True):
-            fig = draw(report)
-            fig.savefig(tmp / name, dpi=110)
-            plt.close(fig)
+            (tmp / name).write_bytes(figure_png(draw(report)))
         old = out.with_name(f".{out.name}.old")
         if out.exists():
             os.replace(out, old)

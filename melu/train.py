@@ -113,6 +113,32 @@ class MetaTrainer:
             order = order[:cap]
         return list(order.split(self.config.train.meta_batch))
 
+    def task_losses(self, indices: Tensor, buckets: int = 2) -> tuple[Tensor, Tensor]:
+        """Post-adaptation query losses (B,) and inner losses (B, steps + 1) of ``indices``.
+
+        The tasks are sorted by support size and run in ``buckets`` vmapped groups, each
+        trimmed to its own longest support: the same sum, with less padding to compute.
+        """
+        sizes = self.train_tasks.support_mask[indices].sum(1)
+        order = indices[sizes.argsort(stable=True)]
+        meta, losses, inners = self.config.meta, [], []
+        for part in order.tensor_split(min(buckets, len(order))):
+            support, query = task_examples(self.train_tasks, self.tables, part)
+            with self.autocast():
+                _, per_task, inner = meta_loss(
+                    self.model,
+                    self.params,
+                    trim(support),
+                    trim(query),
+                    steps=meta.inner_steps,
+                    lr=self.lr,
+                    first_order=meta.first_order,
+                    fast=self.fast,
+                )
+            losses.append(per_task.float())
+            inners.append(inner.float())
+        return torch.cat(losses), torch.cat(inners)
+
     def step(
         self,
         indices: Tensor,
@@ -122,20 +148,7 @@ class MetaTrainer:
     ) -> dict[str, float]:
         """One outer update on tasks ``indices``: loss = Σ query losses / ``denominator``
         (default len(indices)), gradients (optionally reduced across ranks), clip, Adam."""
-        support, query = task_examples(self.train_tasks, self.tables, indices.to(self.device))
-        support, query = trim(support), trim(query)
-        meta = self.config.meta
-        with self.autocast():
-            _, per_task, inner = meta_loss(
-                self.model,
-                self.params,
-                support,
-                query,
-                steps=meta.inner_steps,
-                lr=self.lr,
-                first_order=meta.first_order,
-                fast=self.fast,
-            )
+        per_task, inner = self.task_losses(indices.to(self.device))
         loss = per_task.float().sum() / (denominator or len(indices))
         grads = torch.autograd.grad(loss, self.trainable)
         for p, g in zip(self.trainable, grads, strict=True):

@@ -28,8 +28,8 @@ _BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}
 
 
-def train_bundle(prepared: Prepared, out: Path, *, steps: int = 40, seed: int = 0) -> Path:
-    """A bundle after ``steps`` meta-batches (16 tasks, second order) of Adam; returns it."""
+def train_bundle(prepared: Prepared, out: Path, *, steps: int = 20, seed: int = 0) -> Path:
+    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam; returns it."""
     key = (str(out), steps)
     if key in _BUNDLES:
         return _BUNDLES[key]
@@ -41,10 +41,15 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 40, seed: int = 
     tasks = prepared.tasks["train"]
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        index = torch.randint(len(tasks.user_rows), (16,), generator=generator)
+        index = torch.randint(len(tasks.user_rows), (8,), generator=generator)
         support, query = task_examples(tasks, prepared.tables, index)
         loss, _, _ = meta_loss(
-            model, params, support, query, steps=config.meta.inner_steps, lr=config.meta.inner_lr
+            model,
+            params,
+            support,
+            query,
+            steps=config.meta.inner_steps,
+            lr=config.meta.inner_lr,
         )
         optimiser.zero_grad()
         loss.backward()
