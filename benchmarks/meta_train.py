@@ -57,7 +57,12 @@ def vmapped_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Ten
 
 def loop_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor, ...]]:
     """The straightforward reference: one task at a time, unpadded, autograd fast weights."""
-    meta, model, params, tasks = trainer.config.meta, trainer.model, trainer.params, trainer.train_tasks
+    meta, model, params, tasks = (
+        trainer.config.meta,
+        trainer.model,
+        trainer.params,
+        trainer.train_tasks,
+    )
     out = []
     for idx in batches:
         losses = []
@@ -74,7 +79,9 @@ def loop_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor
                 grads = torch.autograd.grad(
                     loss, list(fast.values()), create_graph=not meta.first_order
                 )
-                fast = {k: v - meta.inner_lr * g for (k, v), g in zip(fast.items(), grads, strict=True)}
+                fast = {
+                    k: v - meta.inner_lr * g for (k, v), g in zip(fast.items(), grads, strict=True)
+                }
             pred = apply(model, {**params, **fast}, q_x)
             losses.append(((pred - tasks.query_ratings[t, :q_n]) ** 2).mean())
         out.append(torch.autograd.grad(torch.stack(losses).mean(), list(params.values())))
@@ -143,7 +150,9 @@ def main() -> None:
             for first_order in (False, True):
                 meta = MetaConfig(inner_steps=steps, first_order=first_order)
                 config = Config(meta=meta, train=TrainConfig(meta_batch=batch_size))
-                compare(MetaTrainer(config, prepared, device), batch_size, args.batches, args.repeats)
+                compare(
+                    MetaTrainer(config, prepared, device), batch_size, args.batches, args.repeats
+                )
     epoch_time(prepared, device, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:.0f} MiB")

@@ -130,11 +130,11 @@ def _item_tables(catalog: pd.DataFrame, features: FeatureSpace, path: Path) -> F
             raise BundleError(f"{path}: catalog lacks column {column!r}")
         values = catalog[column].to_numpy()
         array = np.stack([np.asarray(v) for v in values]) if f.multi else values
-        items[f.name] = torch.as_tensor(np.asarray(array, dtype=np.int64))
+        items[f.name] = torch.from_numpy(np.array(array, dtype=np.int64))  # a writable copy
     return FeatureTables(
         torch.empty(0, dtype=torch.int64),
         {},
-        torch.as_tensor(catalog["item_id"].to_numpy(dtype=np.int64)),
+        torch.from_numpy(np.array(catalog["item_id"], dtype=np.int64)),
         items,
     )
 

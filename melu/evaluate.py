@@ -190,7 +190,11 @@ def evaluate_scenario(
         m: summarize(p, tasks.query_ratings, tasks.query_mask, index, NDCG_KS)
         for m, p in preds.items()
     }
-    support = {"sizes": list(support_sizes), "maml": [], "pooled_finetune": []}
+    support: dict[str, list[Any]] = {
+        "sizes": list(support_sizes),
+        "maml": [],
+        "pooled_finetune": [],
+    }
     for n in support_sizes:
         sub = tasks.with_support_size(n, seed)
         for key, model, params, rate in (

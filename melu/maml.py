@@ -9,12 +9,24 @@ the fix to the original MeLU, whose ``load_state_dict`` fast weights silently cu
 ``meta_loss`` runs a meta-batch of tasks together with ``torch.vmap``: padded support and
 query rows carry masks, so tasks of different sizes share one kernel launch.
 
-Default inner loop (``MetaConfig``): 5 steps at lr 0.05 on the MLP. MeLU's 1 step at 5e-6
-moves an MLP whose inputs are O(1) embeddings by ~1e-6 of a rating — adaptation then does
-nothing measurable. With plain SGD on a 64-64 MLP the support loss has curvature of order
-1-10, so lr 0.05 with 5 steps is stable and lowers the validation users' support loss by a
-large factor while the meta-learned initialisation learns to exploit it (measured in
-BENCHMARKS.md / RESULTS.md).
+Default inner loop (``MetaConfig``): 5 SGD steps at lr 0.05 on the MLP. MeLU's 1 step at
+5e-6 moves an MLP whose inputs are O(1) embeddings by ~1e-6 of a rating: adaptation does
+nothing. Measured on ml-100k validation users (41 tasks, query MAE, best of 15 epochs,
+second order, meta-batch 32; global-mean predictor 0.911):
+
+=============  =====================  ==================================
+inner loop     val MAE before → after  train support MSE before → after
+=============  =====================  ==================================
+1 × 5e-6       0.907 → 0.907          1.13 → 1.13 (no adaptation at all)
+1 × 0.1        1.184 → 0.878          2.23 → 0.97
+3 × 0.1        1.060 → 0.866          1.54 → 0.90
+5 × 0.02       1.036 → 0.859          1.51 → 0.72
+5 × 0.05       1.050 → 0.855          1.54 → 0.75
+5 × 0.1        1.051 → 0.879          1.43 → 0.89
+=============  =====================  ==================================
+
+5 × 0.05 adapts best; the meta-learned initialisation is then deliberately *not* a good
+predictor on its own (MAE before > global mean): it is a starting point for 5 steps.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from melu.features import FeatureBatch, FeatureTables
-from melu.model import Inputs, Params, PreferenceEstimator, apply, embed
+from melu.model import Inputs, Params, PreferenceEstimator, apply, embed_factored
 from melu.tasks import TaskSet
 
 
@@ -100,11 +112,13 @@ def precompute(
 ) -> Examples:
     """Embed the rows once when no embedding adapts (the inner loop then runs the MLP only).
 
-    Also keeps ``EmbeddingBag`` outside ``vmap``, where it has no batching rule.
+    ``examples`` must have a leading task dim (T, N): the rows come back in the factored
+    ``Embedded`` form (user part once per task), which the MLP evaluates at a third of the
+    first layer's cost. Identical predictions (up to float rounding) to the plain form.
     """
-    if isinstance(examples.inputs, Tensor) or not embeds_are_shared(model, fast):
+    if not isinstance(examples.inputs, dict) or not embeds_are_shared(model, fast):
         return examples
-    return examples._replace(inputs=embed(model, params, examples.inputs))
+    return examples._replace(inputs=embed_factored(model, params, examples.inputs))
 
 
 def task_query_loss(
@@ -174,13 +188,11 @@ def adapted_predictions(
     """
     names = list(fast) if fast is not None else model.fast_names()
     support = precompute(model, params, support, names)
-    if not isinstance(query_inputs, Tensor) and embeds_are_shared(model, names):
-        query_inputs = embed(model, params, query_inputs)
+    if isinstance(query_inputs, dict) and embeds_are_shared(model, names):
+        query_inputs = embed_factored(model, params, query_inputs)
 
     def one(s: Examples, q_inputs: Inputs) -> tuple[Tensor, Tensor]:
-        adapted, inner = adapt(
-            model, params, s, steps=steps, lr=lr, first_order=True, fast=names
-        )
+        adapted, inner = adapt(model, params, s, steps=steps, lr=lr, first_order=True, fast=names)
         return apply(model, adapted, q_inputs), inner
 
     return vmap(one, randomness="error")(support, query_inputs)

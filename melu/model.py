@@ -8,17 +8,33 @@ Used only as a pure function of ``(params, inputs)`` through
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.func import functional_call
+from torch.nn import functional as F
 
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureBatch, FeatureSpace
 
 Params = dict[str, Tensor]
-Inputs = FeatureBatch | Tensor  # raw field indices, or already-embedded rows (..., N, E)
+
+
+class Embedded(NamedTuple):
+    """Embedded rows of tasks whose rows all share one user (every task does).
+
+    ``user`` (..., E_u): the user fields' embeddings, once per task; ``items`` (..., N, E_i):
+    the item fields' embeddings per row. The first layer then costs E_i, not E_u + E_i,
+    multiply-adds per row and weight: the user's share is computed once per task.
+    """
+
+    user: Tensor
+    items: Tensor
+
+
+# raw field indices, already-embedded rows (..., N, E), or the factored form above
+Inputs = FeatureBatch | Tensor | Embedded
 
 
 class PreferenceEstimator(nn.Module):
@@ -32,7 +48,8 @@ class PreferenceEstimator(nn.Module):
     def __init__(self, config: ModelConfig, space: FeatureSpace) -> None:
         super().__init__()
         self.config = config
-        self.field_names = [f.name for f in space.fields]
+        self.field_names = [f.name for f in space.user_fields + space.item_fields]
+        self.user_field_names = [f.name for f in space.user_fields]
         dim = config.embedding_dim
         self.embeddings = nn.ModuleDict(
             {
@@ -72,12 +89,34 @@ class PreferenceEstimator(nn.Module):
             parts.append(rows)
         return torch.cat(parts, dim=-1)
 
-    def forward(self, inputs: Inputs, embed_only: bool = False) -> Tensor:
+    def forward(self, inputs: Inputs, embed_only: bool | str = False) -> Tensor | Embedded:
         """Predicted ratings (..., N) for features or for pre-embedded rows (..., N, F·D)."""
+        if isinstance(inputs, Embedded):
+            return self._factored_mlp(inputs)
+        if embed_only == "factored" and not isinstance(inputs, Tensor):
+            return self.embed_factored(inputs)
         x = inputs if isinstance(inputs, Tensor) else self.embed(inputs)
         if embed_only:
             return x
         return self.mlp(x).squeeze(-1)
+
+    def _factored_mlp(self, e: Embedded) -> Tensor:
+        """The MLP on ``Embedded`` rows: W₁·[u; xᵢ] + b₁ = (W₁ᵤ·u + b₁) + W₁ᵢ·xᵢ. (..., N)."""
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        width = e.user.shape[-1]
+        user = F.linear(e.user, first.weight[:, :width], first.bias)  # (..., H)
+        h = F.linear(e.items, first.weight[:, width:]) + user.unsqueeze(-2)  # (..., N, H)
+        for layer in self.mlp[1:]:
+            h = layer(h)
+        return h.squeeze(-1)
+
+    def embed_factored(self, features: FeatureBatch) -> Embedded:
+        """Features of rows that share one user per task → ``Embedded`` (user, items)."""
+        n_user = len(self.user_field_names)
+        x = self.embed(features)  # (..., N, F·D); user fields come first
+        width = n_user * self.config.embedding_dim
+        return Embedded(x[..., 0, :width], x[..., width:])
 
     def fast_names(self, group: FastGroup | None = None) -> list[str]:
         """Names of the parameters adapted per user for ``group`` (default: the config's)."""
@@ -100,6 +139,13 @@ def embed(
 ) -> Tensor:
     """Pure embedding stage: (..., N, F·D)."""
     return functional_call(model, dict(params), (features,), {"embed_only": True})
+
+
+def embed_factored(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], features: FeatureBatch
+) -> Embedded:
+    """Pure embedding stage in the factored form (rows of one user per task)."""
+    return functional_call(model, dict(params), (features,), {"embed_only": "factored"})
 
 
 def init_params(model: PreferenceEstimator) -> Params:

@@ -30,7 +30,7 @@ from melu.bundle import Bundle, load_bundle
 from melu.errors import MeluError
 from melu.features import UNKNOWN, FeatureBatch
 from melu.maml import Examples, adapt, embeds_are_shared
-from melu.model import apply, embed
+from melu.model import PreferenceEstimator, apply, embed
 from melu.onboarding import evidence_scores
 
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens age buckets: 1, 18, 25, 35, 45, 50, 56
@@ -100,6 +100,7 @@ class Recommender:
         self.bundle = bundle
         self.device = torch.device(device or "cpu")
         self.model = bundle.model.to(self.device)
+        self._local = threading.local()
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
         meta = bundle.config.meta
         self.steps = meta.inner_steps
@@ -140,6 +141,24 @@ class Recommender:
         if not (path / "config.json").is_file() and (path / "model").is_dir():
             path = path / "model"
         return cls(load_bundle(path), device, onboarding=onboarding)
+
+    def module(self) -> PreferenceEstimator:
+        """This thread's copy of the module.
+
+        ``functional_call`` swaps the given parameters into the module for the duration of
+        a call, so one module shared by concurrent requests would mix their parameters.
+        Each thread gets its own (weights come from ``params``, never from the module).
+        Answers are bit-identical whichever thread computes them.
+        """
+        # A thread keeps OpenMP's own thread count until told torch's setting (which may
+        # have changed since); MKL then picks other kernels and the last bits differ.
+        torch.set_num_threads(torch.get_num_threads())  # ~0.2 µs
+        module = getattr(self._local, "module", None)
+        if module is None:
+            module = PreferenceEstimator(self.bundle.config.model, self.bundle.features)
+            module = module.to(self.device).requires_grad_(False)
+            self._local.module = module
+        return module
 
     @property
     def n_items(self) -> int:
@@ -214,6 +233,7 @@ class Recommender:
         self, user: Mapping[str, Any] | None, ratings: Ratings
     ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
         """Adapted parameters for this person, their encoded features and the inner losses."""
+        module = self.module()
         features = self.encode_user(user)
         rows, values = self.check_ratings(ratings)
         if len(rows) == 0 or self.steps == 0:
@@ -225,7 +245,7 @@ class Recommender:
         # caller runs under inference_mode; no_grad alone is fine for function transforms.
         with torch.inference_mode(False), torch.no_grad():
             params, losses = adapt(
-                self.model, self.params, support, steps=self.steps, lr=self.lr, first_order=True
+                module, self.params, support, steps=self.steps, lr=self.lr, first_order=True
             )
         before, after = losses[0].item(), losses[-1].item()
         return params, features, Adaptation(self.steps, before, after)
@@ -233,7 +253,7 @@ class Recommender:
     def _scores(self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor) -> Tensor:
         """Unclamped predicted ratings (N,) of ``rows`` in one batched pass."""
         with torch.no_grad():
-            return apply(self.model, params, self.inputs(user, rows))
+            return apply(self.module(), params, self.inputs(user, rows))
 
     # ----------------------------------------------------------------- public API
     def predict(
@@ -320,9 +340,9 @@ class Recommender:
         popularity = self.catalog["n_ratings"].to_numpy(dtype=np.float64)
         inputs = self.inputs(unknown, rows)
         if not isinstance(inputs, Tensor):
-            inputs = embed(self.model, self.params, inputs)
+            inputs = embed(self.module(), self.params, inputs)
         influence = evidence_scores(
-            self.model,
+            self.module(),
             self.params,
             inputs,
             popularity,

@@ -219,7 +219,9 @@ class MetaTrainer:
         for name, value in tensors.items():
             if name.startswith("adam."):
                 _, i, key = name.split(".", 2)
-                state.setdefault(int(i), {})[key] = value.to(self.device) if key != "step" else value
+                state.setdefault(int(i), {})[key] = (
+                    value.to(self.device) if key != "step" else value
+                )
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
@@ -281,9 +283,10 @@ def train(
     best, best_lr = _clone(trainer.params), _clone(trainer.inner_lr)
     if resume and ckpt.exists():
         tensors, saved = load_checkpoint(ckpt)
-        if saved.get("config", {}).get("model") != config.model.to_dict() or saved.get(
-            "config", {}
-        ).get("meta") != config.meta.to_dict():
+        if (
+            saved.get("config", {}).get("model") != config.model.to_dict()
+            or saved.get("config", {}).get("meta") != config.meta.to_dict()
+        ):
             raise BundleError(f"{ckpt}: checkpoint was made with a different model/meta config")
         trainer.load_state_tensors(tensors)
         best = {k[5:]: v.to(trainer.device) for k, v in tensors.items() if k.startswith("best.")}

@@ -124,7 +124,7 @@ class ModelInfo(BaseModel):
     version: str
     dataset: str
     n_items: int
-    rating_scale: tuple[float, float]
+    rating_scale: list[float] = Field(min_length=2, max_length=2, description="[low, high]")
     inner_steps: int
     fast_params: str
     data_fingerprint: str
@@ -150,6 +150,7 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "body is not decodable (e.g. not UTF-8)"},
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {"model": ErrorResponse, "description": "invalid input; `loc` names the field"},
 }

@@ -28,7 +28,7 @@ _BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}
 
 
-def train_bundle(prepared: Prepared, out: Path, *, steps: int = 20, seed: int = 0) -> Path:
+def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 0) -> Path:
     """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam; returns it."""
     key = (str(out), steps)
     if key in _BUNDLES:

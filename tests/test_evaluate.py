@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from eval_fixtures import tiny_report, tiny_run
+
 from melu.adapted import predict_adapted, predict_curve
 from melu.bundle import load_bundle
 from melu.cli.app import run_app
@@ -148,3 +148,9 @@ def test_cli_errors_leave_nothing_behind(run_dir: Path, tmp_path: Path, capsys) 
     assert code == 1
     assert "not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_rejects_unknown_scenarios(tmp_path: Path, capsys) -> None:
+    assert run_app(["evaluate", "--model", str(tmp_path), "--scenarios", "warm,train"]) == 2
+    assert "train" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

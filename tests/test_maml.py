@@ -40,7 +40,9 @@ def tiny_space() -> tuple[FeatureSpace, FeatureTables]:
 def tiny_model(fast: str = "mlp", seed: int = 0) -> tuple[PreferenceEstimator, Params]:
     space, _ = tiny_space()
     torch.manual_seed(seed)
-    model = PreferenceEstimator(ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast), space)
+    model = PreferenceEstimator(
+        ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast), space
+    )
     model.double()
     params = {k: v.requires_grad_() for k, v in init_params(model).items()}
     return model, params
@@ -81,7 +83,9 @@ def test_vmap_meta_gradient_equals_per_task_loop(fast: str, first_order: bool) -
     loss, per_task, inner = meta_loss(model, params, support, query, **kw)
     vm = grads_of(loss, params)
     losses = [
-        task_query_loss(model, params, task(support, t), task(query, t), fast=model.fast_names(), **kw)
+        task_query_loss(
+            model, params, task(support, t), task(query, t), fast=model.fast_names(), **kw
+        )
         for t in range(4)
     ]
     loop = grads_of(torch.stack([q for q, _ in losses]).mean(), params)
@@ -159,7 +163,7 @@ def test_adapt_lowers_the_support_loss() -> None:
 
 def test_padding_rows_change_nothing() -> None:
     model, params = tiny_model()
-    support, query = tiny_batch(tasks=1, width=8, pad_from=5)
+    support, _ = tiny_batch(tasks=1, width=8, pad_from=5)
     real = trim(support)
     assert real.mask.shape == (1, 5) and bool(real.mask.all())
     a, inner_a = adapt(model, params, task(support, 0), steps=STEPS, lr=LR)
@@ -184,11 +188,14 @@ def test_only_the_fast_group_changes(fast: str) -> None:
     support, _ = tiny_batch()
     adapted, _ = adapt(model, params, task(support, 2), steps=STEPS, lr=LR)
     names = set(model.fast_names())
-    assert names == {
-        "mlp": {k for k in params if k.startswith("mlp.")},
-        "head": {k for k in params if k.startswith(model.head_prefix)},
-        "all": set(params),
-    }[fast]
+    assert (
+        names
+        == {
+            "mlp": {k for k in params if k.startswith("mlp.")},
+            "head": {k for k in params if k.startswith(model.head_prefix)},
+            "all": set(params),
+        }[fast]
+    )
     for k in params:
         if k in names:
             assert not torch.equal(adapted[k], params[k]), f"{k} did not adapt"

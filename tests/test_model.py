@@ -47,11 +47,14 @@ def test_fast_groups_split_by_name() -> None:
     model, params = tiny_model()
     mlp = model.fast_names("mlp")
     assert mlp and all(k.startswith("mlp.") for k in mlp)
-    assert set(model.fast_names("head")) == {f"{model.head_prefix}weight", f"{model.head_prefix}bias"}
+    assert set(model.fast_names("head")) == {
+        f"{model.head_prefix}weight",
+        f"{model.head_prefix}bias",
+    }
     assert set(model.fast_names("all")) == set(params)
     assert not any(k.startswith("embeddings.") for k in mlp)
 
 
 def test_head_starts_at_the_rating_scale_midpoint() -> None:
     model, params = tiny_model()
-    assert float(params[f"{model.head_prefix}bias"]) == 3.0
+    assert float(params[f"{model.head_prefix}bias"].detach()) == 3.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,15 @@ def test_works_under_no_grad_and_inference_mode(recommender: Recommender) -> Non
         inference = recommender.recommend(USER, RATINGS, k=10)
     assert plain == no_grad == inference
     assert plain.adaptation.steps == 5
+
+
+def test_threads_share_nothing_mutable(recommender: Recommender) -> None:
+    """Different users adapting at once in many threads get their sequential answers."""
+    users = [({"gender": "MF"[i % 2], "age": 10 + 3 * i}, RATINGS[: i % 6]) for i in range(48)]
+    expected = [recommender.predict(u, r, [1, 50, 99, 500, 1682]) for u, r in users]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda ur: recommender.predict(*ur, [1, 50, 99, 500, 1682]), users))
+    assert got == expected
 
 
 def test_learned_inner_rates_are_used(recommender: Recommender) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ class Killed(Exception):
     """Stands in for a kill: raised from the progress callback mid-epoch."""
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny meta-batches gain little from a second thread and lose much on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small(**train: Any) -> Config:
     return Config(train=TrainConfig(**{"max_tasks_per_epoch": 96, **train}))
 
@@ -37,7 +47,9 @@ def test_training_adapts_below_before_and_below_the_global_mean(
     assert rows[-1]["train_support_after"] < rows[-1]["train_support_before"]
     assert all(r["tasks_per_s"] > 0 and r["seconds"] > 0 for r in rows)
     assert result.bundle == tmp_path / "model" and (result.bundle / "weights.safetensors").is_file()
-    assert json.loads((result.bundle / "metrics.json").read_text())["best_epoch"] == result.best_epoch
+    assert (
+        json.loads((result.bundle / "metrics.json").read_text())["best_epoch"] == result.best_epoch
+    )
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(

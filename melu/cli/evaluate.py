@@ -9,6 +9,7 @@ import typer
 from tqdm import tqdm
 
 from melu.cli.app import app, echo, resolve_data_dir
+from melu.tasks import EVAL_SCENARIOS, SCENARIOS
 
 if TYPE_CHECKING:
     from melu.evaluate import Report
@@ -37,27 +38,40 @@ def run_evaluation(
     cache_dir: Path | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    scenarios: tuple[str, ...] | None = None,
+    inner_steps: int | None = None,
+    inner_lr: float | None = None,
 ) -> Report:
-    """Load the bundle, prepare its data protocol, evaluate, write ``out``, print the summary."""
+    """Load the bundle, prepare its data protocol, evaluate, write ``out``, print the summary.
+
+    ``inner_steps`` / ``inner_lr`` override the trained inner loop (for tuning on the
+    ``validation`` scenario); ``scenarios`` defaults to the four test scenarios.
+    """
     from melu.bundle import load_bundle
-    from melu.evaluate import EVAL_SCENARIOS, count_stages, evaluate
+    from melu.evaluate import count_stages, evaluate
     from melu.prepare import prepare
     from melu.report import write_report
 
     bundle_dir, run_dir = resolve_model(model)
     bundle = load_bundle(bundle_dir)
+    overrides = {"inner_steps": inner_steps, "inner_lr": inner_lr}
+    meta = bundle.config.meta.replace(**{k: v for k, v in overrides.items() if v is not None})
+    bundle.config = bundle.config.replace(meta=meta)
+    if inner_lr is not None:
+        bundle.inner_lr = None  # a fixed rate replaces learned (Meta-SGD) rates
     target = out if out is not None else run_dir / "eval"
     prepared = prepare(bundle.config.data, resolve_data_dir(data_dir), cache_dir)
+    names = scenarios or EVAL_SCENARIOS
     sizes = (1, 3, 5, 10, 20)
-    with tqdm(
-        total=count_stages(EVAL_SCENARIOS, sizes), desc="evaluate", disable=not show_progress
-    ) as bar:
+    with tqdm(total=count_stages(names, sizes), desc="evaluate", disable=not show_progress) as bar:
 
         def step(message: str) -> None:
             bar.set_postfix_str(message)
             bar.update(1)
 
-        report = evaluate(bundle, prepared, support_sizes=sizes, seed=seed, progress=step)
+        report = evaluate(
+            bundle, prepared, support_sizes=sizes, seed=seed, scenarios=names, progress=step
+        )
     write_report(report, target)
     print_summary(report)
     echo(f"report: {target / 'report.md'}")
@@ -81,9 +95,33 @@ def evaluate(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the support sampling and bootstrap.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    scenarios: Annotated[
+        str,
+        typer.Option(help="Comma-separated scenarios (validation: for tuning, never test)."),
+    ] = ",".join(EVAL_SCENARIOS),
+    inner_steps: Annotated[
+        int | None, typer.Option(min=0, help="Override the trained inner steps.")
+    ] = None,
+    inner_lr: Annotated[
+        float | None, typer.Option(min=1e-12, help="Override the inner lr.")
+    ] = None,
 ) -> None:
     """Evaluate a model on warm, user-cold, item-cold and user-item-cold tasks."""
+    names = tuple(s.strip() for s in scenarios.split(",") if s.strip())
+    unknown = [s for s in names if s not in SCENARIOS or s == "train"]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"{', '.join(unknown) or repr(scenarios)}: choose from {', '.join(SCENARIOS[1:])}",
+            param_hint="--scenarios",
+        )
     run_evaluation(
-        model=model, data_dir=data_dir, out=out, cache_dir=cache_dir, seed=seed,
+        model=model,
+        data_dir=data_dir,
+        out=out,
+        cache_dir=cache_dir,
+        seed=seed,
         show_progress=progress,
-    )  # fmt: skip
+        scenarios=names,
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+    )

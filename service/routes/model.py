@@ -19,7 +19,7 @@ def model(loaded: LoadedDep) -> ModelInfo:
         version=loaded.version,
         dataset=loaded.dataset,
         n_items=loaded.recommender.n_items,
-        rating_scale=bundle.features.rating_scale,
+        rating_scale=list(bundle.features.rating_scale),
         inner_steps=loaded.recommender.steps,
         fast_params=bundle.config.model.fast_params,
         data_fingerprint=str(bundle.info.get("data_fingerprint", "")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import pandas as pd
 from fastapi import APIRouter, Query
 
 from service.deps import LoadedDep
@@ -26,7 +27,7 @@ def onboarding(
         OnboardingItem(
             item_id=int(row.item_id),
             title=str(row.title),
-            year=None if row.year is None or row.year != row.year else int(row.year),
+            year=None if pd.isna(row.year) else int(row.year),
             genres=[str(g) for g in row.genres],
             n_ratings=int(row.n_ratings),
             influence=float(row.influence),

@@ -1,0 +1,158 @@
+"""Model bundles: exact round trip; truncated, corrupted or mismatched ones refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from melu.bundle import load_bundle, save_bundle
+from melu.config import Config, ModelConfig
+from melu.errors import BundleError
+from melu.features import FeatureTables
+from melu.maml import Examples, adapted_predictions
+from melu.model import PreferenceEstimator, apply, init_params
+from melu.prepare import Prepared
+
+
+@pytest.fixture(scope="module")
+def saved(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    config = Config()
+    model = PreferenceEstimator(config.model, ml100k.features)
+    params = init_params(model)
+    inner = {k: 0.05 * (1 + 0.1 * torch.rand_like(params[k])) for k in model.fast_names()}
+    return save_bundle(
+        tmp_path_factory.mktemp("bundle") / "model",
+        config=config,
+        features=ml100k.features,
+        params=params,
+        catalog=ml100k.catalog,
+        tables=ml100k.tables,
+        metrics={"val_mae_after": 0.8},
+        inner_lr=inner,
+        fingerprint=ml100k.fingerprint,
+    )
+
+
+def copy(saved: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "model"))
+
+
+def item_features(tables: FeatureTables, user: int, item_rows: torch.Tensor) -> dict:
+    return {
+        **{k: v[user].expand(item_rows.shape) for k, v in tables.users.items()},
+        **{k: v[item_rows] for k, v in tables.items.items()},
+    }
+
+
+def test_round_trip_gives_identical_predictions(saved: Path, ml100k: Prepared) -> None:
+    bundle = load_bundle(saved)
+    torch.manual_seed(0)
+    reference = PreferenceEstimator(Config().model, ml100k.features)
+    params = init_params(reference)
+    assert bundle.config == Config() and bundle.features == ml100k.features
+    assert bundle.metrics == {"val_mae_after": 0.8}
+    assert bundle.info["data_fingerprint"] == ml100k.fingerprint
+    assert bundle.inner_lr is not None and set(bundle.inner_lr) == set(reference.fast_names())
+    # item features read back from the catalog equal the prepared tables, row by row
+    rows = torch.searchsorted(bundle.item_features.item_ids, ml100k.tables.item_ids)
+    order = bundle.item_features.item_ids.argsort()
+    for k, v in ml100k.tables.items.items():
+        assert torch.equal(bundle.item_features.items[k][order][rows], v)
+    items = torch.arange(20)
+    features = item_features(ml100k.tables, 3, items)
+    support = Examples(
+        {k: v[None] for k, v in features.items()},
+        torch.arange(20.0)[None] % 5 + 1,
+        torch.ones(1, 20, dtype=torch.bool),
+    )
+    for steps in (0, 5):
+        with torch.no_grad():
+            a, _ = adapted_predictions(
+                bundle.model,
+                bundle.params,
+                support,
+                support.inputs,
+                steps=steps,
+                lr=bundle.inner_lr,
+            )
+            b, _ = adapted_predictions(
+                reference, params, support, support.inputs, steps=steps, lr=bundle.inner_lr
+            )
+        # the same floats in differently aligned buffers may round differently in SIMD code
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6), steps
+    assert torch.equal(
+        apply(bundle.model, bundle.params, features), apply(reference, params, features)
+    )
+
+
+def test_truncated_weights_are_refused(saved: Path, tmp_path: Path) -> None:
+    path = copy(saved, tmp_path)
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(BundleError, match=r"weights\.safetensors: unreadable or truncated"):
+        load_bundle(path)
+
+
+def test_missing_file_is_named(saved: Path, tmp_path: Path) -> None:
+    path = copy(saved, tmp_path)
+    (path / "features.json").unlink()
+    with pytest.raises(BundleError, match=r"incomplete bundle, missing features\.json"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="no model bundle here"):
+        load_bundle(tmp_path / "nothing")
+
+
+def test_mismatched_shapes_are_named(saved: Path, tmp_path: Path) -> None:
+    path = copy(saved, tmp_path)
+    info = json.loads((path / "config.json").read_text())
+    info["config"]["model"]["hidden"] = [64, 32]
+    (path / "config.json").write_text(json.dumps(info))
+    with pytest.raises(
+        BundleError, match=r"mlp\.2\.weight has shape \(64, 64\), expected \(32, 64\)"
+    ):
+        load_bundle(path)
+
+
+def test_wrong_schema_and_corrupt_json_are_refused(saved: Path, tmp_path: Path) -> None:
+    path = copy(saved, tmp_path)
+    info = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**info, "schema_version": 99}))
+    with pytest.raises(BundleError, match="schema version 99"):
+        load_bundle(path)
+    (path / "config.json").write_text('{"schema_version": 1, "config": {')
+    with pytest.raises(BundleError, match=r"config\.json: unreadable"):
+        load_bundle(path)
+    (path / "config.json").write_text(json.dumps({**info, "config": {"model": {"size": 3}}}))
+    with pytest.raises(BundleError, match="unknown field"):
+        load_bundle(path)
+
+
+def test_corrupt_catalog_is_refused(saved: Path, tmp_path: Path) -> None:
+    path = copy(saved, tmp_path)
+    (path / "catalog.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(BundleError, match=r"catalog\.parquet: unreadable"):
+        load_bundle(path)
+
+
+def test_a_failed_save_leaves_the_old_bundle_and_no_debris(
+    saved: Path, tmp_path: Path, ml100k: Prepared
+) -> None:
+    path = copy(saved, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    bad_catalog = ml100k.catalog.assign(title=[object()] * len(ml100k.catalog))  # unwritable
+    with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises
+        save_bundle(
+            path,
+            config=Config(model=ModelConfig(embedding_dim=4)),
+            features=ml100k.features,
+            params={"x": torch.zeros(1)},
+            catalog=bad_catalog,
+            tables=ml100k.tables,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert load_bundle(path).config == Config()
