@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from melu.features import FeatureBatch, FeatureTables
-from melu.model import Inputs, Params, PreferenceEstimator, apply, embed_factored
+from melu.model import Embedded, Inputs, Params, PreferenceEstimator, apply, embed_factored
 from melu.tasks import TaskSet
 
 
@@ -61,6 +61,9 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return ((pred - target) ** 2 * m).sum(-1) / m.sum(-1).clamp(min=1.0)
 
 
+import os
+_AUTOGRAD = os.environ.get('AG') == '1'
+
 def adapt(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
@@ -77,18 +80,30 @@ def adapt(
     a float or a per-parameter tensor dict (Meta-SGD). Returns the adapted parameters and
     the support loss before each step and after the last, shape (steps + 1,). Never
     mutates ``params`` or the module.
+
+    Also adapts T tasks at once without ``vmap`` (``meta_loss``'s fast path): fast MLP
+    parameters with a leading task dim (T, ...) and a (T, N) ``support`` of embedded rows.
+    Tasks are independent, so the gradient of the *sum* of their losses w.r.t. the
+    per-task parameters is each task's own gradient; losses are then (T, steps + 1).
     """
     names = list(fast) if fast is not None else model.fast_names()
     frozen = {k: v for k, v in params.items() if k not in names}
     fast_params = {k: params[k] for k in names}
 
-    def support_loss(fp: Params) -> Tensor:
+    def support_loss(fp: Params) -> tuple[Tensor, Tensor]:
         pred = apply(model, {**frozen, **fp}, support.inputs)
-        return masked_mse(pred, support.ratings, support.mask)
+        per_task = masked_mse(pred, support.ratings, support.mask)  # () or (T,)
+        return per_task.sum(), per_task
 
+    step = grad_and_value(support_loss, has_aux=True)
+    if _AUTOGRAD and support.mask.dim() == 2 and torch.is_grad_enabled() and all(p.requires_grad for p in fast_params.values()):
+        def step(fp):  # type: ignore[no-redef]
+            total, per = support_loss(fp)
+            g = torch.autograd.grad(total, list(fp.values()), create_graph=not first_order)
+            return dict(zip(fp, g)), (total, per)
     losses = []
     for _ in range(steps):
-        grads, loss = grad_and_value(support_loss)(fast_params)
+        grads, (_, loss) = step(fast_params)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         fast_params = {
@@ -96,12 +111,22 @@ def adapt(
             for k, p in fast_params.items()
         }
         losses.append(loss)
-    losses.append(support_loss(fast_params))
-    return {**frozen, **fast_params}, torch.stack(losses)
+    losses.append(support_loss(fast_params)[1])
+    return {**frozen, **fast_params}, torch.stack(losses, dim=-1)
 
 
 def embeds_are_shared(model: PreferenceEstimator, fast: Sequence[str]) -> bool:
     return not any(name.startswith("embeddings.") for name in fast)
+
+
+def batchable(model: PreferenceEstimator, inputs: Inputs, fast: Sequence[str]) -> bool:
+    """Whether tasks can adapt together with per-task (T, ...) MLP weights, without vmap.
+
+    True for embedded (T, N, E) or ``Embedded`` rows when every fast parameter is an MLP
+    weight or bias (the model's ``linear`` then runs one batched matmul per layer).
+    """
+    embedded = isinstance(inputs, Embedded) or (isinstance(inputs, Tensor) and inputs.dim() == 3)
+    return embedded and all(name.startswith("mlp.") for name in fast)
 
 
 def precompute(
@@ -160,6 +185,18 @@ def meta_loss(
     names = list(fast) if fast is not None else model.fast_names()
     support = precompute(model, params, support, names)
     query = precompute(model, params, query, names)
+    if batchable(model, support.inputs, names):
+        # no vmap: each task gets its own (T, ...) view of the fast MLP parameters and the
+        # tasks adapt together (see ``adapt``); the meta-gradient sums back over the views.
+        tasks = support.ratings.shape[0]
+        per_task_params = {
+            k: v.expand(tasks, *v.shape) if k in names else v for k, v in params.items()
+        }
+        adapted, inner = adapt(
+            model, per_task_params, support, steps=steps, lr=lr, first_order=first_order, fast=names
+        )
+        per_task = masked_mse(apply(model, adapted, query.inputs), query.ratings, query.mask)
+        return per_task.mean(), per_task, inner
 
     def one(s: Examples, q: Examples) -> tuple[Tensor, Tensor]:
         return task_query_loss(

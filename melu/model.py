@@ -98,18 +98,26 @@ class PreferenceEstimator(nn.Module):
         x = inputs if isinstance(inputs, Tensor) else self.embed(inputs)
         if embed_only:
             return x
-        return self.mlp(x).squeeze(-1)
+        return self._layers(x, 0)
+
+    def _layers(self, h: Tensor, start: int) -> Tensor:
+        """``self.mlp[start:]`` on (..., N, W) rows → (..., N); weights shared or per task."""
+        for layer in self.mlp[start:]:
+            h = linear(h, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(h)
+        return h.squeeze(-1)
 
     def _factored_mlp(self, e: Embedded) -> Tensor:
         """The MLP on ``Embedded`` rows: W₁·[u; xᵢ] + b₁ = (W₁ᵤ·u + b₁) + W₁ᵢ·xᵢ. (..., N)."""
         first = self.mlp[0]
         assert isinstance(first, nn.Linear)
         width = e.user.shape[-1]
-        user = F.linear(e.user, first.weight[:, :width], first.bias)  # (..., H)
-        h = F.linear(e.items, first.weight[:, width:]) + user.unsqueeze(-2)  # (..., N, H)
-        for layer in self.mlp[1:]:
-            h = layer(h)
-        return h.squeeze(-1)
+        weight = first.weight  # (H, E) or per task (T, H, E)
+        user = linear(e.user.unsqueeze(-2), weight[..., :width], first.bias)  # (..., 1, H)
+        if weight.dim() == 3 and e.items.dim() == 3:  # (T, N, E_i) rows, one fused kernel
+            h = torch.baddbmm(user, e.items, weight[..., width:].mT)  # (T, N, H)
+        else:
+            h = linear(e.items, weight[..., width:]) + user  # (..., N, H)
+        return self._layers(h, 1)
 
     def embed_factored(self, features: FeatureBatch) -> Embedded:
         """Features of rows that share one user per task → ``Embedded`` (user, items)."""
@@ -127,6 +135,26 @@ class PreferenceEstimator(nn.Module):
         if group == "head":
             return [n for n in names if n.startswith(self.head_prefix)]
         return [n for n in names if n.startswith("mlp.")]
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` for shared or per-task weights → (..., N, H).
+
+    Shared: ``weight`` (H, E), ``bias`` (H,), any ``x`` (..., N, E). Per task (a batch of
+    tasks adapted together without ``vmap``, see ``melu.maml.meta_loss``): ``weight``
+    (T, H, E), ``bias`` (T, H), ``x`` (T, N, E). A ``bias`` of more dims than (H,) that is
+    not per task must already broadcast against (..., N, H).
+    """
+    per_task_bias = bias is not None and bias.dim() == weight.dim() - 1 and bias.dim() > 1
+    b = bias.unsqueeze(-2) if per_task_bias and bias is not None else bias
+    if weight.dim() == 2:
+        if b is None or b.dim() == 1:
+            return F.linear(x, weight, b)
+        return F.linear(x, weight) + b
+    if x.dim() == 3 and b is not None:
+        return torch.baddbmm(b, x, weight.mT)
+    out = torch.matmul(x, weight.mT)
+    return out if b is None else out + b
 
 
 def apply(model: PreferenceEstimator, params: Mapping[str, Tensor], inputs: Inputs) -> Tensor:

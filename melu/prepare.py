@@ -187,8 +187,11 @@ def prepare(
     *,
     rebuild: bool = False,
     progress: Progress | None = None,
+    mmap: bool = False,
 ) -> Prepared:
-    """Load the cached TaskSets for ``config``, building (and caching) them if needed."""
+    """Load the cached TaskSets for ``config``, building (and caching) them if needed.
+
+    ``mmap``: a cache hit is opened memory-mapped (see ``load_prepared``)."""
     say = progress or (lambda _msg: None)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = dataset_files(config.dataset, data_dir, extra_info=config.use_extra_item_info)
@@ -196,7 +199,7 @@ def prepare(
     folder = cache_root / f"{config.dataset}-{key[:16]}"
     if folder.is_dir() and not rebuild:
         say(f"using cached tasks in {folder}")
-        return load_prepared(folder)
+        return load_prepared(folder, mmap)
     say(f"reading {config.dataset} from {data_dir}")
     data = load_movielens(config.dataset, data_dir, extra_info=config.use_extra_item_info)
     say("building tasks")

@@ -14,9 +14,10 @@ are embedded per request from their features.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,19 @@ class Recommender:
         device: torch.device | str | None = None,
         *,
         onboarding: bool = True,
+        threads: int | None = None,
+        precompute_items: bool = True,
     ) -> None:
-        """Prepare ``bundle`` for serving; ``onboarding=False`` defers the onboarding ranking
-        (about a second of CPU) to the first ``onboarding_items`` call."""
+        """Prepare ``bundle`` for serving.
+
+        ``onboarding=False`` defers the onboarding ranking (about a second of CPU) to the
+        first ``onboarding_items`` call. ``threads``: torch threads applied in each thread
+        that calls the recommender (default: that thread's current setting); with a fixed
+        count, answers are bit-identical whichever thread computes them.
+        ``precompute_items=False`` embeds every candidate per request (the slow reference).
+        """
         self.bundle = bundle
+        self.threads = threads
         self.device = torch.device(device or "cpu")
         self.model = bundle.model.to(self.device)
         self._local = threading.local()
@@ -124,23 +134,60 @@ class Recommender:
         size = max((f.size for f in self._user_fields), default=1)
         self._codes = torch.arange(size, device=self.device)  # () index tensors to share
         names = self.model.field_names
-        self.shared = embeds_are_shared(self.model, self.fast) and names[
-            : len(self._user_fields)
-        ] == [f.name for f in self._user_fields]
+        self.shared = (
+            precompute_items
+            and embeds_are_shared(self.model, self.fast)
+            and names[: len(self._user_fields)] == [f.name for f in self._user_fields]
+        )
         with torch.no_grad():
             self._item_embedding = self._embed_items() if self.shared else None
+        # requests on embedded rows never touch the embeddings: fewer tensors to swap in
+        self._request_params = (
+            {k: v for k, v in self.params.items() if not k.startswith("embeddings.")}
+            if self.shared
+            else self.params
+        )
         self._lock = threading.Lock()
         self._onboarding = self._rank_onboarding() if onboarding else None
 
     @classmethod
     def from_bundle(
-        cls, path: Path | str, device: torch.device | str | None = None, *, onboarding: bool = True
+        cls,
+        path: Path | str,
+        device: torch.device | str | None = None,
+        *,
+        onboarding: bool = True,
+        threads: int | None = None,
+        precompute_items: bool = True,
     ) -> Recommender:
         """Load ``path`` (a bundle folder, or a run folder holding ``model/``)."""
         path = Path(path)
         if not (path / "config.json").is_file() and (path / "model").is_dir():
             path = path / "model"
-        return cls(load_bundle(path), device, onboarding=onboarding)
+        return cls(
+            load_bundle(path),
+            device,
+            onboarding=onboarding,
+            threads=threads,
+            precompute_items=precompute_items,
+        )
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Run with ``self.threads`` torch threads in this thread, then restore its count.
+
+        Each thread has its own OpenMP thread count and MKL picks kernels by it (the last
+        bits of a result differ), so a fixed count makes answers identical in any thread.
+        """
+        if self.threads is None:
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # ~0.2 µs
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def module(self) -> PreferenceEstimator:
         """This thread's copy of the module.
@@ -148,11 +195,7 @@ class Recommender:
         ``functional_call`` swaps the given parameters into the module for the duration of
         a call, so one module shared by concurrent requests would mix their parameters.
         Each thread gets its own (weights come from ``params``, never from the module).
-        Answers are bit-identical whichever thread computes them.
         """
-        # A thread keeps OpenMP's own thread count until told torch's setting (which may
-        # have changed since); MKL then picks other kernels and the last bits differ.
-        torch.set_num_threads(torch.get_num_threads())  # ~0.2 µs
         module = getattr(self._local, "module", None)
         if module is None:
             module = PreferenceEstimator(self.bundle.config.model, self.bundle.features)
@@ -233,11 +276,17 @@ class Recommender:
         self, user: Mapping[str, Any] | None, ratings: Ratings
     ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
         """Adapted parameters for this person, their encoded features and the inner losses."""
+        with self._threads():
+            return self._adapt(user, ratings)
+
+    def _adapt(
+        self, user: Mapping[str, Any] | None, ratings: Ratings
+    ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
         module = self.module()
         features = self.encode_user(user)
         rows, values = self.check_ratings(ratings)
         if len(rows) == 0 or self.steps == 0:
-            return self.params, features, Adaptation(0, None, None)
+            return self._request_params, features, Adaptation(0, None, None)
         support = Examples(
             self.inputs(features, rows), values, torch.ones_like(values, dtype=torch.bool)
         )
@@ -245,7 +294,13 @@ class Recommender:
         # caller runs under inference_mode; no_grad alone is fine for function transforms.
         with torch.inference_mode(False), torch.no_grad():
             params, losses = adapt(
-                module, self.params, support, steps=self.steps, lr=self.lr, first_order=True
+                module,
+                self._request_params,
+                support,
+                steps=self.steps,
+                lr=self.lr,
+                first_order=True,
+                fast=self.fast,
             )
         before, after = losses[0].item(), losses[-1].item()
         return params, features, Adaptation(self.steps, before, after)
@@ -261,8 +316,9 @@ class Recommender:
     ) -> tuple[list[float], Adaptation]:
         """Predicted ratings (clamped to the scale) of ``item_ids`` after adapting."""
         rows = self.rows(item_ids, "item_ids")
-        params, features, info = self.adapt(user, ratings)
-        scores = self._scores(params, features, rows).clamp(*self.scale)
+        with self._threads():
+            params, features, info = self._adapt(user, ratings)
+            scores = self._scores(params, features, rows).clamp(*self.scale)
         return scores.cpu().tolist(), info
 
     def recommend(
@@ -287,10 +343,11 @@ class Recommender:
                 raise InvalidInput("candidate_ids", [], "must not be empty (omit it for all)")
         else:
             rows = torch.arange(self.n_items, device=self.device)
-        params, features, info = self.adapt(user, ratings)
-        scores = self._scores(params, features, rows)
+        with self._threads():
+            params, features, info = self._adapt(user, ratings)
+            scores = self._scores(params, features, rows)
         if exclude_rated and ratings:
-            rated = self.rows([r[0] for r in ratings], "ratings.item_id")
+            rated = self.rows([r[0] for r in ratings], "ratings.item_id")  # checked above
             keep = ~torch.isin(rows, rated)
             rows, scores = rows[keep], scores[keep]
         order = torch.sort(scores, descending=True, stable=True).indices[:k]
@@ -331,7 +388,7 @@ class Recommender:
 
     def _rank_onboarding(self) -> pd.DataFrame:
         """The whole catalog ranked by the onboarding rule (under no_grad)."""
-        with torch.no_grad():
+        with self._threads(), torch.no_grad():
             return self._onboarding_frame()
 
     def _onboarding_frame(self) -> pd.DataFrame:

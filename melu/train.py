@@ -29,27 +29,26 @@ from torch import Tensor
 from melu.bundle import save_bundle
 from melu.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from melu.config import Config
-from melu.errors import BundleError, ConfigError
-from melu.maml import adapted_predictions, meta_loss, task_examples, trim
+from melu.distributed import (
+    DistContext,
+    all_agree,
+    all_reduce_grads,
+    all_reduce_sum,
+    barrier,
+    broadcast_,
+    contiguous_range,
+    fail_if_requested,
+    resolve_device,
+    shard,
+)
+from melu.errors import BundleError
+from melu.maml import Examples, adapted_predictions, meta_loss, task_examples, trim
 from melu.model import Params, PreferenceEstimator, init_params
 from melu.prepare import Prepared
 from melu.tasks import TaskSet
 
 Progress = Callable[[dict[str, Any]], None]
 GradHook = Callable[[list[Tensor]], None]
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` (or None) → CUDA when present, else CPU; ``cuda`` requires a GPU."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was requested but no CUDA GPU is available")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device: {name!r} is not one of auto, cpu, cuda")
-    return torch.device(name)
 
 
 @dataclass
@@ -65,8 +64,18 @@ class TrainResult:
 class MetaTrainer:
     """The outer loop's state (parameters, Meta-SGD rates, Adam) and its two operations."""
 
-    def __init__(self, config: Config, prepared: Prepared, device: torch.device) -> None:
+    def __init__(
+        self,
+        config: Config,
+        prepared: Prepared,
+        device: torch.device,
+        *,
+        max_tasks_per_pass: int = 1024,
+    ) -> None:
+        """``max_tasks_per_pass``: larger meta-batches are run in passes of at most this
+        many tasks, their gradients summed (same result, bounded activation memory)."""
         self.config, self.device = config, device
+        self.max_tasks_per_pass = max_tasks_per_pass
         torch.manual_seed(config.train.seed)
         self.model = PreferenceEstimator(config.model, prepared.features).to(device)
         self.fast = self.model.fast_names()
@@ -146,50 +155,60 @@ class MetaTrainer:
         denominator: int | None = None,
         reduce_grads: GradHook | None = None,
     ) -> dict[str, float]:
-        """One outer update on tasks ``indices``: loss = Σ query losses / ``denominator``
-        (default len(indices)), gradients (optionally reduced across ranks), clip, Adam."""
-        per_task, inner = self.task_losses(indices.to(self.device))
-        loss = per_task.float().sum() / (denominator or len(indices))
-        grads = torch.autograd.grad(loss, self.trainable)
+        """One outer update on tasks ``indices`` (n,): loss = Σ query losses / ``denominator``
+        (default n), gradients (optionally reduced across ranks), clip, Adam.
+
+        ``indices`` may be empty (a rank whose shard of a small batch is empty): its
+        gradient is zero but it still joins ``reduce_grads``. Returns the local mean query
+        loss, mean support loss before / after adaptation, and ``tasks`` = n.
+        """
+        indices = indices.to(self.device)
+        denom = denominator or max(len(indices), 1)
+        grads = [torch.zeros_like(p) for p in self.trainable]
+        per_task, inner = torch.zeros(0), torch.zeros(0, 2)
+        if len(indices):
+            sizes = self.train_tasks.support_mask[indices].sum(1)
+            ordered = indices[sizes.argsort(stable=True)]
+            losses, inners = [], []
+            for part in ordered.split(self.max_tasks_per_pass):
+                part_losses, part_inner = self.task_losses(part)
+                part_grads = torch.autograd.grad(part_losses.sum() / denom, self.trainable)
+                for acc, g in zip(grads, part_grads, strict=True):
+                    acc += g
+                losses.append(part_losses.detach())
+                inners.append(part_inner.detach())
+            per_task, inner = torch.cat(losses).float(), torch.cat(inners).float()
         for p, g in zip(self.trainable, grads, strict=True):
             p.grad = g
         if reduce_grads is not None:
             reduce_grads(self.trainable)
         torch.nn.utils.clip_grad_norm_(self.trainable, self.config.train.grad_clip)
         self.optimizer.step()
-        inner = inner.detach().float()
+        n = len(indices)
         return {
-            "loss": float(per_task.detach().float().mean()),
-            "support_before": float(inner[:, 0].mean()),
-            "support_after": float(inner[:, -1].mean()),
+            "loss": float(per_task.mean()) if n else 0.0,
+            "support_before": float(inner[:, 0].mean()) if n else 0.0,
+            "support_after": float(inner[:, -1].mean()) if n else 0.0,
+            "tasks": float(n),
         }
 
     @torch.no_grad()
-    def evaluate(self, tasks: TaskSet, chunk: int = 512) -> dict[str, float]:
-        """Query MAE / RMSE before (0 steps) and after adaptation, over all query ratings."""
-        sums = torch.zeros(5, dtype=torch.float64)  # |e|, e² before; |e|, e² after; mean
-        count = 0.0
-        for start in range(0, len(tasks), chunk):
-            support, query = task_examples(tasks, self.tables, slice(start, start + chunk))
-            support = trim(support)
-            for i, steps in enumerate((0, self.config.meta.inner_steps)):
-                with self.autocast():
-                    pred, _ = adapted_predictions(
-                        self.model,
-                        self.params,
-                        support,
-                        query.inputs,
-                        steps=steps,
-                        lr=self.lr,
-                        fast=self.fast,
-                    )
-                err = (pred.float() - query.ratings)[query.mask].double()
-                sums[2 * i] += err.abs().sum().cpu()
-                sums[2 * i + 1] += (err**2).sum().cpu()
-            count += float(query.mask.sum())
-            mean_err = (query.ratings - self.global_mean)[query.mask].double()
-            sums[4] += mean_err.abs().sum().cpu()
-        n = max(count, 1.0)
+    def evaluate(
+        self, tasks: TaskSet, chunk: int = 512, ctx: DistContext | None = None
+    ) -> dict[str, float]:
+        """Query MAE / RMSE before (0 steps) and after adaptation, over all query ratings.
+
+        With ``ctx``, each rank evaluates a contiguous share of ``tasks`` and the sums are
+        all-reduced, so every rank returns the same figures.
+        """
+        part = contiguous_range(len(tasks), ctx) if ctx is not None else slice(0, len(tasks))
+        sums = torch.zeros(6, dtype=torch.float64)  # |e|, e² before; |e|, e² after; mean; n
+        for start in range(part.start, part.stop, chunk):
+            rows = slice(start, min(start + chunk, part.stop))
+            sums += self._error_sums(*task_examples(tasks, self.tables, rows))
+        if ctx is not None:
+            sums = all_reduce_sum(sums, ctx)
+        n = max(float(sums[5]), 1.0)
         return {
             "mae_before": float(sums[0] / n),
             "rmse_before": math.sqrt(float(sums[1] / n)),
@@ -197,6 +216,28 @@ class MetaTrainer:
             "rmse_after": math.sqrt(float(sums[3] / n)),
             "mae_global_mean": float(sums[4] / n),
         }
+
+    def _error_sums(self, support: Examples, query: Examples) -> Tensor:
+        """(6,) float64: Σ|e|, Σe² before and after adaptation, Σ|r - mean|, count."""
+        sums = torch.zeros(6, dtype=torch.float64)
+        support = trim(support)
+        for i, steps in enumerate((0, self.config.meta.inner_steps)):
+            with self.autocast():
+                pred, _ = adapted_predictions(
+                    self.model,
+                    self.params,
+                    support,
+                    query.inputs,
+                    steps=steps,
+                    lr=self.lr,
+                    fast=self.fast,
+                )
+            err = (pred.float() - query.ratings)[query.mask].double()
+            sums[2 * i] += err.abs().sum().cpu()
+            sums[2 * i + 1] += (err**2).sum().cpu()
+        sums[4] += (query.ratings - self.global_mean)[query.mask].double().abs().sum().cpu()
+        sums[5] += float(query.mask.sum())
+        return sums
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Parameters, Meta-SGD rates and Adam's moments as a flat name → tensor dict."""
@@ -236,23 +277,37 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _run_epoch(trainer: MetaTrainer, epoch: int, progress: Progress) -> dict[str, Any]:
+def _run_epoch(
+    trainer: MetaTrainer, epoch: int, progress: Progress, ctx: DistContext
+) -> dict[str, Any]:
+    """One epoch of seeded global meta-batches, this rank's shard of each, then validation.
+
+    Per-batch sums (loss, support before / after, tasks) are all-reduced once at the end,
+    so every rank reports the global figures of a single-process run.
+    """
     batches = trainer.meta_batches(epoch)
     progress({"event": "epoch_start", "epoch": epoch, "batches": len(batches)})
-    start, losses, inner, tasks = time.perf_counter(), [], [], 0
+    reduce = (lambda params: all_reduce_grads(params, ctx)) if ctx.enabled else None
+    sums = torch.zeros(len(batches), 4, dtype=torch.float64)  # loss, before, after, tasks
+    start = time.perf_counter()
     for i, indices in enumerate(batches):
-        out = trainer.step(indices)
-        losses.append(out["loss"] * len(indices))
-        inner.append((out["support_before"], out["support_after"]))
-        tasks += len(indices)
+        out = trainer.step(shard(indices, ctx), denominator=len(indices), reduce_grads=reduce)
+        n = out["tasks"]
+        sums[i] = torch.tensor(
+            [out["loss"] * n, out["support_before"] * n, out["support_after"] * n, n]
+        )
+        fail_if_requested(ctx, i + 1)
         progress({"event": "batch", "epoch": epoch, "batch": i + 1, "loss": out["loss"]})
+    sums = all_reduce_sum(sums, ctx)
     seconds = time.perf_counter() - start
-    val = trainer.evaluate(trainer.val_tasks)
+    val = trainer.evaluate(trainer.val_tasks, ctx=ctx)
+    tasks = float(sums[:, 3].sum())
+    per_batch = sums[:, 1:3] / sums[:, 3:].clamp(min=1)
     return {
         "epoch": epoch,
-        "train_loss": sum(losses) / max(tasks, 1),
-        "train_support_before": sum(a for a, _ in inner) / max(len(inner), 1),
-        "train_support_after": sum(b for _, b in inner) / max(len(inner), 1),
+        "train_loss": float(sums[:, 0].sum()) / max(tasks, 1),
+        "train_support_before": float(per_batch[:, 0].mean()) if len(batches) else 0.0,
+        "train_support_after": float(per_batch[:, 1].mean()) if len(batches) else 0.0,
         "val_mae_before": val["mae_before"],
         "val_mae_after": val["mae_after"],
         "val_rmse_after": val["rmse_after"],
@@ -260,6 +315,52 @@ def _run_epoch(trainer: MetaTrainer, epoch: int, progress: Progress) -> dict[str
         "seconds": seconds,
         "tasks_per_s": tasks / seconds if seconds > 0 else 0.0,
     }
+
+
+@dataclass
+class _RunState:
+    """Early-stopping state and the best weights so far (what a checkpoint restores)."""
+
+    state: dict[str, Any]
+    history: list[dict[str, Any]]
+    best: Params | None
+    best_lr: Params | None
+
+
+def _resume(trainer: MetaTrainer, ckpt: Path, config: Config, ctx: DistContext) -> _RunState:
+    """Every rank loads the same checkpoint (so ``out`` must be on a filesystem all nodes
+    share); ``BundleError`` if it does not fit the config or the ranks disagree."""
+    found = ckpt.exists()
+    if not all_agree(int(found), ctx):
+        raise BundleError(f"{ckpt}: not every rank sees this checkpoint (use a shared --out)")
+    if not found:
+        return _RunState(_fresh_state(), [], _clone(trainer.params), _clone(trainer.inner_lr))
+    tensors, saved = load_checkpoint(ckpt)
+    if (
+        saved.get("config", {}).get("model") != config.model.to_dict()
+        or saved.get("config", {}).get("meta") != config.meta.to_dict()
+    ):
+        raise BundleError(f"{ckpt}: checkpoint was made with a different model/meta config")
+    if not all_agree(int(saved["train_state"]["epoch"]), ctx):
+        raise BundleError(f"{ckpt}: ranks read checkpoints of different epochs")
+    trainer.load_state_tensors(tensors)
+    dev = trainer.device
+    best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
+    best_lr = {k[14:]: v.to(dev) for k, v in tensors.items() if k.startswith("best_inner_lr.")}
+    set_rng_state(saved["rng"])
+    return _RunState(saved["train_state"], saved["history"], best, best_lr or None)
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "best_epoch": 0, "best_mae": None, "bad_epochs": 0}
+
+
+def _save_checkpoint(trainer: MetaTrainer, ckpt: Path, config: Config, run: _RunState) -> None:
+    tensors = trainer.state_tensors()
+    tensors.update({f"best.{k}": v for k, v in (run.best or {}).items()})
+    tensors.update({f"best_inner_lr.{k}": v for k, v in (run.best_lr or {}).items()})
+    meta = {"train_state": run.state, "history": run.history, "config": config.to_dict()}
+    save_checkpoint(ckpt, tensors, {**meta, "rng": rng_state()})
 
 
 def train(
@@ -270,67 +371,59 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     device: str | torch.device | None = None,
+    ctx: DistContext | None = None,
 ) -> TrainResult:
     """Meta-train on ``prepared.tasks["train"]``; write ``out/metrics.jsonl``,
-    ``out/checkpoint/`` (every epoch) and the best model's bundle ``out/model/``."""
+    ``out/checkpoint/`` (every epoch) and the best model's bundle ``out/model/``.
+
+    ``ctx`` (from ``melu.distributed.init_distributed``) makes this one rank of a
+    data-parallel run on ``ctx.device``: shards of every meta-batch, summed gradients,
+    sharded validation; only rank 0 writes, and every rank returns once the bundle exists.
+    Without it, one process on ``device`` (default ``config.train.device``).
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = ctx or DistContext(device=resolve_device(device or config.train.device))
     report = progress or (lambda _event: None)
-    trainer = MetaTrainer(config, prepared, resolve_device(device or config.train.device))
+    trainer = MetaTrainer(config, prepared, ctx.device)
     ckpt = out / "checkpoint"
-    state: dict[str, Any] = {"epoch": 0, "best_epoch": 0, "best_mae": None, "bad_epochs": 0}
-    history: list[dict[str, Any]] = []
-    best, best_lr = _clone(trainer.params), _clone(trainer.inner_lr)
-    if resume and ckpt.exists():
-        tensors, saved = load_checkpoint(ckpt)
-        if (
-            saved.get("config", {}).get("model") != config.model.to_dict()
-            or saved.get("config", {}).get("meta") != config.meta.to_dict()
-        ):
-            raise BundleError(f"{ckpt}: checkpoint was made with a different model/meta config")
-        trainer.load_state_tensors(tensors)
-        best = {k[5:]: v.to(trainer.device) for k, v in tensors.items() if k.startswith("best.")}
-        best_lr = {k[13:]: v for k, v in tensors.items() if k.startswith("best_inner_lr.")} or None
-        state, history = saved["train_state"], saved["history"]
-        set_rng_state(saved["rng"])
-        report({"event": "resumed", "epoch": state["epoch"]})
-    for epoch in range(state["epoch"] + 1, config.train.epochs + 1):
-        if state["bad_epochs"] >= config.train.patience:
+    if resume:
+        run = _resume(trainer, ckpt, config, ctx)
+        if run.state["epoch"]:
+            report({"event": "resumed", "epoch": run.state["epoch"]})
+    else:
+        run = _RunState(_fresh_state(), [], _clone(trainer.params), _clone(trainer.inner_lr))
+    broadcast_(trainer.trainable, ctx)  # identical start on every rank, whatever happened
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(run.state["epoch"] + 1, config.train.epochs + 1):
+        if run.state["bad_epochs"] >= config.train.patience:
             break
-        row = _run_epoch(trainer, epoch, report)
-        history.append(row)
-        if state["best_mae"] is None or row["val_mae_after"] < state["best_mae"]:
-            state.update(best_mae=row["val_mae_after"], best_epoch=epoch, bad_epochs=0)
-            best, best_lr = _clone(trainer.params), _clone(trainer.inner_lr)
+        row = _run_epoch(trainer, epoch, report, ctx)
+        run.history.append(row)
+        if run.state["best_mae"] is None or row["val_mae_after"] < run.state["best_mae"]:
+            run.state.update(best_mae=row["val_mae_after"], best_epoch=epoch, bad_epochs=0)
+            run.best, run.best_lr = _clone(trainer.params), _clone(trainer.inner_lr)
         else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        tensors = trainer.state_tensors()
-        tensors.update({f"best.{k}": v for k, v in (best or {}).items()})
-        tensors.update({f"best_inner_lr.{k}": v for k, v in (best_lr or {}).items()})
-        save_checkpoint(
-            ckpt,
-            tensors,
-            {
-                "train_state": state,
-                "history": history,
-                "config": config.to_dict(),
-                "rng": rng_state(),
-            },
+            run.state["bad_epochs"] += 1
+        run.state["epoch"] = epoch
+        if ctx.is_main:
+            _save_checkpoint(trainer, ckpt, config, run)
+            _write_jsonl(out / "metrics.jsonl", run.history)
+        report({"event": "epoch_end", **row, "best_epoch": run.state["best_epoch"]})
+    best_row = next((r for r in run.history if r["epoch"] == run.state["best_epoch"]), {})
+    metrics = {"best_epoch": run.state["best_epoch"], "epochs_run": run.state["epoch"], **best_row}
+    bundle = out / "model"
+    if ctx.is_main:
+        bundle = save_bundle(
+            bundle,
+            config=config,
+            features=prepared.features,
+            params=run.best or trainer.params,
+            catalog=prepared.catalog,
+            tables=prepared.tables,
+            metrics=metrics,
+            inner_lr=run.best_lr,
+            fingerprint=prepared.fingerprint,
         )
-        _write_jsonl(out / "metrics.jsonl", history)
-        report({"event": "epoch_end", **row, "best_epoch": state["best_epoch"]})
-    best_row = next((r for r in history if r["epoch"] == state["best_epoch"]), {})
-    metrics = {"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], **best_row}
-    bundle = save_bundle(
-        out / "model",
-        config=config,
-        features=prepared.features,
-        params=best or trainer.params,
-        catalog=prepared.catalog,
-        tables=prepared.tables,
-        metrics=metrics,
-        inner_lr=best_lr,
-        fingerprint=prepared.fingerprint,
-    )
-    return TrainResult(bundle, state["best_epoch"], history, metrics)
+    barrier(ctx)
+    return TrainResult(bundle, run.state["best_epoch"], run.history, metrics)

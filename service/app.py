@@ -33,7 +33,7 @@ def weights_digest(recommender: Recommender) -> str:
 
 def load(settings: Settings) -> Loaded:
     """Load the bundle named by the settings (raises ``BundleError`` if unusable)."""
-    recommender = Recommender.from_bundle(settings.model)
+    recommender = Recommender.from_bundle(settings.model, threads=settings.torch_threads)
     dataset = recommender.bundle.config.data.dataset
     return Loaded(recommender, weights_digest(recommender), dataset)
 

@@ -33,7 +33,7 @@ class Rating(BaseModel):
     rating: Finite = Field(description="on the data set's scale, e.g. 1..5")
 
 
-EXAMPLE_RATINGS = [{"item_id": 50, "rating": 5}, {"item_id": 181, "rating": 4}]
+EXAMPLE_RATINGS: list[Any] = [{"item_id": 50, "rating": 5}, {"item_id": 181, "rating": 4}]
 
 
 class RecommendationRequest(BaseModel):

@@ -77,9 +77,9 @@ def bundle_path(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="session")
 def recommender(bundle_path: Path) -> Recommender:
-    """One Recommender over ``bundle_path``, shared by every test module (it is read-only)."""
+    """One Recommender over ``bundle_path`` (1 torch thread, as served), shared by all."""
     if bundle_path not in _RECOMMENDERS:
-        _RECOMMENDERS[bundle_path] = Recommender.from_bundle(bundle_path)
+        _RECOMMENDERS[bundle_path] = Recommender.from_bundle(bundle_path, threads=1)
     return _RECOMMENDERS[bundle_path]
 
 

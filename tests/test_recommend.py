@@ -70,6 +70,16 @@ def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommende
     assert info.support_loss_after == pytest.approx(losses[-1].item(), rel=1e-5)
 
 
+def test_precomputed_item_embeddings_change_nothing(
+    bundle_path: Path, recommender: Recommender
+) -> None:
+    slow = Recommender.from_bundle(bundle_path, onboarding=False, precompute_items=False)
+    assert not slow.shared and recommender.shared
+    expected, _ = slow.predict(USER, RATINGS, [1, 2, 50, 1682])
+    got, _ = recommender.predict(USER, RATINGS, [1, 2, 50, 1682])
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
 def test_zero_ratings_scores_from_features_only(recommender: Recommender) -> None:
     woman, _ = recommender.predict({"gender": "F", "age": 18}, [], [1, 50, 100])
     man, info = recommender.predict({"gender": "M", "age": 56}, [], [1, 50, 100])
@@ -201,5 +211,5 @@ def test_onboarding_follows_its_rule_and_is_not_just_popularity(
 
 
 def test_from_bundle_accepts_the_run_folder(bundle_path: Path, recommender: Recommender) -> None:
-    again = Recommender.from_bundle(bundle_path.parent, onboarding=False)
+    again = Recommender.from_bundle(bundle_path.parent, onboarding=False, threads=1)
     assert again.recommend(USER, RATINGS, k=5) == recommender.recommend(USER, RATINGS, k=5)

@@ -198,3 +198,20 @@ def test_melu_serve_exits_with_a_clear_message_on_a_corrupt_bundle(
     assert done.returncode == 1
     assert "error:" in done.stderr and "weights.safetensors" in done.stderr
     assert "serving" not in done.stdout
+
+
+def test_melu_recommend_prints_a_table(
+    bundle_path: Path, recommender: Recommender, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from melu.cli import run_app
+
+    argv = ["recommend", "--model", str(bundle_path.parent), "--rate", "50=5", "--rate", "181=4"]
+    assert run_app([*argv, "--gender", "F", "--age", "25", "--k", "4"]) == 0
+    out = capsys.readouterr().out
+    expected = recommender.recommend({"gender": "F", "age": 25}, [(50, 5.0), (181, 4.0)], k=4)
+    assert "you rated 5: Star Wars (1977)" in out
+    for item in expected.items:
+        assert f"{item.item_id:>6}  {item.title[:47]}" in out and f"{item.score:5.2f}" in out
+    assert run_app(["recommend", "--model", str(bundle_path), "--rate", "50:5"]) == 2
+    assert run_app(["recommend", "--model", str(bundle_path), "--rate", "99999=5"]) == 2
+    assert "99999" in capsys.readouterr().err

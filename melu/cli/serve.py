@@ -59,13 +59,20 @@ def format_table(result: Recommendations) -> str:
 
 
 def print_recommendations(
-    model: Path | str,
+    model: Path | str | Recommender,
     ratings: list[tuple[int, float]],
     user: dict[str, object] | None = None,
     k: int = 10,
 ) -> Recommendations:
-    """Print the top-``k`` table for a new user (used by ``melu quickstart``); returns it."""
-    recommender = Recommender.from_bundle(bundle_folder(Path(model)))
+    """Print what the user rated and the top-``k`` table for them; returns the result.
+
+    ``model``: a run folder, its ``model/`` bundle folder, or a loaded ``Recommender``.
+    """
+    recommender = (
+        model
+        if isinstance(model, Recommender)
+        else Recommender.from_bundle(bundle_folder(Path(model)), onboarding=False)
+    )
     try:
         result = recommender.recommend(user or {}, ratings, k=k)
     except InvalidInput as exc:
@@ -75,6 +82,15 @@ def print_recommendations(
         echo(f"you rated {value:g}: {recommender.titles[row]}")
     echo(format_table(result))
     return result
+
+
+def print_sample_recommendations(model: Path | str, k: int = 10) -> Recommendations:
+    """A sample new user (F, 25) rates the first three onboarding items 5, 4 and 2; print
+    the top ``k`` for them (the end of ``melu quickstart``)."""
+    recommender = Recommender.from_bundle(bundle_folder(Path(model)), onboarding=True)
+    asked = recommender.onboarding_items(3)["item_id"].tolist()
+    ratings = list(zip(asked, (5.0, 4.0, 2.0), strict=False))
+    return print_recommendations(recommender, ratings, {"gender": "F", "age": 25}, k)
 
 
 @app.command("recommend")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import typer
@@ -11,7 +11,11 @@ from tqdm import tqdm
 
 from melu.cli.app import app, echo, resolve_data_dir
 from melu.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
+from melu.distributed import DistContext, barrier, init_distributed, shutdown
 from melu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from melu.prepare import Prepared
 
 DEFAULTS = Config()
 
@@ -56,9 +60,41 @@ def build_config(dataset: str, **options: Any) -> Config:
         meta=pick(MetaConfig(), ("inner_steps", "inner_lr", "first_order", "learn_inner_lr")),
         train=pick(
             TrainConfig(),
-            ("epochs", "meta_batch", "outer_lr", "seed", "patience", "device", "amp"),
+            (
+                "epochs",
+                "meta_batch",
+                "outer_lr",
+                "seed",
+                "patience",
+                "device",
+                "amp",
+                "max_tasks_per_epoch",
+            ),
         ),
     )
+
+
+def prepare_shared(
+    config: Config, data_dir: Path, cache_dir: Path | None, ctx: DistContext, say: Any
+) -> Prepared:
+    """The tasks for this rank, memory-mapped from the cache (bounded memory).
+
+    Local rank 0 of each node builds the cache if needed while the others wait at a
+    barrier; then every rank opens it with ``mmap``: the TaskSets stay on disk and in the
+    shared page cache, and only each meta-batch's rows are read. One copy per machine,
+    whatever the number of ranks.
+    """
+    from melu.prepare import load_prepared, prepare
+
+    prepared = None
+    if ctx.local_rank == 0:
+        prepared = prepare(config.data, data_dir, cache_dir, progress=say, mmap=True)
+    barrier(ctx)
+    if prepared is None:
+        prepared = prepare(config.data, data_dir, cache_dir, mmap=True)
+    if prepared.path is None:
+        return prepared
+    return load_prepared(prepared.path, mmap=True)
 
 
 def run_training(
@@ -70,6 +106,7 @@ def run_training(
     resume: bool = False,
     show_progress: bool = True,
     threads: int = 1,
+    dist_timeout: float = 600.0,
     **options: Any,
 ) -> Path:
     """Prepare, train and return the bundle path (used by ``train`` and ``quickstart``).
@@ -77,23 +114,33 @@ def run_training(
     ``threads``: torch CPU threads (0 keeps torch's default). One is the default: a
     meta-batch's kernels are small, so a second thread gains ~20% on an idle 2-core
     machine but oversubscription costs several times that on a shared one.
+
+    Under ``torchrun`` this process is one rank of a data-parallel run (gloo on CPU,
+    nccl on CUDA; ``dist_timeout`` seconds bounds every collective); only rank 0 prints.
     """
     if threads > 0:
         torch.set_num_threads(threads)
-    from melu.prepare import prepare
     from melu.train import train
 
     config = build_config(dataset, **options)
-    prepared = prepare(
-        config.data, resolve_data_dir(data_dir), cache_dir, progress=echo if show_progress else None
-    )
-    result = train(config, prepared, out, resume=resume, progress=_Bar(show_progress))
-    echo(
-        f"best epoch {result.best_epoch}: validation MAE "
-        f"{result.metrics.get('val_mae_before', float('nan')):.4f} before → "
-        f"{result.metrics.get('val_mae_after', float('nan')):.4f} after adaptation"
-    )
-    echo(f"model bundle: {result.bundle}")
+    ctx = init_distributed(config.train.device, timeout_s=dist_timeout)
+    try:
+        main = show_progress and ctx.is_main
+        prepared = prepare_shared(
+            config, resolve_data_dir(data_dir), cache_dir, ctx, echo if main else None
+        )
+        if main and ctx.enabled:
+            echo(f"data-parallel: {ctx.world_size} ranks on {ctx.device.type}")
+        result = train(config, prepared, out, resume=resume, progress=_Bar(main), ctx=ctx)
+    finally:
+        shutdown(ctx)
+    if main:
+        echo(
+            f"best epoch {result.best_epoch}: validation MAE "
+            f"{result.metrics.get('val_mae_before', float('nan')):.4f} before → "
+            f"{result.metrics.get('val_mae_after', float('nan')):.4f} after adaptation"
+        )
+        echo(f"model bundle: {result.bundle}")
     return result.bundle
 
 
@@ -134,8 +181,17 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Task cache folder.")] = None,
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all).")] = 1,
+    max_tasks_per_epoch: Annotated[
+        int | None, typer.Option(min=1, help="Cap on training tasks per epoch (default: all).")
+    ] = None,
+    dist_timeout: Annotated[
+        float, typer.Option(min=1, help="torchrun: seconds a rank may wait in a collective.")
+    ] = 600.0,
 ) -> None:
-    """Meta-train the preference estimator and write the model bundle to OUT/model."""
+    """Meta-train the preference estimator and write the model bundle to OUT/model.
+
+    Data-parallel on N processes: ``torchrun --nproc_per_node=N -m melu train ...``.
+    """
     _choice("--fast-params", fast_params, ("mlp", "head", "all"))
     _choice("--device", device, ("auto", "cpu", "cuda"))
     _choice("--amp", amp, ("none", "bf16"))
@@ -150,6 +206,8 @@ def train(
         cache_dir=cache_dir,
         resume=resume,
         threads=threads,
+        dist_timeout=dist_timeout,
+        max_tasks_per_epoch=max_tasks_per_epoch,
         epochs=epochs,
         meta_batch=meta_batch,
         inner_steps=inner_steps,

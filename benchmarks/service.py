@@ -1,0 +1,219 @@
+"""Serving latency and throughput on an ML-100K bundle (1682 candidates, 5 ratings/request).
+
+(a) in-process ``Recommender.recommend`` p50/p99 with 1 torch thread; baseline in the same
+    run: the same recommender without precomputed item embeddings (every candidate embedded
+    per request) — ``x`` is how many times faster the served path is.
+(b) HTTP p50/p99 for one client on 127.0.0.1 against ``melu serve`` (1 worker); the ratio
+    is HTTP over in-process p50 (what the web stack adds).
+(c) throughput and error count with concurrent clients against ``melu serve --workers 2``
+    for ``--duration`` seconds; the ratio is against one client's sequential rate from (b).
+
+    python benchmarks/service.py --model runs/ml100k [--device cuda] [--only a]
+
+Targets (2-core CPU): (a) p50 <= 4 ms; (b) p50 <= 10 ms, p99 <= 25 ms; (c) >= 150 req/s,
+0 errors. Each request is a different user (features and rated items drawn with a seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from melu.recommend import Recommender
+
+GENDERS = ("F", "M")
+OCCUPATIONS = ("student", "engineer", "artist", "programmer", "other")
+
+
+def make_requests(recommender: Recommender, count: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    popular = recommender.catalog.sort_values("n_ratings", ascending=False)["item_id"].to_numpy()
+    out = []
+    for i in range(count):
+        items = rng.choice(popular[:500], size=5, replace=False)
+        out.append(
+            {
+                "user": {
+                    "gender": GENDERS[i % 2],
+                    "age": int(rng.integers(15, 65)),
+                    "occupation": OCCUPATIONS[i % len(OCCUPATIONS)],
+                },
+                "ratings": [{"item_id": int(j), "rating": int(rng.integers(1, 6))} for j in items],
+                "k": 10,
+            }
+        )
+    return out
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.asarray(seconds) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def time_in_process(recommender: Recommender, bodies: list[dict[str, Any]]) -> list[float]:
+    calls = [
+        (b["user"], [(r["item_id"], float(r["rating"])) for r in b["ratings"]]) for b in bodies
+    ]
+    for user, ratings in calls[:20]:  # warm-up
+        recommender.recommend(user, ratings, k=10)
+    times = []
+    for user, ratings in calls:
+        start = time.perf_counter()
+        recommender.recommend(user, ratings, k=10)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_in_process(model: Path, device: str, bodies: list[dict[str, Any]]) -> float:
+    torch.set_num_threads(1)
+    fast = Recommender.from_bundle(model, device, onboarding=False, threads=1)
+    slow = Recommender.from_bundle(
+        model, device, onboarding=False, threads=1, precompute_items=False
+    )
+    fast_p50, fast_p99 = percentiles(time_in_process(fast, bodies))
+    slow_p50, slow_p99 = percentiles(time_in_process(slow, bodies))
+    print(f"(a) in-process recommend() on {device}, 1 torch thread, {len(bodies)} requests:")
+    print(f"    served path   p50 {fast_p50:6.2f} ms  p99 {fast_p99:6.2f} ms")
+    print(f"    baseline      p50 {slow_p50:6.2f} ms  p99 {slow_p99:6.2f} ms  (embed per request)")
+    print(f"    x{slow_p50 / fast_p50:.2f} faster than the baseline at p50 (target p50 <= 4 ms)")
+    return fast_p50
+
+
+class Server:
+    """``melu serve`` in a subprocess on a free port; stopped on exit."""
+
+    def __init__(self, model: Path, workers: int, port: int) -> None:
+        self.port = port
+        env = {**os.environ, "MELU_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "melu", "serve", "--model", str(model)]
+        command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"melu serve exited with {self.process.returncode}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("melu serve did not become healthy in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def post(connection: http.client.HTTPConnection, body: bytes) -> int:
+    headers = {"content-type": "application/json"}
+    connection.request("POST", "/v1/recommendations", body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def bench_http_one_client(model: Path, port: int, bodies: list[dict[str, Any]]) -> float:
+    payloads = [json.dumps(b).encode() for b in bodies]
+    with Server(model, 1, port):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for payload in payloads[:20]:
+            post(connection, payload)
+        times, errors = [], 0
+        for payload in payloads:
+            start = time.perf_counter()
+            errors += post(connection, payload) != 200
+            times.append(time.perf_counter() - start)
+    p50, p99 = percentiles(times)
+    print(f"(b) HTTP, one client, keep-alive, `melu serve` 1 worker, {len(payloads)} requests:")
+    print(f"    p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  errors {errors}")
+    print("    (target p50 <= 10 ms, p99 <= 25 ms)")
+    return float(np.mean(times))
+
+
+def bench_throughput(
+    model: Path, port: int, bodies: list[dict[str, Any]], clients: int, duration: float
+) -> tuple[float, int]:
+    payloads = [json.dumps(b).encode() for b in bodies]
+    counts = [0] * clients
+    errors = [0] * clients
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        i = index
+        while not stop.is_set():
+            try:
+                ok = post(connection, payloads[i % len(payloads)]) == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            counts[index] += ok
+            errors[index] += not ok
+            i += clients
+
+    with Server(model, 2, port):
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        time.sleep(duration)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+    rate = sum(counts) / elapsed
+    return rate, sum(errors)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("runs/ml100k"))
+    parser.add_argument("--device", default="cpu", help="device for (a), e.g. cuda")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--only", choices=["a", "b", "c"], default=None)
+    args = parser.parse_args()
+    recommender = Recommender.from_bundle(args.model, onboarding=False)
+    print(f"bundle {args.model}: {recommender.n_items} candidates, {recommender.steps} steps")
+    bodies = make_requests(recommender, args.requests)
+    if args.only in (None, "a"):
+        bench_in_process(args.model, args.device, bodies)
+    single_mean = None
+    if args.only in (None, "b"):
+        single_mean = bench_http_one_client(args.model, args.port, bodies)
+    if args.only in (None, "c"):
+        rate, errors = bench_throughput(
+            args.model, args.port + 1, bodies, args.clients, args.duration
+        )
+        print(
+            f"(c) `melu serve --workers 2`, {args.clients} concurrent clients, "
+            f"{args.duration:g} s: {rate:.0f} req/s, {errors} errors"
+        )
+        if single_mean:
+            print(
+                f"    x{rate * single_mean:.2f} one client's sequential rate (target >= 150 req/s)"
+            )
+
+
+if __name__ == "__main__":
+    main()
