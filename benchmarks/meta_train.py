@@ -2,8 +2,8 @@
 
 Both compute the same meta-gradient (checked below: max |difference| is printed) of the
 mean post-adaptation query MSE over a meta-batch of ml-100k training tasks, with MeLU's
-model sizes. (a) is ``MetaTrainer.task_losses`` (vmap over tasks, padded + masked, sorted
-into two buckets); (b) is the textbook loop: per task, its own unpadded rows,
+model sizes. (a) is ``MetaTrainer.task_losses`` (tasks sorted into two size buckets,
+padded + masked, each bucket adapted at once with per-task MLP weights); (b) is the textbook loop: per task, its own unpadded rows,
 ``torch.autograd.grad(create_graph=True)`` fast weights, then one backward. Each figure is
 the best of ``--repeats`` timings. Also: peak RSS, and one full training epoch (default
 config: Adam step included) plus the validation pass.

@@ -25,10 +25,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-MARK = "@@scale "
 
 
 def status_kib(field: str) -> int:
@@ -90,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
             if ctx.device.type == "cuda"
             else "cpu",
         }
-        print(MARK + json.dumps(row), flush=True)
+        (Path(args.results) / f"rank{ctx.rank}-b{b}.json").write_text(json.dumps(row))
     shutdown(ctx)
 
 
@@ -123,10 +122,12 @@ def launch(n: int, cache: Path, args: argparse.Namespace) -> list[dict[str, floa
     cmd += ["--meta-batch", args.meta_batch, "--batches", str(args.batches)]
     cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    if done.returncode != 0:
-        raise SystemExit(f"torchrun with {n} processes failed:\n{done.stderr[-4000:]}")
-    return [json.loads(line[len(MARK) :]) for line in done.stdout.splitlines() if MARK in line]
+    with tempfile.TemporaryDirectory() as results:
+        cmd += ["--results", results]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+        if done.returncode != 0:
+            raise SystemExit(f"torchrun with {n} processes failed:\n{done.stderr[-4000:]}")
+        return [json.loads(p.read_text()) for p in sorted(Path(results).glob("*.json"))]
 
 
 def main() -> None:
@@ -137,31 +138,42 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--amp", default="none", choices=("none", "bf16"))
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs; best kept")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--gen-dir", type=Path, default=Path("/tmp/melu-gen"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--results", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     cache = ensure_cache(args.gen_dir)
-    rows = [r for n in args.nprocs.split(",") for r in launch(int(n), cache, args)]
+    runs = [  # alternate the process counts, keep each one's best run (shared, noisy CPU)
+        launch(int(n), cache, args) for _ in range(args.repeats) for n in args.nprocs.split(",")
+    ]
+    best: dict[tuple[int, int], list[dict[str, float]]] = {}
+    for run in runs:
+        for b in {r["meta_batch"] for r in run}:
+            ranks = [r for r in run if r["meta_batch"] == b]
+            key = (int(ranks[0]["world"]), int(b))
+            if key not in best or ranks[0]["tasks_per_s"] > best[key][0]["tasks_per_s"]:
+                best[key] = sorted(ranks, key=lambda r: r["rank"])
     print(
         f"{'procs':>5}{'B':>6}{'tasks/s':>10}{'speed-up':>10}{'peak RSS MiB/rank':>20}"
         f"{'anon MiB':>10}{'file MiB':>10}  device"
     )
-    base = {r["meta_batch"]: r["tasks_per_s"] for r in rows if r["world"] == 1 and r["rank"] == 0}
-    for r in (r for r in rows if r["rank"] == 0):
-        ranks = [x for x in rows if x["world"] == r["world"] and x["meta_batch"] == r["meta_batch"]]
+    for (world, b), ranks in sorted(best.items()):
+        base = best.get((1, b), ranks)[0]["tasks_per_s"]
         peak = "/".join(f"{x['peak_rss_kib'] / 1024:.0f}" for x in ranks)
         anon = max(x["anon_kib"] for x in ranks) / 1024
         file = max(x["file_kib"] for x in ranks) / 1024
-        speed = r["tasks_per_s"] / base[r["meta_batch"]] if r["meta_batch"] in base else 0.0
+        speed = ranks[0]["tasks_per_s"] / base
         print(
-            f"{r['world']:>5}{r['meta_batch']:>6}{r['tasks_per_s']:>10.0f}{speed:>9.2f}x"
-            f"{peak:>20}{anon:>10.0f}{file:>10.0f}  {r['device']}"
+            f"{world:>5}{b:>6}{ranks[0]['tasks_per_s']:>10.0f}{speed:>9.2f}x"
+            f"{peak:>20}{anon:>10.0f}{file:>10.0f}  {ranks[0]['device']}"
         )
-    print(f"train tasks: {rows[0]['train_tasks']:,}; cache opened in {rows[0]['open_s']:.2f} s")
+    first = runs[0][0]
+    print(f"train tasks: {first['train_tasks']:,}; cache opened in {first['open_s']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ class DataConfig(_Config):
     min_support: int = 3
     query_order: QueryOrder = "random"  # random query (seeded) or each user's last ratings
     zip_prefix: int = 2  # digits of the zip code kept as a feature (0 drops the field)
+    item_id_feature: bool = True  # embed the item id itself (new items: "unknown")
     use_extra_item_info: bool = True  # ml-1m: MPAA rate, directors, actors (MeLU's file)
     seed: int = 0
 

@@ -27,7 +27,7 @@ MAX_LIST = 16  # multi-valued fields keep at most this many values (in file orde
 FeatureBatch = dict[str, Tensor]  # field name -> (..., N) or (..., N, L) int64 indices
 
 USER_FIELDS = ("gender", "age", "occupation", "zip")
-ITEM_SINGLE = ("rate", "decade")
+ITEM_SINGLE = ("item", "rate", "decade")
 ITEM_MULTI = ("genres", "directors", "actors")
 
 
@@ -63,7 +63,7 @@ def user_values(users: pd.DataFrame, zip_prefix: int) -> pd.DataFrame:
 
 def item_values(items: pd.DataFrame) -> dict[str, Any]:
     """Raw item columns → per-field values (strings, or lists of strings)."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"item": items["item_id"].astype(str).tolist()}
     if "rate" in items.columns:
         out["rate"] = items["rate"].fillna("").astype(str).tolist()
     year = items["year"].astype("Float64")
@@ -127,13 +127,21 @@ class FeatureSpace:
         rating_scale: tuple[float, float],
         rating_step: float,
         zip_prefix: int = 2,
+        item_id: bool = True,
     ) -> FeatureSpace:
-        """Vocabularies from the *training* users and items only (caller filters them)."""
+        """Vocabularies from the *training* users and items only (caller filters them).
+
+        ``item_id`` adds the item's own id as a field: items seen in training get their own
+        embedding (it carries what content features cannot, e.g. how good a film is);
+        new items map to "unknown" and are scored from their content alone.
+        """
         fields: list[Field] = []
         uvals = user_values(users, zip_prefix)
         for name in uvals.columns:
             fields.append(Field(name, "user", False, _vocab(uvals[name], False)))
         for name, values in item_values(items).items():
+            if name == "item" and not item_id:
+                continue
             multi = name in ITEM_MULTI
             vocab = _vocab(values, multi)
             if not vocab:

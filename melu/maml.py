@@ -6,8 +6,10 @@ all call it. It differentiates the masked support MSE with ``torch.func.grad`` a
 (second order) unless ``first_order=True`` cuts it at the inner gradients (FOMAML). This is
 the fix to the original MeLU, whose ``load_state_dict`` fast weights silently cut the graph.
 
-``meta_loss`` runs a meta-batch of tasks together with ``torch.vmap``: padded support and
-query rows carry masks, so tasks of different sizes share one kernel launch.
+``meta_loss`` runs a meta-batch of tasks together: padded support and query rows carry
+masks, so tasks of different sizes share one kernel launch. With shared embeddings and an
+MLP fast group (the default) the tasks get per-task (T, ...) weight views and ``adapt``
+runs them at once with a hand-derived MLP backward; otherwise ``torch.vmap``.
 
 Default inner loop (``MetaConfig``): 5 SGD steps at lr 0.05 on the MLP. MeLU's 1 step at
 5e-6 moves an MLP whose inputs are O(1) embeddings by ~1e-6 of a rating: adaptation does
@@ -61,9 +63,6 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return ((pred - target) ** 2 * m).sum(-1) / m.sum(-1).clamp(min=1.0)
 
 
-import os
-_AUTOGRAD = os.environ.get('AG') == '1'
-
 def adapt(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
@@ -87,6 +86,13 @@ def adapt(
     per-task parameters is each task's own gradient; losses are then (T, steps + 1).
     """
     names = list(fast) if fast is not None else model.fast_names()
+    if (
+        isinstance(support.inputs, Embedded)
+        and support.mask.dim() == 2
+        and sorted(names) == sorted(model.fast_names("mlp"))
+        and params[names[0]].dim() == 3
+    ):
+        return _adapt_mlp_tasks(model, params, support, steps, lr, first_order)
     frozen = {k: v for k, v in params.items() if k not in names}
     fast_params = {k: params[k] for k in names}
 
@@ -96,11 +102,6 @@ def adapt(
         return per_task.sum(), per_task
 
     step = grad_and_value(support_loss, has_aux=True)
-    if _AUTOGRAD and support.mask.dim() == 2 and torch.is_grad_enabled() and all(p.requires_grad for p in fast_params.values()):
-        def step(fp):  # type: ignore[no-redef]
-            total, per = support_loss(fp)
-            g = torch.autograd.grad(total, list(fp.values()), create_graph=not first_order)
-            return dict(zip(fp, g)), (total, per)
     losses = []
     for _ in range(steps):
         grads, (_, loss) = step(fast_params)
@@ -117,6 +118,95 @@ def adapt(
 
 def embeds_are_shared(model: PreferenceEstimator, fast: Sequence[str]) -> bool:
     return not any(name.startswith("embeddings.") for name in fast)
+
+
+def _adapt_mlp_tasks(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: Examples,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool,
+) -> tuple[Params, Tensor]:
+    """``adapt`` of T tasks at once when the fast group is the whole MLP (the default).
+
+    Same math as the generic path (pinned by tests/test_maml.py to 1e-10 in float64): the
+    support-MSE gradient is back-propagated by hand through the Linear/ReLU stack, in a
+    few batched matmuls per layer, so the meta-gradient is autograd through ~20 ops per
+    step instead of through ``torch.func.grad``'s graph. The first layer's weight is kept
+    split into its user and item column blocks for the whole loop (joined once at the
+    end), so the user's share costs one (H, E_u) product per task and step.
+
+    ``params``: fast MLP weights (T, H, W) and biases (T, H); ``support.inputs`` is
+    ``Embedded`` (user (T, E_u), items (T, N, E_i)). Returns (params, losses (T, steps+1)).
+    """
+    inputs = support.inputs
+    assert isinstance(inputs, Embedded)
+    user, items = inputs.user, inputs.items  # (T, E_u), (T, N, E_i)
+    width = user.shape[-1]
+    linears = [
+        (f"mlp.{i}.weight", f"mlp.{i}.bias")
+        for i, layer in enumerate(model.mlp)
+        if isinstance(layer, torch.nn.Linear)
+    ]
+
+    def rate(name: str, cols: slice | None = None) -> float | Tensor:
+        if not isinstance(lr, Mapping):
+            return lr
+        return lr[name] if cols is None else lr[name][..., cols]
+
+    w0 = linears[0][0]
+    ucols, cols = slice(None, width), slice(width, None)
+    w_user, w_items = params[w0][..., ucols], params[w0][..., cols]  # (T, H, E_u), (T, H, E_i)
+    weights = [params[w] for w, _ in linears[1:]]  # (T, H_out, H_in)
+    biases = [params[b] for _, b in linears]  # (T, H)
+    m = support.mask.to(items.dtype)  # (T, N)
+    coef = 2 * m / m.sum(-1, keepdim=True).clamp(min=1.0)  # d loss / d pred per residual
+
+    def forward() -> tuple[list[Tensor], Tensor]:
+        """Pre-activations of the hidden layers [(T, N, H)] and predictions (T, N)."""
+        first = torch.baddbmm(biases[0].unsqueeze(-1), w_user, user.unsqueeze(-1))  # (T, H, 1)
+        pre = [torch.baddbmm(first.mT, items, w_items.mT)]  # (T, N, H)
+        for w, b in zip(weights, biases[1:], strict=True):
+            pre.append(torch.baddbmm(b.unsqueeze(-2), pre[-1].relu(), w.mT))
+        return pre[:-1], pre[-1].squeeze(-1)
+
+    losses = []
+    for _ in range(steps):
+        pre, pred = forward()
+        residual = pred - support.ratings  # (T, N)
+        losses.append((residual * residual * m).sum(-1) / m.sum(-1).clamp(min=1.0))
+        grad = (residual * coef).unsqueeze(-1)  # (T, N, H_out): d loss / d pre-activation
+        w_grads, b_grads = [], []
+        for w, a in zip(reversed(weights), reversed(pre), strict=True):
+            h = a.relu()  # (T, N, H_in)
+            w_grads.append(grad.mT @ h)  # (T, H_out, H_in)
+            b_grads.append(grad.sum(-2))  # (T, H_out)
+            grad = (grad @ w) * (a > 0)  # (T, N, H_in)
+        g_bias = grad.sum(-2)  # (T, H)
+        g_items = grad.mT @ items  # (T, H, E_i)
+        g_user = g_bias.unsqueeze(-1) * user.unsqueeze(-2)  # (T, H, E_u)
+        grads = [g_user, g_items, *reversed(w_grads), g_bias, *reversed(b_grads)]
+        if first_order:
+            grads = [g.detach() for g in grads]
+        g_user, g_items, *rest = grads
+        w_user = w_user - rate(w0, ucols) * g_user
+        w_items = w_items - rate(w0, cols) * g_items
+        weights = [
+            w - rate(name) * g for (name, _), w, g in zip(linears[1:], weights, rest, strict=False)
+        ]
+        biases = [
+            b - rate(name) * g
+            for (_, name), b, g in zip(linears, biases, rest[len(weights) :], strict=True)
+        ]
+    _, pred = forward()
+    residual = pred - support.ratings
+    losses.append((residual * residual * m).sum(-1) / m.sum(-1).clamp(min=1.0))
+    adapted = {k: v for k, v in params.items()}
+    adapted[w0] = torch.cat([w_user, w_items], dim=-1)
+    adapted.update({w: x for (w, _), x in zip(linears[1:], weights, strict=True)})
+    adapted.update({b: x for (_, b), x in zip(linears, biases, strict=True)})
+    return adapted, torch.stack(losses, dim=-1)
 
 
 def batchable(model: PreferenceEstimator, inputs: Inputs, fast: Sequence[str]) -> bool:
@@ -176,7 +266,7 @@ def meta_loss(
     first_order: bool = False,
     fast: Sequence[str] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean post-adaptation query loss over a meta-batch, tasks vectorised with ``vmap``.
+    """Mean post-adaptation query loss over a meta-batch, tasks batched (or ``vmap``).
 
     ``support`` / ``query`` have a leading task dimension T. Returns (loss (), per-task
     query losses (T,), inner losses (T, steps + 1)). Differentiable w.r.t. ``params`` (and a

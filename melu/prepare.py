@@ -99,6 +99,7 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         data.rating_scale,
         data.rating_step,
         config.zip_prefix,
+        item_id=config.item_id_feature,
     )
     users = data.users
     if len(users.columns) == 1:  # no demographics: one row per rating user

@@ -18,7 +18,6 @@ import contextlib
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,62 +27,28 @@ import torch
 from torch import Tensor
 
 from melu.bundle import Bundle, load_bundle
-from melu.errors import MeluError
 from melu.features import UNKNOWN, FeatureBatch
 from melu.maml import Examples, adapt, embeds_are_shared
 from melu.model import PreferenceEstimator, apply, embed
 from melu.onboarding import evidence_scores
+from melu.recommend_types import (
+    Adaptation,
+    InvalidInput,
+    Ratings,
+    Recommendations,
+    Scored,
+    age_bucket,
+)
 
-AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens age buckets: 1, 18, 25, 35, 45, 50, 56
-AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
-Ratings = Sequence[tuple[int, float]]
-
-
-class InvalidInput(MeluError, ValueError):
-    """A request value the model cannot use; ``field`` is its path, e.g. ``ratings[2].rating``."""
-
-    def __init__(self, field: str, value: Any, message: str) -> None:
-        super().__init__(f"{field}: {message} (got {value!r})")
-        self.field = field
-        self.value = value
-        self.reason = message
-
-
-@dataclass(frozen=True)
-class Adaptation:
-    """How the inner loop went: ``steps`` run and the support MSE before and after."""
-
-    steps: int
-    support_loss_before: float | None
-    support_loss_after: float | None
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One ranked item: the data set's id, catalog fields and the predicted rating."""
-
-    item_id: int
-    title: str
-    year: int | None
-    genres: tuple[str, ...]
-    score: float
-
-
-@dataclass(frozen=True)
-class Recommendations:
-    items: list[Scored]
-    adaptation: Adaptation
-
-
-def age_bucket(age: Any) -> str:
-    """A raw age (e.g. 23) → its MovieLens bucket ("18"); non-numbers pass through as text."""
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        return str(age)
-    if not math.isfinite(value):
-        return ""
-    return str(AGE_CODES[int(np.searchsorted(AGE_EDGES, value, side="right"))])
+__all__ = [
+    "Adaptation",
+    "InvalidInput",
+    "Ratings",
+    "Recommendations",
+    "Recommender",
+    "Scored",
+    "age_bucket",
+]
 
 
 class Recommender:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from melu.maml import Examples, adapt
-from melu.model import apply
+from melu.model import PreferenceEstimator, apply
 from melu.recommend import InvalidInput, Recommender, age_bucket
 
 pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
@@ -78,6 +78,21 @@ def test_precomputed_item_embeddings_change_nothing(
     expected, _ = slow.predict(USER, RATINGS, [1, 2, 50, 1682])
     got, _ = recommender.predict(USER, RATINGS, [1, 2, 50, 1682])
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_bundle_adapting_all_parameters_is_served_from_features(
+    recommender: Recommender,
+) -> None:
+    """fast_params="all": embeddings adapt too, so rows are embedded per request."""
+    bundle = recommender.bundle
+    config = bundle.config.replace(model=bundle.config.model.replace(fast_params="all"))
+    model = PreferenceEstimator(config.model, bundle.features)
+    every = Recommender(dataclasses.replace(bundle, config=config, model=model), threads=1)
+    assert not every.shared and len(every.fast) > len(recommender.fast)
+    result = every.recommend(USER, RATINGS, k=5)
+    assert len(result.items) == 5
+    assert result.adaptation.support_loss_after < result.adaptation.support_loss_before  # type: ignore[operator]
+    assert len(every.onboarding_items(5)) == 5
 
 
 def test_zero_ratings_scores_from_features_only(recommender: Recommender) -> None:
