@@ -148,8 +148,13 @@ def main() -> None:
     if args.worker:
         return worker(args)
     cache = ensure_cache(args.gen_dir)
+    counts = [int(n) for n in args.nprocs.split(",")]
+    if args.device == "cuda":  # nccl: one process per GPU
+        import torch
+
+        counts = [n for n in counts if n <= torch.cuda.device_count()]
     runs = [  # alternate the process counts, keep each one's best run (shared, noisy CPU)
-        launch(int(n), cache, args) for _ in range(args.repeats) for n in args.nprocs.split(",")
+        launch(n, cache, args) for _ in range(args.repeats) for n in counts
     ]
     best: dict[tuple[int, int], list[dict[str, float]]] = {}
     for run in runs:

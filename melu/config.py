@@ -106,6 +106,7 @@ class DataConfig(_Config):
     query_order: QueryOrder = "random"  # random query (seeded) or each user's last ratings
     zip_prefix: int = 2  # digits of the zip code kept as a feature (0 drops the field)
     item_id_feature: bool = True  # embed the item id itself (new items: "unknown")
+    item_id_min_ratings: int = 5  # ... only for items with this many training ratings
     use_extra_item_info: bool = True  # ml-1m: MPAA rate, directors, actors (MeLU's file)
     seed: int = 0
 

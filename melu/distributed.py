@@ -90,6 +90,11 @@ def init_distributed(
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device: local rank {local_rank} has no GPU of its own "
+                f"({torch.cuda.device_count()} here): run one process per GPU"
+            )
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(

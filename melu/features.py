@@ -128,20 +128,26 @@ class FeatureSpace:
         rating_step: float,
         zip_prefix: int = 2,
         item_id: bool = True,
+        id_items: Iterable[int] | None = None,
     ) -> FeatureSpace:
         """Vocabularies from the *training* users and items only (caller filters them).
 
         ``item_id`` adds the item's own id as a field: items seen in training get their own
         embedding (it carries what content features cannot, e.g. how good a film is);
-        new items map to "unknown" and are scored from their content alone.
+        new items map to "unknown" and are scored from their content alone. ``id_items``
+        restricts that to the given ids (e.g. items with enough training ratings to learn
+        an embedding from); the rest are "unknown" too.
         """
         fields: list[Field] = []
         uvals = user_values(users, zip_prefix)
         for name in uvals.columns:
             fields.append(Field(name, "user", False, _vocab(uvals[name], False)))
         for name, values in item_values(items).items():
-            if name == "item" and not item_id:
-                continue
+            if name == "item":
+                if not item_id:
+                    continue
+                if id_items is not None:
+                    values = [str(i) for i in id_items]
             multi = name in ITEM_MULTI
             vocab = _vocab(values, multi)
             if not vocab:
@@ -240,9 +246,9 @@ class FeatureTables:
     @classmethod
     def build(cls, space: FeatureSpace, users: pd.DataFrame, items: pd.DataFrame) -> FeatureTables:
         return cls(
-            torch.from_numpy(users["user_id"].to_numpy(dtype=np.int64)),
+            torch.tensor(users["user_id"].to_numpy(dtype=np.int64)),
             space.encode_users(users),
-            torch.from_numpy(items["item_id"].to_numpy(dtype=np.int64)),
+            torch.tensor(items["item_id"].to_numpy(dtype=np.int64)),
             space.encode_items(items),
         )
 

@@ -84,6 +84,12 @@ def build_catalog(data: MovieLens, train_ratings: pd.DataFrame, is_new: np.ndarr
     return catalog.reset_index(drop=True)
 
 
+def _frequent_items(train_rows: pd.DataFrame, min_ratings: int) -> np.ndarray:
+    """Ids of items with at least ``min_ratings`` training ratings (they get an id embedding)."""
+    counts = train_rows["item_id"].value_counts()
+    return np.sort(counts.index[counts >= min_ratings].to_numpy())
+
+
 def build(data: MovieLens, config: DataConfig) -> Prepared:
     """Split users and items, build the FeatureSpace from training rows, build all tasks."""
     is_new = new_item_mask(data.items, config.new_item_fraction)
@@ -100,6 +106,7 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         data.rating_step,
         config.zip_prefix,
         item_id=config.item_id_feature,
+        id_items=_frequent_items(train_rows, config.item_id_min_ratings),
     )
     users = data.users
     if len(users.columns) == 1:  # no demographics: one row per rating user

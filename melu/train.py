@@ -5,6 +5,7 @@ the seeded global meta-batches (index tensors into the training TaskSet), ``step
 runs one outer update on them. The two are separate so a data-parallel driver can give
 each rank a disjoint shard of every global batch: it calls ``step(shard, denominator=B,
 reduce_grads=...)`` and sums the gradients across ranks before the optimiser step.
+``train(..., ctx=init_distributed(...))`` is that driver (see ``melu.distributed``).
 
 ``train`` runs epochs, evaluates the validation users' query MAE before (0 steps) and after
 adaptation, keeps the best weights, stops on ``patience``, checkpoints every epoch

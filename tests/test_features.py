@@ -88,3 +88,23 @@ def test_feature_tables_gather_shapes(ml100k_data) -> None:
     assert batch["genres"].shape == (2, 3, space.fields[-1].max_len)
     assert batch["gender"][1, 2] == tables.users["gender"][5]
     assert torch.equal(batch["genres"][1, 0], tables.items["genres"][3])
+
+
+def test_item_id_field_only_for_frequent_training_items() -> None:
+    """Items with enough training ratings get their own id embedding; others map to 0."""
+    items = pd.DataFrame(
+        {
+            "item_id": [10, 20, 30],
+            "title": ["a", "b", "c"],
+            "year": [1990, 1991, 1992],
+            "genres": [["x"], ["y"], ["x"]],
+        }
+    )
+    users = pd.DataFrame({"user_id": [1]})
+    space = FeatureSpace.build(users, items, (1.0, 5.0), 1.0, id_items=[20])
+    (field,) = [f for f in space.item_fields if f.name == "item"]
+    assert field.vocab == ("20",)
+    encoded = space.encode_items(items)["item"].tolist()
+    assert encoded == [0, 1, 0]
+    no_ids = FeatureSpace.build(users, items, (1.0, 5.0), 1.0, item_id=False)
+    assert "item" not in {f.name for f in no_ids.item_fields}

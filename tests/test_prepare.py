@@ -109,7 +109,7 @@ def test_csv_family_without_demographics(tmp_path: Path) -> None:
     prepared = prepare(DataConfig(dataset="ml-latest-small"), tmp_path, tmp_path / "cache")
     assert prepared.features.user_fields == ()
     assert prepared.features.rating_scale == (0.5, 5.0) and prepared.features.rating_step == 0.5
-    assert {f.name for f in prepared.features.item_fields} == {"decade", "genres"}
+    assert {f.name for f in prepared.features.item_fields} == {"item", "decade", "genres"}
     assert all(len(prepared.tasks[name]) > 0 for name in ("train", "warm", "user_cold"))
     ratings = prepared.tasks["warm"].query_ratings[prepared.tasks["warm"].query_mask]
     assert ((ratings * 2) % 1 == 0).all() and (ratings * 2 % 2 == 1).any()

@@ -120,6 +120,8 @@ def run_training(
     """
     if threads > 0:
         torch.set_num_threads(threads)
+    if options.pop("float64", False):
+        torch.set_default_dtype(torch.float64)
     from melu.train import train
 
     config = build_config(dataset, **options)
@@ -187,6 +189,9 @@ def train(
     dist_timeout: Annotated[
         float, typer.Option(min=1, help="torchrun: seconds a rank may wait in a collective.")
     ] = 600.0,
+    float64: Annotated[
+        bool, typer.Option(hidden=True, help="Compute in float64 (numerical checks only).")
+    ] = False,
 ) -> None:
     """Meta-train the preference estimator and write the model bundle to OUT/model.
 
@@ -207,6 +212,7 @@ def train(
         resume=resume,
         threads=threads,
         dist_timeout=dist_timeout,
+        float64=float64,
         max_tasks_per_epoch=max_tasks_per_epoch,
         epochs=epochs,
         meta_batch=meta_batch,
