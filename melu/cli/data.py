@@ -145,6 +145,12 @@ def prepare(
     extra_item_info: Annotated[
         bool, typer.Option(help="ml-1m: use MeLU's movies_extrainfos.dat when present.")
     ] = True,
+    item_id: Annotated[
+        bool, typer.Option(help="Embed item ids (items with enough training ratings).")
+    ] = True,
+    item_id_min_ratings: Annotated[
+        int, typer.Option(help="Training ratings an item needs for its own id embedding.")
+    ] = 5,
     rebuild: Annotated[bool, typer.Option(help="Build again even if cached.")] = False,
 ) -> None:
     """Build (or reuse) the cached per-user tasks of every scenario and print a summary.
@@ -169,6 +175,8 @@ def prepare(
         query_order=_choice("--query-order", query_order, ("random", "time")),  # type: ignore[arg-type]
         zip_prefix=zip_prefix,
         use_extra_item_info=extra_item_info,
+        item_id_feature=item_id,
+        item_id_min_ratings=item_id_min_ratings,
         seed=seed,
     )
     prepared = prepare_tasks(

@@ -54,8 +54,11 @@ def build_config(dataset: str, **options: Any) -> Config:
     def pick(section: Any, names: tuple[str, ...]) -> Any:
         return section.replace(**{n: options[n] for n in names if options.get(n) is not None})
 
+    data = pick(DataConfig(dataset=dataset), ("user_split", "query_order", "item_id_feature"))
+    if options.get("data_seed") is not None:
+        data = data.replace(seed=options["data_seed"])
     return Config(
-        data=DataConfig(dataset=dataset),
+        data=data,
         model=pick(ModelConfig(), ("fast_params",)),
         meta=pick(MetaConfig(), ("inner_steps", "inner_lr", "first_order", "learn_inner_lr")),
         train=pick(
@@ -64,6 +67,7 @@ def build_config(dataset: str, **options: Any) -> Config:
                 "epochs",
                 "meta_batch",
                 "outer_lr",
+                "weight_decay",
                 "seed",
                 "patience",
                 "device",
@@ -178,7 +182,22 @@ def train(
     ),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[str, typer.Option(help="none or bf16 (autocast the forward).")] = "none",
-    seed: int = DEFAULTS.train.seed,
+    weight_decay: Annotated[float, typer.Option(min=0, help="Adam weight decay.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Training seed (init, batch order).")] = (
+        DEFAULTS.train.seed
+    ),
+    user_split: Annotated[
+        str, typer.Option(help="Data protocol: time (by first rating) or random users.")
+    ] = DEFAULTS.data.user_split,
+    query_order: Annotated[
+        str, typer.Option(help="Data protocol: random query ratings or each user's last (time).")
+    ] = DEFAULTS.data.query_order,
+    item_id: Annotated[
+        bool, typer.Option(help="Embed item ids of items with enough training ratings.")
+    ] = DEFAULTS.data.item_id_feature,
+    data_seed: Annotated[int, typer.Option(help="Seed of the data protocol's splits.")] = (
+        DEFAULTS.data.seed
+    ),
     patience: Annotated[int, typer.Option(min=1)] = DEFAULTS.train.patience,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Task cache folder.")] = None,
@@ -200,6 +219,8 @@ def train(
     _choice("--fast-params", fast_params, ("mlp", "head", "all"))
     _choice("--device", device, ("auto", "cpu", "cuda"))
     _choice("--amp", amp, ("none", "bf16"))
+    _choice("--user-split", user_split, ("time", "random"))
+    _choice("--query-order", query_order, ("random", "time"))
     try:
         build_config(dataset, inner_lr=inner_lr, outer_lr=outer_lr)
     except ConfigError as exc:
@@ -226,4 +247,9 @@ def train(
         amp=amp,
         seed=seed,
         patience=patience,
+        weight_decay=weight_decay,
+        user_split=user_split,
+        query_order=query_order,
+        item_id_feature=item_id,
+        data_seed=data_seed,
     )
