@@ -11,10 +11,7 @@ half-written bundle; loading checks the schema and every tensor's shape.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from melu import __version__
+from melu.atomic import atomic_directory
 from melu.config import Config
 from melu.errors import BundleError, ConfigError
 from melu.features import FeatureSpace, FeatureTables
@@ -83,9 +81,7 @@ def save_bundle(
 ) -> Path:
     """Write a bundle to ``path`` atomically (temp folder + rename); returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
         for k, v in (inner_lr or {}).items():
             tensors[INNER_LR_PREFIX + k] = v.detach().cpu().contiguous()
@@ -104,14 +100,6 @@ def save_bundle(
         (tmp / "metrics.json").write_text(
             json.dumps(metrics or {}, indent=1, sort_keys=True) + "\n"
         )
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

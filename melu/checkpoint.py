@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from melu.atomic import atomic_directory
 from melu.errors import BundleError
 
 TENSORS = "tensors.safetensors"
@@ -50,23 +48,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(folder: Path, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
     """Write ``tensors`` and ``state`` to ``folder`` atomically (temp folder + rename)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    old = folder.with_name(f".{folder.name}.old")
-    try:
+    with atomic_directory(folder) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS)
         )
         payload = {"checkpoint_version": CHECKPOINT_VERSION, **state}
         (tmp / STATE).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

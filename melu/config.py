@@ -127,6 +127,7 @@ class DataConfig(_Config):
         )
         _check(self.max_ratings >= self.min_ratings, "max_ratings must be >= min_ratings")
         _check(0 <= self.zip_prefix <= 5, "zip_prefix must be in 0..5")
+        _check(self.item_id_min_ratings >= 1, "item_id_min_ratings must be >= 1")
 
 
 @dataclass(frozen=True)

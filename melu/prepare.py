@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import pandas as pd
 import torch
 
 from melu import __version__
+from melu.atomic import atomic_directory
 from melu.config import DataConfig
 from melu.data.movielens import MovieLens, dataset_files, load_movielens
 from melu.errors import DataError
@@ -214,16 +213,8 @@ def prepare(
     prepared = build(data, config)
     prepared.fingerprint = key
     prepared.stats["melu_version"] = __version__
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_root))
-    try:
+    with atomic_directory(folder) as tmp:
         _save(prepared, tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     prepared.path = folder
     say(f"cached tasks in {folder}")
     return prepared

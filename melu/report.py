@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from melu.atomic import atomic_directory
 from melu.evaluate import METHODS, Report
 
 LABELS = {
@@ -220,19 +218,9 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
 def write_report(report: Report, out: Path | str) -> Path:
     """Write report.json, report.md and the plots to ``out`` atomically; returns ``out``."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         (tmp / "report.md").write_text(to_markdown(report))
         for name, draw in zip(PLOTS, (plot_methods, plot_steps, plot_support), strict=True):
             (tmp / name).write_bytes(figure_png(draw(report)))
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
