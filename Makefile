@@ -37,6 +37,8 @@ lint: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check melu service tests benchmarks
+	$(VENV)/bin/ruff format --check melu service tests benchmarks
+	$(VENV)/bin/mypy melu service
 	$(VENV)/bin/pytest -q
 
 clean:

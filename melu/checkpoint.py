@@ -29,9 +29,13 @@ CHECKPOINT_VERSION = 1
 
 def rng_state() -> dict[str, Any]:
     """The torch RNG states (CPU and, when present, CUDA) as JSON-safe base64 strings."""
-    out: dict[str, Any] = {"cpu": base64.b64encode(torch.get_rng_state().numpy()).decode()}
+    out: dict[str, Any] = {
+        "cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+    }
     if torch.cuda.is_available():
-        out["cuda"] = [base64.b64encode(s.numpy()).decode() for s in torch.cuda.get_rng_state_all()]
+        out["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
     return out
 
 

@@ -334,11 +334,13 @@ def trim(examples: Examples) -> Examples:
     n = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
     if n == examples.mask.shape[-1]:
         return examples
-    inputs = (
-        examples.inputs[:, :n]
-        if isinstance(examples.inputs, Tensor)
-        else {k: v[:, :n] for k, v in examples.inputs.items()}
-    )
+    inputs: Inputs
+    if isinstance(examples.inputs, Tensor):
+        inputs = examples.inputs[:, :n]
+    elif isinstance(examples.inputs, Embedded):
+        inputs = Embedded(examples.inputs.user, examples.inputs.items[:, :n])
+    else:
+        inputs = {k: v[:, :n] for k, v in examples.inputs.items()}
     return Examples(inputs, examples.ratings[:, :n], examples.mask[:, :n])
 
 

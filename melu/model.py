@@ -80,7 +80,8 @@ class PreferenceEstimator(nn.Module):
         parts = []
         for name in self.field_names:
             table, idx = self.embeddings[name], features[name]
-            rows = F.embedding(idx, table.weight)  # (..., N, D) or (..., N, L, D)
+            weight: Tensor = table.weight  # type: ignore[assignment]
+            rows = F.embedding(idx, weight)  # (..., N, D) or (..., N, L, D)
             if isinstance(table, nn.EmbeddingBag):
                 # EmbeddingBag(mode="mean", padding_idx=0), written out so vmap and
                 # double backward apply: mean over the non-padding entries, 0 if none.
@@ -102,7 +103,7 @@ class PreferenceEstimator(nn.Module):
 
     def _layers(self, h: Tensor, start: int) -> Tensor:
         """``self.mlp[start:]`` on (..., N, W) rows → (..., N); weights shared or per task."""
-        for layer in self.mlp[start:]:
+        for layer in list(self.mlp)[start:]:
             h = linear(h, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(h)
         return h.squeeze(-1)
 
