@@ -1,22 +1,16 @@
-"""Meta-training: Adam on the meta-learned initialisation, early stopping, checkpoints.
+"""Meta-training: epochs, validation, early stopping, checkpoints, the bundle.
 
-``MetaTrainer`` knows the model only through ``melu.maml``: ``meta_batches(epoch)`` draws
-the seeded global meta-batches (index tensors into the training TaskSet), ``step(indices)``
-runs one outer update on them. The two are separate so a data-parallel driver can give
-each rank a disjoint shard of every global batch: it calls ``step(shard, denominator=B,
-reduce_grads=...)`` and sums the gradients across ranks before the optimiser step.
-``train(..., ctx=init_distributed(...))`` is that driver (see ``melu.distributed``).
-
-``train`` runs epochs, evaluates the validation users' query MAE before (0 steps) and after
-adaptation, keeps the best weights, stops on ``patience``, checkpoints every epoch
-atomically, writes ``metrics.jsonl`` and finally the model bundle (``out/model``).
+``train`` drives a ``melu.meta_trainer.MetaTrainer``: each epoch it runs the seeded global
+meta-batches (under ``torchrun`` each rank takes its shard and the gradients are summed,
+see ``melu.distributed``), evaluates the validation users' query MAE before (0 steps) and
+after adaptation, keeps the best weights, stops on ``patience``, checkpoints every epoch
+atomically (``out/checkpoint``; ``resume=True`` continues bit-for-bit), writes
+``metrics.jsonl`` and finally the model bundle (``out/model``). Only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from melu.bundle import save_bundle
 from melu.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -37,19 +30,18 @@ from melu.distributed import (
     all_reduce_sum,
     barrier,
     broadcast_,
-    contiguous_range,
     fail_if_requested,
     resolve_device,
     shard,
 )
 from melu.errors import BundleError
-from melu.maml import Examples, adapted_predictions, meta_loss, task_examples, trim
-from melu.model import Params, PreferenceEstimator, init_params
+from melu.meta_trainer import MetaTrainer
+from melu.model import Params
 from melu.prepare import Prepared
-from melu.tasks import TaskSet
+
+__all__ = ["MetaTrainer", "TrainResult", "train"]
 
 Progress = Callable[[dict[str, Any]], None]
-GradHook = Callable[[list[Tensor]], None]
 
 
 @dataclass
@@ -60,212 +52,6 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-class MetaTrainer:
-    """The outer loop's state (parameters, Meta-SGD rates, Adam) and its two operations."""
-
-    def __init__(
-        self,
-        config: Config,
-        prepared: Prepared,
-        device: torch.device,
-        *,
-        max_tasks_per_pass: int = 1024,
-    ) -> None:
-        """``max_tasks_per_pass``: larger meta-batches are run in passes of at most this
-        many tasks, their gradients summed (same result, bounded activation memory)."""
-        self.config, self.device = config, device
-        self.max_tasks_per_pass = max_tasks_per_pass
-        torch.manual_seed(config.train.seed)
-        self.model = PreferenceEstimator(config.model, prepared.features).to(device)
-        self.fast = self.model.fast_names()
-        self.params: Params = {
-            k: v.to(device).requires_grad_() for k, v in init_params(self.model).items()
-        }
-        self.inner_lr: Params | None = None
-        if config.meta.learn_inner_lr:
-            self.inner_lr = {
-                k: torch.full_like(self.params[k], config.meta.inner_lr).requires_grad_()
-                for k in self.fast
-            }
-        self.optimizer = torch.optim.Adam(
-            self.trainable, lr=config.train.outer_lr, weight_decay=config.train.weight_decay
-        )
-        self.tables = prepared.tables.to(device)
-        self.train_tasks = prepared.tasks["train"].to(device)
-        self.val_tasks = prepared.tasks["validation"].to(device)
-        t = self.train_tasks
-        self.global_mean = float(
-            (t.support_ratings.sum() + t.query_ratings.sum())
-            / (t.support_mask.sum() + t.query_mask.sum())
-        )
-
-    @property
-    def trainable(self) -> list[Tensor]:
-        return [*self.params.values(), *(self.inner_lr or {}).values()]
-
-    @property
-    def lr(self) -> float | Params:
-        return self.inner_lr if self.inner_lr is not None else self.config.meta.inner_lr
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.train.amp == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def meta_batches(self, epoch: int) -> list[Tensor]:
-        """Seeded global meta-batches of epoch ``epoch``: index tensors (≤ B,) into tasks."""
-        gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.train_tasks), generator=gen)
-        cap = self.config.train.max_tasks_per_epoch
-        if cap is not None:
-            order = order[:cap]
-        return list(order.split(self.config.train.meta_batch))
-
-    def task_losses(self, indices: Tensor, buckets: int = 2) -> tuple[Tensor, Tensor]:
-        """Post-adaptation query losses (B,) and inner losses (B, steps + 1) of ``indices``.
-
-        The tasks are sorted by support size and run in ``buckets`` vmapped groups, each
-        trimmed to its own longest support: the same sum, with less padding to compute.
-        """
-        sizes = self.train_tasks.support_mask[indices].sum(1)
-        order = indices[sizes.argsort(stable=True)]
-        meta, losses, inners = self.config.meta, [], []
-        for part in order.tensor_split(min(buckets, len(order))):
-            support, query = task_examples(self.train_tasks, self.tables, part)
-            with self.autocast():
-                _, per_task, inner = meta_loss(
-                    self.model,
-                    self.params,
-                    trim(support),
-                    trim(query),
-                    steps=meta.inner_steps,
-                    lr=self.lr,
-                    first_order=meta.first_order,
-                    fast=self.fast,
-                )
-            losses.append(per_task.float())
-            inners.append(inner.float())
-        return torch.cat(losses), torch.cat(inners)
-
-    def step(
-        self,
-        indices: Tensor,
-        *,
-        denominator: int | None = None,
-        reduce_grads: GradHook | None = None,
-    ) -> dict[str, float]:
-        """One outer update on tasks ``indices`` (n,): loss = Σ query losses / ``denominator``
-        (default n), gradients (optionally reduced across ranks), clip, Adam.
-
-        ``indices`` may be empty (a rank whose shard of a small batch is empty): its
-        gradient is zero but it still joins ``reduce_grads``. Returns the local mean query
-        loss, mean support loss before / after adaptation, and ``tasks`` = n.
-        """
-        indices = indices.to(self.device)
-        denom = denominator or max(len(indices), 1)
-        grads = [torch.zeros_like(p) for p in self.trainable]
-        per_task, inner = torch.zeros(0), torch.zeros(0, 2)
-        if len(indices):
-            sizes = self.train_tasks.support_mask[indices].sum(1)
-            ordered = indices[sizes.argsort(stable=True)]
-            losses, inners = [], []
-            for part in ordered.split(self.max_tasks_per_pass):
-                part_losses, part_inner = self.task_losses(part)
-                part_grads = torch.autograd.grad(part_losses.sum() / denom, self.trainable)
-                for acc, g in zip(grads, part_grads, strict=True):
-                    acc += g
-                losses.append(part_losses.detach())
-                inners.append(part_inner.detach())
-            per_task, inner = torch.cat(losses).float(), torch.cat(inners).float()
-        for p, g in zip(self.trainable, grads, strict=True):
-            p.grad = g
-        if reduce_grads is not None:
-            reduce_grads(self.trainable)
-        torch.nn.utils.clip_grad_norm_(self.trainable, self.config.train.grad_clip)
-        self.optimizer.step()
-        n = len(indices)
-        return {
-            "loss": float(per_task.mean()) if n else 0.0,
-            "support_before": float(inner[:, 0].mean()) if n else 0.0,
-            "support_after": float(inner[:, -1].mean()) if n else 0.0,
-            "tasks": float(n),
-        }
-
-    @torch.no_grad()
-    def evaluate(
-        self, tasks: TaskSet, chunk: int = 512, ctx: DistContext | None = None
-    ) -> dict[str, float]:
-        """Query MAE / RMSE before (0 steps) and after adaptation, over all query ratings.
-
-        With ``ctx``, each rank evaluates a contiguous share of ``tasks`` and the sums are
-        all-reduced, so every rank returns the same figures.
-        """
-        part = contiguous_range(len(tasks), ctx) if ctx is not None else slice(0, len(tasks))
-        sums = torch.zeros(6, dtype=torch.float64)  # |e|, e² before; |e|, e² after; mean; n
-        for start in range(part.start, part.stop, chunk):
-            rows = slice(start, min(start + chunk, part.stop))
-            sums += self._error_sums(*task_examples(tasks, self.tables, rows))
-        if ctx is not None:
-            sums = all_reduce_sum(sums, ctx)
-        n = max(float(sums[5]), 1.0)
-        return {
-            "mae_before": float(sums[0] / n),
-            "rmse_before": math.sqrt(float(sums[1] / n)),
-            "mae_after": float(sums[2] / n),
-            "rmse_after": math.sqrt(float(sums[3] / n)),
-            "mae_global_mean": float(sums[4] / n),
-        }
-
-    def _error_sums(self, support: Examples, query: Examples) -> Tensor:
-        """(6,) float64: Σ|e|, Σe² before and after adaptation, Σ|r - mean|, count."""
-        sums = torch.zeros(6, dtype=torch.float64)
-        support = trim(support)
-        for i, steps in enumerate((0, self.config.meta.inner_steps)):
-            with self.autocast():
-                pred, _ = adapted_predictions(
-                    self.model,
-                    self.params,
-                    support,
-                    query.inputs,
-                    steps=steps,
-                    lr=self.lr,
-                    fast=self.fast,
-                )
-            err = (pred.float() - query.ratings)[query.mask].double()
-            sums[2 * i] += err.abs().sum().cpu()
-            sums[2 * i + 1] += (err**2).sum().cpu()
-        sums[4] += (query.ratings - self.global_mean)[query.mask].double().abs().sum().cpu()
-        sums[5] += float(query.mask.sum())
-        return sums
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        """Parameters, Meta-SGD rates and Adam's moments as a flat name → tensor dict."""
-        out = {f"param.{k}": v for k, v in self.params.items()}
-        out.update({f"inner_lr.{k}": v for k, v in (self.inner_lr or {}).items()})
-        for i, state in self.optimizer.state_dict()["state"].items():
-            out.update({f"adam.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
-        return out
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Inverse of ``state_tensors`` (``BundleError`` if names or shapes differ)."""
-        with torch.no_grad():
-            for prefix, group in (("param.", self.params), ("inner_lr.", self.inner_lr or {})):
-                for k, v in group.items():
-                    saved = tensors.get(prefix + k)
-                    if saved is None or saved.shape != v.shape:
-                        raise BundleError(f"checkpoint: {prefix}{k} is missing or misshapen")
-                    v.copy_(saved)
-        state: dict[int, dict[str, Tensor]] = {}
-        for name, value in tensors.items():
-            if name.startswith("adam."):
-                _, i, key = name.split(".", 2)
-                state.setdefault(int(i), {})[key] = (
-                    value.to(self.device) if key != "step" else value
-                )
-        groups = self.optimizer.state_dict()["param_groups"]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def _clone(params: Params | None) -> Params | None:
