@@ -12,15 +12,21 @@ the format's documented scale are an error, never silently dropped.
 
 from __future__ import annotations
 
-import io
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from melu.data.parsing import (
+    SEP,
+    check_ratings,
+    line_error,
+    read_table,
+    read_text,
+    split_list,
+)
 from melu.errors import DataError
 
 DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m")
@@ -46,7 +52,6 @@ ML100K_GENRES = (
     "Western",
 )
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$")
-_SEP = "\x1f"  # single-byte stand-in for "::" so pandas' C parser can read ml-1m
 
 
 @dataclass
@@ -85,79 +90,6 @@ def _require(path: Path, name: str) -> Path:
             f"{path.parent.parent}` or point --data-dir / MELU_DATA_DIR at a folder holding {name}/"
         )
     return path
-
-
-def _first_bad_line(path: Path, text: str, check: Callable[[str], bool]) -> DataError:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip() and not check(line):
-            shown = line.replace(_SEP, "::")[:200]
-            return DataError(f"{path}:{number}: malformed row: {shown!r}")
-    return DataError(f"{path}: could not be parsed")
-
-
-def _read_table(
-    path: Path, text: str, sep: str, names: list[str], dtypes: dict[str, str], header: bool = False
-) -> pd.DataFrame:
-    """Parse ``text`` strictly: every row has ``len(names)`` fields of the given dtypes."""
-
-    def ok(line: str) -> bool:
-        parts = line.split(sep)
-        if len(parts) != len(names):
-            return False
-        try:
-            for part, name in zip(parts, names, strict=True):
-                if dtypes.get(name, "str").startswith(("int", "float")):
-                    float(part)
-        except ValueError:
-            return False
-        return True
-
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            names=names,
-            header=0 if header else None,
-            dtype=dtypes,
-            quoting=3 if sep != "," else 0,
-            keep_default_na=False,
-            na_values=[],
-            engine="c",
-        )
-    except (ValueError, pd.errors.ParserError) as exc:
-        body = text.split("\n", 1)[1] if header else text
-        error = _first_bad_line(path, body, ok)
-        if header and error.args[0].startswith(f"{path}:"):
-            line_no, rest = error.args[0][len(str(path)) + 1 :].split(":", 1)
-            error = DataError(f"{path}:{int(line_no) + 1}:{rest}")
-        raise error from exc
-    if len(frame.columns) != len(names) or (not header and frame.isna().any().any()):
-        raise _first_bad_line(path, text, ok)
-    return frame
-
-
-def _read_text(path: Path, encoding: str) -> str:
-    try:
-        return path.read_text(encoding=encoding)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start})"
-        ) from exc
-
-
-def _check_ratings(
-    frame: pd.DataFrame, path: Path, low: float, high: float, step: float, header: int = 0
-) -> None:
-    """Error naming ``path:line`` of the first rating off the scale (``header`` lines skipped)."""
-    values = frame["rating"].to_numpy()
-    bad = ~np.isfinite(values) | (values < low) | (values > high)
-    bad |= np.abs(values / step - np.round(values / step)) > 1e-6
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{path}:{row + 1 + header}: rating {float(values[row]):g} is outside the scale "
-            f"{low:g}..{high:g} in steps of {step:g}"
-        )
 
 
 def _year_from_title(titles: pd.Series) -> pd.Series:
@@ -238,17 +170,17 @@ def _age_bucket(age: pd.Series) -> pd.Series:
 def read_ml100k(root: Path) -> MovieLens:
     """ml-100k: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1)."""
     files = [_require(root / f, "ml-100k") for f in ("u.data", "u.user", "u.item")]
-    ratings = _read_table(
+    ratings = read_table(
         files[0],
-        _read_text(files[0], "latin-1"),
+        read_text(files[0], "latin-1"),
         "\t",
         ["user_id", "item_id", "rating", "timestamp"],
         {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"},
     )
-    _check_ratings(ratings, files[0], 1, 5, 1.0)
-    users = _read_table(
+    check_ratings(ratings, files[0], 1, 5, 1.0)
+    users = read_table(
         files[1],
-        _read_text(files[1], "latin-1"),
+        read_text(files[1], "latin-1"),
         "|",
         ["user_id", "age", "gender", "occupation", "zip"],
         {"user_id": "int64", "age": "int64"},
@@ -256,9 +188,9 @@ def read_ml100k(root: Path) -> MovieLens:
     users["age"] = _age_bucket(users["age"]).astype(str)
     users = users[["user_id", "gender", "age", "occupation", "zip"]].astype({"user_id": "int32"})
     item_names = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
-    raw = _read_table(
+    raw = read_table(
         files[2],
-        _read_text(files[2], "latin-1"),
+        read_text(files[2], "latin-1"),
         "|",
         item_names,
         {"item_id": "int64", **{g: "int8" for g in ML100K_GENRES}},
@@ -279,19 +211,13 @@ def read_ml100k(root: Path) -> MovieLens:
 
 
 def _read_dat(path: Path, names: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
-    text = _read_text(path, "latin-1").replace("::", _SEP)
-    return _read_table(path, text, _SEP, names, dtypes)
-
-
-def _split_list(values: pd.Series, sep: str) -> list[list[str]]:
-    return [
-        [] if v in ("", "N/A") else [s.strip() for s in v.split(sep) if s.strip()] for v in values
-    ]
+    text = read_text(path, "latin-1").replace("::", SEP)
+    return read_table(path, text, SEP, names, dtypes)
 
 
 def _read_melu_extra(path: Path) -> pd.DataFrame:
     """MeLU's ``movies_extrainfos.dat`` (UTF-8, CRLF, 11 ``::`` fields) → rate/directors/actors."""
-    text = _read_text(path, "utf-8").replace("\r\n", "\n").replace("::", _SEP)
+    text = read_text(path, "utf-8").replace("\r\n", "\n").replace("::", SEP)
     names = [
         "item_id",
         "title",
@@ -305,13 +231,13 @@ def _read_melu_extra(path: Path) -> pd.DataFrame:
         "plot",
         "poster",
     ]
-    raw = _read_table(path, text, _SEP, names, {"item_id": "int64"})
+    raw = read_table(path, text, SEP, names, {"item_id": "int64"})
     return pd.DataFrame(
         {
             "item_id": raw["item_id"].astype("int32"),
             "rate": raw["rate"].replace("N/A", ""),
-            "directors": _split_list(raw["director"], ","),
-            "actors": _split_list(raw["actors"], ","),
+            "directors": split_list(raw["director"], ","),
+            "actors": split_list(raw["actors"], ","),
         }
     )
 
@@ -328,7 +254,7 @@ def read_ml1m(root: Path, *, extra_info: bool = True) -> MovieLens:
         ["user_id", "item_id", "rating", "timestamp"],
         {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"},
     )
-    _check_ratings(ratings, files[0], 1, 5, 1.0)
+    check_ratings(ratings, files[0], 1, 5, 1.0)
     users = _read_dat(
         files[1], ["user_id", "gender", "age", "occupation", "zip"], {"user_id": "int32"}
     )
@@ -339,7 +265,7 @@ def read_ml1m(root: Path, *, extra_info: bool = True) -> MovieLens:
             "title": raw["title"],
             "year": _year_from_title(raw["title"]),
             "released": pd.NaT,
-            "genres": _split_list(raw["genres"], "|"),
+            "genres": split_list(raw["genres"], "|"),
         }
     )
     extra = root / "movies_extrainfos.dat"
@@ -360,8 +286,8 @@ def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
         with pd.read_csv(path, dtype=dtypes, chunksize=chunksize, engine="c") as reader:
             chunks = list(reader)
     except (ValueError, pd.errors.ParserError) as exc:
-        text = _read_text(path, "utf-8")
-        raise _line_error(path, text, 4) from exc
+        text = read_text(path, "utf-8")
+        raise line_error(path, text, 4) from exc
     frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(dtypes))
     if list(frame.columns) != list(dtypes):
         raise DataError(
@@ -369,20 +295,8 @@ def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
             f"got {','.join(map(str, frame.columns))}"
         )
     if frame.isna().any().any():
-        raise _line_error(path, _read_text(path, "utf-8"), 4)
+        raise line_error(path, read_text(path, "utf-8"), 4)
     return frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
-
-
-def _line_error(path: Path, text: str, fields: int) -> DataError:
-    for number, line in enumerate(text.splitlines()[1:], start=2):
-        parts = line.split(",")
-        try:
-            if len(parts) != fields or any(not p for p in parts):
-                raise ValueError
-            [float(p) for p in parts]
-        except ValueError:
-            return DataError(f"{path}:{number}: malformed row: {line[:200]!r}")
-    return DataError(f"{path}: could not be parsed")
 
 
 def read_csv_family(root: Path, name: str) -> MovieLens:
@@ -392,7 +306,7 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
     """
     files = [_require(root / f, name) for f in ("ratings.csv", "movies.csv")]
     ratings = _read_csv_ratings(files[0])
-    _check_ratings(ratings, files[0], 0.5, 5, 0.5, header=1)
+    check_ratings(ratings, files[0], 0.5, 5, 0.5, header=1)
     try:
         raw = pd.read_csv(
             files[1], dtype={"movieId": "int32", "title": str, "genres": str}, keep_default_na=False
@@ -408,7 +322,7 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
             "title": raw["title"].str.strip(),
             "year": _year_from_title(raw["title"].str.strip()),
             "released": pd.NaT,
-            "genres": _split_list(genres, "|"),
+            "genres": split_list(genres, "|"),
         }
     )
     users = pd.DataFrame({"user_id": pd.Series([], dtype="int32")})

@@ -1,0 +1,109 @@
+"""Strict parsing of MovieLens text files.
+
+Every malformed row is an error naming ``file:line`` and the offending text; a rating
+off the format's scale is an error too (never silently dropped).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from melu.errors import DataError
+
+SEP = "\x1f"  # single-byte stand-in for "::" so pandas' C parser can read ml-1m
+
+
+def first_bad_line(path: Path, text: str, check: Callable[[str], bool]) -> DataError:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not check(line):
+            shown = line.replace(SEP, "::")[:200]
+            return DataError(f"{path}:{number}: malformed row: {shown!r}")
+    return DataError(f"{path}: could not be parsed")
+
+
+def read_table(
+    path: Path, text: str, sep: str, names: list[str], dtypes: dict[str, str], header: bool = False
+) -> pd.DataFrame:
+    """Parse ``text`` strictly: every row has ``len(names)`` fields of the given dtypes."""
+
+    def ok(line: str) -> bool:
+        parts = line.split(sep)
+        if len(parts) != len(names):
+            return False
+        try:
+            for part, name in zip(parts, names, strict=True):
+                if dtypes.get(name, "str").startswith(("int", "float")):
+                    float(part)
+        except ValueError:
+            return False
+        return True
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            names=names,
+            header=0 if header else None,
+            dtype=dtypes,
+            quoting=3 if sep != "," else 0,
+            keep_default_na=False,
+            na_values=[],
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        body = text.split("\n", 1)[1] if header else text
+        error = first_bad_line(path, body, ok)
+        if header and error.args[0].startswith(f"{path}:"):
+            line_no, rest = error.args[0][len(str(path)) + 1 :].split(":", 1)
+            error = DataError(f"{path}:{int(line_no) + 1}:{rest}")
+        raise error from exc
+    if len(frame.columns) != len(names) or (not header and frame.isna().any().any()):
+        raise first_bad_line(path, text, ok)
+    return frame
+
+
+def read_text(path: Path, encoding: str) -> str:
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start})"
+        ) from exc
+
+
+def check_ratings(
+    frame: pd.DataFrame, path: Path, low: float, high: float, step: float, header: int = 0
+) -> None:
+    """Error naming ``path:line`` of the first rating off the scale (``header`` lines skipped)."""
+    values = frame["rating"].to_numpy()
+    bad = ~np.isfinite(values) | (values < low) | (values > high)
+    bad |= np.abs(values / step - np.round(values / step)) > 1e-6
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}:{row + 1 + header}: rating {float(values[row]):g} is outside the scale "
+            f"{low:g}..{high:g} in steps of {step:g}"
+        )
+
+
+def line_error(path: Path, text: str, fields: int) -> DataError:
+    for number, line in enumerate(text.splitlines()[1:], start=2):
+        parts = line.split(",")
+        try:
+            if len(parts) != fields or any(not p for p in parts):
+                raise ValueError
+            [float(p) for p in parts]
+        except ValueError:
+            return DataError(f"{path}:{number}: malformed row: {line[:200]!r}")
+    return DataError(f"{path}: could not be parsed")
+
+
+def split_list(values: pd.Series, sep: str) -> list[list[str]]:
+    return [
+        [] if v in ("", "N/A") else [s.strip() for s in v.split(sep) if s.strip()] for v in values
+    ]
