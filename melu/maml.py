@@ -1,10 +1,14 @@
 """MAML on the functional preference estimator: the one ``adapt()`` and ``meta_loss()``.
 
 ``adapt`` is the only inner loop in melu: training, evaluation, onboarding and the service
-all call it. It differentiates the masked support MSE with ``torch.func.grad`` and returns
-*new* parameters (a dict update), so the meta-gradient flows through every inner step
-(second order) unless ``first_order=True`` cuts it at the inner gradients (FOMAML). This is
-the fix to the original MeLU, whose ``load_state_dict`` fast weights silently cut the graph.
+all call it. It differentiates the masked support MSE and returns *new* parameters (a
+dict update), so the meta-gradient flows through every inner step (second order) unless
+``first_order=True`` cuts it at the inner gradients (FOMAML). This is the fix to the
+original MeLU, whose ``load_state_dict`` fast weights silently cut the graph. The generic
+path uses ``torch.func.grad`` on ``functional_call``; for a batch of tasks whose fast group
+is the MLP (the default) the same gradient is written out by hand in batched matmuls —
+tests/test_maml.py pins the two paths to each other (1e-10, float64) and the
+meta-gradient to finite differences.
 
 ``meta_loss`` runs a meta-batch of tasks together: padded support and query rows carry
 masks, so tasks of different sizes share one kernel launch. With shared embeddings and an
@@ -14,7 +18,8 @@ runs them at once with a hand-derived MLP backward; otherwise ``torch.vmap``.
 Default inner loop (``MetaConfig``): 5 SGD steps at lr 0.05 on the MLP. MeLU's 1 step at
 5e-6 moves an MLP whose inputs are O(1) embeddings by ~1e-6 of a rating: adaptation does
 nothing. Measured on ml-100k validation users (41 tasks, query MAE, best of 15 epochs,
-second order, meta-batch 32; global-mean predictor 0.911):
+second order, meta-batch 32, before the item-id feature; global-mean predictor 0.911; the
+re-check over seeds with the item id is in RESULTS.md):
 
 =============  =====================  ==================================
 inner loop     val MAE before → after  train support MSE before → after
