@@ -114,7 +114,33 @@ class _RunState:
     best_lr: Params | None
 
 
-def _resume(trainer: MetaTrainer, ckpt: Path, config: Config, ctx: DistContext) -> _RunState:
+# TrainConfig fields a resumed run may change: how long to go on, and where to compute.
+RESUMABLE_CHANGES = ("epochs", "patience", "device")
+
+
+def _check_resumable(ckpt: Path, saved: dict[str, Any], config: Config, fingerprint: str) -> None:
+    """``BundleError`` naming what differs if the checkpoint was made under another data
+    protocol, data files, model, inner loop or outer-loop setting."""
+    old = saved.get("config", {})
+    for section in ("data", "model", "meta", "train"):
+        now = getattr(config, section).to_dict()
+        before = old.get(section, {})
+        if section == "train":
+            now = {k: v for k, v in now.items() if k not in RESUMABLE_CHANGES}
+            before = {k: v for k, v in before.items() if k not in RESUMABLE_CHANGES}
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if changed:
+            raise BundleError(
+                f"{ckpt}: cannot resume: {section} setting(s) {', '.join(changed)} differ from "
+                "the checkpoint's; rerun with the same flags or use a new --out"
+            )
+    if saved.get("data_fingerprint", fingerprint) != fingerprint:
+        raise BundleError(f"{ckpt}: cannot resume: the data files changed since this checkpoint")
+
+
+def _resume(
+    trainer: MetaTrainer, ckpt: Path, config: Config, ctx: DistContext, fingerprint: str
+) -> _RunState:
     """Every rank loads the same checkpoint (so ``out`` must be on a filesystem all nodes
     share); ``BundleError`` if it does not fit the config or the ranks disagree."""
     found = ckpt.exists()
@@ -123,11 +149,7 @@ def _resume(trainer: MetaTrainer, ckpt: Path, config: Config, ctx: DistContext) 
     if not found:
         return _RunState(_fresh_state(), [], _clone(trainer.params), _clone(trainer.inner_lr))
     tensors, saved = load_checkpoint(ckpt)
-    if (
-        saved.get("config", {}).get("model") != config.model.to_dict()
-        or saved.get("config", {}).get("meta") != config.meta.to_dict()
-    ):
-        raise BundleError(f"{ckpt}: checkpoint was made with a different model/meta config")
+    _check_resumable(ckpt, saved, config, fingerprint)
     if not all_agree(int(saved["train_state"]["epoch"]), ctx):
         raise BundleError(f"{ckpt}: ranks read checkpoints of different epochs")
     trainer.load_state_tensors(tensors)
@@ -142,11 +164,18 @@ def _fresh_state() -> dict[str, Any]:
     return {"epoch": 0, "best_epoch": 0, "best_mae": None, "bad_epochs": 0}
 
 
-def _save_checkpoint(trainer: MetaTrainer, ckpt: Path, config: Config, run: _RunState) -> None:
+def _save_checkpoint(
+    trainer: MetaTrainer, ckpt: Path, config: Config, run: _RunState, fingerprint: str
+) -> None:
     tensors = trainer.state_tensors()
     tensors.update({f"best.{k}": v for k, v in (run.best or {}).items()})
     tensors.update({f"best_inner_lr.{k}": v for k, v in (run.best_lr or {}).items()})
-    meta = {"train_state": run.state, "history": run.history, "config": config.to_dict()}
+    meta = {
+        "train_state": run.state,
+        "history": run.history,
+        "config": config.to_dict(),
+        "data_fingerprint": fingerprint,
+    }
     save_checkpoint(ckpt, tensors, {**meta, "rng": rng_state()})
 
 
@@ -174,7 +203,7 @@ def train(
     trainer = MetaTrainer(config, prepared, ctx.device)
     ckpt = out / "checkpoint"
     if resume:
-        run = _resume(trainer, ckpt, config, ctx)
+        run = _resume(trainer, ckpt, config, ctx, prepared.fingerprint)
         if run.state["epoch"]:
             report({"event": "resumed", "epoch": run.state["epoch"]})
     else:
@@ -194,7 +223,7 @@ def train(
             run.state["bad_epochs"] += 1
         run.state["epoch"] = epoch
         if ctx.is_main:
-            _save_checkpoint(trainer, ckpt, config, run)
+            _save_checkpoint(trainer, ckpt, config, run, prepared.fingerprint)
             _write_jsonl(out / "metrics.jsonl", run.history)
         report({"event": "epoch_end", **row, "best_epoch": run.state["best_epoch"]})
     best_row = next((r for r in run.history if r["epoch"] == run.state["best_epoch"]), {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from melu.checkpoint import load_checkpoint
 from melu.cli.app import run_app
 from melu.config import Config, MetaConfig, TrainConfig
+from melu.errors import BundleError
 from melu.prepare import Prepared
 from melu.train import MetaTrainer, train
 
@@ -108,3 +110,23 @@ def test_cli_trains_and_rejects_bad_flags(
     assert "amp" in capsys.readouterr().err
     assert run_app(["train", *out, "--data-dir", str(tmp_path / "nowhere")]) == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_protocol_setting_or_data(
+    ml100k: Prepared, tmp_path: Path
+) -> None:
+    """A resumed run must continue the same experiment: other data, protocol or outer-loop
+    settings are refused with a message naming them; epochs/patience/device may change."""
+    first = small(epochs=1, patience=3)
+    train(first, ml100k, tmp_path)
+    changed_data = first.replace(data=first.data.replace(query_order="time"))
+    with pytest.raises(BundleError, match=r"data setting.*query_order"):
+        train(changed_data, ml100k, tmp_path, resume=True)
+    changed_train = first.replace(train=first.train.replace(meta_batch=64))
+    with pytest.raises(BundleError, match=r"train setting.*meta_batch"):
+        train(changed_train, ml100k, tmp_path, resume=True)
+    other_files = dataclasses.replace(ml100k, fingerprint="0" * 64)
+    with pytest.raises(BundleError, match="data files changed"):
+        train(first, other_files, tmp_path, resume=True)
+    longer = first.replace(train=first.train.replace(epochs=2, patience=5))
+    assert [h["epoch"] for h in train(longer, ml100k, tmp_path, resume=True).history] == [1, 2]
