@@ -37,7 +37,7 @@ from melu.tasks import (
     split_users,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 Progress = Callable[[str], None]
 
 
@@ -83,6 +83,23 @@ def build_catalog(data: MovieLens, train_ratings: pd.DataFrame, is_new: np.ndarr
     return catalog.reset_index(drop=True)
 
 
+def task_rows(tasks: TaskSet, item_ids: np.ndarray) -> pd.DataFrame:
+    """The real (support and query) rows of ``tasks`` as a frame of ``item_id, rating``."""
+    items = np.concatenate(
+        [
+            tasks.support_items[tasks.support_mask].numpy(),
+            tasks.query_items[tasks.query_mask].numpy(),
+        ]
+    )
+    ratings = np.concatenate(
+        [
+            tasks.support_ratings[tasks.support_mask].numpy(),
+            tasks.query_ratings[tasks.query_mask].numpy(),
+        ]
+    )
+    return pd.DataFrame({"item_id": item_ids[items], "rating": ratings})
+
+
 def _frequent_items(train_rows: pd.DataFrame, min_ratings: int) -> np.ndarray:
     """Ids of items with at least ``min_ratings`` training ratings (they get an id embedding)."""
     counts = train_rows["item_id"].value_counts()
@@ -95,11 +112,18 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
     new_ids = data.items["item_id"].to_numpy()[is_new]
     roles = split_users(data.ratings, config)
     ratings = data.ratings
-    train_rows = ratings[
-        ratings["user_id"].isin(roles["train"]) & ~ratings["item_id"].isin(new_ids)
-    ]
+    users = data.users
+    if len(users.columns) == 1:  # no demographics: one row per rating user
+        users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique()).astype(np.int32)})
+    user_ids = users["user_id"].to_numpy(dtype=np.int64)
+    item_ids = data.items["item_id"].to_numpy(dtype=np.int64)
+    tasks = build_scenarios(ratings, roles, new_ids, user_ids, item_ids, config)
+    # everything learned from data (vocabularies, id embeddings, popularity) comes from the
+    # meta-training tasks' rows only: never from held-out warm queries or users with no task
+    train_rows = task_rows(tasks["train"], item_ids)
+    train_users = np.unique(user_ids[tasks["train"].user_rows.numpy()])
     space = FeatureSpace.build(
-        data.users[data.users["user_id"].isin(roles["train"])],
+        users[users["user_id"].isin(train_users)],
         data.items[data.items["item_id"].isin(train_rows["item_id"].unique())],
         data.rating_scale,
         data.rating_step,
@@ -107,13 +131,7 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         item_id=config.item_id_feature,
         id_items=_frequent_items(train_rows, config.item_id_min_ratings),
     )
-    users = data.users
-    if len(users.columns) == 1:  # no demographics: one row per rating user
-        users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique()).astype(np.int32)})
     tables = FeatureTables.build(space, users, data.items)
-    tasks = build_scenarios(
-        ratings, roles, new_ids, tables.user_ids.numpy(), tables.item_ids.numpy(), config
-    )
     stats = {
         "dataset": data.name,
         "ratings": len(ratings),

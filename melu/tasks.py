@@ -225,15 +225,6 @@ def build_scenarios(
     )
     pos = warm_rows["pos"].to_numpy()
     held = pos < q
-    out["warm"] = _pack(
-        warm_rows,
-        held,
-        np.where(held, pos, pos - q),
-        ~held & (pos - q < config.max_support),
-        user_row,
-        item_row,
-        q,
-    )
     # meta-training tasks: the non-held-out ratings, query = up to q of them, support ≥ min
     pool = warm_rows[~held].copy()
     pool["pos"] = pos[~held] - q
@@ -244,8 +235,21 @@ def build_scenarios(
     is_query = keep & (pool_pos < q_user)
     slot = np.where(is_query, pool_pos, pool_pos - q_user)
     is_support = keep & ~is_query & (slot < config.max_support)
-    pool = pool[keep]
-    out["train"] = _pack(pool, is_query[keep], slot[keep], is_support[keep], user_row, item_row, q)
+    out["train"] = _pack(
+        pool[keep], is_query[keep], slot[keep], is_support[keep], user_row, item_row, q
+    )
+    # warm: users meta-trained on (they have a training task), queried on held-out ratings
+    trained = warm_rows["user_id"].isin(pool["user_id"].to_numpy()[keep]).to_numpy()
+    warm_rows, pos, held = warm_rows[trained], pos[trained], held[trained]
+    out["warm"] = _pack(
+        warm_rows,
+        held,
+        np.where(held, pos, pos - q),
+        ~held & (pos - q < config.max_support),
+        user_row,
+        item_row,
+        q,
+    )
     out["validation"] = standard(ratings[role_of["validation"] & ~is_new], salt=2)
     out["user_cold"] = standard(ratings[role_of["test"] & ~is_new], salt=3)
     out["item_cold"] = standard(ratings[role_of["train"] & is_new], salt=4)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from melu.config import DataConfig
 from melu.data.movielens import load_movielens
@@ -131,3 +132,19 @@ def test_small_built_data_gives_exact_task_shapes() -> None:
     got = out["warm"].support_ratings[0][out["warm"].support_mask[0]].tolist()
     items = out["warm"].support_items[0][out["warm"].support_mask[0]].tolist()
     assert got == [1 + values[i] % 5 for i in items]
+
+
+def test_warm_users_and_learned_vocabularies_come_from_training_tasks(ml100k: Prepared) -> None:
+    """Every warm user was meta-trained on; every item with its own id embedding, and the
+    catalog's popularity, come from training-task rows (never from held-out warm queries)."""
+    train, warm = ml100k.tasks["train"], ml100k.tasks["warm"]
+    assert set(warm.user_ids.tolist()) == set(train.user_ids.tolist())
+    item_ids = ml100k.tables.item_ids
+    seen = torch.cat([train.support_items[train.support_mask], train.query_items[train.query_mask]])
+    counts = torch.bincount(seen.long(), minlength=len(item_ids))
+    id_field = next(f for f in ml100k.features.item_fields if f.name == "item")
+    with_id = {int(v) for v in id_field.vocab}
+    trained = {int(item_ids[i]) for i in torch.nonzero(counts >= 5).flatten().tolist()}
+    assert with_id == trained
+    popularity = dict(zip(ml100k.catalog["item_id"], ml100k.catalog["n_ratings"], strict=True))
+    assert all(popularity[int(item_ids[i])] == int(c) for i, c in enumerate(counts.tolist()))
