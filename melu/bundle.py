@@ -110,6 +110,63 @@ def _read_json(path: Path) -> Any:
         raise BundleError(f"{path}: unreadable ({exc})") from exc
 
 
+CATALOG_COLUMNS = ("item_id", "title", "year", "genres", "n_ratings")
+
+
+def _check_weights(
+    file: Path, params: Params, inner: Params, model: PreferenceEstimator, config: Config
+) -> None:
+    """Names, shapes and dtypes of the weights (and Meta-SGD rates) against the model."""
+    expected = {k: v.shape for k, v in model.named_parameters()}
+    if set(params) != set(expected):
+        raise BundleError(
+            f"{file}: parameters {sorted(set(params) ^ set(expected))} "
+            "do not match the model in config.json"
+        )
+    fast = set(model.fast_names())
+    if (inner or config.meta.learn_inner_lr) and set(inner) != fast:
+        raise BundleError(
+            f"{file}: inner learning rates {sorted(inner)} do not match the adapted "
+            f"parameters {sorted(fast)} (learn_inner_lr={config.meta.learn_inner_lr})"
+        )
+    for prefix, group in (("", params), (INNER_LR_PREFIX, inner)):
+        for k in [k for k in expected if k in group]:  # in the model's order
+            value = group[k]
+            if value.shape != expected[k]:
+                raise BundleError(
+                    f"{file}: {prefix}{k} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(expected[k])}"
+                )
+            if value.dtype != torch.float32 or not torch.isfinite(value).all():
+                raise BundleError(f"{file}: {prefix}{k} must be finite float32 ({value.dtype})")
+
+
+def _check_catalog(file: Path, catalog: pd.DataFrame, features: FeatureSpace) -> None:
+    """Required columns, unique ids, and every encoded feature index inside its vocabulary."""
+    missing = [c for c in CATALOG_COLUMNS if c not in catalog.columns]
+    if missing:
+        raise BundleError(f"{file}: catalog lacks column(s) {missing}")
+    if catalog["item_id"].duplicated().any():
+        raise BundleError(f"{file}: item ids are not unique")
+    for f in features.item_fields:
+        column = f"feat.{f.name}"
+        if column not in catalog.columns:
+            raise BundleError(f"{file}: catalog lacks column {column!r}")
+        values = catalog[column].to_numpy()
+        try:
+            array = np.stack([np.asarray(v) for v in values]) if f.multi else values
+            array = np.asarray(array, dtype=np.int64)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{file}: column {column!r} is not integer indices ({exc})") from exc
+        if f.multi and (array.ndim != 2 or array.shape[1] != f.max_len):
+            raise BundleError(f"{file}: column {column!r} must hold {f.max_len} indices per item")
+        if array.size and (array.min() < 0 or array.max() >= f.size):
+            raise BundleError(
+                f"{file}: column {column!r} has indices outside 0..{f.size - 1} "
+                "(features.json does not match this catalog)"
+            )
+
+
 def _item_tables(catalog: pd.DataFrame, features: FeatureSpace, path: Path) -> FeatureTables:
     items = {}
     for f in features.item_fields:
@@ -151,26 +208,16 @@ def load_bundle(path: Path | str) -> Bundle:
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{path}/weights.safetensors: unreadable or truncated ({exc})") from exc
     model = PreferenceEstimator(config.model, features)
-    expected = {k: v.shape for k, v in model.named_parameters()}
     params = {k: v for k, v in tensors.items() if not k.startswith(INNER_LR_PREFIX)}
     inner = {
         k[len(INNER_LR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(INNER_LR_PREFIX)
     }
-    if set(params) != set(expected):
-        raise BundleError(
-            f"{path}/weights.safetensors: parameters {sorted(set(params) ^ set(expected))} "
-            "do not match the model in config.json"
-        )
-    for k, shape in expected.items():
-        if params[k].shape != shape:
-            raise BundleError(
-                f"{path}/weights.safetensors: {k} has shape {tuple(params[k].shape)},"
-                f" expected {tuple(shape)}"
-            )
+    _check_weights(path / "weights.safetensors", params, inner, model, config)
     try:
         catalog = pd.read_parquet(path / "catalog.parquet")
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise BundleError(f"{path}/catalog.parquet: unreadable ({exc})") from exc
+    _check_catalog(path / "catalog.parquet", catalog, features)
     tables = _item_tables(catalog, features, path)
     metrics = _read_json(path / "metrics.json")
     return Bundle(

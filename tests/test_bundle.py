@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from melu.bundle import load_bundle, save_bundle
 from melu.config import Config, ModelConfig
@@ -156,3 +160,53 @@ def test_a_failed_save_leaves_the_old_bundle_and_no_debris(
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert load_bundle(path).config == Config()
+
+
+def _rewrite_weights(bundle: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    tensors = load_file(str(bundle / "weights.safetensors"))
+    change(tensors)
+    save_file(tensors, str(bundle / "weights.safetensors"))
+
+
+def _rewrite_catalog(bundle: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = bundle / "catalog.parquet"
+    change(pd.read_parquet(path)).to_parquet(path, index=False)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda t: t.update({"inner_lr.mlp.0.bias": torch.ones(2)}),
+            "inner_lr.mlp.0.bias has shape",
+        ),
+        (lambda t: t.pop("inner_lr.mlp.0.bias"), "inner learning rates"),
+        (lambda t: t.update({"mlp.0.bias": t["mlp.0.bias"].half()}), "finite float32"),
+        (lambda t: t["mlp.0.bias"].fill_(float("nan")), "finite float32"),
+    ],
+)
+def test_weights_that_do_not_fit_the_model_are_named(
+    saved: Path, tmp_path: Path, damage: Callable[[dict], object], message: str
+) -> None:
+    bundle = copy(saved, tmp_path)
+    _rewrite_weights(bundle, damage)  # type: ignore[arg-type]
+    with pytest.raises(BundleError, match=re.escape(message)):
+        load_bundle(bundle)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: c.drop(columns=["title"]), "lacks column(s) ['title']"),
+        (lambda c: c.assign(**{"feat.decade": 99999}), "indices outside"),
+        (lambda c: pd.concat([c, c.iloc[:1]]), "not unique"),
+        (lambda c: c.assign(**{"feat.genres": [[1]] * len(c)}), "indices per item"),
+    ],
+)
+def test_catalogs_that_do_not_fit_the_features_are_named(
+    saved: Path, tmp_path: Path, damage: Callable[[pd.DataFrame], pd.DataFrame], message: str
+) -> None:
+    bundle = copy(saved, tmp_path)
+    _rewrite_catalog(bundle, damage)
+    with pytest.raises(BundleError, match=re.escape(message)):
+        load_bundle(bundle)
