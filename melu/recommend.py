@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from melu.bundle import Bundle, load_bundle
+from melu.errors import BundleError, MeluError
 from melu.features import UNKNOWN, FeatureBatch
 from melu.maml import Examples, adapt, embeds_are_shared
 from melu.model import Embedded, PreferenceEstimator, apply, embed
@@ -129,13 +130,19 @@ class Recommender:
         path = Path(path)
         if not (path / "config.json").is_file() and (path / "model").is_dir():
             path = path / "model"
-        return cls(
-            load_bundle(path),
-            device,
-            onboarding=onboarding,
-            threads=threads,
-            precompute_items=precompute_items,
-        )
+        bundle = load_bundle(path)
+        try:
+            return cls(
+                bundle, device, onboarding=onboarding, threads=threads,
+                precompute_items=precompute_items,
+            )  # fmt: skip
+        except MeluError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError, RuntimeError) as exc:
+            # load_bundle validates what it can; anything it missed is still the bundle's fault
+            raise BundleError(
+                f"{path}: bundle cannot be served ({type(exc).__name__}: {exc})"
+            ) from exc
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:
@@ -190,14 +197,26 @@ class Recommender:
             out[name] = self._codes[lookup.get(text, UNKNOWN)]
         return out
 
-    def rows(self, item_ids: Sequence[int], field: str) -> Tensor:
-        """Data set item ids → catalog rows (N,); unknown ids raise naming all of them."""
+    def rows(self, item_ids: Sequence[int], field: str, *, unique: bool = False) -> Tensor:
+        """Data set item ids → catalog rows (N,).
+
+        ``field`` names the list with ``{i}`` where the index goes (``"item_ids[{i}]"``);
+        unknown ids raise naming the first one's index and all of them; with ``unique``,
+        so does a repeated id.
+        """
         ids = np.asarray(list(item_ids), dtype=np.int64).reshape(-1)
         pos = np.searchsorted(self._sorted_ids, ids).clip(max=len(self._sorted_ids) - 1)
         known = self._sorted_ids[pos] == ids if len(self._sorted_ids) else ids != ids
         if not known.all():
             unknown = sorted({int(i) for i in ids[~known]})
-            raise InvalidInput(field, unknown, f"unknown item id(s) {unknown}")
+            first = int(np.flatnonzero(~known)[0])
+            raise InvalidInput(field.format(i=first), unknown, f"unknown item id(s) {unknown}")
+        if unique:
+            _, first_seen = np.unique(ids, return_index=True)
+            repeated = np.setdiff1d(np.arange(len(ids)), first_seen)
+            if len(repeated):
+                i = int(repeated[0])
+                raise InvalidInput(field.format(i=i), int(ids[i]), "duplicate item id")
         return torch.as_tensor(self._sorted_rows[pos], device=self.device)
 
     def _embed_items(self) -> Tensor:
@@ -221,7 +240,7 @@ class Recommender:
     # ----------------------------------------------------------------- adaptation
     def check_ratings(self, ratings: Ratings) -> tuple[Tensor, Tensor]:
         """Validate ``(item_id, rating)`` pairs → catalog rows (N,) and ratings (N,) float."""
-        rows = self.rows([r[0] for r in ratings], "ratings.item_id")
+        rows = self.rows([r[0] for r in ratings], "ratings[{i}].item_id")
         low, high = self.scale
         seen: set[int] = set()
         for i, (item_id, rating) in enumerate(ratings):
@@ -315,7 +334,7 @@ class Recommender:
         self, user: Mapping[str, Any] | None, ratings: Ratings, item_ids: Sequence[int]
     ) -> tuple[list[float], Adaptation]:
         """Predicted ratings (clamped to the scale) of ``item_ids`` after adapting."""
-        rows = self.rows(item_ids, "item_ids")
+        rows = self.rows(item_ids, "item_ids[{i}]", unique=True)
         with self._threads():
             params, features, info = self._adapt(user, ratings)
             scores = self._scores(params, features, rows).clamp(*self.scale)
@@ -338,7 +357,7 @@ class Recommender:
         if not 1 <= k <= self.n_items:
             raise InvalidInput("k", k, f"must be between 1 and the catalog size {self.n_items}")
         if candidates is not None:
-            rows = self.rows(candidates, "candidate_ids")
+            rows = self.rows(candidates, "candidate_ids[{i}]", unique=True)
             if len(candidates) == 0:
                 raise InvalidInput("candidate_ids", [], "must not be empty (omit it for all)")
         else:
@@ -347,7 +366,7 @@ class Recommender:
             params, features, info = self._adapt(user, ratings)
             scores = self._scores(params, features, rows)
         if exclude_rated and ratings:
-            rated = self.rows([r[0] for r in ratings], "ratings.item_id")  # checked above
+            rated = self.rows([r[0] for r in ratings], "ratings[{i}].item_id")  # checked above
             keep = ~torch.isin(rows, rated)
             rows, scores = rows[keep], scores[keep]
         order = torch.sort(scores, descending=True, stable=True).indices[:k]

@@ -145,16 +145,22 @@ def test_candidates_and_exclude_rated(recommender: Recommender) -> None:
 @pytest.mark.parametrize(
     ("call", "field", "value"),
     [
-        (lambda r: r.recommend({}, [(99999, 4.0), (0, 3.0)], k=5), "ratings.item_id", [0, 99999]),
+        (
+            lambda r: r.recommend({}, [(99999, 4.0), (0, 3.0)], k=5),
+            "ratings[0].item_id",
+            [0, 99999],
+        ),
         (lambda r: r.recommend({}, [(1, 4.0), (1, 3.0)], k=5), "ratings[1].item_id", 1),
         (lambda r: r.recommend({}, [(1, 6.0)], k=5), "ratings[0].rating", 6.0),
         (lambda r: r.recommend({}, [(1, 0.5)], k=5), "ratings[0].rating", 0.5),
         (lambda r: r.recommend({}, [(1, math.inf)], k=5), "ratings[0].rating", math.inf),
         (lambda r: r.recommend({}, [], k=0), "k", 0),
         (lambda r: r.recommend({}, [], k=1683), "k", 1683),
-        (lambda r: r.recommend({}, [], candidates=[5, 4000]), "candidate_ids", [4000]),
+        (lambda r: r.recommend({}, [], candidates=[5, 4000]), "candidate_ids[1]", [4000]),
+        (lambda r: r.recommend({}, [], candidates=[5, 7, 5]), "candidate_ids[2]", 5),
         (lambda r: r.recommend({}, [], candidates=[]), "candidate_ids", []),
-        (lambda r: r.predict({}, [], [2, -3]), "item_ids", [-3]),
+        (lambda r: r.predict({}, [], [2, -3]), "item_ids[1]", [-3]),
+        (lambda r: r.predict({}, [], [2, 2]), "item_ids[1]", 2),
         (lambda r: r.onboarding_items(0), "n", 0),
     ],
 )

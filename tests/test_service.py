@@ -105,7 +105,7 @@ def _post(client: TestClient, path: str, body: Any) -> Any:
 
 BAD = [
     # (path, body, loc, words in the message)
-    ("/v1/recommendations", {"ratings": [{"item_id": 99999, "rating": 4}, {"item_id": 77777, "rating": 4}]}, ["body", "ratings", "item_id"], ["77777", "99999"]),
+    ("/v1/recommendations", {"ratings": [{"item_id": 99999, "rating": 4}, {"item_id": 77777, "rating": 4}]}, ["body", "ratings", 0, "item_id"], ["77777", "99999"]),
     ("/v1/recommendations", {"ratings": [{"item_id": 1, "rating": 6}]}, ["body", "ratings", 0, "rating"], ["scale", "6"]),
     ("/v1/recommendations", {"ratings": [{"item_id": 1, "rating": 0}]}, ["body", "ratings", 0, "rating"], ["scale"]),
     ("/v1/recommendations", b'{"ratings": [{"item_id": 1, "rating": NaN}]}', ["body", "ratings", 0, "rating"], ["finite"]),
@@ -115,7 +115,8 @@ BAD = [
     ("/v1/recommendations", {"k": 0}, ["body", "k"], ["catalog size"]),
     ("/v1/recommendations", {"k": 1683}, ["body", "k"], ["1683"]),
     ("/v1/recommendations", {"k": "ten"}, ["body", "k"], ["integer"]),
-    ("/v1/recommendations", {"candidate_ids": [1, 5000]}, ["body", "candidate_ids"], ["5000"]),
+    ("/v1/recommendations", {"candidate_ids": [1, 5000]}, ["body", "candidate_ids", 1], ["5000"]),
+    ("/v1/recommendations", {"candidate_ids": [1, 2, 1]}, ["body", "candidate_ids", 2], ["duplicate"]),
     ("/v1/recommendations", {"candidate_ids": list(range(1, 60))}, ["body", "candidate_ids"], ["MELU_MAX_ITEMS"]),
     ("/v1/recommendations", {"ratings": {"item_id": 1}}, ["body", "ratings"], ["list"]),
     ("/v1/recommendations", {"ratings": [{"item_id": "abc", "rating": 3}]}, ["body", "ratings", 0, "item_id"], ["integer"]),
@@ -124,7 +125,8 @@ BAD = [
     ("/v1/recommendations", b'{"ratings": [', ["body", 13], ["JSON"]),
     ("/v1/recommendations", b"[1, 2]", ["body"], ["valid dictionary"]),
     ("/v1/predictions", {"item_ids": []}, ["body", "item_ids"], ["at least 1"]),
-    ("/v1/predictions", {"item_ids": [1, 0]}, ["body", "item_ids"], ["[0]"]),
+    ("/v1/predictions", {"item_ids": [1, 0]}, ["body", "item_ids", 1], ["[0]"]),
+    ("/v1/predictions", {"item_ids": [3, 3]}, ["body", "item_ids", 1], ["duplicate"]),
     ("/v1/predictions", {"ratings": [{"item_id": 2, "rating": 9}], "item_ids": [1]}, ["body", "ratings", 0, "rating"], ["scale"]),
 ]  # fmt: skip
 
