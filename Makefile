@@ -4,6 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
+# Where pip finds torch. Empty: pip's own configuration (on our dev/CI machines a local CPU
+# wheel). Elsewhere, point it at PyTorch's CPU wheel index so pip never resolves the CUDA
+# build, e.g. `make quickstart TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX_URL ?=
+TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 DATASET ?= ml-100k
 RUN ?= runs/quickstart
 
@@ -13,7 +18,7 @@ $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned, so pip never resolves a multi-GB CUDA build here
-	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet $(TORCH_INDEX) torch==$(TORCH_VERSION)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-ItemId = Annotated[int, Field(ge=-(2**62), le=2**62, description="the data set's movie id")]
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # no "5", no true
+ItemId = Annotated[
+    int, Field(strict=True, ge=-(2**62), le=2**62, description="the data set's movie id")
+]
 
 
 class User(BaseModel):
@@ -150,7 +152,7 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "body is not decodable (e.g. not UTF-8)"},
+    400: {"model": ErrorResponse, "description": "body bytes could not be parsed at all"},
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {"model": ErrorResponse, "description": "invalid input; `loc` names the field"},
 }

@@ -122,7 +122,12 @@ def prepare(
     dataset: DatasetOpt = "ml-100k",
     data_dir: DataDir = None,
     out: Annotated[
-        Path | None, typer.Option(help="Cache folder (default: $MELU_CACHE_DIR, else .melu-cache).")
+        Path | None,
+        typer.Option(
+            "--out",
+            "--cache-dir",
+            help="Cache folder (default: $MELU_CACHE_DIR, else .melu-cache).",
+        ),
     ] = None,
     user_split: Annotated[
         str, typer.Option(help="time: order users by first rating; random: seeded shuffle.")
