@@ -53,13 +53,7 @@ class RatingRows:
 
 def training_rows(tasks: TaskSet) -> RatingRows:
     """Every real support and query row of ``tasks`` as flat (user, item, rating) pairs."""
-    users, items, ratings = [], [], []
-    for part in ("support", "query"):
-        mask = getattr(tasks, f"{part}_mask").bool()
-        users.append(tasks.user_rows.long().unsqueeze(1).expand(mask.shape)[mask])
-        items.append(getattr(tasks, f"{part}_items").long()[mask])
-        ratings.append(getattr(tasks, f"{part}_ratings").float()[mask])
-    return RatingRows(torch.cat(users), torch.cat(items), torch.cat(ratings))
+    return RatingRows(*tasks.rated_rows())
 
 
 def global_mean(train: TaskSet) -> float:

@@ -85,19 +85,8 @@ def build_catalog(data: MovieLens, train_ratings: pd.DataFrame, is_new: np.ndarr
 
 def task_rows(tasks: TaskSet, item_ids: np.ndarray) -> pd.DataFrame:
     """The real (support and query) rows of ``tasks`` as a frame of ``item_id, rating``."""
-    items = np.concatenate(
-        [
-            tasks.support_items[tasks.support_mask].numpy(),
-            tasks.query_items[tasks.query_mask].numpy(),
-        ]
-    )
-    ratings = np.concatenate(
-        [
-            tasks.support_ratings[tasks.support_mask].numpy(),
-            tasks.query_ratings[tasks.query_mask].numpy(),
-        ]
-    )
-    return pd.DataFrame({"item_id": item_ids[items], "rating": ratings})
+    _, items, ratings = tasks.rated_rows()
+    return pd.DataFrame({"item_id": item_ids[items.numpy()], "rating": ratings.numpy()})
 
 
 def _frequent_items(train_rows: pd.DataFrame, min_ratings: int) -> np.ndarray:

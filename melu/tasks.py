@@ -104,6 +104,19 @@ class TaskSet:
     def to(self, device: torch.device | str) -> TaskSet:
         return TaskSet(**{k: v.to(device) for k, v in self.arrays().items()})
 
+    def rated_rows(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every real row, support then query, flat: (user_rows, item_rows, ratings), each (N,)."""
+        users, items, ratings = [], [], []
+        for mask, item, rating in (
+            (self.support_mask, self.support_items, self.support_ratings),
+            (self.query_mask, self.query_items, self.query_ratings),
+        ):
+            mask = mask.bool()
+            users.append(self.user_rows.long().unsqueeze(1).expand(mask.shape)[mask])
+            items.append(item.long()[mask])
+            ratings.append(rating.float()[mask])
+        return torch.cat(users), torch.cat(items), torch.cat(ratings)
+
     def support_sizes(self) -> Tensor:
         return self.support_mask.sum(1)
 
@@ -272,14 +285,7 @@ def scenario_stats(tasks: TaskSet) -> dict[str, float]:
             "ratings": 0,
         }
     sizes = tasks.support_sizes().numpy()
-    items = np.unique(
-        np.concatenate(
-            [
-                tasks.support_items[tasks.support_mask].numpy(),
-                tasks.query_items[tasks.query_mask].numpy(),
-            ]
-        )
-    )
+    items = np.unique(tasks.rated_rows()[1].numpy())
     return {
         "users": int(np.unique(tasks.user_ids.numpy()).size),
         "tasks": len(tasks),
