@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -21,6 +22,19 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Meta-learned cold-start movie recommendation on MovieLens."""
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
+]
+
+
+def choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a usage error naming ``flag`` (exit 2)."""
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
+    return value
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, choice, echo, resolve_data_dir
 from melu.config import DataConfig
 from melu.data.download import download_dataset, is_present, required_files
 from melu.data.movielens import DATASETS
@@ -20,11 +20,6 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
-]
 
 
 def _dataset(value: str) -> str:
@@ -169,7 +164,7 @@ def prepare(
     config = DataConfig(
         dataset=dataset,
         new_item_fraction=new_item_fraction,
-        user_split=_choice("--user-split", user_split, ("time", "random")),  # type: ignore[arg-type]
+        user_split=choice("--user-split", user_split, ("time", "random")),  # type: ignore[arg-type]
         train_fraction=train_fraction,
         validation_fraction=validation_fraction,
         min_ratings=min_ratings,
@@ -177,7 +172,7 @@ def prepare(
         query_size=query_size,
         max_support=max_support,
         min_support=min_support,
-        query_order=_choice("--query-order", query_order, ("random", "time")),  # type: ignore[arg-type]
+        query_order=choice("--query-order", query_order, ("random", "time")),  # type: ignore[arg-type]
         zip_prefix=zip_prefix,
         use_extra_item_info=extra_item_info,
         item_id_feature=item_id,
@@ -188,9 +183,3 @@ def prepare(
         config, resolve_data_dir(data_dir), out, rebuild=rebuild, progress=echo
     )
     print_summary(prepared.stats)
-
-
-def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
-    return value

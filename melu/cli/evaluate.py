@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir
 from melu.tasks import EVAL_SCENARIOS, SCENARIOS
 
 if TYPE_CHECKING:
@@ -83,10 +83,7 @@ def evaluate(
     model: Annotated[
         Path, typer.Option(help="Run folder (runs/NAME) or its model bundle (runs/NAME/model).")
     ],
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
-    ] = None,
+    data_dir: DataDir = None,
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default: <run folder>/eval).")
     ] = None,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from melu.cli.app import app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir
 
 SAMPLE_USER = {"gender": "F", "age": 25, "occupation": None, "zip": None}
 
@@ -20,10 +20,7 @@ SAMPLE_USER = {"gender": "F", "age": 25, "occupation": None, "zip": None}
 @app.command()
 def quickstart(
     dataset: Annotated[str, typer.Option(help="MovieLens data set to run on.")] = "ml-100k",
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
-    ] = None,
+    data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Run folder for the model and report.")] = Path(
         "runs/quickstart"
     ),

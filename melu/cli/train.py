@@ -9,7 +9,7 @@ import torch
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, choice, echo, resolve_data_dir
 from melu.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
 from melu.distributed import DistContext, barrier, init_distributed, shutdown
 from melu.errors import ConfigError
@@ -150,21 +150,12 @@ def run_training(
     return result.bundle
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=name)
-    return value
-
-
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help="MovieLens data set (e.g. ml-100k, ml-1m).")] = (
         "ml-100k"
     ),
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
-    ] = None,
+    data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Run folder: metrics, checkpoint, model/.")] = Path(
         "runs/train"
     ),
@@ -216,11 +207,11 @@ def train(
 
     Data-parallel on N processes: ``torchrun --nproc_per_node=N -m melu train ...``.
     """
-    _choice("--fast-params", fast_params, ("mlp", "head", "all"))
-    _choice("--device", device, ("auto", "cpu", "cuda"))
-    _choice("--amp", amp, ("none", "bf16"))
-    _choice("--user-split", user_split, ("time", "random"))
-    _choice("--query-order", query_order, ("random", "time"))
+    choice("--fast-params", fast_params, ("mlp", "head", "all"))
+    choice("--device", device, ("auto", "cpu", "cuda"))
+    choice("--amp", amp, ("none", "bf16"))
+    choice("--user-split", user_split, ("time", "random"))
+    choice("--query-order", query_order, ("random", "time"))
     try:
         build_config(dataset, inner_lr=inner_lr, outer_lr=outer_lr)
     except ConfigError as exc:
