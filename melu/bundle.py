@@ -184,11 +184,22 @@ def _item_tables(catalog: pd.DataFrame, features: FeatureSpace, path: Path) -> F
     )
 
 
+def find_bundle(path: Path | str) -> Path:
+    """The bundle folder meant by ``path``: itself, or the ``model/`` of a run folder that
+    ``melu train`` wrote. Not validated here: ``load_bundle`` says what is wrong."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "model").is_dir():
+        return path / "model"
+    return path
+
+
 def load_bundle(path: Path | str) -> Bundle:
     """Load and validate a bundle; raises ``BundleError`` naming what is wrong."""
     path = Path(path)
     if not path.is_dir():
-        raise BundleError(f"{path}: no model bundle here (expected a folder from `melu train`)")
+        raise BundleError(
+            f"{path}: no model bundle here (expected runs/NAME or runs/NAME/model from `melu train`)"
+        )
     missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
     if missing:
         raise BundleError(f"{path}: incomplete bundle, missing {', '.join(missing)}")

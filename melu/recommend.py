@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from melu.bundle import Bundle, load_bundle
+from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.errors import BundleError, MeluError
 from melu.features import UNKNOWN, FeatureBatch
 from melu.maml import Examples, adapt, embeds_are_shared
@@ -127,9 +127,7 @@ class Recommender:
         precompute_items: bool = True,
     ) -> Recommender:
         """Load ``path`` (a bundle folder, or a run folder holding ``model/``)."""
-        path = Path(path)
-        if not (path / "config.json").is_file() and (path / "model").is_dir():
-            path = path / "model"
+        path = find_bundle(path)
         bundle = load_bundle(path)
         try:
             return cls(

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 def resolve_model(path: Path) -> tuple[Path, Path]:
     """(bundle folder, run folder) from a run folder or its ``model/`` subfolder."""
-    if (path / "config.json").is_file() or not (path / "model").is_dir():
-        return path, path.parent if path.name == "model" else path
-    return path / "model", path
+    from melu.bundle import find_bundle
+
+    bundle = find_bundle(path)
+    return bundle, bundle.parent if bundle.name == "model" else bundle
 
 
 def print_summary(report: Report) -> None:

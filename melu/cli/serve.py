@@ -8,23 +8,14 @@ from typing import Annotated
 
 import typer
 
+from melu.bundle import find_bundle
 from melu.cli.app import app, echo
-from melu.errors import BundleError
 from melu.recommend import InvalidInput, Recommendations, Recommender
 
 ModelOpt = Annotated[
     Path,
     typer.Option("--model", help="Run folder (runs/NAME) or its model/ bundle folder."),
 ]
-
-
-def bundle_folder(path: Path) -> Path:
-    """A run folder or its ``model/`` subfolder → the bundle folder (checked to exist)."""
-    if (path / "config.json").is_file():
-        return path
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    raise BundleError(f"{path}: no model bundle here (expected runs/NAME or runs/NAME/model)")
 
 
 def parse_rating(text: str) -> tuple[int, float]:
@@ -71,7 +62,7 @@ def print_recommendations(
     recommender = (
         model
         if isinstance(model, Recommender)
-        else Recommender.from_bundle(bundle_folder(Path(model)), onboarding=False)
+        else Recommender.from_bundle(find_bundle(Path(model)), onboarding=False)
     )
     try:
         result = recommender.recommend(user or {}, ratings, k=k)
@@ -87,7 +78,7 @@ def print_recommendations(
 def print_sample_recommendations(model: Path | str, k: int = 10) -> Recommendations:
     """A sample new user (F, 25) rates the first three onboarding items 5, 4 and 2; print
     the top ``k`` for them (the end of ``melu quickstart``)."""
-    recommender = Recommender.from_bundle(bundle_folder(Path(model)), onboarding=True)
+    recommender = Recommender.from_bundle(find_bundle(Path(model)), onboarding=True)
     asked = recommender.onboarding_items(3)["item_id"].tolist()
     ratings = list(zip(asked, (5.0, 4.0, 2.0), strict=False))
     return print_recommendations(recommender, ratings, {"gender": "F", "age": 25}, k)
@@ -125,7 +116,7 @@ def serve(
     from service.app import create_app, load
     from service.settings import Settings
 
-    folder = bundle_folder(model).resolve()
+    folder = find_bundle(model).resolve()
     os.environ["MELU_MODEL"] = str(folder)
     settings = Settings(model=folder, host=host, port=port, workers=workers)
     loaded = load(settings)  # fail here, clearly, before uvicorn starts
