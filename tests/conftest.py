@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from melu.config import DataConfig
 from melu.prepare import Prepared, prepare
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny meta-batches gain little from a second thread and lose much on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -31,12 +31,7 @@ from melu.train import MetaTrainer, train
 SMALL: dict[str, Any] = {"meta_batch": 32, "max_tasks_per_epoch": 65, "patience": 5, "seed": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
