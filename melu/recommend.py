@@ -113,6 +113,11 @@ class Recommender:
             if self.shared
             else self.params
         )
+        # requests can take adapt's batched MLP path (embedded rows, the MLP adapts): decided
+        # once here, not per request
+        self._batched_mlp = self.shared and sorted(self.fast) == sorted(
+            self.model.fast_names("mlp")
+        )
         self._lock = threading.Lock()
         self._onboarding = self._rank_onboarding() if onboarding else None
 
@@ -288,13 +293,6 @@ class Recommender:
             )
         before, after = losses[0].item(), losses[-1].item()
         return params, features, Adaptation(self.steps, before, after)
-
-    @property
-    def _batched_mlp(self) -> bool:
-        """Whether the request can take adapt's batched MLP path (embedded rows, MLP fast)."""
-        return self._item_embedding is not None and sorted(self.fast) == sorted(
-            self.model.fast_names("mlp")
-        )
 
     def _adapt_as_one_task(
         self, module: PreferenceEstimator, support: Examples, features: FeatureBatch
