@@ -26,7 +26,7 @@ from melu import __version__
 from melu.atomic import atomic_directory
 from melu.config import Config
 from melu.errors import BundleError, ConfigError
-from melu.features import FeatureSpace, FeatureTables
+from melu.features import FeatureSpace, FeatureTables, Field
 from melu.model import Params, PreferenceEstimator
 
 SCHEMA_VERSION = 1
@@ -141,41 +141,42 @@ def _check_weights(
                 raise BundleError(f"{file}: {prefix}{k} must be finite float32 ({value.dtype})")
 
 
-def _check_catalog(file: Path, catalog: pd.DataFrame, features: FeatureSpace) -> None:
-    """Required columns, unique ids, and every encoded feature index inside its vocabulary."""
+def _check_catalog(file: Path, catalog: pd.DataFrame) -> None:
+    """Required columns and unique item ids."""
     missing = [c for c in CATALOG_COLUMNS if c not in catalog.columns]
     if missing:
         raise BundleError(f"{file}: catalog lacks column(s) {missing}")
     if catalog["item_id"].duplicated().any():
         raise BundleError(f"{file}: item ids are not unique")
-    for f in features.item_fields:
-        column = f"feat.{f.name}"
-        if column not in catalog.columns:
-            raise BundleError(f"{file}: catalog lacks column {column!r}")
-        values = catalog[column].to_numpy()
-        try:
-            array = np.stack([np.asarray(v) for v in values]) if f.multi else values
-            array = np.asarray(array, dtype=np.int64)
-        except (TypeError, ValueError) as exc:
-            raise BundleError(f"{file}: column {column!r} is not integer indices ({exc})") from exc
-        if f.multi and (array.ndim != 2 or array.shape[1] != f.max_len):
-            raise BundleError(f"{file}: column {column!r} must hold {f.max_len} indices per item")
-        if array.size and (array.min() < 0 or array.max() >= f.size):
-            raise BundleError(
-                f"{file}: column {column!r} has indices outside 0..{f.size - 1} "
-                "(features.json does not match this catalog)"
-            )
 
 
-def _item_tables(catalog: pd.DataFrame, features: FeatureSpace, path: Path) -> FeatureTables:
-    items = {}
-    for f in features.item_fields:
-        column = f"feat.{f.name}"
-        if column not in catalog.columns:
-            raise BundleError(f"{path}: catalog lacks column {column!r}")
-        values = catalog[column].to_numpy()
-        array = np.stack([np.asarray(v) for v in values]) if f.multi else values
-        items[f.name] = torch.from_numpy(np.array(array, dtype=np.int64))  # a writable copy
+def _feature_column(file: Path, catalog: pd.DataFrame, f: Field) -> np.ndarray:
+    """The catalog's ``feat.<field>`` as (I,) or (I, L) int64 indices (a writable copy),
+    checked to lie inside the field's vocabulary."""
+    column = f"feat.{f.name}"
+    if column not in catalog.columns:
+        raise BundleError(f"{file}: catalog lacks column {column!r}")
+    values = catalog[column].to_numpy()
+    try:
+        array = np.array(np.stack([np.asarray(v) for v in values]) if f.multi else values,
+                         dtype=np.int64)  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{file}: column {column!r} is not integer indices ({exc})") from exc
+    if f.multi and (array.ndim != 2 or array.shape[1] != f.max_len):
+        raise BundleError(f"{file}: column {column!r} must hold {f.max_len} indices per item")
+    if array.size and (array.min() < 0 or array.max() >= f.size):
+        raise BundleError(
+            f"{file}: column {column!r} has indices outside 0..{f.size - 1} "
+            "(features.json does not match this catalog)"
+        )
+    return array
+
+
+def _item_tables(file: Path, catalog: pd.DataFrame, features: FeatureSpace) -> FeatureTables:
+    """Item rows only (catalog order), each feature column read and checked once."""
+    items = {
+        f.name: torch.from_numpy(_feature_column(file, catalog, f)) for f in features.item_fields
+    }
     return FeatureTables(
         torch.empty(0, dtype=torch.int64),
         {},
@@ -228,8 +229,8 @@ def load_bundle(path: Path | str) -> Bundle:
         catalog = pd.read_parquet(path / "catalog.parquet")
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise BundleError(f"{path}/catalog.parquet: unreadable ({exc})") from exc
-    _check_catalog(path / "catalog.parquet", catalog, features)
-    tables = _item_tables(catalog, features, path)
+    _check_catalog(path / "catalog.parquet", catalog)
+    tables = _item_tables(path / "catalog.parquet", catalog, features)
     metrics = _read_json(path / "metrics.json")
     return Bundle(
         config, features, model, params, catalog, tables, inner or None, metrics, info, path
