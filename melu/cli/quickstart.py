@@ -14,8 +14,6 @@ import typer
 
 from melu.cli.app import DataDir, app, echo, resolve_data_dir
 
-SAMPLE_USER = {"gender": "F", "age": 25, "occupation": None, "zip": None}
-
 
 @app.command()
 def quickstart(
