@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from melu.config import Config, DataConfig, MetaConfig, TrainConfig
-from melu.maml import Examples, masked_mse
-from melu.model import apply, embed
+from melu.model.estimator import apply, embed
+from melu.model.maml import Examples, masked_mse
 from melu.prepare import prepare
-from melu.train import MetaTrainer
+from melu.training.train import MetaTrainer
 
 
 def sync(device: torch.device) -> None:

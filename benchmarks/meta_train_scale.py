@@ -42,15 +42,15 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from melu.config import Config, TrainConfig
-    from melu.distributed import (
+    from melu.prepare import load_prepared
+    from melu.training.distributed import (
         all_reduce_grads,
         barrier,
         init_distributed,
         shard,
         shutdown,
     )
-    from melu.prepare import load_prepared
-    from melu.train import MetaTrainer
+    from melu.training.train import MetaTrainer
 
     torch.set_num_threads(args.threads)
     ctx = init_distributed(args.device, timeout_s=600)

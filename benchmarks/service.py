@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from melu.recommend import Recommender
+from melu.serving.recommender import Recommender
 
 GENDERS = ("F", "M")
 OCCUPATIONS = ("student", "engineer", "artist", "programmer", "other")

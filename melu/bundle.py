@@ -27,7 +27,7 @@ from melu.atomic import atomic_directory
 from melu.config import Config
 from melu.errors import BundleError, ConfigError
 from melu.features import FeatureSpace, FeatureTables, Field
-from melu.model import Params, PreferenceEstimator
+from melu.model.estimator import Params, PreferenceEstimator
 
 SCHEMA_VERSION = 1
 BUNDLE_FILES = (

@@ -145,7 +145,7 @@ class ModelConfig(_Config):
 
 @dataclass(frozen=True)
 class MetaConfig(_Config):
-    """The inner loop. See ``melu.maml`` for why the defaults differ from MeLU's."""
+    """The inner loop. See ``melu.model.maml`` for why the defaults differ from MeLU's."""
 
     inner_steps: int = 5
     inner_lr: float = 0.05

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from melu import __version__
-from melu.recommend import InvalidInput, Recommender
+from melu.serving.recommender import InvalidInput, Recommender
 from service.deps import Loaded
 from service.errors import BodyLimit, invalid_input_handler, validation_handler
 from service.routes import ROUTERS

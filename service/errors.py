@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from melu.recommend import InvalidInput
+from melu.serving.recommender import InvalidInput
 
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 

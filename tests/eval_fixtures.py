@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from melu.baselines import BaselineConfig
 from melu.bundle import load_bundle
 from melu.config import Config, TrainConfig
-from melu.evaluate import Report, evaluate
+from melu.evaluation.baselines import BaselineConfig
+from melu.evaluation.evaluate import Report, evaluate
 from melu.prepare import Prepared
-from melu.train import train
+from melu.training.train import train
 
 FAST_BASELINES = BaselineConfig(pooled_epochs=2, finetune_lr_scales=(1.0,))
 FAST_OPTIONS = {"steps_curve": (0, 1, 2), "support_sizes": (1, 5), "n_boot": 100}

@@ -1,6 +1,6 @@
 """A small trained ML-100K bundle for the recommender and service tests.
 
-``train_bundle`` runs a few Adam steps on ``melu.maml.meta_loss`` and saves the bundle with
+``train_bundle`` runs a few Adam steps on ``melu.model.maml.meta_loss`` and saves the bundle with
 ``melu.bundle.save_bundle``. It is cached per process (the fixture module is imported by
 several test files, each of which would otherwise build its own copy).
 """
@@ -19,10 +19,10 @@ import torch
 
 from melu.bundle import save_bundle
 from melu.config import Config
-from melu.maml import meta_loss, task_examples
-from melu.model import PreferenceEstimator, init_params
+from melu.model.estimator import PreferenceEstimator, init_params
+from melu.model.maml import meta_loss, task_examples
 from melu.prepare import Prepared
-from melu.recommend import Recommender
+from melu.serving.recommender import Recommender
 
 _BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from melu.adapted import predict_adapted
-from melu.baselines import (
+from melu.evaluation.baselines import (
     BaselineConfig,
     ItemMean,
     fit_item_mean,
@@ -17,6 +16,7 @@ from melu.baselines import (
     query_mae,
     training_rows,
 )
+from melu.model.predict import predict_adapted
 from melu.prepare import Prepared
 from melu.tasks import TaskSet
 

@@ -17,8 +17,8 @@ from melu.bundle import load_bundle, save_bundle
 from melu.config import Config, ModelConfig
 from melu.errors import BundleError
 from melu.features import FeatureTables
-from melu.maml import Examples, adapted_predictions
-from melu.model import PreferenceEstimator, apply, init_params
+from melu.model.estimator import PreferenceEstimator, apply, init_params
+from melu.model.maml import Examples, adapted_predictions
 from melu.prepare import Prepared
 
 

@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from melu.config import Config, DataConfig, MetaConfig, TrainConfig
-from melu.distributed import FAIL_RANK_ENV, DistContext, contiguous_range, shard
 from melu.prepare import Prepared, load_prepared, prepare
-from melu.train import MetaTrainer, train
+from melu.training.distributed import FAIL_RANK_ENV, DistContext, contiguous_range, shard
+from melu.training.train import MetaTrainer, train
 
 # 65 tasks at B = 32: batches of 32, 32 and 1 — rank 1's shard of the last one is empty
 SMALL: dict[str, Any] = {"meta_batch": 32, "max_tasks_per_epoch": 65, "patience": 5, "seed": 3}

@@ -10,17 +10,17 @@ import pytest
 import torch
 from eval_fixtures import tiny_report, tiny_run
 
-from melu.adapted import predict_adapted, predict_curve
 from melu.bundle import load_bundle
 from melu.cli.app import run_app
 from melu.cli.evaluate import resolve_model
 from melu.errors import BundleError, DataError
-from melu.evaluate import METHODS, Report, evaluate
-from melu.maml import adapt, task_examples
-from melu.metrics import user_mae
-from melu.model import apply
+from melu.evaluation.evaluate import METHODS, Report, evaluate
+from melu.evaluation.metrics import user_mae
+from melu.evaluation.report import PLOTS, summary_table, write_report
+from melu.model.estimator import apply
+from melu.model.maml import adapt, task_examples
+from melu.model.predict import predict_adapted, predict_curve
 from melu.prepare import Prepared
-from melu.report import PLOTS, summary_table, write_report
 from melu.tasks import EVAL_SCENARIOS
 
 

@@ -9,8 +9,8 @@ from torch import Tensor
 
 from melu.config import ModelConfig
 from melu.features import FeatureSpace, FeatureTables
-from melu.maml import Examples, adapt, masked_mse, meta_loss, task_query_loss, trim
-from melu.model import Params, PreferenceEstimator, apply, init_params
+from melu.model.estimator import Params, PreferenceEstimator, apply, init_params
+from melu.model.maml import Examples, adapt, masked_mse, meta_loss, task_query_loss, trim
 
 STEPS, LR = 3, 0.1
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.metrics import (
+from melu.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_indices,
     mae_all,

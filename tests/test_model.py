@@ -6,7 +6,7 @@ import torch
 from test_maml import tiny_model, tiny_space
 from torch import nn
 
-from melu.model import apply, embed
+from melu.model.estimator import apply, embed
 
 
 def test_shapes_and_pure_function() -> None:

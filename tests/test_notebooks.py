@@ -9,8 +9,8 @@ import pytest
 from eval_fixtures import tiny_report, tiny_run
 from nbclient import NotebookClient
 
+from melu.evaluation.report import write_report
 from melu.prepare import Prepared
-from melu.report import write_report
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from melu.maml import Examples, adapt
-from melu.model import PreferenceEstimator, apply
-from melu.recommend import InvalidInput, Recommender, age_bucket
+from melu.model.estimator import PreferenceEstimator, apply
+from melu.model.maml import Examples, adapt
+from melu.serving.recommender import InvalidInput, Recommender, age_bucket
 
 pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
 

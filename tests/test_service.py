@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from melu.errors import BundleError
-from melu.recommend import Recommender
+from melu.serving.recommender import Recommender
 from service.app import create_app, weights_digest
 from service.deps import Loaded
 from service.settings import Settings

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from melu.recommend import Recommender
+from melu.serving.recommender import Recommender
 from service.app import create_app, weights_digest
 from service.deps import Loaded
 from service.settings import Settings

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from melu.checkpoint import load_checkpoint
 from melu.cli.app import run_app
 from melu.config import Config, MetaConfig, TrainConfig
 from melu.errors import BundleError
 from melu.prepare import Prepared
-from melu.train import MetaTrainer, train
+from melu.training.checkpoint import load_checkpoint
+from melu.training.train import MetaTrainer, train
 
 
 class Killed(Exception):

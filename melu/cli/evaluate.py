@@ -12,7 +12,7 @@ from melu.cli.app import DataDir, app, echo, resolve_data_dir
 from melu.tasks import EVAL_SCENARIOS, SCENARIOS
 
 if TYPE_CHECKING:
-    from melu.evaluate import Report
+    from melu.evaluation.evaluate import Report
 
 
 def resolve_model(path: Path) -> tuple[Path, Path]:
@@ -25,7 +25,7 @@ def resolve_model(path: Path) -> tuple[Path, Path]:
 
 def print_summary(report: Report) -> None:
     """Print the per-scenario summary table (MAML vs the best baseline)."""
-    from melu.report import summary_table
+    from melu.evaluation.report import summary_table
 
     echo("per-user query MAE (lower is better); MAML − best baseline with a paired 95% CI")
     echo(summary_table(report))
@@ -49,9 +49,9 @@ def run_evaluation(
     ``validation`` scenario); ``scenarios`` defaults to the four test scenarios.
     """
     from melu.bundle import load_bundle
-    from melu.evaluate import count_stages, evaluate
+    from melu.evaluation.evaluate import count_stages, evaluate
+    from melu.evaluation.report import write_report
     from melu.prepare import prepare
-    from melu.report import write_report
 
     bundle_dir, run_dir = resolve_model(model)
     bundle = load_bundle(bundle_dir)

@@ -10,7 +10,7 @@ import typer
 
 from melu.bundle import find_bundle
 from melu.cli.app import app, echo
-from melu.recommend import InvalidInput, Recommendations, Recommender
+from melu.serving.recommender import InvalidInput, Recommendations, Recommender
 
 ModelOpt = Annotated[
     Path,

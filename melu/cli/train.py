@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from melu.cli.app import DataDir, app, choice, echo, resolve_data_dir
 from melu.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
-from melu.distributed import DistContext, barrier, init_distributed, shutdown
 from melu.errors import ConfigError
+from melu.training.distributed import DistContext, barrier, init_distributed, shutdown
 
 if TYPE_CHECKING:
     from melu.prepare import Prepared
@@ -126,7 +126,7 @@ def run_training(
         torch.set_num_threads(threads)
     if options.pop("float64", False):
         torch.set_default_dtype(torch.float64)
-    from melu.train import train
+    from melu.training.train import train
 
     config = build_config(dataset, **options)
     ctx = init_distributed(config.train.device, timeout_s=dist_timeout)

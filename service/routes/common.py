@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from melu.recommend import Adaptation, InvalidInput
+from melu.serving.recommender import Adaptation, InvalidInput
 from service.deps import Loaded
 from service.schemas import Adaptation as AdaptationOut
 from service.schemas import ModelRef, Rating, User

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from melu.recommend import InvalidInput
+from melu.serving.recommender import InvalidInput
 from service.deps import LoadedDep, SettingsDep
 from service.routes.common import adaptation, check_size, model_ref, pairs, user_dict
 from service.schemas import ERRORS, RecommendationRequest, RecommendationResponse, ScoredItem

@@ -2,7 +2,7 @@
 
 A request is ``(user, ratings)``: the person's demographics (any subset, unknown values map
 to the "unknown" index 0) and a few ``(item_id, rating)`` pairs, possibly none. The
-recommender runs the one inner loop, :func:`melu.maml.adapt` (first order at serving, the
+recommender runs the one inner loop, :func:`melu.model.maml.adapt` (first order at serving, the
 bundle's step count and inner learning rate, or its learned Meta-SGD rates), on those
 ratings and scores every candidate in one batched pass. Nothing is mutated: the adapted
 parameters are a new dict per request, so concurrent requests share nothing mutable.
@@ -29,10 +29,10 @@ from torch import Tensor
 from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.errors import BundleError, MeluError
 from melu.features import UNKNOWN, FeatureBatch
-from melu.maml import Examples, adapt, embeds_are_shared
-from melu.model import Embedded, PreferenceEstimator, apply, embed
-from melu.onboarding import evidence_scores
-from melu.recommend_types import (
+from melu.model.estimator import Embedded, PreferenceEstimator, apply, embed
+from melu.model.maml import Examples, adapt, embeds_are_shared
+from melu.serving.onboarding import evidence_scores
+from melu.serving.types import (
     Adaptation,
     InvalidInput,
     Ratings,
@@ -385,7 +385,7 @@ class Recommender:
     def onboarding_items(self, n: int = 10) -> pd.DataFrame:
         """Items to ask a new user to rate first: MeLU-style evidence candidates.
 
-        Rule (computed once at load, see :func:`melu.onboarding.evidence_scores`): for a
+        Rule (computed once at load, see :func:`melu.serving.onboarding.evidence_scores`): for a
         user with all features unknown, adapt on that single item rated at the top of the
         scale and, separately, at the bottom; the item's *influence* is the mean absolute
         difference between the two adapted models' clamped predictions over a fixed probe set of

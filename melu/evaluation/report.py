@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from melu.atomic import atomic_directory
-from melu.evaluate import METHODS, Report
+from melu.evaluation.evaluate import METHODS, Report
 
 LABELS = {
     "maml_before": "MAML, 0 steps",

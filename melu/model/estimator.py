@@ -142,7 +142,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` for shared or per-task weights → (..., N, H).
 
     Shared: ``weight`` (H, E), ``bias`` (H,), any ``x`` (..., N, E). Per task (a batch of
-    tasks adapted together without ``vmap``, see ``melu.maml.meta_loss``): ``weight``
+    tasks adapted together without ``vmap``, see ``melu.model.maml.meta_loss``): ``weight``
     (T, H, E), ``bias`` (T, H), ``x`` (T, N, E). A ``bias`` of more dims than (H,) that is
     not per task must already broadcast against (..., N, H).
     """

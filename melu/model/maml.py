@@ -46,7 +46,14 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from melu.features import FeatureBatch, FeatureTables
-from melu.model import Embedded, Inputs, Params, PreferenceEstimator, apply, embed_factored
+from melu.model.estimator import (
+    Embedded,
+    Inputs,
+    Params,
+    PreferenceEstimator,
+    apply,
+    embed_factored,
+)
 from melu.tasks import TaskSet
 
 

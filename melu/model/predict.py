@@ -14,8 +14,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from melu.features import FeatureTables
-from melu.maml import Examples, adapt, precompute, task_examples, trim
-from melu.model import PreferenceEstimator, apply
+from melu.model.estimator import PreferenceEstimator, apply
+from melu.model.maml import Examples, adapt, precompute, task_examples, trim
 from melu.tasks import TaskSet
 
 Lr = float | Mapping[str, Tensor]

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from melu.maml import Examples, adapt
-from melu.model import PreferenceEstimator, apply
+from melu.model.estimator import PreferenceEstimator, apply
+from melu.model.maml import Examples, adapt
 
 
 def influence(

@@ -6,7 +6,7 @@
 - pooled: the same ``PreferenceEstimator`` trained by ordinary regression (Adam on the MSE
   of all training ratings, no inner loop); the epoch is picked on the validation users.
 - pooled + fine-tune: the pooled parameters adapted per user on the support by
-  ``melu.maml.adapt`` with MAML's inner budget (steps, fast group); the inner lr is picked
+  ``melu.model.maml.adapt`` with MAML's inner budget (steps, fast group); the inner lr is picked
   on the validation users from ``finetune_lr_scales`` × MAML's inner lr.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from melu.adapted import predict_adapted
 from melu.config import Config
 from melu.features import FeatureSpace, FeatureTables
-from melu.maml import masked_mse
-from melu.model import Params, PreferenceEstimator, apply, init_params
+from melu.model.estimator import Params, PreferenceEstimator, apply, init_params
+from melu.model.maml import masked_mse
+from melu.model.predict import predict_adapted
 from melu.tasks import TaskSet
 
 

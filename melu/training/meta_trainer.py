@@ -1,9 +1,9 @@
 """MetaTrainer: the outer loop's state (parameters, Meta-SGD rates, Adam) and its steps.
 
-It knows the model only through ``melu.maml``: ``meta_batches(epoch)`` draws the seeded
+It knows the model only through ``melu.model.maml``: ``meta_batches(epoch)`` draws the seeded
 global meta-batches (index tensors into the training TaskSet) and ``step(indices)`` runs
 one outer update on them. The two are separate so a data-parallel driver
-(``melu.train.train`` under ``torchrun``) can give each rank a disjoint shard of every
+(``melu.training.train.train`` under ``torchrun``) can give each rank a disjoint shard of every
 global batch: it calls ``step(shard, denominator=B, reduce_grads=...)``, which sums the
 gradients across ranks before clipping and Adam.
 """
@@ -19,16 +19,16 @@ import torch
 from torch import Tensor
 
 from melu.config import Config
-from melu.distributed import (
+from melu.errors import BundleError
+from melu.model.estimator import Params, PreferenceEstimator, init_params
+from melu.model.maml import Examples, adapted_predictions, meta_loss, task_examples, trim
+from melu.prepare import Prepared
+from melu.tasks import TaskSet
+from melu.training.distributed import (
     DistContext,
     all_reduce_sum,
     contiguous_range,
 )
-from melu.errors import BundleError
-from melu.maml import Examples, adapted_predictions, meta_loss, task_examples, trim
-from melu.model import Params, PreferenceEstimator, init_params
-from melu.prepare import Prepared
-from melu.tasks import TaskSet
 
 GradHook = Callable[[list[Tensor]], None]
 

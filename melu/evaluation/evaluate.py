@@ -2,7 +2,7 @@
 
 ``evaluate(bundle, prepared)`` scores the bundle on the four cold-start scenarios of the
 data protocol it was trained with and returns a ``Report`` (plain JSON-able figures);
-``melu.report`` writes it as report.json, report.md and PNG plots. Every per-user interval
+``melu.evaluation.report`` writes it as report.json, report.md and PNG plots. Every per-user interval
 uses one seeded bootstrap draw per scenario, shared by all methods, so differences are
 paired.
 """
@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from melu import __version__
-from melu.adapted import predict_curve
-from melu.baselines import (
+from melu.bundle import Bundle
+from melu.errors import BundleError, DataError
+from melu.evaluation.baselines import (
     BaselineConfig,
     ItemMean,
     fit_item_mean,
@@ -30,10 +31,16 @@ from melu.baselines import (
     pick_finetune_lr,
     pooled_predict,
 )
-from melu.bundle import Bundle
-from melu.errors import BundleError, DataError
-from melu.metrics import NDCG_KS, bootstrap_ci, bootstrap_indices, nanmean, per_user, summarize
-from melu.model import Params, PreferenceEstimator
+from melu.evaluation.metrics import (
+    NDCG_KS,
+    bootstrap_ci,
+    bootstrap_indices,
+    nanmean,
+    per_user,
+    summarize,
+)
+from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.predict import predict_curve
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 

@@ -1,8 +1,8 @@
 """Meta-training: epochs, validation, early stopping, checkpoints, the bundle.
 
-``train`` drives a ``melu.meta_trainer.MetaTrainer``: each epoch it runs the seeded global
+``train`` drives a ``melu.training.meta_trainer.MetaTrainer``: each epoch it runs the seeded global
 meta-batches (under ``torchrun`` each rank takes its shard and the gradients are summed,
-see ``melu.distributed``), evaluates the validation users' query MAE before (0 steps) and
+see ``melu.training.distributed``), evaluates the validation users' query MAE before (0 steps) and
 after adaptation, keeps the best weights, stops on ``patience``, checkpoints every epoch
 atomically (``out/checkpoint``; ``resume=True`` continues bit-for-bit), writes
 ``metrics.jsonl`` and finally the model bundle (``out/model``). Only rank 0 writes.
@@ -21,9 +21,12 @@ from typing import Any
 import torch
 
 from melu.bundle import save_bundle
-from melu.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from melu.config import Config
-from melu.distributed import (
+from melu.errors import BundleError
+from melu.model.estimator import Params
+from melu.prepare import Prepared
+from melu.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from melu.training.distributed import (
     DistContext,
     all_agree,
     all_reduce_grads,
@@ -34,10 +37,7 @@ from melu.distributed import (
     resolve_device,
     shard,
 )
-from melu.errors import BundleError
-from melu.meta_trainer import MetaTrainer
-from melu.model import Params
-from melu.prepare import Prepared
+from melu.training.meta_trainer import MetaTrainer
 
 __all__ = ["MetaTrainer", "TrainResult", "train"]
 
@@ -192,7 +192,7 @@ def train(
     """Meta-train on ``prepared.tasks["train"]``; write ``out/metrics.jsonl``,
     ``out/checkpoint/`` (every epoch) and the best model's bundle ``out/model/``.
 
-    ``ctx`` (from ``melu.distributed.init_distributed``) makes this one rank of a
+    ``ctx`` (from ``melu.training.distributed.init_distributed``) makes this one rank of a
     data-parallel run on ``ctx.device``: shards of every meta-batch, summed gradients,
     sharded validation; only rank 0 writes, and every rank returns once the bundle exists.
     Without it, one process on ``device`` (default ``config.train.device``).
