@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from melu import __version__
-from melu.atomic import atomic_directory
+from melu.atomic import atomic_directory, recover
 from melu.config import Config
 from melu.errors import BundleError, ConfigError
 from melu.features import FeatureSpace, FeatureTables, Field
@@ -188,9 +188,9 @@ def _item_tables(file: Path, catalog: pd.DataFrame, features: FeatureSpace) -> F
 def find_bundle(path: Path | str) -> Path:
     """The bundle folder meant by ``path``: itself, or the ``model/`` of a run folder that
     ``melu train`` wrote. Not validated here: ``load_bundle`` says what is wrong."""
-    path = Path(path)
-    if not (path / "config.json").is_file() and (path / "model").is_dir():
-        return path / "model"
+    path = recover(path)
+    if not (path / "config.json").is_file() and recover(path / "model").is_dir():
+        return recover(path / "model")
     return path
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from melu import __version__
-from melu.atomic import atomic_directory
+from melu.atomic import atomic_directory, recover
 from melu.config import DataConfig
 from melu.data.movielens import MovieLens, dataset_files, load_movielens
 from melu.errors import DataError
@@ -210,7 +210,7 @@ def prepare(
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = dataset_files(config.dataset, data_dir, extra_info=config.use_extra_item_info)
     key = cache_key(files, config)
-    folder = cache_root / f"{config.dataset}-{key[:16]}"
+    folder = recover(cache_root / f"{config.dataset}-{key[:16]}")
     if folder.is_dir() and not rebuild:
         say(f"using cached tasks in {folder}")
         return load_prepared(folder, mmap)

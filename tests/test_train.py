@@ -123,3 +123,18 @@ def test_resume_refuses_a_changed_protocol_setting_or_data(
         train(first, other_files, tmp_path, resume=True)
     longer = first.replace(train=first.train.replace(epochs=2, patience=5))
     assert [h["epoch"] for h in train(longer, ml100k, tmp_path, resume=True).history] == [1, 2]
+
+
+def test_resume_after_a_kill_between_renames_and_without_a_checkpoint(
+    ml100k: Prepared, tmp_path: Path
+) -> None:
+    """The checkpoint replaced by a run killed between its two renames is found again; a
+    --resume with no checkpoint at all is refused, never a silent restart at epoch 1."""
+    config = small(epochs=1, patience=3)
+    with pytest.raises(BundleError, match="nothing to resume"):
+        train(config, ml100k, tmp_path, resume=True)
+    train(config, ml100k, tmp_path)
+    (tmp_path / "checkpoint").rename(tmp_path / ".checkpoint.old")  # the on-disk state of the kill
+    longer = config.replace(train=config.train.replace(epochs=2))
+    assert [h["epoch"] for h in train(longer, ml100k, tmp_path, resume=True).history] == [1, 2]
+    assert (tmp_path / "checkpoint").is_dir() and not (tmp_path / ".checkpoint.old").exists()

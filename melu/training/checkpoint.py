@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from melu.atomic import atomic_directory
+from melu.atomic import atomic_directory, recover
 from melu.errors import BundleError
 
 TENSORS = "tensors.safetensors"
@@ -62,6 +62,7 @@ def save_checkpoint(folder: Path, tensors: dict[str, Tensor], state: dict[str, A
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a checkpoint folder; ``BundleError`` names the file at fault."""
+    folder = recover(folder)
     if not (folder / STATE).is_file() or not (folder / TENSORS).is_file():
         raise BundleError(f"{folder}: no complete checkpoint here (need {STATE} and {TENSORS})")
     try:

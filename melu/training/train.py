@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from melu.atomic import recover
 from melu.bundle import save_bundle
 from melu.config import Config
 from melu.errors import BundleError
@@ -143,11 +144,13 @@ def _resume(
 ) -> _RunState:
     """Every rank loads the same checkpoint (so ``out`` must be on a filesystem all nodes
     share); ``BundleError`` if it does not fit the config or the ranks disagree."""
-    found = ckpt.exists()
+    found = recover(ckpt).is_dir()
     if not all_agree(int(found), ctx):
         raise BundleError(f"{ckpt}: not every rank sees this checkpoint (use a shared --out)")
     if not found:
-        return _RunState(_fresh_state(), [], _clone(trainer.params), _clone(trainer.inner_lr))
+        raise BundleError(
+            f"{ckpt}: nothing to resume (no checkpoint here); run without --resume to start over"
+        )
     tensors, saved = load_checkpoint(ckpt)
     _check_resumable(ckpt, saved, config, fingerprint)
     if not all_agree(int(saved["train_state"]["epoch"]), ctx):
