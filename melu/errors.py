@@ -15,5 +15,9 @@ class ConfigError(MeluError, ValueError):
     """A configuration value is out of range or of the wrong type."""
 
 
+class TrainingDiverged(MeluError):
+    """Meta-training produced a non-finite loss or weights; nothing was saved from it."""
+
+
 class BundleError(MeluError):
     """A model bundle or checkpoint is missing, truncated or does not match."""

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from melu.cli.app import run_app
 from melu.config import Config, MetaConfig, TrainConfig
-from melu.errors import BundleError
+from melu.errors import BundleError, TrainingDiverged
 from melu.prepare import Prepared
 from melu.training.checkpoint import load_checkpoint
 from melu.training.train import MetaTrainer, train
@@ -138,3 +138,20 @@ def test_resume_after_a_kill_between_renames_and_without_a_checkpoint(
     longer = config.replace(train=config.train.replace(epochs=2))
     assert [h["epoch"] for h in train(longer, ml100k, tmp_path, resume=True).history] == [1, 2]
     assert (tmp_path / "checkpoint").is_dir() and not (tmp_path / ".checkpoint.old").exists()
+
+
+@pytest.mark.parametrize(
+    "changes", [{"train": {"outer_lr": float("inf")}}, {"meta": {"inner_lr": 1e308}}]
+)
+def test_a_diverged_run_stops_with_a_clear_error_and_writes_no_model(
+    ml100k: Prepared, tmp_path: Path, changes: dict[str, dict[str, float]]
+) -> None:
+    config = small(epochs=2, patience=3)
+    config = config.replace(
+        **{section: getattr(config, section).replace(**v) for section, v in changes.items()}
+    )
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: training diverged.*learning rates"):
+        train(config, ml100k, tmp_path)
+    assert not (tmp_path / "model").exists() and not (tmp_path / "checkpoint").exists()
+    jsonl = tmp_path / "metrics.jsonl"
+    assert not jsonl.exists() or all(json.loads(x) for x in jsonl.read_text().splitlines())

@@ -11,6 +11,7 @@ atomically (``out/checkpoint``; ``resume=True`` continues bit-for-bit), writes
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch
 from melu.atomic import recover
 from melu.bundle import save_bundle
 from melu.config import Config
-from melu.errors import BundleError
+from melu.errors import BundleError, TrainingDiverged
 from melu.model.estimator import Params
 from melu.prepare import Prepared
 from melu.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -60,8 +61,9 @@ def _clone(params: Params | None) -> Params | None:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Strict JSON lines (``allow_nan=False``: a bare NaN is not JSON), replaced atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.write_text("".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows))
     os.replace(tmp, path)
 
 
@@ -103,6 +105,24 @@ def _run_epoch(
         "seconds": seconds,
         "tasks_per_s": tasks / seconds if seconds > 0 else 0.0,
     }
+
+
+_WATCHED = ("train_loss", "train_support_after", "val_mae_after")
+
+
+def _check_finite(row: dict[str, Any], trainer: MetaTrainer, config: Config) -> None:
+    """``TrainingDiverged`` naming the epoch, the figure and the likely cause, if any loss,
+    validation figure or weight is NaN or infinite (before anything of it is saved)."""
+    bad = [k for k in _WATCHED if not math.isfinite(row[k])]
+    bad += ["weights"] if not all(bool(p.isfinite().all()) for p in trainer.trainable) else []
+    if bad:
+        figures = ", ".join(f"{k} {row[k]}" for k in _WATCHED)
+        raise TrainingDiverged(
+            f"epoch {row['epoch']}: training diverged (non-finite {', '.join(bad)}; {figures}); "
+            f"the learning rates are the likely cause (outer lr {config.train.outer_lr:g}, "
+            f"inner lr {config.meta.inner_lr:g}): lower them and rerun. "
+            "No checkpoint or model was written for this epoch"
+        )
 
 
 @dataclass
@@ -218,6 +238,7 @@ def train(
         if run.state["bad_epochs"] >= config.train.patience:
             break
         row = _run_epoch(trainer, epoch, report, ctx)
+        _check_finite(row, trainer, config)
         run.history.append(row)
         if run.state["best_mae"] is None or row["val_mae_after"] < run.state["best_mae"]:
             run.state.update(best_mae=row["val_mae_after"], best_epoch=epoch, bad_epochs=0)
