@@ -144,3 +144,43 @@ def test_missing_file_says_what_to_run(data_dir: Path, tmp_path: Path) -> None:
         load_movielens("ml-100k", tmp_path)
     with pytest.raises(DataError, match="unknown data set"):
         load_movielens("ml-5m", tmp_path)
+
+
+def _ml100k_with(tmp_path: Path, data_dir: Path, name: str, edit: object) -> Path:
+    """Real ml-100k files with ``name`` rewritten by ``edit(lines) -> lines``."""
+    root = tmp_path / "ml-100k"
+    root.mkdir()
+    for f in ("u.data", "u.user", "u.item"):
+        text = (data_dir / "ml-100k" / f).read_text(encoding="latin-1")
+        lines = text.splitlines()
+        if f == name:
+            lines = edit(lines)  # type: ignore[operator]
+        (root / f).write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return tmp_path
+
+
+HOSTILE_FILES = [
+    ("u.item", lambda ls: [*ls[:5], ls[4], *ls[5:]], r"u.item:6: item_id 5 appears twice"),
+    ("u.user", lambda ls: [*ls[:3], ls[2], *ls[3:]], r"u.user:4: user_id 3 appears twice"),
+    (
+        "u.data",
+        lambda ls: ["3000000000\t1\t5\t881250949", *ls[1:]],
+        r"u.data:1: user_id 3000000000 is outside 0..2147483647",
+    ),
+    ("u.data", lambda ls: [*ls[:1], "196\t3000000000\t3\t881250949", *ls[2:]], r"u.data:2:"),
+    ("u.data", lambda ls: [*ls[:2], "196\t242\t3\t" + "9" * 20, *ls[3:]], r"u.data:3: malformed"),
+    ("u.data", lambda ls: [*ls[:2], "196\t242\t3\t" + "9" * 5_000_000, *ls[3:]], r"u.data:3:"),
+    ("u.data", lambda ls: [*ls[:3], "196\t242\tnan\t881250949", *ls[4:]], r"u.data:4: malformed"),
+    ("u.item", lambda ls: [ls[0].replace("|0|0|1|1|1|", "|0|0|2|1|1|"), *ls[1:]], r"u.item:1: "),
+    ("u.user", lambda ls: [ls[0].replace("|24|", "|-24|"), *ls[1:]], r"u.user:1: age -24"),
+]
+
+
+@pytest.mark.parametrize(("name", "edit", "message"), HOSTILE_FILES)
+def test_hostile_data_files_get_a_one_line_error_with_file_and_line(
+    data_dir: Path, tmp_path: Path, name: str, edit: object, message: str
+) -> None:
+    folder = _ml100k_with(tmp_path, data_dir, name, edit)
+    with pytest.raises(DataError, match=message) as info:
+        load_movielens("ml-100k", folder)
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)

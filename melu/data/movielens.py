@@ -22,6 +22,7 @@ import pandas as pd
 from melu.data.parsing import (
     SEP,
     check_ratings,
+    check_values,
     line_error,
     read_table,
     read_text,
@@ -94,6 +95,11 @@ def _require(path: Path, name: str) -> Path:
 
 def _year_from_title(titles: pd.Series) -> pd.Series:
     return titles.str.extract(_YEAR_IN_TITLE, expand=False).astype("Int16")
+
+
+def _check_ids(frame: pd.DataFrame, path: Path, columns: tuple[str, ...], header: int = 0) -> None:
+    for column in columns:
+        check_values(frame, path, column, header=header)
 
 
 def _latest_per_pair(ratings: pd.DataFrame) -> np.ndarray:
@@ -178,6 +184,7 @@ def read_ml100k(root: Path) -> MovieLens:
         {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"},
     )
     check_ratings(ratings, files[0], 1, 5, 1.0)
+    _check_ids(ratings, files[0], ("user_id", "item_id"))
     users = read_table(
         files[1],
         read_text(files[1], "latin-1"),
@@ -185,6 +192,8 @@ def read_ml100k(root: Path) -> MovieLens:
         ["user_id", "age", "gender", "occupation", "zip"],
         {"user_id": "int64", "age": "int64"},
     )
+    check_values(users, files[1], "user_id", unique=True)
+    check_values(users, files[1], "age", high=150)
     users["age"] = _age_bucket(users["age"]).astype(str)
     users = users[["user_id", "gender", "age", "occupation", "zip"]].astype({"user_id": "int32"})
     item_names = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
@@ -195,6 +204,9 @@ def read_ml100k(root: Path) -> MovieLens:
         item_names,
         {"item_id": "int64", **{g: "int8" for g in ML100K_GENRES}},
     )
+    check_values(raw, files[2], "item_id", unique=True)
+    for genre in ML100K_GENRES:
+        check_values(raw, files[2], genre, high=1)
     flags = raw[list(ML100K_GENRES)].to_numpy().astype(bool)
     names = np.array(ML100K_GENRES, dtype=object)
     released = pd.to_datetime(raw["release_date"], format="%d-%b-%Y", errors="coerce")
@@ -232,6 +244,7 @@ def _read_melu_extra(path: Path) -> pd.DataFrame:
         "poster",
     ]
     raw = read_table(path, text, SEP, names, {"item_id": "int64"})
+    check_values(raw, path, "item_id", unique=True)
     return pd.DataFrame(
         {
             "item_id": raw["item_id"].astype("int32"),
@@ -255,13 +268,17 @@ def read_ml1m(root: Path, *, extra_info: bool = True) -> MovieLens:
         {"user_id": "int64", "item_id": "int64", "rating": "float64", "timestamp": "int64"},
     )
     check_ratings(ratings, files[0], 1, 5, 1.0)
+    _check_ids(ratings, files[0], ("user_id", "item_id"))
     users = _read_dat(
-        files[1], ["user_id", "gender", "age", "occupation", "zip"], {"user_id": "int32"}
+        files[1], ["user_id", "gender", "age", "occupation", "zip"], {"user_id": "int64"}
     )
-    raw = _read_dat(files[2], ["item_id", "title", "genres"], {"item_id": "int32"})
+    check_values(users, files[1], "user_id", unique=True)
+    users = users.astype({"user_id": "int32"})
+    raw = _read_dat(files[2], ["item_id", "title", "genres"], {"item_id": "int64"})
+    check_values(raw, files[2], "item_id", unique=True)
     items = pd.DataFrame(
         {
-            "item_id": raw["item_id"],
+            "item_id": raw["item_id"].astype("int32"),
             "title": raw["title"],
             "year": _year_from_title(raw["title"]),
             "released": pd.NaT,
@@ -285,9 +302,9 @@ def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
     try:
         with pd.read_csv(path, dtype=dtypes, chunksize=chunksize, engine="c") as reader:
             chunks = list(reader)
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
         text = read_text(path, "utf-8")
-        raise line_error(path, text, 4) from exc
+        raise line_error(path, text, list(dtypes.values())) from exc
     frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(dtypes))
     if list(frame.columns) != list(dtypes):
         raise DataError(
@@ -295,7 +312,7 @@ def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
             f"got {','.join(map(str, frame.columns))}"
         )
     if frame.isna().any().any():
-        raise line_error(path, read_text(path, "utf-8"), 4)
+        raise line_error(path, read_text(path, "utf-8"), list(dtypes.values()))
     return frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
 
 
@@ -307,6 +324,7 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
     files = [_require(root / f, name) for f in ("ratings.csv", "movies.csv")]
     ratings = _read_csv_ratings(files[0])
     check_ratings(ratings, files[0], 0.5, 5, 0.5, header=1)
+    _check_ids(ratings, files[0], ("user_id", "item_id"), header=1)
     try:
         raw = pd.read_csv(
             files[1], dtype={"movieId": "int32", "title": str, "genres": str}, keep_default_na=False
@@ -315,6 +333,7 @@ def read_csv_family(root: Path, name: str) -> MovieLens:
         raise DataError(f"{files[1]}: malformed movies file ({exc})") from exc
     if list(raw.columns) != ["movieId", "title", "genres"]:
         raise DataError(f"{files[1]}:1: expected header movieId,title,genres")
+    check_values(raw, files[1], "movieId", unique=True, header=1)
     genres = raw["genres"].replace("(no genres listed)", "")
     items = pd.DataFrame(
         {

@@ -7,6 +7,7 @@ off the format's scale is an error too (never silently dropped).
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,19 @@ import pandas as pd
 from melu.errors import DataError
 
 SEP = "\x1f"  # single-byte stand-in for "::" so pandas' C parser can read ml-1m
+ID_MAX = 2**31 - 1  # ids are stored as int32: larger ones would silently wrap around
+
+
+def _field_ok(part: str, dtype: str) -> bool:
+    """Whether ``part`` is a finite number of ``dtype`` (int fields: an integer in range)."""
+    try:
+        if dtype.startswith("int"):
+            value = int(part)
+            bits = int(dtype[3:] or 64)
+            return -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
+        return math.isfinite(float(part))
+    except ValueError:
+        return False
 
 
 def first_bad_line(path: Path, text: str, check: Callable[[str], bool]) -> DataError:
@@ -35,13 +49,11 @@ def read_table(
         parts = line.split(sep)
         if len(parts) != len(names):
             return False
-        try:
-            for part, name in zip(parts, names, strict=True):
-                if dtypes.get(name, "str").startswith(("int", "float")):
-                    float(part)
-        except ValueError:
-            return False
-        return True
+        return all(
+            _field_ok(part, dtypes[name])
+            for part, name in zip(parts, names, strict=True)
+            if dtypes.get(name, "str").startswith(("int", "float"))
+        )
 
     try:
         frame = pd.read_csv(
@@ -55,7 +67,7 @@ def read_table(
             na_values=[],
             engine="c",
         )
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
         body = text.split("\n", 1)[1] if header else text
         error = first_bad_line(path, body, ok)
         if header and error.args[0].startswith(f"{path}:"):
@@ -64,7 +76,35 @@ def read_table(
         raise error from exc
     if len(frame.columns) != len(names) or (not header and frame.isna().any().any()):
         raise first_bad_line(path, text, ok)
+    floats = [n for n in names if dtypes.get(n, "str").startswith("float")]
+    if floats and not np.isfinite(frame[floats].to_numpy(dtype=np.float64)).all():
+        raise first_bad_line(path, text, ok)
     return frame
+
+
+def check_values(
+    frame: pd.DataFrame,
+    path: Path,
+    column: str,
+    *,
+    low: float = 0,
+    high: float = ID_MAX,
+    unique: bool = False,
+    header: int = 0,
+) -> None:
+    """Error naming ``path:line`` of the first value of ``column`` outside ``low..high``
+    (ids: 0..2³¹−1, as stored) or, with ``unique``, the first repeat of an earlier value."""
+    values = frame[column].to_numpy()
+    bad = (values < low) | (values > high)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}:{row + 1 + header}: {column} {values[row]} is outside {low:.0f}..{high:.0f}"
+        )
+    repeated = pd.Series(values).duplicated().to_numpy() if unique else bad
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise DataError(f"{path}:{row + 1 + header}: {column} {values[row]} appears twice")
 
 
 def read_text(path: Path, encoding: str) -> str:
@@ -91,14 +131,11 @@ def check_ratings(
         )
 
 
-def line_error(path: Path, text: str, fields: int) -> DataError:
+def line_error(path: Path, text: str, dtypes: list[str]) -> DataError:
+    """The first row of a headed CSV whose fields are not numbers of ``dtypes``."""
     for number, line in enumerate(text.splitlines()[1:], start=2):
         parts = line.split(",")
-        try:
-            if len(parts) != fields or any(not p for p in parts):
-                raise ValueError
-            [float(p) for p in parts]
-        except ValueError:
+        if len(parts) != len(dtypes) or not all(map(_field_ok, parts, dtypes)):
             return DataError(f"{path}:{number}: malformed row: {line[:200]!r}")
     return DataError(f"{path}: could not be parsed")
 
