@@ -10,6 +10,7 @@ half-written bundle; loading checks the schema and every tensor's shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ BUNDLE_FILES = (
     "metrics.json",
 )
 INNER_LR_PREFIX = "inner_lr."
+DIGESTED = ("weights.safetensors", "features.json", "catalog.parquet", "metrics.json")
 
 
 @dataclass
@@ -94,20 +96,62 @@ def save_bundle(
             "data_fingerprint": fingerprint,
             "config": config.to_dict(),
         }
-        (tmp / "config.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         features.save(tmp / "features.json")
         _catalog_with_features(catalog, tables).to_parquet(tmp / "catalog.parquet", index=False)
         (tmp / "metrics.json").write_text(
-            json.dumps(metrics or {}, indent=1, sort_keys=True) + "\n"
+            json.dumps(metrics or {}, indent=1, sort_keys=True, allow_nan=False) + "\n"
         )
+        info["digests"] = {name: file_sha256(tmp / name) for name in DIGESTED}
+        (tmp / "config.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unreadable(path: Path, exc: BaseException) -> BundleError:
+    """The error for a file that cannot be read, saying so plainly for permissions."""
+    if isinstance(exc, PermissionError):
+        return BundleError(
+            f"{path}: permission denied (this process cannot read it; make the bundle "
+            "readable by the service's user, e.g. chmod -R a+rX)"
+        )
+    return BundleError(f"{path}: unreadable ({exc})")
+
+
+def _check_digests(path: Path, info: dict[str, Any]) -> None:
+    """Each file's sha256 against config.json's record (a bundle written before digests
+    existed has none and is accepted): flipped bytes or a file from another bundle are
+    refused, naming the file."""
+    digests = info.get("digests")
+    if digests is None:
+        return
+    if not isinstance(digests, dict) or set(digests) != set(DIGESTED):
+        raise BundleError(f"{path}/config.json: 'digests' must list {', '.join(DIGESTED)}")
+    for name in DIGESTED:
+        try:
+            actual = file_sha256(path / name)
+        except OSError as exc:
+            raise unreadable(path / name, exc) from exc
+        if actual != digests[name]:
+            raise BundleError(
+                f"{path}/{name}: content does not match the sha256 recorded in config.json "
+                "(corrupted, or copied from another bundle)"
+            )
 
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: unreadable ({exc})") from exc
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{path}: unreadable, not valid JSON ({str(exc)[:200]})") from exc
 
 
 CATALOG_COLUMNS = ("item_id", "title", "year", "genres", "n_ratings")
@@ -148,6 +192,27 @@ def _check_catalog(file: Path, catalog: pd.DataFrame) -> None:
         raise BundleError(f"{file}: catalog lacks column(s) {missing}")
     if catalog["item_id"].duplicated().any():
         raise BundleError(f"{file}: item ids are not unique")
+    checks = {
+        "item_id": lambda v: isinstance(v, int | np.integer) and 0 <= v < 2**31,
+        "title": lambda v: isinstance(v, str),
+        "genres": lambda v: (
+            isinstance(v, list | tuple | np.ndarray) and all(isinstance(g, str) for g in v)
+        ),
+        "n_ratings": lambda v: isinstance(v, int | np.integer) and v >= 0,
+        "year": lambda v: v is None or v is pd.NA or (isinstance(v, int | float | np.number)),
+    }
+    for column, ok in checks.items():
+        for row, value in enumerate(catalog[column].tolist()):
+            if not ok(value):
+                raise BundleError(f"{file}: row {row} has an invalid {column} {value!r:.80}")
+
+
+def _check_metrics(file: Path, metrics: Any) -> dict[str, Any]:
+    """metrics.json: an object of numbers, strings, booleans or nulls (shown by /v1/model)."""
+    scalar = (int, float, str, bool, type(None))
+    if not isinstance(metrics, dict) or not all(isinstance(v, scalar) for v in metrics.values()):
+        raise BundleError(f"{file}: must be a JSON object of numbers, strings or nulls")
+    return metrics
 
 
 def _feature_column(file: Path, catalog: pd.DataFrame, f: Field) -> np.ndarray:
@@ -210,6 +275,7 @@ def load_bundle(path: Path | str) -> Bundle:
             f"{path}/config.json: schema version {info.get('schema_version') if isinstance(info, dict) else None!r}"
             f" is not {SCHEMA_VERSION}; retrain or use a matching melu"
         )
+    _check_digests(path, info)
     try:
         config = Config.from_dict(info["config"])
     except (KeyError, ConfigError) as exc:
@@ -217,6 +283,8 @@ def load_bundle(path: Path | str) -> Bundle:
     features = FeatureSpace.load(path / "features.json")
     try:
         tensors = load_file(str(path / "weights.safetensors"))
+    except PermissionError as exc:
+        raise unreadable(path / "weights.safetensors", exc) from exc
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{path}/weights.safetensors: unreadable or truncated ({exc})") from exc
     model = PreferenceEstimator(config.model, features)
@@ -231,7 +299,7 @@ def load_bundle(path: Path | str) -> Bundle:
         raise BundleError(f"{path}/catalog.parquet: unreadable ({exc})") from exc
     _check_catalog(path / "catalog.parquet", catalog)
     tables = _item_tables(path / "catalog.parquet", catalog, features)
-    metrics = _read_json(path / "metrics.json")
+    metrics = _check_metrics(path / "metrics.json", _read_json(path / "metrics.json"))
     return Bundle(
         config, features, model, params, catalog, tables, inner or None, metrics, info, path
     )

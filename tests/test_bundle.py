@@ -42,8 +42,15 @@ def saved(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def copy(saved: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(saved, tmp_path / "model"))
+def copy(saved: Path, tmp_path: Path, *, digests: bool = False) -> Path:
+    """A copy to damage; without its digests (as a bundle from before they existed), so
+    the checks behind the digest check are what a damaged file meets."""
+    path = Path(shutil.copytree(saved, tmp_path / "model"))
+    if not digests:
+        info = json.loads((path / "config.json").read_text())
+        del info["digests"]
+        (path / "config.json").write_text(json.dumps(info))
+    return path
 
 
 def item_features(tables: FeatureTables, user: int, item_rows: torch.Tensor) -> dict:
@@ -210,3 +217,57 @@ def test_catalogs_that_do_not_fit_the_features_are_named(
     _rewrite_catalog(bundle, damage)
     with pytest.raises(BundleError, match=re.escape(message)):
         load_bundle(bundle)
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "features.json", "catalog.parquet"])
+def test_a_flipped_byte_is_caught_by_the_recorded_digest(
+    saved: Path, tmp_path: Path, name: str
+) -> None:
+    path = copy(saved, tmp_path, digests=True)
+    data = bytearray((path / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{name}: content does not match the sha256"):
+        load_bundle(path)
+
+
+def test_a_file_from_another_bundle_is_refused(saved: Path, tmp_path: Path) -> None:
+    path = copy(saved, tmp_path, digests=True)
+    metrics = json.loads((path / "metrics.json").read_text())
+    (path / "metrics.json").write_text(json.dumps({**metrics, "best_epoch": -1}))
+    with pytest.raises(BundleError, match=r"metrics.json: content does not match"):
+        load_bundle(path)
+
+
+def test_catalog_and_metrics_the_service_uses_are_validated_at_load(
+    saved: Path, tmp_path: Path
+) -> None:
+    path = copy(saved, tmp_path)
+    catalog = pd.read_parquet(path / "catalog.parquet")
+    catalog.loc[3, "title"] = None
+    catalog.to_parquet(path / "catalog.parquet", index=False)
+    with pytest.raises(BundleError, match=r"row 3 has an invalid title (None|nan)"):
+        load_bundle(path)
+    path = copy(saved, tmp_path / "b")
+    (path / "metrics.json").write_text('[1, 2, {"a": 3}]')
+    with pytest.raises(BundleError, match=r"metrics.json: must be a JSON object"):
+        load_bundle(path)
+
+
+def test_an_unreadable_file_says_permission_denied(
+    saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    import melu.bundle
+
+    path = copy(saved, tmp_path)
+    (path / "weights.safetensors").chmod(0)
+    if os.geteuid() == 0:  # root reads any mode: make the read fail as it would for others
+
+        def denied(name: str) -> None:
+            raise PermissionError(13, "Permission denied", name)
+
+        monkeypatch.setattr(melu.bundle, "load_file", denied)
+    with pytest.raises(BundleError, match=r"weights\.safetensors: permission denied"):
+        load_bundle(path)
