@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from melu.errors import ConfigError
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def from_env(cls: type[S], **values: Any) -> S:
+    """``cls(**values)`` with the rest from ``MELU_*``; a bad value is a ``ConfigError``
+    naming the variable (one line, not pydantic's multi-line report)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "MELU_" + str(first["loc"][0]).upper() if first["loc"] else "MELU_*"
+        given = str(first.get("input"))[:60]
+        raise ConfigError(f"{name}={given!r}: {first['msg']}") from exc
 
 
 class Settings(BaseSettings):
@@ -29,3 +46,17 @@ class Settings(BaseSettings):
     max_k: int | None = Field(None, ge=1, description="largest k (default: the catalog size)")
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="larger bodies get 413")
     max_page: int = Field(200, ge=1, description="largest `limit` of GET /v1/items")
+
+
+class ConnectionLimits(BaseSettings):
+    """Per-connection bounds enforced by ``service.protocol`` (``MELU_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="MELU_", extra="ignore")
+
+    read_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds to receive a whole request (else 408)"
+    )
+    max_headers: int = Field(100, ge=1, le=10_000, description="most request headers (431)")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1 << 24, description="most bytes of request line + headers (431)"
+    )

@@ -114,15 +114,23 @@ def serve(
     import uvicorn
 
     from service.app import create_app, load
-    from service.settings import Settings
+    from service.protocol import GuardedHttpToolsProtocol, limits
+    from service.settings import Settings, from_env
 
     folder = find_bundle(model).resolve()
     os.environ["MELU_MODEL"] = str(folder)
-    settings = Settings(model=folder, host=host, port=port, workers=workers)
+    settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)
+    limits()  # bad MELU_READ_TIMEOUT etc. fail here, before uvicorn starts
     loaded = load(settings)  # fail here, clearly, before uvicorn starts
     echo(f"serving {folder} on http://{host}:{port} (docs: http://{host}:{port}/docs)")
     if workers == 1:
-        uvicorn.run(create_app(settings, loaded), host=host, port=port, log_level=log_level)
+        uvicorn.run(
+            create_app(settings, loaded),
+            host=host,
+            port=port,
+            log_level=log_level,
+            http=GuardedHttpToolsProtocol,
+        )
         return
     del loaded  # each worker process loads its own copy from MELU_MODEL
     uvicorn.run(
@@ -132,4 +140,5 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        http=GuardedHttpToolsProtocol,
     )
