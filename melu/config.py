@@ -1,71 +1,118 @@
 """Frozen configuration dataclasses, saved as plain JSON and rebuilt with ``from_dict``.
 
 Every threshold of the data protocol, every model size and every optimiser setting is a
-field here; nothing reads a global option dict.
+field here, declared once: its type (a ``Literal`` lists the choices), its default, its
+help text (``field(metadata={"help": ...})``, which the CLI turns into ``--help``) and its
+checks (``_validate``). Construction validates (types, choices, ranges) and raises
+:class:`ConfigError` naming the field as ``section.name``; nothing reads a global option dict.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from melu.errors import ConfigError
 
 T = TypeVar("T")
 
+Dataset = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m"]
 FastGroup = Literal["mlp", "head", "all"]
 UserSplit = Literal["time", "random"]
 QueryOrder = Literal["random", "time"]
+Amp = Literal["none", "bf16"]
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its help text (shown by ``--help``)."""
+    return field(default=default, metadata={"help": help})
 
 
-def _coerce(name: str, tp: Any, value: Any) -> Any:
-    """Convert a JSON value to the annotated type, or raise ConfigError naming the field."""
+def help_of(f: dataclasses.Field[Any]) -> str:
+    """A field's help text ('' when it has none)."""
+    return str(f.metadata.get("help", ""))
+
+
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a config class's fields (cached per class)."""
+    key = f"{cls.__module__}.{cls.__qualname__}"
+    if key not in _HINTS:
+        _HINTS[key] = typing.get_type_hints(cls)
+    return _HINTS[key]
+
+
+def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
+    """(ok, value converted to ``tp``): ints and floats from any real number, tuples from lists."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        _check(
-            value in typing.get_args(tp), f"{name}: {value!r} is not one of {typing.get_args(tp)}"
-        )
-        return value
+        return value in typing.get_args(tp), value
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
-            return None
-        return _coerce(name, args[0], value)
+            return type(None) in typing.get_args(tp), None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(inner, value)
     if origin is tuple:
-        _check(isinstance(value, list | tuple), f"{name}: expected a list, got {value!r}")
-        (elem, *_rest) = typing.get_args(tp)
-        return tuple(_coerce(name, elem, v) for v in value)
+        if not isinstance(value, list | tuple):
+            return False, value
+        items = [_coerce(typing.get_args(tp)[0], v) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
     if tp is bool:
-        _check(isinstance(value, bool), f"{name}: expected true/false, got {value!r}")
-        return value
+        return isinstance(value, bool), value
     if tp is int:
-        _check(
-            isinstance(value, int) and not isinstance(value, bool),
-            f"{name}: expected an integer, got {value!r}",
-        )
-        return value
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, int(value) if ok else value
     if tp is float:
-        _check(
-            isinstance(value, int | float) and not isinstance(value, bool),
-            f"{name}: expected a number, got {value!r}",
-        )
-        return float(value)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
     if tp is str:
-        _check(isinstance(value, str), f"{name}: expected a string, got {value!r}")
-        return value
-    return value
+        return isinstance(value, str), value
+    return True, value
+
+
+def describe(tp: Any) -> str:
+    """What a value of ``tp`` must be, in words (for error messages)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return describe(inner) + " or null"
+    if origin is tuple:
+        return f"a list ({describe(typing.get_args(tp)[0])} each)"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 class _Config:
-    """Mixin: ``to_dict`` / ``from_dict`` with type checks, and ``replace``."""
+    """Mixin: validation on construction, ``to_dict`` / ``from_dict`` and ``replace``."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = field_types(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            ok, converted = _coerce(hints[f.name], value)
+            self._require(ok, f.name, f"must be {describe(hints[f.name])} (got {value!r})")
+            object.__setattr__(self, f.name, converted)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Range and cross-field checks (subclasses)."""
+
+    def _require(self, ok: bool, name: str, message: str) -> None:
+        """Raise ConfigError('section.name message') unless ``ok``."""
+        if not ok:
+            where = f"{self.SECTION}.{name}" if self.SECTION else name
+            raise ConfigError(f"{where} {message}", field=where)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,13 +124,10 @@ class _Config:
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}")
-        kwargs = {k: _coerce(f"{cls.__name__}.{k}", hints[k], v) for k, v in data.items()}
-        return cls(**kwargs)
+        return cls(**data)
 
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
@@ -93,91 +137,140 @@ class _Config:
 class DataConfig(_Config):
     """The task protocol (DESIGN.md, Scenarios). Defaults follow MeLU on MovieLens."""
 
-    dataset: str = "ml-100k"
-    new_item_fraction: float = 0.2  # newest share of items (by release date) that are "new"
-    user_split: UserSplit = "time"  # order users by first rating, or shuffle with `seed`
-    train_fraction: float = 0.7
-    validation_fraction: float = 0.1  # test users are the rest (the newest sign-ups)
-    min_ratings: int = 13  # a user needs this many ratings in the scenario's items ...
-    max_ratings: int = 100  # ... and at most this many, to form a task
-    query_size: int = 10
-    max_support: int = 90
-    min_support: int = 3
-    query_order: QueryOrder = "random"  # random query (seeded) or each user's last ratings
-    zip_prefix: int = 2  # digits of the zip code kept as a feature (0 drops the field)
-    item_id_feature: bool = True  # embed the item id itself (new items: "unknown")
-    item_id_min_ratings: int = 5  # ... only for items with this many training ratings
-    use_extra_item_info: bool = True  # ml-1m: MPAA rate, directors, actors (MeLU's file)
-    seed: int = 0
+    SECTION: ClassVar[str] = "data"
 
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.new_item_fraction < 1.0, "new_item_fraction must be in [0, 1)")
-        _check(0 < self.train_fraction < 1, "train_fraction must be in (0, 1)")
-        _check(0 <= self.validation_fraction < 1, "validation_fraction must be in [0, 1)")
-        _check(
+    dataset: Dataset = setting("ml-100k", "MovieLens data set.")
+    new_item_fraction: float = setting(0.2, "Newest share of items (by release date) that are new.")
+    user_split: UserSplit = setting(
+        "time", "time: order users by first rating; random: seeded shuffle."
+    )
+    train_fraction: float = setting(0.7, "Share of users that train (the oldest).")
+    validation_fraction: float = setting(
+        0.1, "Share of users that validate (the next); the rest are the cold test users."
+    )
+    min_ratings: int = setting(13, "Fewest ratings in a scenario's items to form a task.")
+    max_ratings: int = setting(100, "Most ratings in a scenario's items to form a task.")
+    query_size: int = setting(10, "Query ratings per task.")
+    max_support: int = setting(90, "Support cap per task.")
+    min_support: int = setting(3, "Fewest support ratings of a task.")
+    query_order: QueryOrder = setting(
+        "random", "random: a seeded query of each user; time: each user's last ratings."
+    )
+    zip_prefix: int = setting(2, "Zip code digits kept as a feature (0 drops the field).")
+    item_id_feature: bool = setting(
+        True, "Embed item ids (new items are 'unknown'), for items with enough training ratings."
+    )
+    item_id_min_ratings: int = setting(
+        5, "Training ratings an item needs for its own id embedding."
+    )
+    use_extra_item_info: bool = setting(
+        True, "ml-1m: MPAA rate, directors and actors from MeLU's movies_extrainfos.dat."
+    )
+    seed: int = setting(0, "Seed of the data protocol: random user split and query.")
+
+    def _validate(self) -> None:
+        need = self._require
+        need(0.0 <= self.new_item_fraction < 1.0, "new_item_fraction", "must be in [0, 1)")
+        need(0 < self.train_fraction < 1, "train_fraction", "must be in (0, 1)")
+        need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1)")
+        need(
             self.train_fraction + self.validation_fraction < 1,
-            "train_fraction + validation_fraction must leave some test users",
+            "validation_fraction",
+            "must leave some test users (train_fraction + validation_fraction < 1)",
         )
-        _check(self.query_size >= 1, "query_size must be >= 1")
-        _check(self.min_support >= 1, "min_support must be >= 1")
-        _check(self.max_support >= self.min_support, "max_support must be >= min_support")
-        _check(
+        need(self.query_size >= 1, "query_size", "must be >= 1")
+        need(self.min_support >= 1, "min_support", "must be >= 1")
+        need(self.max_support >= self.min_support, "max_support", "must be >= min_support")
+        need(
             self.min_ratings >= self.query_size + self.min_support,
-            "min_ratings must be >= query_size + min_support",
+            "min_ratings",
+            "must be >= query_size + min_support",
         )
-        _check(self.max_ratings >= self.min_ratings, "max_ratings must be >= min_ratings")
-        _check(0 <= self.zip_prefix <= 5, "zip_prefix must be in 0..5")
-        _check(self.item_id_min_ratings >= 1, "item_id_min_ratings must be >= 1")
+        need(self.max_ratings >= self.min_ratings, "max_ratings", "must be >= min_ratings")
+        need(0 <= self.zip_prefix <= 5, "zip_prefix", "must be in 0..5")
+        need(self.item_id_min_ratings >= 1, "item_id_min_ratings", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class ModelConfig(_Config):
     """The preference estimator's sizes (MeLU's by default) and which parameters adapt."""
 
-    embedding_dim: int = 32
-    hidden: tuple[int, ...] = (64, 64)
-    fast_params: FastGroup = "mlp"  # mlp: the whole MLP (MeLU); head: last layer; all
+    SECTION: ClassVar[str] = "model"
 
-    def __post_init__(self) -> None:
-        _check(self.embedding_dim >= 1, "embedding_dim must be >= 1")
-        _check(all(h >= 1 for h in self.hidden), "hidden sizes must be >= 1")
+    embedding_dim: int = setting(32, "Embedding size of every feature field.")
+    hidden: tuple[int, ...] = setting((64, 64), "Hidden layer widths of the MLP, comma-separated.")
+    fast_params: FastGroup = setting(
+        "mlp", "Parameters adapted per user: mlp (MeLU), head (last layer) or all."
+    )
+
+    def _validate(self) -> None:
+        self._require(self.embedding_dim >= 1, "embedding_dim", "must be >= 1")
+        self._require(all(h >= 1 for h in self.hidden), "hidden", "sizes must be >= 1")
 
 
 @dataclass(frozen=True)
 class MetaConfig(_Config):
     """The inner loop. See ``melu.model.maml`` for why the defaults differ from MeLU's."""
 
-    inner_steps: int = 5
-    inner_lr: float = 0.05
-    first_order: bool = False
-    learn_inner_lr: bool = False  # Meta-SGD: one learned rate per fast parameter element
+    SECTION: ClassVar[str] = "meta"
 
-    def __post_init__(self) -> None:
-        _check(self.inner_steps >= 0, "inner_steps must be >= 0")
-        _check(self.inner_lr > 0, "inner_lr must be > 0")
+    inner_steps: int = setting(5, "Inner-loop gradient steps on a user's support.")
+    inner_lr: float = setting(0.05, "Inner-loop learning rate.")
+    first_order: bool = setting(False, "FOMAML: drop the second-order terms.")
+    learn_inner_lr: bool = setting(
+        False, "Meta-SGD: learn one inner rate per fast parameter element."
+    )
+
+    def _validate(self) -> None:
+        self._require(self.inner_steps >= 0, "inner_steps", "must be >= 0")
+        self._require(self.inner_lr > 0, "inner_lr", "must be > 0")
 
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):
     """The outer loop."""
 
-    epochs: int = 30
-    meta_batch: int = 32
-    outer_lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    patience: int = 5
-    seed: int = 0
-    device: str = "auto"
-    amp: Literal["none", "bf16"] = "none"
-    max_tasks_per_epoch: int | None = None
+    SECTION: ClassVar[str] = "train"
 
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "epochs must be >= 1")
-        _check(self.meta_batch >= 1, "meta_batch must be >= 1")
-        _check(self.outer_lr > 0, "outer_lr must be > 0")
-        _check(self.grad_clip > 0, "grad_clip must be > 0")
-        _check(self.patience >= 1, "patience must be >= 1")
+    epochs: int = setting(30, "Most training epochs (early stopping may end sooner).")
+    meta_batch: int = setting(32, "Tasks per outer step.")
+    outer_lr: float = setting(1e-3, "Adam learning rate of the outer loop.")
+    weight_decay: float = setting(0.0, "Adam weight decay.")
+    grad_clip: float = setting(1.0, "Clip the meta-gradient's norm to this.")
+    patience: int = setting(5, "Epochs without a better validation MAE before stopping.")
+    seed: int = setting(0, "Training seed (initial weights, meta-batch order).")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N.")
+    amp: Amp = setting("none", "none, or bf16: autocast the forward pass.")
+    max_tasks_per_epoch: int | None = setting(
+        None, "Cap on training tasks per epoch (default: all)."
+    )
+
+    def _validate(self) -> None:
+        need = self._require
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.meta_batch >= 1, "meta_batch", "must be >= 1")
+        need(self.outer_lr > 0, "outer_lr", "must be > 0")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.grad_clip > 0, "grad_clip", "must be > 0")
+        need(self.patience >= 1, "patience", "must be >= 1")
+        need(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "device",
+            f"must be one of auto, cpu, cuda, cuda:N (got {self.device!r})",
+        )
+        need(
+            self.max_tasks_per_epoch is None or self.max_tasks_per_epoch >= 1,
+            "max_tasks_per_epoch",
+            "must be >= 1",
+        )
+
+
+SECTIONS: dict[str, type[_Config]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "meta": MetaConfig,
+    "train": TrainConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -190,23 +283,14 @@ class Config(_Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.data.to_dict(),
-            "model": self.model.to_dict(),
-            "meta": self.meta.to_dict(),
-            "train": self.train.to_dict(),
-        }
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:  # type: ignore[override]
         if not isinstance(data, dict):
             raise ConfigError("config: expected an object")
-        unknown = sorted(set(data) - {"data", "model", "meta", "train"})
+        unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"config: unknown section(s) {unknown}")
-        return cls(
-            data=DataConfig.from_dict(data.get("data", {})),
-            model=ModelConfig.from_dict(data.get("model", {})),
-            meta=MetaConfig.from_dict(data.get("meta", {})),
-            train=TrainConfig.from_dict(data.get("train", {})),
-        )
+        sections: dict[str, Any] = {k: c.from_dict(data.get(k, {})) for k, c in SECTIONS.items()}
+        return cls(**sections)

@@ -12,7 +12,15 @@ class DataError(MeluError):
 
 
 class ConfigError(MeluError, ValueError):
-    """A configuration value is out of range or of the wrong type."""
+    """A configuration value is out of range or of the wrong type.
+
+    ``field`` names the setting at fault as ``section.name`` (e.g. ``meta.inner_lr``) when
+    one is, so the CLI can name its flag.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class TrainingDiverged(MeluError):

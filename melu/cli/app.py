@@ -30,13 +30,6 @@ DataDir = Annotated[
 ]
 
 
-def choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``allowed``, else a usage error naming ``flag`` (exit 2)."""
-    if value not in allowed:
-        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=flag)
-    return value
-
-
 def resolve_data_dir(data_dir: Path | None) -> Path:
     """--data-dir, else $MELU_DATA_DIR, else ./data."""
     if data_dir is not None:

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, choice, echo, resolve_data_dir
-from melu.config import DataConfig
+from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.settings import config_options
+from melu.config import Config
 from melu.data.download import download_dataset, is_present, required_files
 from melu.data.movielens import DATASETS
 from melu.prepare import prepare as prepare_tasks
@@ -29,7 +30,6 @@ def _dataset(value: str) -> str:
 
 
 DatasetArg = Annotated[str, typer.Argument(help=" | ".join(DATASETS), callback=_dataset)]
-DatasetOpt = Annotated[str, typer.Option(help=" | ".join(DATASETS), callback=_dataset)]
 
 
 class _Bar:
@@ -113,8 +113,9 @@ def print_summary(stats: dict[str, Any]) -> None:
 
 
 @app.command()
+@config_options("data", aliases={"data.seed": ("--seed",)})
 def prepare(
-    dataset: DatasetOpt = "ml-100k",
+    config: Config,
     data_dir: DataDir = None,
     out: Annotated[
         Path | None,
@@ -124,33 +125,6 @@ def prepare(
             help="Cache folder (default: $MELU_CACHE_DIR, else .melu-cache).",
         ),
     ] = None,
-    user_split: Annotated[
-        str, typer.Option(help="time: order users by first rating; random: seeded shuffle.")
-    ] = "time",
-    query_order: Annotated[
-        str, typer.Option(help="random: seeded query of each user; time: the last ratings.")
-    ] = "random",
-    seed: Annotated[int, typer.Option(help="Seed of the random split and query.")] = 0,
-    new_item_fraction: Annotated[
-        float, typer.Option(help="Newest share of items that are new.")
-    ] = 0.2,
-    train_fraction: Annotated[float, typer.Option(help="Share of users that train.")] = 0.7,
-    validation_fraction: Annotated[float, typer.Option(help="Share of users that validate.")] = 0.1,
-    min_ratings: Annotated[int, typer.Option(help="Fewest ratings of a task.")] = 13,
-    max_ratings: Annotated[int, typer.Option(help="Most ratings of a task.")] = 100,
-    query_size: Annotated[int, typer.Option(help="Query ratings per task.")] = 10,
-    min_support: Annotated[int, typer.Option(help="Fewest support ratings of a task.")] = 3,
-    max_support: Annotated[int, typer.Option(help="Support cap per task.")] = 90,
-    zip_prefix: Annotated[int, typer.Option(help="Zip code digits kept (0 drops zip).")] = 2,
-    extra_item_info: Annotated[
-        bool, typer.Option(help="ml-1m: use MeLU's movies_extrainfos.dat when present.")
-    ] = True,
-    item_id: Annotated[
-        bool, typer.Option(help="Embed item ids (items with enough training ratings).")
-    ] = True,
-    item_id_min_ratings: Annotated[
-        int, typer.Option(help="Training ratings an item needs for its own id embedding.")
-    ] = 5,
     rebuild: Annotated[bool, typer.Option(help="Build again even if cached.")] = False,
 ) -> None:
     """Build (or reuse) the cached per-user tasks of every scenario and print a summary.
@@ -161,25 +135,7 @@ def prepare(
 
     The cache is keyed by the data files' SHA-256 and these settings; a change rebuilds it.
     """
-    config = DataConfig(
-        dataset=dataset,
-        new_item_fraction=new_item_fraction,
-        user_split=choice("--user-split", user_split, ("time", "random")),  # type: ignore[arg-type]
-        train_fraction=train_fraction,
-        validation_fraction=validation_fraction,
-        min_ratings=min_ratings,
-        max_ratings=max_ratings,
-        query_size=query_size,
-        max_support=max_support,
-        min_support=min_support,
-        query_order=choice("--query-order", query_order, ("random", "time")),  # type: ignore[arg-type]
-        zip_prefix=zip_prefix,
-        use_extra_item_info=extra_item_info,
-        item_id_feature=item_id,
-        item_id_min_ratings=item_id_min_ratings,
-        seed=seed,
-    )
     prepared = prepare_tasks(
-        config, resolve_data_dir(data_dir), out, rebuild=rebuild, progress=echo
+        config.data, resolve_data_dir(data_dir), out, rebuild=rebuild, progress=echo
     )
     print_summary(prepared.stats)

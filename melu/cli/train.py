@@ -9,15 +9,13 @@ import torch
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, choice, echo, resolve_data_dir
-from melu.config import Config, DataConfig, MetaConfig, ModelConfig, TrainConfig
-from melu.errors import ConfigError
+from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.settings import config_options
+from melu.config import Config
 from melu.training.distributed import DistContext, barrier, init_distributed, shutdown
 
 if TYPE_CHECKING:
     from melu.prepare import Prepared
-
-DEFAULTS = Config()
 
 
 class _Bar:
@@ -48,36 +46,6 @@ class _Bar:
             echo(f"resumed after epoch {event['epoch']}")
 
 
-def build_config(dataset: str, **options: Any) -> Config:
-    """A Config from CLI options (None = default); bad values raise ConfigError."""
-
-    def pick(section: Any, names: tuple[str, ...]) -> Any:
-        return section.replace(**{n: options[n] for n in names if options.get(n) is not None})
-
-    data = pick(DataConfig(dataset=dataset), ("user_split", "query_order", "item_id_feature"))
-    if options.get("data_seed") is not None:
-        data = data.replace(seed=options["data_seed"])
-    return Config(
-        data=data,
-        model=pick(ModelConfig(), ("fast_params",)),
-        meta=pick(MetaConfig(), ("inner_steps", "inner_lr", "first_order", "learn_inner_lr")),
-        train=pick(
-            TrainConfig(),
-            (
-                "epochs",
-                "meta_batch",
-                "outer_lr",
-                "weight_decay",
-                "seed",
-                "patience",
-                "device",
-                "amp",
-                "max_tasks_per_epoch",
-            ),
-        ),
-    )
-
-
 def prepare_shared(
     config: Config, data_dir: Path, cache_dir: Path | None, ctx: DistContext, say: Any
 ) -> Prepared:
@@ -102,8 +70,8 @@ def prepare_shared(
 
 
 def run_training(
+    config: Config,
     *,
-    dataset: str = "ml-100k",
     data_dir: Path | None = None,
     out: Path = Path("runs/train"),
     cache_dir: Path | None = None,
@@ -111,24 +79,24 @@ def run_training(
     show_progress: bool = True,
     threads: int = 1,
     dist_timeout: float = 600.0,
-    **options: Any,
+    float64: bool = False,
 ) -> Path:
-    """Prepare, train and return the bundle path (used by ``train`` and ``quickstart``).
+    """Prepare, train on ``config`` and return the bundle path (``train``, ``quickstart``).
 
     ``threads``: torch CPU threads (0 keeps torch's default). One is the default: a
     meta-batch's kernels are small, so a second thread gains ~20% on an idle 2-core
     machine but oversubscription costs several times that on a shared one.
+    ``float64``: compute in float64 (numerical checks only).
 
     Under ``torchrun`` this process is one rank of a data-parallel run (gloo on CPU,
     nccl on CUDA; ``dist_timeout`` seconds bounds every collective); only rank 0 prints.
     """
     if threads > 0:
         torch.set_num_threads(threads)
-    if options.pop("float64", False):
+    if float64:
         torch.set_default_dtype(torch.float64)
     from melu.training.train import train
 
-    config = build_config(dataset, **options)
     ctx = init_distributed(config.train.device, timeout_s=dist_timeout)
     try:
         main = show_progress and ctx.is_main
@@ -151,51 +119,16 @@ def run_training(
 
 
 @app.command()
+@config_options()
 def train(
-    dataset: Annotated[str, typer.Option(help="MovieLens data set (e.g. ml-100k, ml-1m).")] = (
-        "ml-100k"
-    ),
+    config: Config,
     data_dir: DataDir = None,
     out: Annotated[Path, typer.Option(help="Run folder: metrics, checkpoint, model/.")] = Path(
         "runs/train"
     ),
-    epochs: Annotated[int, typer.Option(min=1)] = DEFAULTS.train.epochs,
-    meta_batch: Annotated[int, typer.Option(min=1, help="Tasks per outer step.")] = (
-        DEFAULTS.train.meta_batch
-    ),
-    inner_steps: Annotated[int, typer.Option(min=0)] = DEFAULTS.meta.inner_steps,
-    inner_lr: float = DEFAULTS.meta.inner_lr,
-    outer_lr: float = DEFAULTS.train.outer_lr,
-    first_order: Annotated[bool, typer.Option(help="FOMAML (no second-order terms).")] = False,
-    learn_inner_lr: Annotated[bool, typer.Option(help="Meta-SGD: learned inner rates.")] = False,
-    fast_params: Annotated[str, typer.Option(help="Adapted group: mlp, head or all.")] = (
-        DEFAULTS.model.fast_params
-    ),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    amp: Annotated[str, typer.Option(help="none or bf16 (autocast the forward).")] = "none",
-    weight_decay: Annotated[float, typer.Option(min=0, help="Adam weight decay.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Training seed (init, batch order).")] = (
-        DEFAULTS.train.seed
-    ),
-    user_split: Annotated[
-        str, typer.Option(help="Data protocol: time (by first rating) or random users.")
-    ] = DEFAULTS.data.user_split,
-    query_order: Annotated[
-        str, typer.Option(help="Data protocol: random query ratings or each user's last (time).")
-    ] = DEFAULTS.data.query_order,
-    item_id: Annotated[
-        bool, typer.Option(help="Embed item ids of items with enough training ratings.")
-    ] = DEFAULTS.data.item_id_feature,
-    data_seed: Annotated[int, typer.Option(help="Seed of the data protocol's splits.")] = (
-        DEFAULTS.data.seed
-    ),
-    patience: Annotated[int, typer.Option(min=1)] = DEFAULTS.train.patience,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Task cache folder.")] = None,
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all).")] = 1,
-    max_tasks_per_epoch: Annotated[
-        int | None, typer.Option(min=1, help="Cap on training tasks per epoch (default: all).")
-    ] = None,
     dist_timeout: Annotated[
         float, typer.Option(min=1, help="torchrun: seconds a rank may wait in a collective.")
     ] = 600.0,
@@ -205,19 +138,12 @@ def train(
 ) -> None:
     """Meta-train the preference estimator and write the model bundle to OUT/model.
 
-    Data-parallel on N processes: ``torchrun --nproc_per_node=N -m melu train ...``.
+    Every setting of the data protocol, model, inner and outer loop is a flag (or comes
+    from --config FILE). Data-parallel on N processes: ``torchrun --nproc_per_node=N -m
+    melu train ...``.
     """
-    choice("--fast-params", fast_params, ("mlp", "head", "all"))
-    choice("--device", device, ("auto", "cpu", "cuda"))
-    choice("--amp", amp, ("none", "bf16"))
-    choice("--user-split", user_split, ("time", "random"))
-    choice("--query-order", query_order, ("random", "time"))
-    try:
-        build_config(dataset, inner_lr=inner_lr, outer_lr=outer_lr)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from exc
     run_training(
-        dataset=dataset,
+        config,
         data_dir=data_dir,
         out=out,
         cache_dir=cache_dir,
@@ -225,22 +151,4 @@ def train(
         threads=threads,
         dist_timeout=dist_timeout,
         float64=float64,
-        max_tasks_per_epoch=max_tasks_per_epoch,
-        epochs=epochs,
-        meta_batch=meta_batch,
-        inner_steps=inner_steps,
-        inner_lr=inner_lr,
-        outer_lr=outer_lr,
-        first_order=first_order,
-        learn_inner_lr=learn_inner_lr,
-        fast_params=fast_params,
-        device=device,
-        amp=amp,
-        seed=seed,
-        patience=patience,
-        weight_decay=weight_decay,
-        user_split=user_split,
-        query_order=query_order,
-        item_id_feature=item_id,
-        data_seed=data_seed,
     )

@@ -13,12 +13,14 @@ the format's documented scale are an error, never silently dropped.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from melu.config import Dataset
 from melu.data.parsing import (
     SEP,
     check_ratings,
@@ -30,7 +32,7 @@ from melu.data.parsing import (
 )
 from melu.errors import DataError
 
-DATASETS = ("ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m")
+DATASETS: tuple[str, ...] = typing.get_args(Dataset)  # declared once, in melu.config
 ML100K_GENRES = (
     "unknown",
     "Action",
