@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from tqdm import tqdm
 
 from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.settings import config_overrides
 from melu.tasks import EVAL_SCENARIOS, SCENARIOS
 
 if TYPE_CHECKING:
@@ -80,7 +81,9 @@ def run_evaluation(
 
 
 @app.command()
+@config_overrides("meta.inner_steps", "meta.inner_lr", default_text="the model's")
 def evaluate(
+    overrides: dict[str, Any],
     model: Annotated[
         Path, typer.Option(help="Run folder (runs/NAME) or its model bundle (runs/NAME/model).")
     ],
@@ -97,14 +100,12 @@ def evaluate(
         str,
         typer.Option(help="Comma-separated scenarios (validation: for tuning, never test)."),
     ] = ",".join(EVAL_SCENARIOS),
-    inner_steps: Annotated[
-        int | None, typer.Option(min=0, help="Override the trained inner steps.")
-    ] = None,
-    inner_lr: Annotated[
-        float | None, typer.Option(min=1e-12, help="Override the inner lr.")
-    ] = None,
 ) -> None:
-    """Evaluate a model on warm, user-cold, item-cold and user-item-cold tasks."""
+    """Evaluate a model on warm, user-cold, item-cold and user-item-cold tasks.
+
+    --inner-steps / --inner-lr replace the trained inner loop (tune them on the validation
+    scenario; a fixed --inner-lr also replaces Meta-SGD's learned rates).
+    """
     names = tuple(s.strip() for s in scenarios.split(",") if s.strip())
     unknown = [s for s in names if s not in SCENARIOS or s == "train"]
     if unknown or not names:
@@ -120,6 +121,6 @@ def evaluate(
         seed=seed,
         show_progress=progress,
         scenarios=names,
-        inner_steps=inner_steps,
-        inner_lr=inner_lr,
+        inner_steps=overrides.get("meta.inner_steps"),
+        inner_lr=overrides.get("meta.inner_lr"),
     )

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import click
 import typer
 
 from melu.config import SECTIONS, Config, field_types, help_of
@@ -51,6 +50,7 @@ PANELS = {
     "train": "Outer loop",
 }
 CONFIG_FILE_PARAM = "config_file"
+CONTEXT_PARAM = "settings_context"
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,12 @@ class Flag:
         return self.key.split(".")[1]
 
 
+def _keyword(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
 def _int_list(value: str | None) -> tuple[int, ...] | None:
     """'64,64' → (64, 64); a usage error otherwise."""
     if value is None:
@@ -80,46 +86,52 @@ def _int_list(value: str | None) -> tuple[int, ...] | None:
         raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
 
 
-def _option(key: str, f: dataclasses.Field[Any], tp: Any, names: Sequence[str]) -> Flag:
-    """The typer option of field ``f`` (type ``tp``) answering to ``names``."""
+def _option(
+    key: str, f: dataclasses.Field[Any], tp: Any, names: Sequence[str], override: str | None
+) -> Flag:
+    """The typer option of field ``f`` (type ``tp``) answering to ``names``; with
+    ``override`` it defaults to unset (None), shown as ``[default: <override>]``."""
     base: Any = tp
-    extra: dict[str, Any] = {}
-    default: Any = f.default
+    extra: dict[str, Any] = {"show_default": override} if override else {}
+    default: Any = None if override else f.default
     if typing.get_origin(tp) is Literal:
         base, extra = str, {"metavar": "[" + "|".join(typing.get_args(tp)) + "]"}
     elif typing.get_origin(tp) is tuple:
         base, extra = str, {"callback": _int_list, "metavar": "N,N,..."}
-        default = ",".join(map(str, default))
+        default = None if override else ",".join(map(str, default))
     if tp is bool:
         names = [f"{n}/--no-{n.removeprefix('--')}" for n in names]
     option = typer.Option(
         *names, help=help_of(f), rich_help_panel=PANELS[key.split(".")[0]], **extra
     )
-    param = inspect.Parameter(
-        key.replace(".", "__"),
-        inspect.Parameter.KEYWORD_ONLY,
-        default=default,
-        annotation=Annotated[base, option],
-    )
+    if override:
+        base = base | None
+    param = _keyword(key.replace(".", "__"), Annotated[base, option], default)
     return Flag(key, names[0].split("/")[0], param)
 
 
 def config_flags(
-    selectors: Sequence[str] = (), aliases: Mapping[str, Sequence[str]] | None = None
+    selectors: Sequence[str] = (),
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    override: str | None = None,
 ) -> list[Flag]:
     """The flags of the selected fields: ``"data"`` (a section), ``"meta.inner_lr"`` (a
-    field); none selects every field. ``aliases`` adds flag names (``{"data.seed": ("--seed",)}``)."""
-    chosen = [s for s in selectors] or list(SECTIONS)
-    flags = []
+    field); none selects every field. ``aliases`` adds flag names (``{"data.seed": ("--seed",)}``);
+    ``override``: see :func:`_option`."""
+    chosen = list(selectors) or list(SECTIONS)
+    flags: list[Flag] = []
+    every: list[str] = []
     for section, cls in SECTIONS.items():
         hints = field_types(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             key = f"{section}.{f.name}"
             if section in chosen or key in chosen:
-                names = [FLAG_NAMES.get(key, "--" + f.name.replace("_", "-"))]
-                flags.append(
-                    _option(key, f, hints[f.name], [*names, *(aliases or {}).get(key, ())])
-                )
+                names: list[str] = [FLAG_NAMES.get(key, "--" + f.name.replace("_", "-"))]
+                names += (aliases or {}).get(key, ())
+                flags.append(_option(key, f, hints[f.name], names, override))
+                every += names
+    if len(set(every)) < len(every):
+        raise ValueError(f"config_options: a flag name is used twice in {every}")
     unknown = set(chosen) - set(SECTIONS) - {f.key for f in flags}
     if unknown:
         raise ValueError(f"config_options: no such section or field {sorted(unknown)}")
@@ -137,17 +149,22 @@ def load_config_file(path: Path) -> Config:
         raise typer.BadParameter(f"{path}: {exc}", param_hint="'--config'") from None
 
 
-def _given(param: str) -> bool:
-    """Whether the option was set on the command line (or from the environment)."""
-    ctx = click.get_current_context(silent=True)
-    source = ctx.get_parameter_source(param) if ctx is not None else None
-    return source not in (
-        click.core.ParameterSource.DEFAULT,
-        click.core.ParameterSource.DEFAULT_MAP,
-    )
+def _given(ctx: typer.Context | None) -> Callable[[str], bool]:
+    """Whether an option was set on the command line (or from the environment), not defaulted."""
+
+    def given(param: str) -> bool:
+        source = ctx.get_parameter_source(param) if ctx is not None else None
+        return source is None or source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    return given
 
 
-def build_config(flags: Sequence[Flag], values: Mapping[str, Any], file: Path | None) -> Config:
+def build_config(
+    flags: Sequence[Flag],
+    values: Mapping[str, Any],
+    file: Path | None,
+    given: Callable[[str], bool] = lambda param: True,
+) -> Config:
     """The file's Config (else the defaults) with the flags' values, validated once.
 
     Without a file every flag's value applies (unset flags hold the defaults); with one,
@@ -157,7 +174,7 @@ def build_config(flags: Sequence[Flag], values: Mapping[str, Any], file: Path | 
     base = load_config_file(file) if file is not None else Config()
     changes: dict[str, dict[str, Any]] = {}
     for flag in flags:
-        if file is None or _given(flag.param.name):
+        if file is None or given(flag.param.name):
             changes.setdefault(flag.section, {})[flag.field] = values[flag.param.name]
     try:
         return base.replace(**{s: getattr(base, s).replace(**kw) for s, kw in changes.items()})
@@ -166,6 +183,32 @@ def build_config(flags: Sequence[Flag], values: Mapping[str, Any], file: Path | 
         from_flag = bad is not None and bad.field in changes.get(bad.section, {})
         hint = bad.flag if bad is not None and from_flag else ("--config" if file else None)
         raise typer.BadParameter(str(exc), param_hint=f"'{hint}'" if hint else None) from None
+
+
+def _extend(func: F, target: str, added: list[inspect.Parameter], make: Callable[..., Any]) -> F:
+    """``func`` with the ``added`` options in place of its ``target`` parameter, which
+    receives ``make(ctx, **values of the added options)`` (``ctx``: the typer.Context,
+    the command's own if it takes one)."""
+    signature = inspect.signature(func, eval_str=True)
+    if target not in signature.parameters:
+        raise TypeError(f"{func.__name__}: a command with config flags takes `{target}`")
+    own = [p for p in signature.parameters.values() if p.name != target]
+    names = {p.name for p in added}
+    contexts = [p.name for p in own if p.annotation is typer.Context]
+    if not contexts:
+        added = [*added, _keyword(CONTEXT_PARAM, typer.Context, None)]
+    context = contexts[0] if contexts else CONTEXT_PARAM
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in names}
+        ctx = kwargs[context] if contexts else kwargs.pop(context)
+        return func(**{target: make(ctx, **values)}, **kwargs)
+
+    params = [*own, *added]
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command  # type: ignore[return-value]
 
 
 def config_options(
@@ -179,40 +222,35 @@ def config_options(
     ``@app.command()``. Bad values exit 2 with a message naming the flag.
     """
     flags = config_flags(selectors, aliases)
+    added = [f.param for f in flags]
+    if config_file:
+        option = typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="JSON settings (Config.to_dict() or a bundle's config.json); "
+            "flags given here override it.",
+        )
+        added.insert(0, _keyword(CONFIG_FILE_PARAM, Annotated[Path | None, option], None))
 
-    def decorate(func: F) -> F:
-        signature = inspect.signature(func, eval_str=True)
-        if "config" not in signature.parameters:
-            raise TypeError(f"{func.__name__}: a config_options command takes `config: Config`")
-        own = [p for p in signature.parameters.values() if p.name != "config"]
-        added = [f.param for f in flags]
-        if config_file:
-            option = typer.Option(
-                "--config",
-                exists=True,
-                dir_okay=False,
-                help="JSON settings (Config.to_dict() or a bundle's config.json); "
-                "flags given here override it.",
-            )
-            added.insert(
-                0,
-                inspect.Parameter(
-                    CONFIG_FILE_PARAM,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    default=None,
-                    annotation=Annotated[Path | None, option],
-                ),
-            )
+    def make(ctx: typer.Context, config_file: Path | None = None, **values: Any) -> Config:
+        return build_config(flags, values, config_file, _given(ctx))
 
-        @functools.wraps(func)
-        def command(**kwargs: Any) -> Any:
-            values = {f.param.name: kwargs.pop(f.param.name) for f in flags}
-            file = kwargs.pop(CONFIG_FILE_PARAM, None)
-            return func(config=build_config(flags, values, file), **kwargs)
+    return lambda func: _extend(func, "config", added, make)
 
-        params = [*own, *added]
-        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command  # type: ignore[return-value]
 
-    return decorate
+def config_overrides(*selectors: str, default_text: str = "the model's") -> Callable[[F], F]:
+    """Decorator for settings that change a Config known only later (a bundle's): options of
+    the selected fields that default to unset; the command's ``overrides`` parameter
+    receives ``{"section.field": value}`` of those given. Each given value is checked on
+    its own (against the defaults, so a bad one exits 2 naming the flag); apply them with
+    ``section.replace(...)``, which checks them again with the other fields.
+    """
+    flags = config_flags(selectors, override=default_text)
+
+    def make(ctx: typer.Context, **values: Any) -> dict[str, Any]:
+        given = {f.key: values[f.param.name] for f in flags if values[f.param.name] is not None}
+        build_config([f for f in flags if f.key in given], values, None)
+        return given
+
+    return lambda func: _extend(func, "overrides", [f.param for f in flags], make)
