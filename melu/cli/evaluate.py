@@ -103,8 +103,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model on warm, user-cold, item-cold and user-item-cold tasks.
 
-    --inner-steps / --inner-lr replace the trained inner loop (tune them on the validation
-    scenario; a fixed --inner-lr also replaces Meta-SGD's learned rates).
+    --inner-steps / --inner-lr replace the trained inner loop (tune them on the validation scenario; a fixed --inner-lr also replaces Meta-SGD's learned rates).
     """
     names = tuple(s.strip() for s in scenarios.split(",") if s.strip())
     unknown = [s for s in names if s not in SCENARIOS or s == "train"]

@@ -95,9 +95,9 @@ def _option(
     extra: dict[str, Any] = {"show_default": override} if override else {}
     default: Any = None if override else f.default
     if typing.get_origin(tp) is Literal:
-        base, extra = str, {"metavar": "[" + "|".join(typing.get_args(tp)) + "]"}
+        base, extra["metavar"] = str, "[" + "|".join(typing.get_args(tp)) + "]"
     elif typing.get_origin(tp) is tuple:
-        base, extra = str, {"callback": _int_list, "metavar": "N,N,..."}
+        base, extra["callback"], extra["metavar"] = str, _int_list, "N,N,..."
         default = None if override else ",".join(map(str, default))
     if tp is bool:
         names = [f"{n}/--no-{n.removeprefix('--')}" for n in names]

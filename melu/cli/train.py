@@ -138,9 +138,9 @@ def train(
 ) -> None:
     """Meta-train the preference estimator and write the model bundle to OUT/model.
 
-    Every setting of the data protocol, model, inner and outer loop is a flag (or comes
-    from --config FILE). Data-parallel on N processes: ``torchrun --nproc_per_node=N -m
-    melu train ...``.
+    Every setting of the data protocol, the model, the inner and the outer loop is a flag below, or comes from --config FILE (flags given override it).
+
+    Data-parallel on N processes: torchrun --nproc_per_node=N -m melu train ...
     """
     run_training(
         config,
