@@ -182,6 +182,12 @@ def test_selected_fields_aliases_and_overrides() -> None:
     assert CliRunner().invoke(some, ["--inner-steps", "-1"]).exit_code == 2 and not given
     with pytest.raises(ValueError, match="no such section or field"):
         config_options("meta.speed")
+    cli, seen = probe(exclude=("train.seed", "data.user_split"), config_file=False)
+    assert CliRunner().invoke(cli, ["--seed", "5"]).exit_code == 2  # no such option now
+    assert CliRunner().invoke(cli, ["--data-seed", "5"]).exit_code == 0
+    assert seen.pop().data.seed == 5
+    with pytest.raises(ValueError, match="no such section or field"):
+        config_options(exclude=("train.speed",))
     with pytest.raises(ValueError, match="used twice"):
         config_options(aliases={"data.seed": ("--seed",)})  # --seed is train.seed
 

@@ -14,8 +14,10 @@ Use it on any command that needs settings (``train``, ``prepare``, ``cv``)::
     @config_options()                      # every field of every section
     def train(config: Config, out: Path = Path("runs/train")) -> None: ...
 
-    @config_options("data", aliases={"data.seed": ("--seed",)})   # one section
+    @config_options("data", aliases={"data.seed": ("--seed",)})   # one section, an extra name
     @config_options("data.dataset", "train.device", config_file=False)   # some fields
+    @config_options(exclude=("train.seed",))   # all but the fields the command sets itself
+    @config_overrides("meta.inner_lr")   # unset by default; changes a bundle's config later
 """
 
 from __future__ import annotations
@@ -114,9 +116,11 @@ def config_flags(
     selectors: Sequence[str] = (),
     aliases: Mapping[str, Sequence[str]] | None = None,
     override: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[Flag]:
     """The flags of the selected fields: ``"data"`` (a section), ``"meta.inner_lr"`` (a
-    field); none selects every field. ``aliases`` adds flag names (``{"data.seed": ("--seed",)}``);
+    field); none selects every field; ``exclude`` drops fields (``"train.seed"``) that the
+    command sets itself. ``aliases`` adds flag names (``{"data.seed": ("--seed",)}``);
     ``override``: see :func:`_option`."""
     chosen = list(selectors) or list(SECTIONS)
     flags: list[Flag] = []
@@ -125,14 +129,15 @@ def config_flags(
         hints = field_types(cls)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             key = f"{section}.{f.name}"
-            if section in chosen or key in chosen:
+            if (section in chosen or key in chosen) and key not in exclude:
                 names: list[str] = [FLAG_NAMES.get(key, "--" + f.name.replace("_", "-"))]
                 names += (aliases or {}).get(key, ())
                 flags.append(_option(key, f, hints[f.name], names, override))
                 every += names
     if len(set(every)) < len(every):
         raise ValueError(f"config_options: a flag name is used twice in {every}")
-    unknown = set(chosen) - set(SECTIONS) - {f.key for f in flags}
+    fields = {f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)}  # type: ignore[arg-type]
+    unknown = (set(chosen) - set(SECTIONS) - {f.key for f in flags}) | (set(exclude) - fields)
     if unknown:
         raise ValueError(f"config_options: no such section or field {sorted(unknown)}")
     return flags
@@ -213,15 +218,17 @@ def _extend(func: F, target: str, added: list[inspect.Parameter], make: Callable
 
 def config_options(
     *selectors: str,
+    exclude: Sequence[str] = (),
     aliases: Mapping[str, Sequence[str]] | None = None,
     config_file: bool = True,
 ) -> Callable[[F], F]:
     """Decorator: give a typer command one option per selected config field (see
     :func:`config_flags`) and, with ``config_file``, ``--config FILE``. The command declares
     a ``config: Config`` parameter and receives the validated Config; apply it *below*
-    ``@app.command()``. Bad values exit 2 with a message naming the flag.
+    ``@app.command()``. Bad values exit 2 with a message naming the flag. Fields in
+    ``exclude`` keep the file's (or default) value; the command may ``replace`` them.
     """
-    flags = config_flags(selectors, aliases)
+    flags = config_flags(selectors, aliases, exclude=exclude)
     added = [f.param for f in flags]
     if config_file:
         option = typer.Option(
