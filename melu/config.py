@@ -10,6 +10,7 @@ checks (``_validate``). Construction validates (types, choices, ranges) and rais
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import re
 import types
@@ -204,8 +205,10 @@ class ModelConfig(_Config):
     )
 
     def _validate(self) -> None:
-        self._require(self.embedding_dim >= 1, "embedding_dim", "must be >= 1")
-        self._require(all(h >= 1 for h in self.hidden), "hidden", "sizes must be >= 1")
+        # upper bounds keep a hand-edited bundle from exhausting the machine at load
+        self._require(1 <= self.embedding_dim <= 1024, "embedding_dim", "must be in 1..1024")
+        self._require(1 <= len(self.hidden) <= 8, "hidden", "must have 1..8 layers")
+        self._require(all(1 <= h <= 4096 for h in self.hidden), "hidden", "sizes must be 1..4096")
 
 
 @dataclass(frozen=True)
@@ -222,8 +225,9 @@ class MetaConfig(_Config):
     )
 
     def _validate(self) -> None:
-        self._require(self.inner_steps >= 0, "inner_steps", "must be >= 0")
-        self._require(self.inner_lr > 0, "inner_lr", "must be > 0")
+        # at most 100 steps: a request adapts this many times, so more would hang serving
+        self._require(0 <= self.inner_steps <= 100, "inner_steps", "must be in 0..100")
+        self._require(0 < self.inner_lr < math.inf, "inner_lr", "must be > 0 and finite")
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ class TrainConfig(_Config):
         need = self._require
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.meta_batch >= 1, "meta_batch", "must be >= 1")
-        need(self.outer_lr > 0, "outer_lr", "must be > 0")
+        need(0 < self.outer_lr < math.inf, "outer_lr", "must be > 0 and finite")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.grad_clip > 0, "grad_clip", "must be > 0")
         need(self.patience >= 1, "patience", "must be >= 1")

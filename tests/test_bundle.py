@@ -271,3 +271,23 @@ def test_an_unreadable_file_says_permission_denied(
         monkeypatch.setattr(melu.bundle, "load_file", denied)
     with pytest.raises(BundleError, match=r"weights\.safetensors: permission denied"):
         load_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("meta", "inner_steps", 1_000_000_000),
+        ("model", "hidden", [1_000_000, 64]),
+        ("model", "embedding_dim", 10**7),
+        ("meta", "inner_lr", 1e400),
+    ],
+)
+def test_config_values_that_would_hang_or_exhaust_are_refused_at_load(
+    saved: Path, tmp_path: Path, section: str, field: str, value: object
+) -> None:
+    path = copy(saved, tmp_path)
+    info = json.loads((path / "config.json").read_text())
+    info["config"][section][field] = value
+    (path / "config.json").write_text(json.dumps(info))
+    with pytest.raises(BundleError, match=rf"config\.json: .*{section}\.{field}"):
+        load_bundle(path)

@@ -141,7 +141,7 @@ def test_resume_after_a_kill_between_renames_and_without_a_checkpoint(
 
 
 @pytest.mark.parametrize(
-    "changes", [{"train": {"outer_lr": float("inf")}}, {"meta": {"inner_lr": 1e308}}]
+    "changes", [{"train": {"outer_lr": 1e30}}, {"meta": {"inner_lr": 1e308}}]
 )
 def test_a_diverged_run_stops_with_a_clear_error_and_writes_no_model(
     ml100k: Prepared, tmp_path: Path, changes: dict[str, dict[str, float]]
