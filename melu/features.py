@@ -224,10 +224,13 @@ class FeatureSpace:
     @classmethod
     def load(cls, path: Path) -> FeatureSpace:
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{path}: cannot read feature space ({exc})") from exc
-        return cls.from_dict(data)
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 / JSON
+            raise BundleError(f"{path}: cannot read feature space ({str(exc)[:200]})") from exc
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{path}: not a feature space ({str(exc)[:200]})") from exc
 
 
 @dataclass

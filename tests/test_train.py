@@ -140,9 +140,7 @@ def test_resume_after_a_kill_between_renames_and_without_a_checkpoint(
     assert (tmp_path / "checkpoint").is_dir() and not (tmp_path / ".checkpoint.old").exists()
 
 
-@pytest.mark.parametrize(
-    "changes", [{"train": {"outer_lr": 1e30}}, {"meta": {"inner_lr": 1e308}}]
-)
+@pytest.mark.parametrize("changes", [{"train": {"outer_lr": 1e30}}, {"meta": {"inner_lr": 1e308}}])
 def test_a_diverged_run_stops_with_a_clear_error_and_writes_no_model(
     ml100k: Prepared, tmp_path: Path, changes: dict[str, dict[str, float]]
 ) -> None:

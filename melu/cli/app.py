@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from melu.errors import ConfigError, MeluError
+
+try:  # typer >= 0.25 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on the public click
+    from click.exceptions import ClickException, UsageError  # type: ignore[assignment]
+
+    class NoArgsIsHelpError(UsageError):  # type: ignore[no-redef]
+        """Never raised by the public click of older typer."""
+
 
 app = typer.Typer(
     name="melu",
@@ -19,8 +29,21 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from melu import __version__
+
+        typer.echo(f"melu {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
     """Meta-learned cold-start movie recommendation on MovieLens."""
 
 
@@ -38,6 +61,21 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
     return Path(env) if env else Path("data")
 
 
+def writable_folder(path: Path, flag: str) -> Path:
+    """``path`` created if needed and checked writable, before any long work starts;
+    otherwise a usage error naming ``flag``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise typer.BadParameter(
+            f"{path}: cannot write there ({reason})", param_hint=flag
+        ) from None
+    return path
+
+
 def echo(message: str = "") -> None:
     typer.echo(message)
 
@@ -48,18 +86,33 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def run_app(argv: list[str] | None = None) -> int:
-    """Run the CLI; library errors become ``error: ...`` and exit 1 (2 for bad values).
+    """Run the CLI; every failure is one ``error: ...`` line on stderr.
 
-    Usage errors are reported by click itself (exit 2).
+    Exit codes: 0 ok, 1 data or model errors, 2 usage (bad flags or values), 130 interrupted.
     """
     try:
-        app(args=argv, prog_name="melu")
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        result = app(args=argv, prog_name="melu", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `melu` or `melu data` alone: the help, as a usage error
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else "", err=True)
+        return 2
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "melu"
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message} (see '{command} --help')", err=True)
+        return 2
+    except ClickException as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
     except MeluError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2 if isinstance(exc, ConfigError) else 1
-    except KeyboardInterrupt:
+    except OSError as exc:  # a file or folder the library did not expect to fail on
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        return 1
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         return 130
-    return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return result if isinstance(result, int) else 0

@@ -9,7 +9,7 @@ import torch
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
 from melu.cli.settings import config_options
 from melu.config import Config
 from melu.training.distributed import DistContext, barrier, init_distributed, shutdown
@@ -91,6 +91,7 @@ def run_training(
     Under ``torchrun`` this process is one rank of a data-parallel run (gloo on CPU,
     nccl on CUDA; ``dist_timeout`` seconds bounds every collective); only rank 0 prints.
     """
+    writable_folder(out, "--out")
     if threads > 0:
         torch.set_num_threads(threads)
     if float64:
