@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from melu.serving.recommender import Recommender
+from melu.serving import Recommender
 
 GENDERS = ("F", "M")
 OCCUPATIONS = ("student", "engineer", "artist", "programmer", "other")
@@ -38,7 +39,8 @@ OCCUPATIONS = ("student", "engineer", "artist", "programmer", "other")
 
 def make_requests(recommender: Recommender, count: int, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
-    popular = recommender.catalog.sort_values("n_ratings", ascending=False)["item_id"].to_numpy()
+    catalog = recommender.catalog  # most rated first (pandas' order, as the old frame had)
+    popular = catalog.item_ids[pd.Series(catalog.n_ratings).sort_values(ascending=False).index]
     out = []
     for i in range(count):
         items = rng.choice(popular[:500], size=5, replace=False)

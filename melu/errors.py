@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+Loc = tuple[
+    str | int, ...
+]  # where a bad value sits, as pydantic's ``loc``: ("ratings", 2, "rating")
+
 
 class MeluError(Exception):
     """Base class: every error the library raises on purpose."""
@@ -29,3 +35,29 @@ class TrainingDiverged(MeluError):
 
 class BundleError(MeluError):
     """A model bundle or checkpoint is missing, truncated or does not match."""
+
+
+def format_loc(loc: Loc) -> str:
+    """``("ratings", 2, "rating")`` → ``"ratings[2].rating"`` (for messages only)."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+class InvalidInput(MeluError, ValueError):
+    """A request value the model cannot use, at ``loc`` (e.g. ``("ratings", 2, "rating")``).
+
+    ``value`` is the offending value, ``reason`` says what is wrong with it.
+    """
+
+    def __init__(self, loc: Loc, value: Any, reason: str) -> None:
+        super().__init__(f"{format_loc(loc)}: {reason} (got {value!r})")
+        self.loc = loc
+        self.value = value
+        self.reason = reason
+
+    @property
+    def field(self) -> str:
+        """The location as text, e.g. ``"ratings[2].rating"``."""
+        return format_loc(self.loc)

@@ -4,14 +4,17 @@ Every vocabulary reserves index 0 for "unknown": a value never seen in the train
 (a new user's zip code, a new item's director) maps to 0, so cold scenarios and serving
 need no special case. Multi-valued fields (genres, directors, actors) are encoded as index
 lists padded with 0 to a fixed length ``(N, L)`` and fed to ``nn.EmbeddingBag(mode="mean",
-padding_idx=0)``, never as dense multi-hot rows.
+padding_idx=0)``, never as dense multi-hot rows. Ages are MovieLens buckets (defined here
+once: the ml-100k reader buckets raw ages with them, serving buckets a request's age).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +32,27 @@ FeatureBatch = dict[str, Tensor]  # field name -> (..., N) or (..., N, L) int64 
 USER_FIELDS = ("gender", "age", "occupation", "zip")
 ITEM_SINGLE = ("item", "rate", "decade")
 ITEM_MULTI = ("genres", "directors", "actors")
+AGE_EDGES = (18, 25, 35, 45, 50, 56)  # lower edges of the MovieLens age buckets after the first
+AGE_CODES = (1, 18, 25, 35, 45, 50, 56)  # ml-1m's codes: 1 is "under 18", 56 is "56+"
+
+
+def age_buckets(ages: np.ndarray) -> np.ndarray:
+    """Raw ages (N,) → their ml-1m bucket codes (N,) int64 (1: <18, 18, 25, 35, 45, 50, 56+)."""
+    return np.asarray(AGE_CODES, dtype=np.int64)[np.searchsorted(AGE_EDGES, ages, side="right")]
+
+
+def age_bucket(age: Any) -> str:
+    """One raw age (e.g. 23) → its bucket as the vocabularies hold it ("18").
+
+    Bucket codes map to themselves; non-numbers pass through as text; NaN/inf → "" (unknown).
+    """
+    try:
+        value = float(age)
+    except (TypeError, ValueError):
+        return str(age)
+    if not math.isfinite(value):
+        return ""
+    return str(int(age_buckets(np.asarray([value]))[0]))
 
 
 @dataclass(frozen=True)
@@ -173,11 +197,30 @@ class FeatureSpace:
             out[f.name] = torch.from_numpy(_codes(column, f.vocab))
         return out
 
-    def encode_user(self, values: Mapping[str, Any]) -> FeatureBatch:
-        """One user's raw values (e.g. a request body) → field → () int64 index."""
-        row = {k: ["" if values.get(k) is None else str(values[k])] for k in USER_FIELDS}
-        encoded = self.encode_users(pd.DataFrame(row))
-        return {k: v[0] for k, v in encoded.items()}
+    @cached_property
+    def _user_index(self) -> dict[str, dict[str, int]]:
+        """Field → value → index, for the user fields (built once per space)."""
+        return {f.name: f.index() for f in self.user_fields}
+
+    def encode_user(
+        self, values: Mapping[str, Any] | None, device: torch.device | str | None = None
+    ) -> FeatureBatch:
+        """One person's raw values (e.g. a request body) → field → () int64 index on ``device``.
+
+        The rule of ``encode_users`` (text stripped, zip cut to its prefix, unknown → 0)
+        without building a frame; a raw age (23) is first mapped to its bucket
+        (:func:`age_bucket`), as the readers do for the frames.
+        """
+        values = values or {}
+        out: FeatureBatch = {}
+        for name, index in self._user_index.items():
+            raw = values.get(name)
+            text = "" if raw is None else (age_bucket(raw) if name == "age" else str(raw))
+            text = text.strip()
+            if name == "zip":
+                text = text[: self.zip_prefix]
+            out[name] = torch.tensor(index.get(text, UNKNOWN), device=device)
+        return out
 
     def encode_items(self, items: pd.DataFrame) -> FeatureBatch:
         """``items`` frame → field → (I,) or (I, L) int64 indices, lists padded with 0."""

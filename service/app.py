@@ -15,8 +15,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from melu import __version__
-from melu.serving.recommender import InvalidInput, Recommender
+from melu.serving import InvalidInput, Recommender, __version__
 from service.deps import Loaded
 from service.errors import BodyLimit, invalid_input_handler, validation_handler
 from service.routes import ROUTERS

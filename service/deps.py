@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from melu.serving.recommender import Recommender
+from melu.serving import Recommender
 from service.settings import Settings
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 from fastapi import Request
@@ -17,17 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from melu.serving.recommender import InvalidInput
-
-_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def field_loc(field: str, where: str = "body") -> list[str | int]:
-    """``"ratings[2].rating"`` → ``["body", "ratings", 2, "rating"]``."""
-    loc: list[str | int] = [where]
-    for name, index in _PART.findall(field):
-        loc.append(int(index) if index else name)
-    return loc
+from melu.serving import InvalidInput
 
 
 def finite(value: Any) -> Any:
@@ -50,9 +39,10 @@ async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def invalid_input_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidInput)
-    where = "query" if exc.field in request.query_params else "body"
+    query = len(exc.loc) == 1 and str(exc.loc[0]) in request.query_params
+    where = "query" if query else "body"
     detail = {
-        "loc": field_loc(exc.field, where),
+        "loc": [where, *exc.loc],
         "msg": str(exc),
         "type": "value_error",
         "input": finite(jsonable_encoder(exc.value)),

@@ -22,7 +22,7 @@ from melu.config import Config
 from melu.model.estimator import PreferenceEstimator, init_params
 from melu.model.maml import meta_loss, task_examples
 from melu.prepare import Prepared
-from melu.serving.recommender import Recommender
+from melu.serving import Recommender
 
 _BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from melu.data.movielens import load_movielens
-from melu.features import FeatureSpace, FeatureTables, item_values
+from melu.features import (
+    AGE_CODES,
+    FeatureSpace,
+    FeatureTables,
+    age_bucket,
+    age_buckets,
+    item_values,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +40,39 @@ def test_vocab_from_training_rows_only_and_unknown_is_zero(ml100k_data) -> None:
     assert one["zip"].item() == 0 and one["occupation"].item() == 0
     gender = next(f for f in space.fields if f.name == "gender")
     assert one["gender"].item() == gender.vocab.index("F") + 1
+
+
+def test_unknown_user_values_map_to_unknown(ml100k_data) -> None:
+    space = FeatureSpace.build(ml100k_data.users, ml100k_data.items, (1.0, 5.0), 1.0, 2)
+    nothing = space.encode_user({})
+    strange = space.encode_user({"gender": "X", "occupation": "astronaut", "zip": "zz"})
+    assert all(int(v) == 0 for v in nothing.values())
+    assert {k: int(v) for k, v in strange.items()} == {k: int(v) for k, v in nothing.items()}
+    assert space.encode_user(None).keys() == nothing.keys()
+
+
+def test_raw_ages_are_bucketed_as_the_reader_does(ml100k_data) -> None:
+    """One set of age buckets: the ml-100k reader's and a request's raw ages agree."""
+    assert [age_bucket(a) for a in (7, 18, 24, 25, 49, 50, 90)] == [
+        "1",
+        "18",
+        "18",
+        "25",
+        "45",
+        "50",
+        "56",
+    ]
+    ages = age_buckets(ml100k_data.users["age"].astype(int).to_numpy())
+    assert set(ml100k_data.users["age"]) <= {str(c) for c in AGE_CODES}
+    assert (ages.astype(str) == ml100k_data.users["age"].to_numpy()).all()  # codes are fixed points
+    space = FeatureSpace.build(ml100k_data.users, ml100k_data.items, (1.0, 5.0), 1.0, 2)
+    user = {"gender": "M", "age": 30, "occupation": "engineer", "zip": "55105"}
+    ours = space.encode_user(user)
+    theirs = space.encode_user({**user, "age": "25"})
+    assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in theirs.items()}
+    assert all(int(v) > 0 for v in ours.values())
+    frame = space.encode_users(pd.DataFrame([{**user, "age": "25"}]))  # the frame path
+    assert {k: int(v[0]) for k, v in frame.items()} == {k: int(v) for k, v in ours.items()}
 
 
 def test_json_round_trip_is_exact(ml100k_data, tmp_path: Path) -> None:

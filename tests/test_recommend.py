@@ -13,7 +13,7 @@ import torch
 
 from melu.model.estimator import PreferenceEstimator, apply
 from melu.model.maml import Examples, adapt
-from melu.serving.recommender import InvalidInput, Recommender, age_bucket
+from melu.serving import InvalidInput, Recommender
 
 pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
 
@@ -27,7 +27,7 @@ def test_recommend_ranks_unrated_items_with_scores_in_scale(recommender: Recomme
     scores = [i.score for i in result.items]
     assert len(ids) == 20 == len(set(ids))
     assert not set(ids) & {r[0] for r in RATINGS}
-    assert set(ids) <= set(recommender.item_ids.tolist())
+    assert set(ids) <= set(recommender.catalog.item_ids.tolist())
     assert scores == sorted(scores, reverse=True)
     assert all(1.0 <= s <= 5.0 for s in scores)
     assert result.items[0].title and isinstance(result.items[0].genres, tuple)
@@ -38,7 +38,7 @@ def test_recommend_ranks_unrated_items_with_scores_in_scale(recommender: Recomme
 
 def test_recommend_is_the_top_of_predict_over_the_catalog(recommender: Recommender) -> None:
     top = recommender.recommend(USER, RATINGS, k=10, exclude_rated=False).items
-    all_ids = recommender.item_ids.tolist()
+    all_ids = recommender.catalog.item_ids.tolist()
     scores, _ = recommender.predict(USER, RATINGS, all_ids)
     best = max(scores)
     assert top[0].score == pytest.approx(best, abs=1e-5)
@@ -50,8 +50,8 @@ def test_recommend_is_the_top_of_predict_over_the_catalog(recommender: Recommend
 def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommender) -> None:
     """The precomputed-embedding fast path equals the one adapt() on plain feature rows."""
     bundle = recommender.bundle
-    user = recommender.encode_user(USER)
-    support_rows = recommender.rows([r[0] for r in RATINGS], "ratings")
+    user = bundle.features.encode_user(USER)
+    support_rows = torch.as_tensor(recommender.catalog.rows([r[0] for r in RATINGS], ("ratings",)))
     support = Examples(
         bundle.item_features.with_user(user, support_rows),
         torch.tensor([r[1] for r in RATINGS]),
@@ -61,7 +61,7 @@ def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommende
         bundle.model, bundle.params, support, steps=5, lr=bundle.config.meta.inner_lr
     )
     targets = [1, 7, 500, 1682]
-    rows = recommender.rows(targets, "item_ids")
+    rows = torch.as_tensor(recommender.catalog.rows(targets, ("item_ids",)))
     with torch.no_grad():
         expected = apply(bundle.model, params, bundle.item_features.with_user(user, rows))
     got, info = recommender.predict(USER, RATINGS, targets)
@@ -74,7 +74,7 @@ def test_precomputed_item_embeddings_change_nothing(
     bundle_path: Path, recommender: Recommender
 ) -> None:
     slow = Recommender.from_bundle(bundle_path, onboarding=False, precompute_items=False)
-    assert not slow.shared and recommender.shared
+    assert not slow.encoder.embedded and recommender.encoder.embedded
     expected, _ = slow.predict(USER, RATINGS, [1, 2, 50, 1682])
     got, _ = recommender.predict(USER, RATINGS, [1, 2, 50, 1682])
     assert got == pytest.approx(expected, abs=1e-5)
@@ -88,7 +88,7 @@ def test_bundle_adapting_all_parameters_is_served_from_features(
     config = bundle.config.replace(model=bundle.config.model.replace(fast_params="all"))
     model = PreferenceEstimator(config.model, bundle.features)
     every = Recommender(dataclasses.replace(bundle, config=config, model=model), threads=1)
-    assert not every.shared and len(every.fast) > len(recommender.fast)
+    assert not every.encoder.embedded and len(every.fast) > len(recommender.fast)
     result = every.recommend(USER, RATINGS, k=5)
     assert len(result.items) == 5
     assert result.adaptation.support_loss_after < result.adaptation.support_loss_before  # type: ignore[operator]
@@ -103,33 +103,11 @@ def test_zero_ratings_scores_from_features_only(recommender: Recommender) -> Non
     assert len(recommender.recommend({}, [], k=5).items) == 5
 
 
-def test_unknown_user_values_map_to_unknown(recommender: Recommender) -> None:
-    nothing = recommender.encode_user({})
-    strange = recommender.encode_user({"gender": "X", "occupation": "astronaut", "zip": "zz"})
-    assert all(int(v) == 0 for v in nothing.values())
-    assert {k: int(v) for k, v in strange.items()} == {k: int(v) for k, v in nothing.items()}
+def test_unknown_user_values_predict_as_unknown(recommender: Recommender) -> None:
     assert (
         recommender.predict({"gender": "X"}, RATINGS, [1])[0]
         == recommender.predict({}, RATINGS, [1])[0]
     )
-
-
-def test_user_encoding_matches_the_feature_space(recommender: Recommender) -> None:
-    """Raw ages are bucketed as the reader does; everything else is FeatureSpace's rule."""
-    assert [age_bucket(a) for a in (7, 18, 24, 25, 49, 50, 90)] == [
-        "1",
-        "18",
-        "18",
-        "25",
-        "45",
-        "50",
-        "56",
-    ]
-    user = {"gender": "M", "age": 30, "occupation": "engineer", "zip": "55105"}
-    ours = recommender.encode_user(user)
-    theirs = recommender.bundle.features.encode_user({**user, "age": "25"})
-    assert {k: int(v) for k, v in ours.items()} == {k: int(v) for k, v in theirs.items()}
-    assert all(int(v) > 0 for v in ours.values())
 
 
 def test_candidates_and_exclude_rated(recommender: Recommender) -> None:
@@ -143,32 +121,34 @@ def test_candidates_and_exclude_rated(recommender: Recommender) -> None:
 
 
 @pytest.mark.parametrize(
-    ("call", "field", "value"),
+    ("call", "loc", "field", "value"),
     [
         (
             lambda r: r.recommend({}, [(99999, 4.0), (0, 3.0)], k=5),
+            ("ratings", 0, "item_id"),
             "ratings[0].item_id",
             [0, 99999],
         ),
-        (lambda r: r.recommend({}, [(1, 4.0), (1, 3.0)], k=5), "ratings[1].item_id", 1),
-        (lambda r: r.recommend({}, [(1, 6.0)], k=5), "ratings[0].rating", 6.0),
-        (lambda r: r.recommend({}, [(1, 0.5)], k=5), "ratings[0].rating", 0.5),
-        (lambda r: r.recommend({}, [(1, math.inf)], k=5), "ratings[0].rating", math.inf),
-        (lambda r: r.recommend({}, [], k=0), "k", 0),
-        (lambda r: r.recommend({}, [], k=1683), "k", 1683),
-        (lambda r: r.recommend({}, [], candidates=[5, 4000]), "candidate_ids[1]", [4000]),
-        (lambda r: r.recommend({}, [], candidates=[5, 7, 5]), "candidate_ids[2]", 5),
-        (lambda r: r.recommend({}, [], candidates=[]), "candidate_ids", []),
-        (lambda r: r.predict({}, [], [2, -3]), "item_ids[1]", [-3]),
-        (lambda r: r.predict({}, [], [2, 2]), "item_ids[1]", 2),
-        (lambda r: r.onboarding_items(0), "n", 0),
+        (lambda r: r.recommend({}, [(1, 4.0), (1, 3.0)], k=5), ("ratings", 1, "item_id"), "ratings[1].item_id", 1),
+        (lambda r: r.recommend({}, [(1, 6.0)], k=5), ("ratings", 0, "rating"), "ratings[0].rating", 6.0),
+        (lambda r: r.recommend({}, [(1, 0.5)], k=5), ("ratings", 0, "rating"), "ratings[0].rating", 0.5),
+        (lambda r: r.recommend({}, [(1, math.inf)], k=5), ("ratings", 0, "rating"), "ratings[0].rating", math.inf),
+        (lambda r: r.recommend({}, [], k=0), ("k",), "k", 0),
+        (lambda r: r.recommend({}, [], k=1683), ("k",), "k", 1683),
+        (lambda r: r.recommend({}, [], candidates=[5, 4000]), ("candidate_ids", 1), "candidate_ids[1]", [4000]),
+        (lambda r: r.recommend({}, [], candidates=[5, 7, 5]), ("candidate_ids", 2), "candidate_ids[2]", 5),
+        (lambda r: r.recommend({}, [], candidates=[]), ("candidate_ids",), "candidate_ids", []),
+        (lambda r: r.predict({}, [], [2, -3]), ("item_ids", 1), "item_ids[1]", [-3]),
+        (lambda r: r.predict({}, [], [2, 2]), ("item_ids", 1), "item_ids[1]", 2),
+        (lambda r: r.onboarding_items(0), ("n",), "n", 0),
     ],
-)
+)  # fmt: skip
 def test_bad_input_names_field_and_value(
-    recommender: Recommender, call: object, field: str, value: object
+    recommender: Recommender, call: object, loc: tuple[str | int, ...], field: str, value: object
 ) -> None:
     with pytest.raises(InvalidInput) as err:
         call(recommender)  # type: ignore[operator]
+    assert err.value.loc == loc
     assert err.value.field == field
     assert err.value.value == value
     assert field in str(err.value)
@@ -212,23 +192,25 @@ def test_onboarding_follows_its_rule_and_is_not_just_popularity(
     recommender: Recommender,
 ) -> None:
     board = recommender.onboarding_items(30)
-    assert len(board) == 30 and board["item_id"].is_unique
-    score = board["onboarding_score"].to_numpy()
+    ids = [i.item_id for i in board]
+    assert len(board) == 30 and len(set(ids)) == 30
+    score = np.array([i.score for i in board])
+    influences = np.array([i.influence for i in board])
     assert np.all(np.diff(score) <= 0)
-    np.testing.assert_allclose(score, np.log1p(board["n_ratings"]) * board["influence"])
+    np.testing.assert_allclose(score, np.log1p([i.n_ratings for i in board]) * influences)
     # the rule, recomputed through the public API for the top item
     catalog = recommender.catalog
-    probe = catalog.iloc[np.lexsort((np.arange(len(catalog)), -catalog["n_ratings"]))]
-    probe_ids = probe["item_id"].head(100).tolist()
-    top = int(board["item_id"].iloc[0])
+    probe = np.lexsort((np.arange(len(catalog)), -catalog.n_ratings))
+    probe_ids = catalog.item_ids[probe[:100]].tolist()
+    top = ids[0]
     high, _ = recommender.predict({}, [(top, 5.0)], probe_ids)
     low, _ = recommender.predict({}, [(top, 1.0)], probe_ids)
     influence = np.abs(np.array(high) - np.array(low)).mean()
-    assert board["influence"].iloc[0] == pytest.approx(influence, rel=1e-3, abs=1e-4)
+    assert board[0].influence == pytest.approx(influence, rel=1e-3, abs=1e-4)
     # not just popularity: the most popular items are not simply the first ones asked
-    popular = catalog.sort_values("n_ratings", ascending=False)["item_id"].head(30).tolist()
-    assert board["item_id"].tolist() != popular
-    assert board["influence"].nunique() > 5
+    popular = catalog.item_ids[np.argsort(-catalog.n_ratings, kind="stable")[:30]].tolist()
+    assert ids != popular
+    assert len(set(influences.tolist())) > 5
 
 
 def test_from_bundle_accepts_the_run_folder(bundle_path: Path, recommender: Recommender) -> None:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from melu.errors import BundleError
-from melu.serving.recommender import Recommender
+from melu.serving import Recommender
 from service.app import create_app, weights_digest
 from service.deps import Loaded
 from service.settings import Settings
@@ -81,7 +81,7 @@ def test_predictions_equal_the_library(client: TestClient, recommender: Recommen
 
 def test_onboarding_items_model_health(client: TestClient, recommender: Recommender) -> None:
     board = client.get("/v1/onboarding", params={"n": 4}).json()["items"]
-    assert [i["item_id"] for i in board] == recommender.onboarding_items(4)["item_id"].tolist()
+    assert [i["item_id"] for i in board] == [i.item_id for i in recommender.onboarding_items(4)]
     page = client.get("/v1/items", params={"search": "star", "limit": 3, "offset": 1}).json()
     assert page["total"] > 4 and page["limit"] == 3 and len(page["items"]) == 3
     assert all("star" in i["title"].lower() for i in page["items"])

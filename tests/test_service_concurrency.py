@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from melu.serving.recommender import Recommender
+from melu.serving import Recommender
 from service.app import create_app, weights_digest
 from service.deps import Loaded
 from service.settings import Settings
@@ -25,7 +25,7 @@ OCCUPATIONS = ["student", "engineer", "artist", "retired", "none", None]
 def requests_for_users(recommender: Recommender, count: int, seed: int = 0) -> list[dict]:
     """``count`` different users: random features and 0..8 random ratings each."""
     rng = np.random.default_rng(seed)
-    ids = recommender.item_ids
+    ids = recommender.catalog.item_ids
     out = []
     for i in range(count):
         rated = rng.choice(ids, size=int(rng.integers(0, 9)), replace=False)

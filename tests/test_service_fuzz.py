@@ -20,7 +20,7 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from melu.serving.recommender import Recommender
+from melu.serving import Recommender
 from service.app import create_app, weights_digest
 from service.deps import Loaded
 from service.settings import Settings

@@ -10,7 +10,7 @@ import typer
 
 from melu.bundle import find_bundle
 from melu.cli.app import app, echo
-from melu.serving.recommender import InvalidInput, Recommendations, Recommender
+from melu.serving import InvalidInput, Recommendations, Recommender
 
 ModelOpt = Annotated[
     Path,
@@ -68,9 +68,9 @@ def print_recommendations(
         result = recommender.recommend(user or {}, ratings, k=k)
     except InvalidInput as exc:
         raise typer.BadParameter(str(exc)) from None
-    rows = recommender.rows([item_id for item_id, _ in ratings], "--rate").tolist()
+    rows = recommender.catalog.rows([item_id for item_id, _ in ratings], ("--rate",)).tolist()
     for row, (_, value) in zip(rows, ratings, strict=True):
-        echo(f"you rated {value:g}: {recommender.titles[row]}")
+        echo(f"you rated {value:g}: {recommender.catalog.titles[row]}")
     echo(format_table(result))
     return result
 
@@ -79,7 +79,7 @@ def print_sample_recommendations(model: Path | str, k: int = 10) -> Recommendati
     """A sample new user (F, 25) rates the first three onboarding items 5, 4 and 2; print
     the top ``k`` for them (the end of ``melu quickstart``)."""
     recommender = Recommender.from_bundle(find_bundle(Path(model)), onboarding=True)
-    asked = recommender.onboarding_items(3)["item_id"].tolist()
+    asked = [item.item_id for item in recommender.onboarding_items(3)]
     ratings = list(zip(asked, (5.0, 4.0, 2.0), strict=False))
     return print_recommendations(recommender, ratings, {"gender": "F", "age": 25}, k)
 

@@ -31,6 +31,7 @@ from melu.data.parsing import (
     split_list,
 )
 from melu.errors import DataError
+from melu.features import age_buckets
 
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)  # declared once, in melu.config
 ML100K_GENRES = (
@@ -168,13 +169,6 @@ def _clean(
     )
 
 
-def _age_bucket(age: pd.Series) -> pd.Series:
-    """ml-100k raw ages → ml-1m's buckets (1: <18, 18, 25, 35, 45, 50, 56+)."""
-    edges = np.array([18, 25, 35, 45, 50, 56])
-    codes = np.array([1, 18, 25, 35, 45, 50, 56])
-    return pd.Series(codes[np.searchsorted(edges, age.to_numpy(), side="right")], index=age.index)
-
-
 def read_ml100k(root: Path) -> MovieLens:
     """ml-100k: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1)."""
     files = [_require(root / f, "ml-100k") for f in ("u.data", "u.user", "u.item")]
@@ -196,7 +190,7 @@ def read_ml100k(root: Path) -> MovieLens:
     )
     check_values(users, files[1], "user_id", unique=True)
     check_values(users, files[1], "age", high=150)
-    users["age"] = _age_bucket(users["age"]).astype(str)
+    users["age"] = pd.Series(age_buckets(users["age"].to_numpy()), index=users.index).astype(str)
     users = users[["user_id", "gender", "age", "occupation", "zip"]].astype({"user_id": "int32"})
     item_names = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
     raw = read_table(

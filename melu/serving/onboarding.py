@@ -5,20 +5,26 @@ answer changes what the model believes). We measure the second directly with the
 loop: adapt the meta-learned model to the single rating "this item: top of the scale" and,
 separately, "this item: bottom of the scale", then compare the two adapted models'
 predictions on a fixed probe set of popular items. All items are adapted together under
-``vmap``, once per bundle load.
+``vmap``, once per bundle load. An item's score is ``log(1 + n_ratings) × influence``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.func import vmap
 
-from melu.model.estimator import PreferenceEstimator, apply
-from melu.model.maml import Examples, adapt
+from melu.model.estimator import Params, PreferenceEstimator, apply
+from melu.model.maml import Examples
+from melu.serving.catalog import Catalog
+from melu.serving.types import OnboardingItem
+
+# adapt (first order, the bundle's steps and rates) of ``params`` to ``support``, only the
+# named fast parameters: the recommender's one adaptation call
+AdaptFn = Callable[[Mapping[str, Tensor], Examples, Sequence[str]], tuple[Params, Tensor]]
 
 
 def influence(
@@ -28,8 +34,7 @@ def influence(
     probe: Tensor,
     scale: tuple[float, float],
     *,
-    steps: int,
-    lr: float | Mapping[str, Tensor],
+    adapt: AdaptFn,
     fast: Sequence[str],
 ) -> Tensor:
     """Mean |Δ prediction| on ``probe`` (P, E) from rating each ``support`` row high vs low.
@@ -46,9 +51,7 @@ def influence(
     mask = torch.ones(2 * count, 1, dtype=torch.bool, device=support.device)
 
     def one(x: Tensor, r: Tensor, m: Tensor) -> Tensor:
-        adapted, _ = adapt(
-            model, params, Examples(x, r, m), steps=steps, lr=lr, first_order=True, fast=fast
-        )
+        adapted, _ = adapt(params, Examples(x, r, m), fast)
         return apply(model, adapted, probe)  # (P,)
 
     with torch.inference_mode(False), torch.no_grad():
@@ -64,8 +67,8 @@ def evidence_scores(
     popularity: np.ndarray,
     scale: tuple[float, float],
     *,
+    adapt: AdaptFn,
     steps: int,
-    lr: float | Mapping[str, Tensor],
     probe_size: int = 100,
     chunk: int = 256,
 ) -> np.ndarray:
@@ -87,6 +90,24 @@ def evidence_scores(
     for start in range(0, len(known), chunk):
         part = known[start : start + chunk]
         index = torch.as_tensor(part, device=rows.device)
-        values = influence(model, params, rows[index], probe, scale, steps=steps, lr=lr, fast=fast)
+        values = influence(model, params, rows[index], probe, scale, adapt=adapt, fast=fast)
         out[part] = values.double().cpu().numpy()
     return out
+
+
+def rank(catalog: Catalog, influence: np.ndarray) -> list[OnboardingItem]:
+    """The whole catalog as onboarding items, best first (ties by item id).
+
+    ``influence`` (I,) per catalog row; score = ``log(1 + n_ratings) × influence``.
+    """
+    popularity = catalog.n_ratings.astype(np.float64)
+    scores = np.log1p(popularity) * influence
+    order = np.lexsort((catalog.item_ids, -scores))
+    items = []
+    for row in order.tolist():
+        item = catalog.item(row)
+        count, value, score = int(catalog.n_ratings[row]), float(influence[row]), float(scores[row])
+        items.append(
+            OnboardingItem(item.item_id, item.title, item.year, item.genres, count, value, score)
+        )
+    return items

@@ -2,54 +2,32 @@
 
 A request is ``(user, ratings)``: the person's demographics (any subset, unknown values map
 to the "unknown" index 0) and a few ``(item_id, rating)`` pairs, possibly none. The
-recommender runs the one inner loop, :func:`melu.model.maml.adapt` (first order at serving, the
-bundle's step count and inner learning rate, or its learned Meta-SGD rates), on those
+recommender runs the one inner loop, :func:`melu.model.maml.adapt` (first order at serving,
+the bundle's step count and inner learning rate, or its learned Meta-SGD rates), on those
 ratings and scores every candidate in one batched pass. Nothing is mutated: the adapted
 parameters are a new dict per request, so concurrent requests share nothing mutable.
-
-When no embedding adapts (fast group ``mlp`` or ``head``) the item embeddings (I, Fi·D) are
-computed once at load and a request only looks up its user's embeddings; otherwise the rows
-are embedded per request from their features.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
 from melu.bundle import Bundle, find_bundle, load_bundle
-from melu.errors import BundleError, MeluError
-from melu.features import UNKNOWN, FeatureBatch
-from melu.model.estimator import Embedded, PreferenceEstimator, apply, embed
-from melu.model.maml import Examples, adapt, embeds_are_shared
-from melu.serving.onboarding import evidence_scores
-from melu.serving.types import (
-    Adaptation,
-    InvalidInput,
-    Ratings,
-    Recommendations,
-    Scored,
-    age_bucket,
-)
-
-__all__ = [
-    "Adaptation",
-    "InvalidInput",
-    "Ratings",
-    "Recommendations",
-    "Recommender",
-    "Scored",
-    "age_bucket",
-]
+from melu.errors import BundleError, InvalidInput, MeluError
+from melu.features import FeatureBatch
+from melu.model.estimator import Params, PreferenceEstimator, apply, embed
+from melu.model.maml import Examples, adapt
+from melu.serving.catalog import Catalog
+from melu.serving.onboarding import evidence_scores, rank
+from melu.serving.rows import RowEncoder
+from melu.serving.types import Adaptation, OnboardingItem, Ratings, Recommendations, Scored, User
 
 
 class Recommender:
@@ -73,51 +51,32 @@ class Recommender:
         ``precompute_items=False`` embeds every candidate per request (the slow reference).
         """
         self.bundle = bundle
-        self.threads = threads
         self.device = torch.device(device or "cpu")
-        self.model = bundle.model.to(self.device)
-        self._local = threading.local()
+        self.threads = threads
+        self.catalog = Catalog(bundle.catalog)
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
-        meta = bundle.config.meta
-        self.steps = meta.inner_steps
+        self.steps = bundle.config.meta.inner_steps
         self.lr: float | dict[str, Tensor] = (
             {k: v.to(self.device) for k, v in bundle.inner_lr.items()}
             if bundle.inner_lr
-            else meta.inner_lr
+            else bundle.config.meta.inner_lr
         )
-        self.fast = self.model.fast_names()
-        self.scale = bundle.features.rating_scale
-        self.catalog = bundle.catalog
-        self.item_ids = bundle.catalog["item_id"].to_numpy(dtype=np.int64)
-        order = np.argsort(self.item_ids, kind="stable")
-        self._sorted_ids, self._sorted_rows = self.item_ids[order], order
-        self.titles = bundle.catalog["title"].astype(str).tolist()
-        self.years = [None if pd.isna(y) else int(y) for y in bundle.catalog["year"]]
-        self.genres = [tuple(str(g) for g in v) for v in bundle.catalog["genres"]]
-        self.items = bundle.item_features.to(self.device)
-        self._user_fields = list(bundle.features.user_fields)
-        self._vocab = {f.name: f.index() for f in self._user_fields}
-        size = max((f.size for f in self._user_fields), default=1)
-        self._codes = torch.arange(size, device=self.device)  # () index tensors to share
-        names = self.model.field_names
-        self.shared = (
-            precompute_items
-            and embeds_are_shared(self.model, self.fast)
-            and names[: len(self._user_fields)] == [f.name for f in self._user_fields]
-        )
-        with torch.no_grad():
-            self._item_embedding = self._embed_items() if self.shared else None
+        model = bundle.model.to(self.device)
+        self.fast = model.fast_names()
+        self.encoder = RowEncoder(
+            model, self.params, bundle.features, bundle.item_features,
+            precompute=precompute_items, device=self.device,
+        )  # fmt: skip
         # requests on embedded rows never touch the embeddings: fewer tensors to swap in
+        embedded = self.encoder.embedded
         self._request_params = (
             {k: v for k, v in self.params.items() if not k.startswith("embeddings.")}
-            if self.shared
+            if embedded
             else self.params
         )
-        # requests can take adapt's batched MLP path (embedded rows, the MLP adapts): decided
-        # once here, not per request
-        self._batched_mlp = self.shared and sorted(self.fast) == sorted(
-            self.model.fast_names("mlp")
-        )
+        # a request can take adapt's batched MLP kernel (embedded rows, the MLP adapts)
+        self._batched = embedded and sorted(self.fast) == sorted(model.fast_names("mlp"))
+        self._local = threading.local()
         self._lock = threading.Lock()
         self._onboarding = self._rank_onboarding() if onboarding else None
 
@@ -146,6 +105,15 @@ class Recommender:
             raise BundleError(
                 f"{path}: bundle cannot be served ({type(exc).__name__}: {exc})"
             ) from exc
+
+    @property
+    def n_items(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """The rating scale (low, high)."""
+        return self.bundle.features.rating_scale
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:
@@ -178,167 +146,81 @@ class Recommender:
             self._local.module = module
         return module
 
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
-
-    # ----------------------------------------------------------------- encoding
-    def encode_user(self, user: Mapping[str, Any] | None) -> FeatureBatch:
-        """Raw user values → field → () int64 index on the device (unknown → 0).
-
-        Same rule as ``FeatureSpace.encode_user`` (text stripped, zip cut to its prefix),
-        plus raw ages mapped to the MovieLens bucket, without building a frame.
-        """
-        values = dict(user or {})
-        out: FeatureBatch = {}
-        for name, lookup in self._vocab.items():
-            raw = values.get(name)
-            text = "" if raw is None else (age_bucket(raw) if name == "age" else str(raw))
-            text = text.strip()
-            if name == "zip":
-                text = text[: self.bundle.features.zip_prefix]
-            out[name] = self._codes[lookup.get(text, UNKNOWN)]
-        return out
-
-    def rows(self, item_ids: Sequence[int], field: str, *, unique: bool = False) -> Tensor:
-        """Data set item ids → catalog rows (N,).
-
-        ``field`` names the list with ``{i}`` where the index goes (``"item_ids[{i}]"``);
-        unknown ids raise naming the first one's index and all of them; with ``unique``,
-        so does a repeated id.
-        """
-        ids = np.asarray(list(item_ids), dtype=np.int64).reshape(-1)
-        pos = np.searchsorted(self._sorted_ids, ids).clip(max=len(self._sorted_ids) - 1)
-        known = self._sorted_ids[pos] == ids if len(self._sorted_ids) else ids != ids
-        if not known.all():
-            unknown = sorted({int(i) for i in ids[~known]})
-            first = int(np.flatnonzero(~known)[0])
-            raise InvalidInput(field.format(i=first), unknown, f"unknown item id(s) {unknown}")
-        if unique:
-            _, first_seen = np.unique(ids, return_index=True)
-            repeated = np.setdiff1d(np.arange(len(ids)), first_seen)
-            if len(repeated):
-                i = int(repeated[0])
-                raise InvalidInput(field.format(i=i), int(ids[i]), "duplicate item id")
-        return torch.as_tensor(self._sorted_rows[pos], device=self.device)
-
-    def _embed_items(self) -> Tensor:
-        """Item part of the embedded rows, (I, Fi·D), for every catalog item."""
-        rows = torch.arange(self.n_items, device=self.device)
-        unknown = {f.name: torch.tensor(UNKNOWN, device=self.device) for f in self._user_fields}
-        full = embed(self.model, self.params, self.items.with_user(unknown, rows))
-        return full[:, len(self._user_fields) * self.model.config.embedding_dim :]
-
-    def inputs(self, user: FeatureBatch, rows: Tensor) -> Tensor | FeatureBatch:
-        """Model inputs of ``user`` paired with catalog ``rows`` (N,): (N, E) or features."""
-        if self._item_embedding is None:
-            return self.items.with_user(user, rows)
-        parts = [
-            self.params[f"embeddings.{f.name}.weight"][user[f.name]] for f in self._user_fields
-        ]
-        head = torch.cat(parts).expand(len(rows), -1) if parts else None
-        items = self._item_embedding[rows]
-        return items if head is None else torch.cat([head, items], dim=-1)
-
     # ----------------------------------------------------------------- adaptation
-    def check_ratings(self, ratings: Ratings) -> tuple[Tensor, Tensor]:
-        """Validate ``(item_id, rating)`` pairs → catalog rows (N,) and ratings (N,) float."""
-        rows = self.rows([r[0] for r in ratings], "ratings[{i}].item_id")
-        low, high = self.scale
-        seen: set[int] = set()
-        for i, (item_id, rating) in enumerate(ratings):
-            if int(item_id) in seen:
-                raise InvalidInput(f"ratings[{i}].item_id", item_id, "duplicate item id")
-            seen.add(int(item_id))
-            if not math.isfinite(rating):
-                raise InvalidInput(f"ratings[{i}].rating", rating, "must be a finite number")
-            if not low <= rating <= high:
-                raise InvalidInput(
-                    f"ratings[{i}].rating", rating, f"outside the rating scale [{low:g}, {high:g}]"
-                )
-        values = torch.tensor([float(r[1]) for r in ratings], device=self.device)
-        return rows, values
-
-    def adapt(
-        self, user: Mapping[str, Any] | None, ratings: Ratings
-    ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
-        """Adapted parameters for this person, their encoded features and the inner losses."""
-        with self._threads():
-            return self._adapt(user, ratings)
-
     def _adapt(
-        self, user: Mapping[str, Any] | None, ratings: Ratings
-    ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
-        module = self.module()
-        features = self.encode_user(user)
-        rows, values = self.check_ratings(ratings)
-        if len(rows) == 0 or self.steps == 0:
-            return self._request_params, features, Adaptation(0, None, None)
-        support = Examples(
-            self.inputs(features, rows), values, torch.ones_like(values, dtype=torch.bool)
-        )
-        if self._batched_mlp:
-            return self._adapt_as_one_task(module, support, features)
+        self,
+        params: Mapping[str, Tensor],
+        support: Examples,
+        fast: Sequence[str],
+        *,
+        batched: bool,
+    ) -> tuple[Params, Tensor]:
+        """The one call of the inner loop: first order, the bundle's steps and rates.
+
+        ``support``: one task (N,); or, with ``batched``, T tasks (T, N) in factored form
+        with the ``fast`` parameters given a leading task dim (adapt's batched MLP kernel).
+        Returns the adapted parameters and the support losses (steps + 1,) / (T, steps + 1).
+        """
+        lr = self.lr
+        if batched and isinstance(lr, Mapping):
+            lr = {k: v[None] for k, v in lr.items()}
         # adapt differentiates with torch.func.grad: it must see autograd even when the
         # caller runs under inference_mode; no_grad alone is fine for function transforms.
         with torch.inference_mode(False), torch.no_grad():
-            params, losses = adapt(
-                module,
-                self._request_params,
-                support,
-                steps=self.steps,
-                lr=self.lr,
-                first_order=True,
-                fast=self.fast,
-            )
-        before, after = losses[0].item(), losses[-1].item()
-        return params, features, Adaptation(self.steps, before, after)
+            return adapt(
+                self.module(), params, support, steps=self.steps, lr=lr, first_order=True,
+                fast=fast,
+            )  # fmt: skip
 
-    def _adapt_as_one_task(
-        self, module: PreferenceEstimator, support: Examples, features: FeatureBatch
-    ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
-        """The same ``adapt`` on a batch of one task (T = 1) in factored form.
-
-        ``adapt`` then runs its batched MLP path (hand-derived inner gradients in a few
-        batched matmuls), which skips ``torch.func``'s per-call tracing: the same result as
-        the generic path (tests/test_maml.py), at a fraction of the latency.
-        """
-        x = support.inputs
-        assert isinstance(x, Tensor)  # (N, E): user columns first, then item columns
-        width = len(self._user_fields) * self.bundle.config.model.embedding_dim
-        one = Examples(
-            Embedded(x[:1, :width], x[None, :, width:]), support.ratings[None], support.mask[None]
-        )
+    def _adapt_to(
+        self, user: FeatureBatch, rows: Tensor, values: Tensor
+    ) -> tuple[Mapping[str, Tensor], Adaptation]:
+        """Parameters adapted to a person (``user``) who rated catalog ``rows`` (N,) ``values``."""
+        if len(rows) == 0 or self.steps == 0:
+            return self._request_params, Adaptation(0, None, None)
+        mask = torch.ones_like(values, dtype=torch.bool)
+        if not self._batched:
+            support = Examples(self.encoder(user, rows), values, mask)
+            params, losses = self._adapt(self._request_params, support, self.fast, batched=False)
+            return params, Adaptation(self.steps, losses[0].item(), losses[-1].item())
+        # one task (T = 1) for the batched kernel: the generic path's result (pinned by
+        # tests/test_maml.py) without torch.func's per-call tracing, at a fraction of the latency
         fast = set(self.fast)
-        batched = {k: v[None] if k in fast else v for k, v in self._request_params.items()}
-        lr = {k: v[None] for k, v in self.lr.items()} if isinstance(self.lr, Mapping) else self.lr
-        with torch.no_grad():
-            params, losses = adapt(
-                module, batched, one, steps=self.steps, lr=lr, first_order=True, fast=self.fast
-            )
+        params = {k: v[None] if k in fast else v for k, v in self._request_params.items()}
+        support = Examples(self.encoder.factored(user, rows), values[None], mask[None])
+        params, losses = self._adapt(params, support, self.fast, batched=True)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
-        before, after = losses[0, 0].item(), losses[0, -1].item()
-        return adapted, features, Adaptation(self.steps, before, after)
+        return adapted, Adaptation(self.steps, losses[0, 0].item(), losses[0, -1].item())
 
-    def _scores(self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor) -> Tensor:
-        """Unclamped predicted ratings (N,) of ``rows`` in one batched pass."""
-        with torch.no_grad():
-            return apply(self.module(), params, self.inputs(user, rows))
+    def _score(
+        self, user: User | None, ratings: Ratings, rows: Tensor
+    ) -> tuple[Tensor, Tensor, Adaptation]:
+        """Adapt to the person, then unclamped predicted ratings (N,) of catalog ``rows``.
+
+        Also returns the rated catalog rows (R,) and how adaptation went.
+        """
+        with self._threads():
+            features = self.encoder.user(user)
+            found, checked = self.catalog.rated(ratings, self.scale)
+            rated = torch.as_tensor(found, device=self.device)
+            values = torch.tensor(checked, device=self.device)
+            params, info = self._adapt_to(features, rated, values)
+            with torch.no_grad():
+                scores = apply(self.module(), params, self.encoder(features, rows))
+        return scores, rated, info
 
     # ----------------------------------------------------------------- public API
     def predict(
-        self, user: Mapping[str, Any] | None, ratings: Ratings, item_ids: Sequence[int]
+        self, user: User | None, ratings: Ratings, item_ids: Sequence[int]
     ) -> tuple[list[float], Adaptation]:
         """Predicted ratings (clamped to the scale) of ``item_ids`` after adapting."""
-        rows = self.rows(item_ids, "item_ids[{i}]", unique=True)
-        with self._threads():
-            params, features, info = self._adapt(user, ratings)
-            scores = self._scores(params, features, rows).clamp(*self.scale)
-        return scores.cpu().tolist(), info
+        rows = self.catalog.rows(item_ids, ("item_ids",), unique=True)
+        scores, _, info = self._score(user, ratings, torch.as_tensor(rows, device=self.device))
+        return scores.clamp(*self.scale).cpu().tolist(), info
 
     def recommend(
         self,
-        user: Mapping[str, Any] | None,
+        user: User | None,
         ratings: Ratings,
         k: int = 10,
         exclude_rated: bool = True,
@@ -351,80 +233,56 @@ class Recommender:
         items come back only when fewer candidates remain.
         """
         if not 1 <= k <= self.n_items:
-            raise InvalidInput("k", k, f"must be between 1 and the catalog size {self.n_items}")
+            raise InvalidInput(("k",), k, f"must be between 1 and the catalog size {self.n_items}")
         if candidates is not None:
-            rows = self.rows(candidates, "candidate_ids[{i}]", unique=True)
+            found = self.catalog.rows(candidates, ("candidate_ids",), unique=True)
             if len(candidates) == 0:
-                raise InvalidInput("candidate_ids", [], "must not be empty (omit it for all)")
+                raise InvalidInput(("candidate_ids",), [], "must not be empty (omit it for all)")
+            rows = torch.as_tensor(found, device=self.device)
         else:
             rows = torch.arange(self.n_items, device=self.device)
-        with self._threads():
-            params, features, info = self._adapt(user, ratings)
-            scores = self._scores(params, features, rows)
-        if exclude_rated and ratings:
-            rated = self.rows([r[0] for r in ratings], "ratings[{i}].item_id")  # checked above
+        scores, rated, info = self._score(user, ratings, rows)
+        if exclude_rated and len(rated):
             keep = ~torch.isin(rows, rated)
             rows, scores = rows[keep], scores[keep]
         order = torch.sort(scores, descending=True, stable=True).indices[:k]
-        return Recommendations(self.describe(rows[order], scores[order]), info)
+        return Recommendations(self._describe(rows[order], scores[order]), info)
 
-    def describe(self, rows: Tensor, scores: Tensor) -> list[Scored]:
+    def _describe(self, rows: Tensor, scores: Tensor) -> list[Scored]:
         """Catalog rows (N,) and raw scores (N,) → ``Scored`` items (scores clamped)."""
         clamped = scores.clamp(*self.scale).cpu().tolist()
+        items = (self.catalog.item(row) for row in rows.cpu().tolist())
         return [
-            Scored(
-                int(self.item_ids[row]),
-                self.titles[row],
-                self.years[row],
-                self.genres[row],
-                float(score),
-            )
-            for row, score in zip(rows.cpu().tolist(), clamped, strict=True)
+            Scored(item.item_id, item.title, item.year, item.genres, float(score))
+            for item, score in zip(items, clamped, strict=True)
         ]
 
-    def onboarding_items(self, n: int = 10) -> pd.DataFrame:
-        """Items to ask a new user to rate first: MeLU-style evidence candidates.
+    def onboarding_items(self, n: int = 10) -> list[OnboardingItem]:
+        """The ``n`` items to ask a new user to rate first: MeLU-style evidence candidates.
 
-        Rule (computed once at load, see :func:`melu.serving.onboarding.evidence_scores`): for a
-        user with all features unknown, adapt on that single item rated at the top of the
-        scale and, separately, at the bottom; the item's *influence* is the mean absolute
-        difference between the two adapted models' clamped predictions over a fixed probe set of
+        Rule (computed once, see :mod:`melu.serving.onboarding`): for a user with all
+        features unknown, adapt on that single item rated at the top of the scale and,
+        separately, at the bottom; the item's *influence* is the mean absolute difference
+        between the two adapted models' clamped predictions over a fixed probe set of
         catalog items. Its score is ``log(1 + n_ratings) × influence``: an item helps only
         if people know it (popularity) and their answer moves the model (influence).
-        Returns the top ``n`` catalog rows with ``popularity``, ``influence`` and
-        ``onboarding_score`` columns.
         """
         if n < 1:
-            raise InvalidInput("n", n, "must be >= 1")
+            raise InvalidInput(("n",), n, "must be >= 1")
         with self._lock:
             if self._onboarding is None:
                 self._onboarding = self._rank_onboarding()
-        return self._onboarding.head(n).reset_index(drop=True)
+        return self._onboarding[:n]
 
-    def _rank_onboarding(self) -> pd.DataFrame:
+    def _rank_onboarding(self) -> list[OnboardingItem]:
         """The whole catalog ranked by the onboarding rule (under no_grad)."""
         with self._threads(), torch.no_grad():
-            return self._onboarding_frame()
-
-    def _onboarding_frame(self) -> pd.DataFrame:
-        unknown = self.encode_user(None)
-        rows = torch.arange(self.n_items, device=self.device)
-        popularity = self.catalog["n_ratings"].to_numpy(dtype=np.float64)
-        inputs = self.inputs(unknown, rows)
-        if not isinstance(inputs, Tensor):
-            inputs = embed(self.module(), self.params, inputs)
-        influence = evidence_scores(
-            self.module(),
-            self.params,
-            inputs,
-            popularity,
-            self.scale,
-            steps=self.steps,
-            lr=self.lr,
-        )
-        frame = self.catalog[["item_id", "title", "year", "genres", "n_ratings"]].copy()
-        frame["popularity"] = popularity
-        frame["influence"] = influence
-        frame["onboarding_score"] = np.log1p(popularity) * influence
-        order = np.lexsort((frame["item_id"].to_numpy(), -frame["onboarding_score"].to_numpy()))
-        return frame.iloc[order].reset_index(drop=True)
+            rows = torch.arange(self.n_items, device=self.device)
+            inputs = self.encoder(self.encoder.user(None), rows)
+            if not isinstance(inputs, Tensor):
+                inputs = embed(self.module(), self.params, inputs)
+            influence = evidence_scores(
+                self.module(), self.params, inputs, self.catalog.n_ratings.astype(float),
+                self.scale, adapt=partial(self._adapt, batched=False), steps=self.steps,
+            )  # fmt: skip
+        return rank(self.catalog, influence)

@@ -1,32 +1,17 @@
-"""What a recommendation request and answer are: results, and the input errors.
+"""What serving takes and gives: a person's ratings, and the typed items that come back.
 
-Kept apart from the ``Recommender`` so the service and CLI can name them without the model.
+Plain frozen dataclasses, kept apart from the ``Recommender`` so the service and the CLI
+can name them without the model. Errors are :class:`melu.errors.InvalidInput`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from melu.errors import MeluError
-
-AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens age buckets: 1, 18, 25, 35, 45, 50, 56
-AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
-Ratings = Sequence[tuple[int, float]]
-
-
-class InvalidInput(MeluError, ValueError):
-    """A request value the model cannot use; ``field`` is its path, e.g. ``ratings[2].rating``."""
-
-    def __init__(self, field: str, value: Any, message: str) -> None:
-        super().__init__(f"{field}: {message} (got {value!r})")
-        self.field = field
-        self.value = value
-        self.reason = message
+Ratings = Sequence[tuple[int, float]]  # (data set item id, rating) pairs, possibly none
+User = Mapping[str, Any]  # raw demographics, any subset: gender, age (years), occupation, zip
 
 
 @dataclass(frozen=True)
@@ -39,13 +24,19 @@ class Adaptation:
 
 
 @dataclass(frozen=True)
-class Scored:
-    """One ranked item: the data set's id, catalog fields and the predicted rating."""
+class Item:
+    """One catalog item: the data set's id and what a person sees of it."""
 
     item_id: int
     title: str
     year: int | None
     genres: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Scored(Item):
+    """A ranked item with its predicted rating (clamped to the scale)."""
+
     score: float
 
 
@@ -55,12 +46,23 @@ class Recommendations:
     adaptation: Adaptation
 
 
-def age_bucket(age: Any) -> str:
-    """A raw age (e.g. 23) → its MovieLens bucket ("18"); non-numbers pass through as text."""
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        return str(age)
-    if not math.isfinite(value):
-        return ""
-    return str(AGE_CODES[int(np.searchsorted(AGE_EDGES, value, side="right"))])
+@dataclass(frozen=True)
+class OnboardingItem(Item):
+    """An item to ask a new user about: ``score = log(1 + n_ratings) × influence``.
+
+    ``influence`` is the mean |Δ prediction| between rating it high and rating it low.
+    """
+
+    n_ratings: int
+    influence: float
+    score: float
+
+
+@dataclass(frozen=True)
+class ItemPage:
+    """One page of a catalog search: ``total`` matches, ``items`` from ``offset``."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[Item]

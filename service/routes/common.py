@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from melu.serving.recommender import Adaptation, InvalidInput
+from melu.serving import Adaptation, InvalidInput
 from service.deps import Loaded
 from service.schemas import Adaptation as AdaptationOut
 from service.schemas import ModelRef, Rating, User
@@ -13,7 +13,7 @@ from service.schemas import ModelRef, Rating, User
 def check_size(field: str, values: list[Any] | None, limit: int, setting: str) -> None:
     """A list longer than its limit → 422 naming the field and the setting."""
     if values is not None and len(values) > limit:
-        raise InvalidInput(field, len(values), f"at most {limit} entries allowed ({setting})")
+        raise InvalidInput((field,), len(values), f"at most {limit} entries allowed ({setting})")
 
 
 def user_dict(user: User) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Query
 
 from service.deps import LoadedDep, SettingsDep
@@ -24,29 +23,15 @@ def items(
 ) -> ItemPage:
     """Catalog items in id order whose title contains `search` (case-insensitive) and whose
     genres include `genre` (case-insensitive); `limit` is capped by MELU_MAX_PAGE."""
-    rec = loaded.recommender
-    keep = np.ones(rec.n_items, dtype=bool)
-    if search:
-        needle = search.casefold()
-        keep &= np.array([needle in t.casefold() for t in rec.titles])
-    if genre:
-        wanted = genre.casefold()
-        keep &= np.array([any(g.casefold() == wanted for g in gs) for gs in rec.genres])
-    rows = np.flatnonzero(keep)
-    rows = rows[np.argsort(rec.item_ids[rows], kind="stable")]
-    limit = min(limit, settings.max_page)
-    page = rows[offset : offset + limit]
+    page = loaded.recommender.catalog.search(
+        search, genre, limit=min(limit, settings.max_page), offset=offset
+    )
     return ItemPage(
-        total=len(rows),
-        limit=limit,
-        offset=offset,
+        total=page.total,
+        limit=page.limit,
+        offset=page.offset,
         items=[
-            Item(
-                item_id=int(rec.item_ids[r]),
-                title=rec.titles[r],
-                year=rec.years[r],
-                genres=list(rec.genres[r]),
-            )
-            for r in page
+            Item(item_id=i.item_id, title=i.title, year=i.year, genres=list(i.genres))
+            for i in page.items
         ],
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import pandas as pd
 from fastapi import APIRouter, Query
 
 from service.deps import LoadedDep
@@ -22,17 +21,16 @@ def onboarding(
     Score = log(1 + n_ratings) × influence, where influence is the mean change of the
     adapted model's predictions between rating the item at the top vs the bottom of the scale.
     """
-    frame = loaded.recommender.onboarding_items(n)
     items = [
         OnboardingItem(
-            item_id=int(row.item_id),
-            title=str(row.title),
-            year=None if pd.isna(row.year) else int(row.year),
-            genres=[str(g) for g in row.genres],
-            n_ratings=int(row.n_ratings),
-            influence=float(row.influence),
-            score=float(row.onboarding_score),
+            item_id=i.item_id,
+            title=i.title,
+            year=i.year,
+            genres=list(i.genres),
+            n_ratings=i.n_ratings,
+            influence=i.influence,
+            score=i.score,
         )
-        for row in frame.itertuples(index=False)
+        for i in loaded.recommender.onboarding_items(n)
     ]
     return OnboardingResponse(items=items)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from melu.serving.recommender import InvalidInput
+from melu.serving import InvalidInput
 from service.deps import LoadedDep, SettingsDep
 from service.routes.common import adaptation, check_size, model_ref, pairs, user_dict
 from service.schemas import ERRORS, RecommendationRequest, RecommendationResponse, ScoredItem
@@ -24,7 +24,7 @@ def recommend(
     check_size("candidate_ids", body.candidate_ids, settings.max_items, "MELU_MAX_ITEMS")
     rec = loaded.recommender
     if settings.max_k is not None and body.k > settings.max_k:
-        raise InvalidInput("k", body.k, f"must be at most {settings.max_k} (MELU_MAX_K)")
+        raise InvalidInput(("k",), body.k, f"must be at most {settings.max_k} (MELU_MAX_K)")
     result = rec.recommend(
         user_dict(body.user),
         pairs(body.ratings),

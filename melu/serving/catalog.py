@@ -1,0 +1,107 @@
+"""Catalog: the items a bundle can recommend, addressed by catalog row.
+
+Looks data set item ids up and checks a person's ratings of them (unknown or repeated
+ids, ratings off the scale raise ``InvalidInput`` at their location), describes rows as typed items, and searches/browses titles and genres for
+``GET /v1/items``. Knows nothing about the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from melu.errors import InvalidInput, Loc
+from melu.serving.types import Item, ItemPage, Ratings
+
+
+class Catalog:
+    """Item ids, titles, years, genres and training rating counts, one entry per row."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        """``frame``: the bundle's catalog (``item_id, title, year, genres, n_ratings``)."""
+        self.item_ids = frame["item_id"].to_numpy(dtype=np.int64)  # (I,)
+        self.titles = frame["title"].astype(str).tolist()
+        self.years = [None if pd.isna(y) else int(y) for y in frame["year"]]
+        self.genres = [tuple(str(g) for g in v) for v in frame["genres"]]
+        self.n_ratings = frame["n_ratings"].to_numpy(dtype=np.int64)  # (I,)
+        order = np.argsort(self.item_ids, kind="stable")
+        self._sorted_ids, self._sorted_rows = self.item_ids[order], order
+        self._folded = [t.casefold() for t in self.titles]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def item(self, row: int) -> Item:
+        return Item(int(self.item_ids[row]), self.titles[row], self.years[row], self.genres[row])
+
+    def rows(
+        self, item_ids: Iterable[int], loc: Loc, *, field: Loc = (), unique: bool = False
+    ) -> np.ndarray:
+        """Data set item ids → catalog rows (N,) int64.
+
+        Errors are located at ``(*loc, index, *field)``, e.g. ``loc=("ratings",)`` and
+        ``field=("item_id",)`` give ``("ratings", 3, "item_id")``: unknown ids raise at
+        the first one's index with all of them as the value; with ``unique``, so does
+        the first repeated id.
+        """
+        ids = np.asarray(list(item_ids), dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(self._sorted_ids, ids).clip(max=len(self._sorted_ids) - 1)
+        known = self._sorted_ids[pos] == ids if len(self._sorted_ids) else ids != ids
+        if not known.all():
+            unknown = sorted({int(i) for i in ids[~known]})
+            first = int(np.flatnonzero(~known)[0])
+            raise InvalidInput((*loc, first, *field), unknown, f"unknown item id(s) {unknown}")
+        if unique:
+            _, first_seen = np.unique(ids, return_index=True)
+            repeated = np.setdiff1d(np.arange(len(ids)), first_seen)
+            if len(repeated):
+                i = int(repeated[0])
+                raise InvalidInput((*loc, i, *field), int(ids[i]), "duplicate item id")
+        return self._sorted_rows[pos]  # type: ignore[no-any-return]
+
+    def rated(self, ratings: Ratings, scale: tuple[float, float]) -> tuple[np.ndarray, list[float]]:
+        """Check a person's ``(item_id, rating)`` pairs → catalog rows (N,) and the ratings.
+
+        Item ids must be known and distinct, ratings finite and within ``scale``; the first
+        problem raises at its location, e.g. ``("ratings", 2, "rating")``.
+        """
+        rows = self.rows([r[0] for r in ratings], ("ratings",), field=("item_id",))
+        low, high = scale
+        seen: set[int] = set()
+        for i, (item_id, rating) in enumerate(ratings):
+            if int(item_id) in seen:
+                raise InvalidInput(("ratings", i, "item_id"), item_id, "duplicate item id")
+            seen.add(int(item_id))
+            if not math.isfinite(rating):
+                raise InvalidInput(("ratings", i, "rating"), rating, "must be a finite number")
+            if not low <= rating <= high:
+                reason = f"outside the rating scale [{low:g}, {high:g}]"
+                raise InvalidInput(("ratings", i, "rating"), rating, reason)
+        return rows, [float(r[1]) for r in ratings]
+
+    def search(
+        self,
+        text: str | None = None,
+        genre: str | None = None,
+        *,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> ItemPage:
+        """Items in id order whose title contains ``text`` and whose genres include
+        ``genre`` (both case-insensitive); the page of ``limit`` from ``offset``."""
+        keep = np.ones(len(self), dtype=bool)
+        if text:
+            needle = text.casefold()
+            keep &= np.array([needle in t for t in self._folded], dtype=bool)
+        if genre:
+            wanted = genre.casefold()
+            keep &= np.array(
+                [any(g.casefold() == wanted for g in gs) for gs in self.genres], dtype=bool
+            )
+        rows = np.flatnonzero(keep)
+        rows = rows[np.argsort(self.item_ids[rows], kind="stable")]
+        page: Sequence[int] = rows[offset : offset + limit].tolist()
+        return ItemPage(len(rows), limit, offset, [self.item(r) for r in page])
