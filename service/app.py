@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 
 from melu.serving import InvalidInput, Recommender, __version__
 from service.deps import Loaded
-from service.errors import BodyLimit, invalid_input_handler, validation_handler
+from service.errors import BodyLimit, HeadAsGet, invalid_input_handler, validation_handler
 from service.routes import ROUTERS
 from service.settings import Settings
 
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         app.state.loaded = loaded or load(settings)
         yield
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served locally, no CDN
         title="melu",
         version=__version__,
         summary="Cold-start movie recommendation: rate a few movies, get recommendations.",
@@ -59,4 +60,5 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     return app

@@ -18,23 +18,44 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melu.serving import InvalidInput
 
+MAX_ECHO_TEXT = 200  # characters of a string echoed back in an error
+MAX_ECHO_ITEMS = 10  # elements of a list or keys of an object echoed back
+MAX_ECHO_DEPTH = 4
 
-def finite(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf (which a request may carry) become the strings "nan"/"inf"."""
+
+def safe(value: Any, depth: int = 0) -> Any:
+    """A bounded, always-encodable copy of bad input to echo in an error body.
+
+    NaN/inf become "nan"/"inf"; strings that are not valid Unicode (lone surrogates) are
+    escaped; long strings, lists and objects are cut (marked with "…"), so a 250 KB request
+    never gets a megabyte error reply and an error body can always be written.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= MAX_ECHO_TEXT else text[:MAX_ECHO_TEXT] + "…"
+    if depth >= MAX_ECHO_DEPTH and isinstance(value, dict | list | tuple):
+        return "…"
     if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
+        items = list(value.items())
+        out = {safe(str(k)): safe(v, depth + 1) for k, v in items[:MAX_ECHO_ITEMS]}
+        return (
+            {**out, "…": f"{len(items) - MAX_ECHO_ITEMS} more"}
+            if len(items) > MAX_ECHO_ITEMS
+            else out
+        )
     if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
+        out_list = [safe(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+        return [*out_list, "…"] if len(value) > MAX_ECHO_ITEMS else out_list
     return value
 
 
 async def validation_handler(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 body, made safe to encode when the bad input was NaN or inf."""
     assert isinstance(exc, RequestValidationError)
-    errors = [{k: v for k, v in e.items() if k != "url"} for e in exc.errors()]
-    return JSONResponse({"detail": finite(jsonable_encoder(errors))}, status_code=422)
+    errors = [{k: v for k, v in e.items() if k != "url"} for e in exc.errors()[:MAX_ECHO_ITEMS]]
+    return JSONResponse({"detail": safe(jsonable_encoder(errors))}, status_code=422)
 
 
 async def invalid_input_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -43,9 +64,9 @@ async def invalid_input_handler(request: Request, exc: Exception) -> JSONRespons
     where = "query" if query else "body"
     detail = {
         "loc": [where, *exc.loc],
-        "msg": str(exc),
+        "msg": safe(str(exc)),
         "type": "value_error",
-        "input": finite(jsonable_encoder(exc.value)),
+        "input": safe(jsonable_encoder(exc.value)),
     }
     return JSONResponse({"detail": [detail]}, status_code=422)
 
@@ -111,3 +132,25 @@ class BodyLimit:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` on a GET route answers like GET (status and headers, with
+    the GET body's content-length) but sends no body. FastAPI routes only GET."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # no "5", no true
 ItemId = Annotated[
@@ -17,19 +17,31 @@ ItemId = Annotated[
 ]
 
 
+def _encodable(text: str) -> str:
+    """Refuse strings that are not valid Unicode (a JSON ``\\ud800`` lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate escape)") from None
+    return text
+
+
+Text = Annotated[str, Field(max_length=64), AfterValidator(_encodable)]
+
+
 class User(BaseModel):
     """What we know about the person; every field is optional, unknown values are fine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    gender: str | None = Field(None, max_length=64, examples=["F"])
+    gender: Text | None = Field(None, examples=["F"])
     age: Annotated[int, Field(ge=0, le=150)] | None = Field(None, examples=[25])
-    occupation: str | None = Field(None, max_length=64, examples=["student"])
-    zip: str | None = Field(None, max_length=64, examples=["94110"])
+    occupation: Text | None = Field(None, examples=["student"])
+    zip: Text | None = Field(None, examples=["94110"])
 
 
 class Rating(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     item_id: ItemId
     rating: Finite = Field(description="on the data set's scale, e.g. 1..5")
@@ -41,6 +53,7 @@ EXAMPLE_RATINGS: list[Any] = [{"item_id": 50, "rating": 5}, {"item_id": 181, "ra
 class RecommendationRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # no "5" for 5, no true for 1, no "yes" for true
         json_schema_extra={
             "examples": [{"user": {"gender": "F", "age": 25}, "ratings": EXAMPLE_RATINGS, "k": 10}]
         },
@@ -56,6 +69,7 @@ class RecommendationRequest(BaseModel):
 class PredictionRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"user": {"gender": "M"}, "ratings": EXAMPLE_RATINGS, "item_ids": [1, 2]}]
         },
