@@ -109,6 +109,8 @@ class DataConfig(_Config):
     item_id_min_ratings: int = 5  # ... only for items with this many training ratings
     use_extra_item_info: bool = True  # ml-1m: MPAA rate, directors, actors (MeLU's file)
     seed: int = 0
+    folds: int = 0  # K > 1: K-fold over users (random split); test users = fold `fold`
+    fold: int = 0  # ... validation users drawn from the other folds, the rest train
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.new_item_fraction < 1.0, "new_item_fraction must be in [0, 1)")
@@ -128,6 +130,12 @@ class DataConfig(_Config):
         _check(self.max_ratings >= self.min_ratings, "max_ratings must be >= min_ratings")
         _check(0 <= self.zip_prefix <= 5, "zip_prefix must be in 0..5")
         _check(self.item_id_min_ratings >= 1, "item_id_min_ratings must be >= 1")
+        _check(self.folds == 0 or self.folds >= 2, "folds must be 0 (no folds) or >= 2")
+        _check(self.folds == 0 or 0 <= self.fold < self.folds, "fold must be in 0..folds-1")
+        _check(
+            self.folds == 0 or self.user_split == "random",
+            "folds need user_split='random' (folds shuffle the users)",
+        )
 
 
 @dataclass(frozen=True)

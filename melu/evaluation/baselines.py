@@ -23,6 +23,7 @@ from melu.features import FeatureSpace, FeatureTables
 from melu.model.estimator import Params, PreferenceEstimator, apply, init_params
 from melu.model.maml import masked_mse
 from melu.model.predict import predict_adapted
+from melu.prepare import RatingRows
 from melu.tasks import TaskSet
 
 
@@ -37,18 +38,6 @@ class BaselineConfig:
     pooled_batch: int = 512
     finetune_lr_scales: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
     seed: int = 0
-
-
-@dataclass
-class RatingRows:
-    """Flat rated pairs: ``user_rows`` (N,), ``item_rows`` (N,), ``ratings`` (N,) float."""
-
-    user_rows: Tensor
-    item_rows: Tensor
-    ratings: Tensor
-
-    def __len__(self) -> int:
-        return int(self.ratings.shape[0])
 
 
 def training_rows(tasks: TaskSet) -> RatingRows:
