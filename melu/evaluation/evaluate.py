@@ -31,6 +31,7 @@ from melu.evaluation.baselines import (
     pick_finetune_lr,
     pooled_predict,
 )
+from melu.evaluation.bias import BiasPredictor, fit_bias_predictor
 from melu.evaluation.metrics import (
     NDCG_KS,
     bootstrap_ci,
@@ -39,13 +40,16 @@ from melu.evaluation.metrics import (
     per_user,
     summarize,
 )
+from melu.evaluation.mf import MatrixFactorization, fit_mf
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.predict import predict_curve
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 
 Progress = Callable[[str], None]
-BASELINES = ("global_mean", "item_mean", "pooled", "pooled_finetune")
+BASELINES = ("global_mean", "item_mean", "baseline_predictor", "mf", "pooled", "pooled_finetune")
+# fixed predictors (no inner loop) shown on the fixed-support curves beside MAML and fine-tune
+SUPPORT_BASELINES = ("baseline_predictor", "mf")
 METHODS = ("maml_before", "maml_after", *BASELINES)
 CURVE_METRICS = ("mae", "ndcg@10")
 HEADLINE = "mae"
@@ -84,6 +88,12 @@ class Fitted:
     pooled_params: Params
     pooled_epoch: int
     finetune_lr: float
+    bias: BiasPredictor  # μ + b_i + b_u, from all training ratings
+    mf: MatrixFactorization  # biased MF, users folded in from their support
+
+    def support_predict(self, name: str, tasks: TaskSet) -> Tensor:
+        """Query predictions (T, Q) of a ``SUPPORT_BASELINES`` method from the supports."""
+        return (self.bias if name == "baseline_predictor" else self.mf).predict(tasks)
 
 
 def check_compatible(bundle: Bundle, prepared: Prepared) -> None:
@@ -127,7 +137,21 @@ def fit_baselines(
         model, params, val, tables, steps=meta.inner_steps, base_lr=meta.inner_lr,
         scales=options.finetune_lr_scales,
     )  # fmt: skip
-    return Fitted(mu, item, model, params, epoch, lr)
+    bias, mf = fit_rating_baselines(prepared, options)
+    return Fitted(mu, item, model, params, epoch, lr, bias, mf)
+
+
+def fit_rating_baselines(
+    prepared: Prepared, options: BaselineConfig
+) -> tuple[BiasPredictor, MatrixFactorization]:
+    """μ + b_i + b_u and MF on all training ratings, settings picked on validation users."""
+    rows, val = prepared.train_ratings, prepared.tasks["validation"]
+    n_users, n_items = len(prepared.tables.user_ids), len(prepared.tables.item_ids)
+    scale = prepared.features.rating_scale
+    bias = fit_bias_predictor(
+        rows, val, n_items, scale, options.item_shrinkage_grid, options.user_shrinkage_grid
+    )
+    return bias, fit_mf(rows, val, n_users, n_items, scale, options.mf)
 
 
 def _curve(preds: Tensor, tasks: TaskSet) -> dict[str, list[float]]:
@@ -191,6 +215,7 @@ def evaluate_scenario(
         "item_mean": fitted.item_mean.predict(tasks.query_items),
         "pooled": pooled_predict(fitted.pooled_model, fitted.pooled_params, tasks, tables),
         "pooled_finetune": tuned[after],
+        **{m: fitted.support_predict(m, tasks) for m in SUPPORT_BASELINES},
     }
     index = bootstrap_indices(len(tasks), n_boot, seed)
     methods = {
@@ -201,9 +226,15 @@ def evaluate_scenario(
         "sizes": list(support_sizes),
         "maml": [],
         "pooled_finetune": [],
+        **{m: [] for m in SUPPORT_BASELINES},
     }
     for n in support_sizes:
         sub = tasks.with_support_size(n, seed)
+        for key in SUPPORT_BASELINES:
+            figures = summarize(
+                fitted.support_predict(key, sub), sub.query_ratings, sub.query_mask, index, (10,)
+            )
+            support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
         for key, model, params, rate in (
             ("maml", bundle.model, bundle.params, lr),
             ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
@@ -275,6 +306,12 @@ def evaluate(
                 "pooled_best_epoch": fitted.pooled_epoch,
                 "finetune_lr": fitted.finetune_lr,
                 "finetune_steps": meta_cfg.inner_steps,
+                "bias_item_shrinkage": fitted.bias.item_shrinkage,
+                "bias_user_shrinkage": fitted.bias.user_shrinkage,
+                "mf_rank": fitted.mf.rank,
+                "mf_reg": fitted.mf.reg,
+                "mf_bias_reg": fitted.mf.bias_reg,
+                "rating_baselines_fit_on": f"{len(prepared.train_ratings)} training ratings",
             },
         }
     )
