@@ -39,10 +39,12 @@ from melu.evaluation.metrics import (
     nanmean,
     per_user,
     summarize,
+    user_mae,
 )
 from melu.evaluation.mf import MatrixFactorization, fit_mf
+from melu.features import FeatureTables
 from melu.model.estimator import Params, PreferenceEstimator
-from melu.model.predict import predict_curve
+from melu.model.predict import Lr, predict_curve
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 
@@ -50,6 +52,7 @@ Progress = Callable[[str], None]
 BASELINES = ("global_mean", "item_mean", "baseline_predictor", "mf", "pooled", "pooled_finetune")
 # fixed predictors (no inner loop) shown on the fixed-support curves beside MAML and fine-tune
 SUPPORT_BASELINES = ("baseline_predictor", "mf")
+SUPPORT_CURVES = ("maml", "pooled_finetune", *SUPPORT_BASELINES)
 METHODS = ("maml_before", "maml_after", *BASELINES)
 CURVE_METRICS = ("mae", "ndcg@10")
 HEADLINE = "mae"
@@ -196,7 +199,9 @@ def evaluate_scenario(
     seed: int,
     n_boot: int,
     progress: Progress,
+    keep_per_user: bool = False,
 ) -> dict[str, Any]:
+    """One scenario's figures (see ``Report``); ``keep_per_user`` adds ``per_user``."""
     tasks, tables = prepared.tasks[name], prepared.tables
     meta = bundle.config.meta
     lr = bundle.inner_lr if bundle.inner_lr is not None else meta.inner_lr
@@ -222,27 +227,14 @@ def evaluate_scenario(
         m: summarize(p, tasks.query_ratings, tasks.query_mask, index, NDCG_KS)
         for m, p in preds.items()
     }
-    support: dict[str, list[Any]] = {
-        "sizes": list(support_sizes),
-        "maml": [],
-        "pooled_finetune": [],
-        **{m: [] for m in SUPPORT_BASELINES},
-    }
-    for n in support_sizes:
-        sub = tasks.with_support_size(n, seed)
-        for key in SUPPORT_BASELINES:
-            figures = summarize(
-                fitted.support_predict(key, sub), sub.query_ratings, sub.query_mask, index, (10,)
-            )
+    curves = support_predictions(bundle, fitted, tasks, tables, support_sizes, seed, lr)
+    support: dict[str, list[Any]] = {"sizes": list(support_sizes)}
+    for key, points in curves.items():
+        support[key] = []
+        for pred in points:
+            figures = summarize(pred, tasks.query_ratings, tasks.query_mask, index, (10,))
             support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
-        for key, model, params, rate in (
-            ("maml", bundle.model, bundle.params, lr),
-            ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
-        ):
-            pred = predict_curve(model, params, sub, tables, steps=[meta.inner_steps], lr=rate)[0]
-            figures = summarize(pred, sub.query_ratings, sub.query_mask, index, (10,))
-            support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
-        progress(f"{name}: support {n}")
+    progress(f"{name}: support curves")
     sizes = tasks.support_sizes().float()
     return {
         "n_tasks": len(tasks),
@@ -256,12 +248,55 @@ def evaluate_scenario(
         },
         "support_curve": support,
         "comparison": compare(tasks, preds, index, methods),
+        **({"per_user": per_user_mae(tasks, preds, curves)} if keep_per_user else {}),
+    }
+
+
+def support_predictions(
+    bundle: Bundle,
+    fitted: Fitted,
+    tasks: TaskSet,
+    tables: FeatureTables,
+    sizes: Sequence[int],
+    seed: int,
+    lr: Lr,
+) -> dict[str, list[Tensor]]:
+    """Query predictions (T, Q) per method of ``SUPPORT_CURVES``, one per support size
+    (each task keeps a seeded random ``n`` of its support, ``TaskSet.with_support_size``)."""
+    steps = [bundle.config.meta.inner_steps]
+    out: dict[str, list[Tensor]] = {key: [] for key in SUPPORT_CURVES}
+    for n in sizes:
+        sub = tasks.with_support_size(n, seed)
+        for key in SUPPORT_BASELINES:
+            out[key].append(fitted.support_predict(key, sub))
+        for key, model, params, rate in (
+            ("maml", bundle.model, bundle.params, lr),
+            ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
+        ):
+            out[key].append(predict_curve(model, params, sub, tables, steps=steps, lr=rate)[0])
+    return out
+
+
+def per_user_mae(
+    tasks: TaskSet, preds: Mapping[str, Tensor], curves: Mapping[str, list[Tensor]]
+) -> dict[str, Any]:
+    """Per-user query MAE (lists of T floats, task order) of every method and of every
+    support-curve point, with the tasks' user ids: what the K-fold study pools."""
+
+    def mae(pred: Tensor) -> list[float]:
+        return user_mae(pred, tasks.query_ratings, tasks.query_mask.bool()).tolist()
+
+    return {
+        "user_ids": tasks.user_ids.tolist(),
+        "methods": {m: mae(p) for m, p in preds.items()},
+        "support_curve": {k: [mae(p) for p in points] for k, points in curves.items()},
     }
 
 
 def count_stages(scenarios: Sequence[str], support_sizes: Sequence[int]) -> int:
-    """How many times ``evaluate`` calls ``progress`` (for a progress bar's total)."""
-    return 1 + len(scenarios) * (1 + len(support_sizes))
+    """How many times ``evaluate`` calls ``progress`` (for a progress bar's total);
+    ``support_sizes`` is kept for callers (the curves report once per scenario)."""
+    return 1 + len(scenarios) * 2
 
 
 def evaluate(
@@ -275,8 +310,11 @@ def evaluate(
     scenarios: Sequence[str] = EVAL_SCENARIOS,
     baselines: BaselineConfig | None = None,
     progress: Progress | None = None,
+    keep_per_user: bool = False,
 ) -> Report:
-    """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol)."""
+    """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol).
+
+    ``keep_per_user``: each scenario also holds ``per_user`` (see ``per_user_mae``)."""
     say = progress or (lambda _msg: None)
     check_compatible(bundle, prepared)
     check_tasks(prepared, ("train", "validation", *scenarios))
@@ -319,6 +357,6 @@ def evaluate(
     for name in scenarios:
         report.scenarios[name] = evaluate_scenario(
             bundle, prepared, fitted, name, steps_curve=steps, support_sizes=support_sizes,
-            seed=seed, n_boot=n_boot, progress=say,
+            seed=seed, n_boot=n_boot, progress=say, keep_per_user=keep_per_user,
         )  # fmt: skip
     return report
