@@ -39,20 +39,16 @@ from melu.evaluation.metrics import (
     nanmean,
     per_user,
     summarize,
-    user_mae,
 )
 from melu.evaluation.mf import MatrixFactorization, fit_mf
-from melu.features import FeatureTables
+from melu.evaluation.support import SUPPORT_BASELINES, per_user_mae, support_predictions
 from melu.model.estimator import Params, PreferenceEstimator
-from melu.model.predict import Lr, predict_curve
+from melu.model.predict import predict_curve
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 
 Progress = Callable[[str], None]
 BASELINES = ("global_mean", "item_mean", "baseline_predictor", "mf", "pooled", "pooled_finetune")
-# fixed predictors (no inner loop) shown on the fixed-support curves beside MAML and fine-tune
-SUPPORT_BASELINES = ("baseline_predictor", "mf")
-SUPPORT_CURVES = ("maml", "pooled_finetune", *SUPPORT_BASELINES)
 METHODS = ("maml_before", "maml_after", *BASELINES)
 CURVE_METRICS = ("mae", "ndcg@10")
 HEADLINE = "mae"
@@ -249,47 +245,6 @@ def evaluate_scenario(
         "support_curve": support,
         "comparison": compare(tasks, preds, index, methods),
         **({"per_user": per_user_mae(tasks, preds, curves)} if keep_per_user else {}),
-    }
-
-
-def support_predictions(
-    bundle: Bundle,
-    fitted: Fitted,
-    tasks: TaskSet,
-    tables: FeatureTables,
-    sizes: Sequence[int],
-    seed: int,
-    lr: Lr,
-) -> dict[str, list[Tensor]]:
-    """Query predictions (T, Q) per method of ``SUPPORT_CURVES``, one per support size
-    (each task keeps a seeded random ``n`` of its support, ``TaskSet.with_support_size``)."""
-    steps = [bundle.config.meta.inner_steps]
-    out: dict[str, list[Tensor]] = {key: [] for key in SUPPORT_CURVES}
-    for n in sizes:
-        sub = tasks.with_support_size(n, seed)
-        for key in SUPPORT_BASELINES:
-            out[key].append(fitted.support_predict(key, sub))
-        for key, model, params, rate in (
-            ("maml", bundle.model, bundle.params, lr),
-            ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
-        ):
-            out[key].append(predict_curve(model, params, sub, tables, steps=steps, lr=rate)[0])
-    return out
-
-
-def per_user_mae(
-    tasks: TaskSet, preds: Mapping[str, Tensor], curves: Mapping[str, list[Tensor]]
-) -> dict[str, Any]:
-    """Per-user query MAE (lists of T floats, task order) of every method and of every
-    support-curve point, with the tasks' user ids: what the K-fold study pools."""
-
-    def mae(pred: Tensor) -> list[float]:
-        return user_mae(pred, tasks.query_ratings, tasks.query_mask.bool()).tolist()
-
-    return {
-        "user_ids": tasks.user_ids.tolist(),
-        "methods": {m: mae(p) for m, p in preds.items()},
-        "support_curve": {k: [mae(p) for p in points] for k, points in curves.items()},
     }
 
 
