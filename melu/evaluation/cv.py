@@ -70,7 +70,7 @@ def run_fold(
     """Prepare, train (in ``folder/run``, resumable), evaluate with per-user figures."""
     prepared = prepare(config.data, data_dir, cache_dir)
     run = folder / "run"
-    result = train(config, prepared, run, resume=(run / "checkpoint").exists())
+    result = train(config, prepared, run, resume=True)  # no checkpoint yet: a fresh run
     bundle = load_bundle(result.bundle)
     baselines = options.baselines or BaselineConfig(seed=options.eval_seed)
     report = evaluate(
