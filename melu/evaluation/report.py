@@ -30,6 +30,7 @@ LABELS = {
 }
 PLOTS = ("methods.png", "steps_curve.png", "support_curve.png")
 CURVES = ("maml", "pooled_finetune", *SUPPORT_BASELINES)  # methods on the support curves
+COLORS = {"item_mean": "k", "pooled": "grey", "baseline_predictor": "C2", "mf": "C3"}  # flat lines
 
 
 def _ci(value: float, ci: list[float]) -> str:
@@ -183,10 +184,10 @@ def _curves(report: Report, key: str, xlabel: str) -> Figure:
         for method in (m for m in CURVES if m in curve):
             ys = curve[method]["mae"] if key == "steps_curve" else [p["mae"] for p in curve[method]]
             label = "MAML" if method == "maml" else LABELS[method]
-            ax.plot(xs, ys, marker="o", label=label)
+            ax.plot(xs, ys, marker="o", label=label, color=f"C{CURVES.index(method)}")
         flat = ("item_mean", "pooled") + (SUPPORT_BASELINES if key == "steps_curve" else ())
         for m in (m for m in flat if m in sc["methods"]):
-            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, label=LABELS[m])
+            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color=COLORS[m], label=LABELS[m])
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("MAE")
