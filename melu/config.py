@@ -168,6 +168,10 @@ class DataConfig(_Config):
         True, "ml-1m: MPAA rate, directors and actors from MeLU's movies_extrainfos.dat."
     )
     seed: int = setting(0, "Seed of the data protocol: random user split and query.")
+    folds: int = setting(
+        0, "K > 1: K-fold over users (random split); the test users are fold `fold`."
+    )
+    fold: int = setting(0, "Which fold's users are the test users (0..folds-1).")
 
     def _validate(self) -> None:
         need = self._require
@@ -190,6 +194,13 @@ class DataConfig(_Config):
         need(self.max_ratings >= self.min_ratings, "max_ratings", "must be >= min_ratings")
         need(0 <= self.zip_prefix <= 5, "zip_prefix", "must be in 0..5")
         need(self.item_id_min_ratings >= 1, "item_id_min_ratings", "must be >= 1")
+        need(self.folds == 0 or self.folds >= 2, "folds", "must be 0 (no folds) or >= 2")
+        need(self.folds == 0 or 0 <= self.fold < self.folds, "fold", "must be in 0..folds-1")
+        need(
+            self.folds == 0 or self.user_split == "random",
+            "folds",
+            "needs user_split='random' (folds shuffle the users)",
+        )
 
 
 @dataclass(frozen=True)

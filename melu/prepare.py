@@ -37,13 +37,34 @@ from melu.tasks import (
     split_users,
 )
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: ``train_ratings`` (all training ratings) in ``ratings/``
 Progress = Callable[[str], None]
+RATING_ARRAYS = ("user_rows", "item_rows", "ratings")
+
+
+@dataclass
+class RatingRows:
+    """Flat rated pairs: ``user_rows`` (N,) int rows into ``FeatureTables.users``,
+    ``item_rows`` (N,) int rows into ``FeatureTables.items``, ``ratings`` (N,) float."""
+
+    user_rows: torch.Tensor
+    item_rows: torch.Tensor
+    ratings: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ratings.shape[0])
 
 
 @dataclass
 class Prepared:
-    """Everything training, evaluation and serving need from the data."""
+    """Everything training, evaluation and serving need from the data.
+
+    ``train_ratings``: *all training ratings*, every rating by a training user on an
+    existing item, heavy (> ``max_ratings``) and light (< ``min_ratings``) raters
+    included, except the warm scenario's held-out query ratings; never a validation or
+    test user's rating, never a new item's. What a model or baseline may fit on beyond
+    the meta-training tasks (which hold only 13..100-rating users' rows).
+    """
 
     config: DataConfig
     features: FeatureSpace
@@ -51,6 +72,7 @@ class Prepared:
     tasks: dict[str, TaskSet]
     catalog: pd.DataFrame  # item_id, title, year, genres, is_new, n_ratings, mean_rating
     fingerprint: str
+    train_ratings: RatingRows
     stats: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -95,6 +117,35 @@ def _frequent_items(train_rows: pd.DataFrame, min_ratings: int) -> np.ndarray:
     return np.sort(counts.index[counts >= min_ratings].to_numpy())
 
 
+def all_training_ratings(
+    ratings: pd.DataFrame,
+    train_users: np.ndarray,
+    new_ids: np.ndarray,
+    warm: TaskSet,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+) -> RatingRows:
+    """Training users' ratings of existing items minus the warm held-out queries (N rows,
+    sorted by user then item). ``user_ids`` / ``item_ids``: the feature tables' row ids."""
+    rows = ratings[ratings["user_id"].isin(train_users) & ~ratings["item_id"].isin(new_ids)]
+    mask = warm.query_mask.bool()
+    held = pd.MultiIndex.from_arrays(
+        [
+            warm.user_ids.long().unsqueeze(1).expand(mask.shape)[mask].numpy(),
+            item_ids[warm.query_items.long()[mask].numpy()],
+        ]
+    )
+    keys = pd.MultiIndex.from_arrays([rows["user_id"].to_numpy(), rows["item_id"].to_numpy()])
+    rows = rows[~keys.isin(held)].sort_values(["user_id", "item_id"], kind="stable")
+    user_row = pd.Series(np.arange(len(user_ids)), index=user_ids)
+    item_row = pd.Series(np.arange(len(item_ids)), index=item_ids)
+    return RatingRows(
+        torch.from_numpy(user_row.loc[rows["user_id"].to_numpy()].to_numpy(dtype=np.int32)),
+        torch.from_numpy(item_row.loc[rows["item_id"].to_numpy()].to_numpy(dtype=np.int32)),
+        torch.from_numpy(rows["rating"].to_numpy(dtype=np.float32, copy=True)),
+    )
+
+
 def build(data: MovieLens, config: DataConfig) -> Prepared:
     """Split users and items, build the FeatureSpace from training rows, build all tasks."""
     is_new = new_item_mask(data.items, config.new_item_fraction)
@@ -121,6 +172,9 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         id_items=_frequent_items(train_rows, config.item_id_min_ratings),
     )
     tables = FeatureTables.build(space, users, data.items)
+    all_train = all_training_ratings(
+        ratings, roles["train"], new_ids, tasks["warm"], user_ids, item_ids
+    )
     stats = {
         "dataset": data.name,
         "ratings": len(ratings),
@@ -130,9 +184,10 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         "roles": {k: len(v) for k, v in roles.items()},
         "dropped": data.dropped,
         "scenarios": {name: scenario_stats(t) for name, t in tasks.items()},
+        "train_ratings": len(all_train),
     }
     catalog = build_catalog(data, train_rows, is_new)
-    return Prepared(config, space, tables, tasks, catalog, "", stats)
+    return Prepared(config, space, tables, tasks, catalog, "", all_train, stats)
 
 
 def _save(prepared: Prepared, folder: Path) -> None:
@@ -146,6 +201,10 @@ def _save(prepared: Prepared, folder: Path) -> None:
             np.save(tables / f"{side}.{name}.npy", value.numpy(), allow_pickle=False)
     for name, tasks in prepared.tasks.items():
         save_taskset(tasks, folder / "tasks" / name)
+    (folder / "ratings").mkdir()
+    for name in RATING_ARRAYS:
+        value = getattr(prepared.train_ratings, name).numpy()
+        np.save(folder / "ratings" / f"train.{name}.npy", value, allow_pickle=False)
     prepared.catalog.to_parquet(folder / "catalog.parquet", index=False)
     manifest = {
         "melu_cache_version": CACHE_VERSION,
@@ -169,11 +228,11 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
     space = FeatureSpace.load(folder / "features.json")
     tdir = folder / "tables"
 
-    def arr(name: str) -> torch.Tensor:
+    def arr(name: str, where: Path = tdir) -> torch.Tensor:
         try:
-            return torch.from_numpy(np.load(tdir / f"{name}.npy", allow_pickle=False))
+            return torch.from_numpy(np.load(where / f"{name}.npy", allow_pickle=False))
         except (OSError, ValueError) as exc:
-            raise DataError(f"{tdir / name}.npy: unreadable task cache ({exc})") from exc
+            raise DataError(f"{where / name}.npy: unreadable task cache ({exc})") from exc
 
     tables = FeatureTables(
         arr("user_ids"),
@@ -182,11 +241,22 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
         {f.name: arr(f"items.{f.name}") for f in space.item_fields},
     )
     tasks = {name: load_taskset(folder / "tasks" / name, mmap) for name in SCENARIOS}
+    train_ratings = RatingRows(
+        *(arr(f"train.{name}", folder / "ratings") for name in RATING_ARRAYS)
+    )
     catalog = pd.read_parquet(folder / "catalog.parquet")
     catalog["genres"] = [list(g) for g in catalog["genres"]]  # parquet gives arrays back
     config = DataConfig.from_dict(manifest["config"])
     return Prepared(
-        config, space, tables, tasks, catalog, manifest["fingerprint"], manifest["stats"], folder
+        config,
+        space,
+        tables,
+        tasks,
+        catalog,
+        manifest["fingerprint"],
+        train_ratings,
+        manifest["stats"],
+        folder,
     )
 
 

@@ -56,9 +56,12 @@ def split_users(ratings: pd.DataFrame, config: DataConfig) -> dict[str, np.ndarr
     ``time``: ordered by first rating (ties by id); the oldest ``train_fraction`` train, the
     next ``validation_fraction`` validate, the newest rest are test (cold) users.
     ``random``: a seeded permutation instead.
+    ``folds`` K > 1 (random split only): see ``fold_users``; ``train_fraction`` is unused.
     """
     first = ratings.groupby("user_id", sort=True)["timestamp"].min()
     ids = first.index.to_numpy(dtype=np.int64)
+    if config.folds:
+        return fold_users(ids, config)
     if config.user_split == "time":
         ids = ids[np.lexsort((ids, first.to_numpy()))]
     else:
@@ -69,6 +72,24 @@ def split_users(ratings: pd.DataFrame, config: DataConfig) -> dict[str, np.ndarr
         "train": np.sort(ids[:n_train]),
         "validation": np.sort(ids[n_train : n_train + n_val]),
         "test": np.sort(ids[n_train + n_val :]),
+    }
+
+
+def fold_users(ids: np.ndarray, config: DataConfig) -> dict[str, np.ndarray]:
+    """K-fold roles of user ``ids``: shuffled once with ``config.seed`` and cut into
+    ``config.folds`` near-equal folds; test = fold ``config.fold`` (so every user is a test
+    user in exactly one fold); validation = ``round(validation_fraction × len(ids))`` of
+    the others, drawn with the seed and fold; train = the rest."""
+    perm = np.random.default_rng(config.seed).permutation(np.sort(ids))
+    parts = np.array_split(perm, config.folds)
+    test = parts[config.fold]
+    rest = np.concatenate([p for k, p in enumerate(parts) if k != config.fold])
+    rest = np.random.default_rng([config.seed, config.fold]).permutation(rest)
+    n_val = round(config.validation_fraction * len(ids))
+    return {
+        "train": np.sort(rest[n_val:]),
+        "validation": np.sort(rest[:n_val]),
+        "test": np.sort(test),
     }
 
 

@@ -14,7 +14,7 @@ from melu.bundle import load_bundle
 from melu.cli.app import run_app
 from melu.cli.evaluate import resolve_model
 from melu.errors import BundleError, DataError
-from melu.evaluation.evaluate import METHODS, Report, evaluate
+from melu.evaluation.evaluate import BASELINES, METHODS, Report, evaluate
 from melu.evaluation.metrics import user_mae
 from melu.evaluation.report import PLOTS, summary_table, write_report
 from melu.model.estimator import apply
@@ -75,17 +75,15 @@ def test_report_covers_every_scenario_and_method(report: Report, ml100k: Prepare
         assert curve["maml"]["mae"][curve["steps"].index(steps)] == pytest.approx(
             sc["methods"]["maml_after"]["mae"]
         )
-        assert [len(sc["support_curve"][k]) for k in ("maml", "pooled_finetune")] == [2, 2]
+        curves = ("maml", "pooled_finetune", "baseline_predictor", "mf")
+        assert [len(sc["support_curve"][k]) for k in curves] == [2, 2, 2, 2]
         mu = report.meta["baselines"]["global_mean"]
         direct = user_mae(
             torch.full(tasks.query_ratings.shape, mu), tasks.query_ratings, tasks.query_mask
         )
         assert sc["methods"]["global_mean"]["mae"] == pytest.approx(float(direct.mean()), rel=1e-5)
         cmp = sc["comparison"]
-        best = min(
-            ("global_mean", "item_mean", "pooled", "pooled_finetune"),
-            key=lambda m: sc["methods"][m]["mae"],
-        )
+        best = min(BASELINES, key=lambda m: sc["methods"][m]["mae"])
         assert cmp["baseline"] == best
         assert cmp["mae"]["difference"] == pytest.approx(
             sc["methods"]["maml_after"]["mae"] - sc["methods"][best]["mae"], abs=1e-9

@@ -3,6 +3,9 @@
 - global mean: one number, the mean training rating.
 - item mean shrunk towards the global mean: ŷ_i = (Σ_u y_ui + λ·μ) / (n_i + λ); an item
   without training ratings (every new item) gets μ. λ is picked on the validation users.
+- baseline predictor μ + b_i + b_u (``melu.evaluation.bias``) and MF with fold-in
+  (``melu.evaluation.mf``): fit on *all* training ratings (``Prepared.train_ratings``),
+  their grids below.
 - pooled: the same ``PreferenceEstimator`` trained by ordinary regression (Adam on the MSE
   of all training ratings, no inner loop); the epoch is picked on the validation users.
 - pooled + fine-tune: the pooled parameters adapted per user on the support by
@@ -13,16 +16,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from melu.config import Config
+from melu.evaluation.bias import ITEM_SHRINKAGE, USER_SHRINKAGE
+from melu.evaluation.mf import MFConfig
 from melu.features import FeatureSpace, FeatureTables
 from melu.model.estimator import Params, PreferenceEstimator, apply, init_params
 from melu.model.maml import masked_mse
 from melu.model.predict import predict_adapted
+from melu.prepare import RatingRows
 from melu.tasks import TaskSet
 
 
@@ -37,18 +43,9 @@ class BaselineConfig:
     pooled_batch: int = 512
     finetune_lr_scales: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
     seed: int = 0
-
-
-@dataclass
-class RatingRows:
-    """Flat rated pairs: ``user_rows`` (N,), ``item_rows`` (N,), ``ratings`` (N,) float."""
-
-    user_rows: Tensor
-    item_rows: Tensor
-    ratings: Tensor
-
-    def __len__(self) -> int:
-        return int(self.ratings.shape[0])
+    item_shrinkage_grid: tuple[float, ...] = ITEM_SHRINKAGE  # λ_i of μ + b_i + b_u
+    user_shrinkage_grid: tuple[float, ...] = USER_SHRINKAGE  # λ_u of μ + b_i + b_u
+    mf: MFConfig = field(default_factory=MFConfig)  # ranks, λ grid, ALS sweeps
 
 
 def training_rows(tasks: TaskSet) -> RatingRows:

@@ -31,6 +31,7 @@ from melu.evaluation.baselines import (
     pick_finetune_lr,
     pooled_predict,
 )
+from melu.evaluation.bias import BiasPredictor, fit_bias_predictor
 from melu.evaluation.metrics import (
     NDCG_KS,
     bootstrap_ci,
@@ -39,13 +40,15 @@ from melu.evaluation.metrics import (
     per_user,
     summarize,
 )
+from melu.evaluation.mf import MatrixFactorization, fit_mf
+from melu.evaluation.support import SUPPORT_BASELINES, per_user_mae, support_predictions
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.predict import predict_curve
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 
 Progress = Callable[[str], None]
-BASELINES = ("global_mean", "item_mean", "pooled", "pooled_finetune")
+BASELINES = ("global_mean", "item_mean", "baseline_predictor", "mf", "pooled", "pooled_finetune")
 METHODS = ("maml_before", "maml_after", *BASELINES)
 CURVE_METRICS = ("mae", "ndcg@10")
 HEADLINE = "mae"
@@ -84,6 +87,12 @@ class Fitted:
     pooled_params: Params
     pooled_epoch: int
     finetune_lr: float
+    bias: BiasPredictor  # μ + b_i + b_u, from all training ratings
+    mf: MatrixFactorization  # biased MF, users folded in from their support
+
+    def support_predict(self, name: str, tasks: TaskSet) -> Tensor:
+        """Query predictions (T, Q) of a ``SUPPORT_BASELINES`` method from the supports."""
+        return (self.bias if name == "baseline_predictor" else self.mf).predict(tasks)
 
 
 def check_compatible(bundle: Bundle, prepared: Prepared) -> None:
@@ -127,7 +136,21 @@ def fit_baselines(
         model, params, val, tables, steps=meta.inner_steps, base_lr=meta.inner_lr,
         scales=options.finetune_lr_scales,
     )  # fmt: skip
-    return Fitted(mu, item, model, params, epoch, lr)
+    bias, mf = fit_rating_baselines(prepared, options)
+    return Fitted(mu, item, model, params, epoch, lr, bias, mf)
+
+
+def fit_rating_baselines(
+    prepared: Prepared, options: BaselineConfig
+) -> tuple[BiasPredictor, MatrixFactorization]:
+    """μ + b_i + b_u and MF on all training ratings, settings picked on validation users."""
+    rows, val = prepared.train_ratings, prepared.tasks["validation"]
+    n_users, n_items = len(prepared.tables.user_ids), len(prepared.tables.item_ids)
+    scale = prepared.features.rating_scale
+    bias = fit_bias_predictor(
+        rows, val, n_items, scale, options.item_shrinkage_grid, options.user_shrinkage_grid
+    )
+    return bias, fit_mf(rows, val, n_users, n_items, scale, options.mf)
 
 
 def _curve(preds: Tensor, tasks: TaskSet) -> dict[str, list[float]]:
@@ -172,7 +195,9 @@ def evaluate_scenario(
     seed: int,
     n_boot: int,
     progress: Progress,
+    keep_per_user: bool = False,
 ) -> dict[str, Any]:
+    """One scenario's figures (see ``Report``); ``keep_per_user`` adds ``per_user``."""
     tasks, tables = prepared.tasks[name], prepared.tables
     meta = bundle.config.meta
     lr = bundle.inner_lr if bundle.inner_lr is not None else meta.inner_lr
@@ -191,27 +216,21 @@ def evaluate_scenario(
         "item_mean": fitted.item_mean.predict(tasks.query_items),
         "pooled": pooled_predict(fitted.pooled_model, fitted.pooled_params, tasks, tables),
         "pooled_finetune": tuned[after],
+        **{m: fitted.support_predict(m, tasks) for m in SUPPORT_BASELINES},
     }
     index = bootstrap_indices(len(tasks), n_boot, seed)
     methods = {
         m: summarize(p, tasks.query_ratings, tasks.query_mask, index, NDCG_KS)
         for m, p in preds.items()
     }
-    support: dict[str, list[Any]] = {
-        "sizes": list(support_sizes),
-        "maml": [],
-        "pooled_finetune": [],
-    }
-    for n in support_sizes:
-        sub = tasks.with_support_size(n, seed)
-        for key, model, params, rate in (
-            ("maml", bundle.model, bundle.params, lr),
-            ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
-        ):
-            pred = predict_curve(model, params, sub, tables, steps=[meta.inner_steps], lr=rate)[0]
-            figures = summarize(pred, sub.query_ratings, sub.query_mask, index, (10,))
+    curves = support_predictions(bundle, fitted, tasks, tables, support_sizes, seed, lr)
+    support: dict[str, list[Any]] = {"sizes": list(support_sizes)}
+    for key, points in curves.items():
+        support[key] = []
+        for pred in points:
+            figures = summarize(pred, tasks.query_ratings, tasks.query_mask, index, (10,))
             support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
-        progress(f"{name}: support {n}")
+    progress(f"{name}: support curves")
     sizes = tasks.support_sizes().float()
     return {
         "n_tasks": len(tasks),
@@ -225,12 +244,14 @@ def evaluate_scenario(
         },
         "support_curve": support,
         "comparison": compare(tasks, preds, index, methods),
+        **({"per_user": per_user_mae(tasks, preds, curves)} if keep_per_user else {}),
     }
 
 
 def count_stages(scenarios: Sequence[str], support_sizes: Sequence[int]) -> int:
-    """How many times ``evaluate`` calls ``progress`` (for a progress bar's total)."""
-    return 1 + len(scenarios) * (1 + len(support_sizes))
+    """How many times ``evaluate`` calls ``progress`` (for a progress bar's total);
+    ``support_sizes`` is kept for callers (the curves report once per scenario)."""
+    return 1 + len(scenarios) * 2
 
 
 def evaluate(
@@ -244,8 +265,11 @@ def evaluate(
     scenarios: Sequence[str] = EVAL_SCENARIOS,
     baselines: BaselineConfig | None = None,
     progress: Progress | None = None,
+    keep_per_user: bool = False,
 ) -> Report:
-    """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol)."""
+    """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol).
+
+    ``keep_per_user``: each scenario also holds ``per_user`` (see ``per_user_mae``)."""
     say = progress or (lambda _msg: None)
     check_compatible(bundle, prepared)
     check_tasks(prepared, ("train", "validation", *scenarios))
@@ -275,6 +299,12 @@ def evaluate(
                 "pooled_best_epoch": fitted.pooled_epoch,
                 "finetune_lr": fitted.finetune_lr,
                 "finetune_steps": meta_cfg.inner_steps,
+                "bias_item_shrinkage": fitted.bias.item_shrinkage,
+                "bias_user_shrinkage": fitted.bias.user_shrinkage,
+                "mf_rank": fitted.mf.rank,
+                "mf_reg": fitted.mf.reg,
+                "mf_bias_reg": fitted.mf.bias_reg,
+                "rating_baselines_fit_on": f"{len(prepared.train_ratings)} training ratings",
             },
         }
     )
@@ -282,6 +312,6 @@ def evaluate(
     for name in scenarios:
         report.scenarios[name] = evaluate_scenario(
             bundle, prepared, fitted, name, steps_curve=steps, support_sizes=support_sizes,
-            seed=seed, n_boot=n_boot, progress=say,
+            seed=seed, n_boot=n_boot, progress=say, keep_per_user=keep_per_user,
         )  # fmt: skip
     return report

@@ -16,17 +16,21 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from melu.atomic import atomic_directory
-from melu.evaluation.evaluate import METHODS, Report
+from melu.evaluation.evaluate import METHODS, SUPPORT_BASELINES, Report
 
 LABELS = {
     "maml_before": "MAML, 0 steps",
     "maml_after": "MAML, adapted",
     "global_mean": "global mean",
     "item_mean": "item mean (shrunk)",
+    "baseline_predictor": "μ + b_i + b_u",
+    "mf": "MF + fold-in",
     "pooled": "pooled",
     "pooled_finetune": "pooled + fine-tune",
 }
 PLOTS = ("methods.png", "steps_curve.png", "support_curve.png")
+CURVES = ("maml", "pooled_finetune", *SUPPORT_BASELINES)  # methods on the support curves
+COLORS = {"item_mean": "k", "pooled": "grey", "baseline_predictor": "C2", "mf": "C3"}  # flat lines
 
 
 def _ci(value: float, ci: list[float]) -> str:
@@ -54,6 +58,7 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
                 "MAE after": methods["maml_after"]["mae"],
                 "best baseline": LABELS[best],
                 "baseline MAE": methods[best]["mae"],
+                **{LABELS[m]: methods[m]["mae"] for m in SUPPORT_BASELINES if m in methods},
                 "diff": cmp["mae"]["difference"],
                 "diff CI": cmp["mae"]["ci"],
                 "nDCG@10 after": methods["maml_after"]["ndcg@10"],
@@ -65,14 +70,16 @@ def summary_rows(report: Report) -> list[dict[str, Any]]:
 
 def summary_table(report: Report) -> str:
     """The summary as aligned plain text (the CLI prints it)."""
-    head = ("scenario", "users", "MAE 0-step", "MAE adapted", "best baseline", "its MAE",
-            "MAML − best [95% CI]", "verdict")  # fmt: skip
+    extra = tuple(LABELS[m] for m in SUPPORT_BASELINES)
+    head = ("scenario", "users", "MAE 0-step", "MAE adapted", *extra, "best baseline",
+            "its MAE", "MAML − best [95% CI]", "verdict")  # fmt: skip
     lines = [head]
     for r in summary_rows(report):
         diff = f"{r['diff']:+.3f} [{r['diff CI'][0]:+.3f}, {r['diff CI'][1]:+.3f}]"
+        cells = tuple(f"{r[c]:.3f}" if c in r else "-" for c in extra)
         lines.append((r["scenario"], str(r["users"]), f"{r['MAE before']:.3f}",
-                      f"{r['MAE after']:.3f}", r["best baseline"], f"{r['baseline MAE']:.3f}",
-                      diff, r["verdict"]))  # fmt: skip
+                      f"{r['MAE after']:.3f}", *cells, r["best baseline"],
+                      f"{r['baseline MAE']:.3f}", diff, r["verdict"]))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)  # fmt: skip
@@ -132,7 +139,7 @@ def to_markdown(report: Report) -> str:
             "| support size | " + " | ".join(str(s) for s in sizes) + " |",
             "|---" * (len(sizes) + 1) + "|",
         ]
-        for key in ("maml", "pooled_finetune"):
+        for key in (k for k in CURVES if k in sc["support_curve"]):
             cells = [f"{p['mae']:.3f}" for p in sc["support_curve"][key]]
             parts.append(
                 f"| MAE {LABELS[key if key != 'maml' else 'maml_after']} | "
@@ -174,17 +181,13 @@ def _curves(report: Report, key: str, xlabel: str) -> Figure:
         sc = report.scenarios[name]
         curve = sc[key]
         xs = curve["steps"] if key == "steps_curve" else curve["sizes"]
-        for method, label in (("maml", "MAML"), ("pooled_finetune", "pooled + fine-tune")):
+        for method in (m for m in CURVES if m in curve):
             ys = curve[method]["mae"] if key == "steps_curve" else [p["mae"] for p in curve[method]]
-            ax.plot(xs, ys, marker="o", label=label)
-        for m in ("item_mean", "pooled"):
-            ax.axhline(
-                sc["methods"][m]["mae"],
-                ls="--",
-                lw=1,
-                color="grey" if m == "pooled" else "k",
-                label=LABELS[m],
-            )
+            label = "MAML" if method == "maml" else LABELS[method]
+            ax.plot(xs, ys, marker="o", label=label, color=f"C{CURVES.index(method)}")
+        flat = ("item_mean", "pooled") + (SUPPORT_BASELINES if key == "steps_curve" else ())
+        for m in (m for m in flat if m in sc["methods"]):
+            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color=COLORS[m], label=LABELS[m])
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("MAE")

@@ -1,0 +1,83 @@
+"""``melu cv``: the K-fold study over users (model vs every baseline, pooled paired CIs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import torch
+import typer
+from tqdm import tqdm
+
+from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.settings import config_options
+from melu.config import Config
+
+if TYPE_CHECKING:
+    from melu.evaluation.evaluate import Report
+
+
+def run_study(
+    config: Config,
+    *,
+    folds: int,
+    seeds: int,
+    out: Path,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    n_boot: int = 1000,
+    pooled_epochs: int | None = None,
+    show_progress: bool = True,
+) -> Report:
+    """Run (or resume) the study, write ``out/report``, print the pooled summary."""
+    from melu.evaluation.baselines import BaselineConfig
+    from melu.evaluation.cv import CVOptions, run_cv
+    from melu.evaluation.cv_report import summary_table, write_cv_report
+
+    config = config.replace(data=config.data.replace(user_split="random"))
+    baselines = (
+        BaselineConfig() if pooled_epochs is None else BaselineConfig(pooled_epochs=pooled_epochs)
+    )
+    options = CVOptions(folds=folds, seeds=tuple(range(seeds)), n_boot=n_boot, baselines=baselines)
+    with tqdm(total=folds * seeds, desc="folds", disable=not show_progress) as bar:
+
+        def step(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
+
+        report = run_cv(
+            config, resolve_data_dir(data_dir), out, options, cache_dir=cache_dir, progress=step
+        )
+    target = write_cv_report(report, out / "report")
+    echo("pooled per-user query MAE over folds (lower is better); MAML − best with a paired CI")
+    echo(summary_table(report))
+    echo(f"report: {target / 'report.md'}")
+    return report
+
+
+@app.command()
+@config_options(exclude=("data.user_split", "data.folds", "data.fold", "train.seed"))
+def cv(
+    config: Config,
+    folds: Annotated[int, typer.Option(min=2, help="Folds of users (each a test fold once).")] = 5,
+    seeds: Annotated[int, typer.Option(min=1, help="Training seeds per fold (0..N-1).")] = 1,
+    out: Annotated[Path, typer.Option(help="Study folder (resumable).")] = Path("runs/cv"),
+    data_dir: DataDir = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Task cache folder.")] = None,
+    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap resamples.")] = 1000,
+    pooled_epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epoch budget of the pooled baseline.")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all).")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """K-fold study: train and evaluate per fold and seed, pool per-user paired differences.
+
+    Every fold is a random user split (--data-seed shuffles the users once); each training option below applies to every fold, and seeds 0..N-1 replace --seed.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+    run_study(
+        config, folds=folds, seeds=seeds, out=out, data_dir=data_dir, cache_dir=cache_dir,
+        n_boot=n_boot, pooled_epochs=pooled_epochs, show_progress=progress,
+    )  # fmt: skip
