@@ -251,7 +251,19 @@ class FeatureSpace:
                 )
                 for f in data["fields"]
             )
-            low, high = data["rating_scale"]
+            low, high = (float(v) for v in data["rating_scale"])
+            step = float(data["rating_step"])
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"rating_scale {[low, high]} must be finite and increasing")
+            if not (0 < step <= high - low):
+                raise ValueError(f"rating_step {step} must be in (0, high - low]")
+            if any(not isinstance(f["vocab"], list) for f in data["fields"]):
+                raise ValueError("every field's vocabulary must be a list")
+            for f in fields:
+                if not all(isinstance(v, str) for v in f.vocab) or len(set(f.vocab)) != len(
+                    f.vocab
+                ):
+                    raise ValueError(f"field {f.name!r}: vocabulary must be distinct strings")
             return cls(
                 fields,
                 (float(low), float(high)),

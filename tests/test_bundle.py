@@ -291,3 +291,24 @@ def test_config_values_that_would_hang_or_exhaust_are_refused_at_load(
     (path / "config.json").write_text(json.dumps(info))
     with pytest.raises(BundleError, match=rf"config\.json: .*{section}\.{field}"):
         load_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.update(rating_scale=[5, 1]), "rating_scale"),
+        (lambda f: f.update(rating_scale=[float("nan"), 5]), "rating_scale"),
+        (lambda f: f["fields"][0].update(vocab="abc"), "vocabulary"),
+        (lambda f: f["fields"][0].update(vocab=[1, 2, 3]), "vocabulary"),
+    ],
+    ids=["reversed scale", "nan scale", "vocab as a string", "vocab of numbers"],
+)
+def test_a_malformed_feature_space_is_refused(
+    saved: Path, tmp_path: Path, edit: Callable[[dict], None], message: str
+) -> None:
+    path = copy(saved, tmp_path)
+    features = json.loads((path / "features.json").read_text())
+    edit(features)
+    (path / "features.json").write_text(json.dumps(features))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
