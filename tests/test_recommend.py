@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.model.estimator import PreferenceEstimator, apply
+from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import Examples, adapt
 from melu.serving.recommender import InvalidInput, Recommender, age_bucket
 
@@ -63,7 +63,7 @@ def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommende
     targets = [1, 7, 500, 1682]
     rows = recommender.rows(targets, "item_ids")
     with torch.no_grad():
-        expected = apply(bundle.model, params, bundle.item_features.with_user(user, rows))
+        expected = bundle.model.predict(params, bundle.item_features.with_user(user, rows))
     got, info = recommender.predict(USER, RATINGS, targets)
     assert got == pytest.approx(expected.clamp(1, 5).tolist(), abs=1e-5)
     assert info.support_loss_before == pytest.approx(losses[0].item(), rel=1e-5)

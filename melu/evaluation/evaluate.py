@@ -40,7 +40,8 @@ from melu.evaluation.metrics import (
     summarize,
 )
 from melu.model.estimator import Params, PreferenceEstimator
-from melu.model.predict import predict_curve
+from melu.model.maml import inner_rates
+from melu.model.predict import predict_queries
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 
@@ -175,10 +176,10 @@ def evaluate_scenario(
 ) -> dict[str, Any]:
     tasks, tables = prepared.tasks[name], prepared.tables
     meta = bundle.config.meta
-    lr = bundle.inner_lr if bundle.inner_lr is not None else meta.inner_lr
+    lr = inner_rates(meta, bundle.inner_lr)
     steps = sorted({0, meta.inner_steps, *steps_curve})
-    maml = predict_curve(bundle.model, bundle.params, tasks, tables, steps=steps, lr=lr)
-    tuned = predict_curve(
+    maml = predict_queries(bundle.model, bundle.params, tasks, tables, steps=steps, lr=lr)
+    tuned = predict_queries(
         fitted.pooled_model, fitted.pooled_params, tasks, tables, steps=steps,
         lr=fitted.finetune_lr,
     )  # fmt: skip
@@ -208,7 +209,7 @@ def evaluate_scenario(
             ("maml", bundle.model, bundle.params, lr),
             ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
         ):
-            pred = predict_curve(model, params, sub, tables, steps=[meta.inner_steps], lr=rate)[0]
+            pred = predict_queries(model, params, sub, tables, steps=meta.inner_steps, lr=rate)
             figures = summarize(pred, sub.query_ratings, sub.query_mask, index, (10,))
             support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
         progress(f"{name}: support {n}")

@@ -29,8 +29,8 @@ from torch import Tensor
 from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.errors import BundleError, MeluError
 from melu.features import UNKNOWN, FeatureBatch
-from melu.model.estimator import Embedded, PreferenceEstimator, apply, embed
-from melu.model.maml import Examples, adapt, embeds_are_shared
+from melu.model.estimator import Encoded, is_embedding
+from melu.model.maml import Examples, adapt, inner_rates
 from melu.serving.onboarding import evidence_scores
 from melu.serving.types import (
     Adaptation,
@@ -75,16 +75,12 @@ class Recommender:
         self.bundle = bundle
         self.threads = threads
         self.device = torch.device(device or "cpu")
-        self.model = bundle.model.to(self.device)
-        self._local = threading.local()
+        self.model = bundle.model  # a pure function of (params, features): shared by all threads
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
         meta = bundle.config.meta
         self.steps = meta.inner_steps
-        self.lr: float | dict[str, Tensor] = (
-            {k: v.to(self.device) for k, v in bundle.inner_lr.items()}
-            if bundle.inner_lr
-            else meta.inner_lr
-        )
+        learned = {k: v.to(self.device) for k, v in (bundle.inner_lr or {}).items()}
+        self.lr = inner_rates(meta, learned)
         self.fast = self.model.fast_names()
         self.scale = bundle.features.rating_scale
         self.catalog = bundle.catalog
@@ -99,25 +95,9 @@ class Recommender:
         self._vocab = {f.name: f.index() for f in self._user_fields}
         size = max((f.size for f in self._user_fields), default=1)
         self._codes = torch.arange(size, device=self.device)  # () index tensors to share
-        names = self.model.field_names
-        self.shared = (
-            precompute_items
-            and embeds_are_shared(self.model, self.fast)
-            and names[: len(self._user_fields)] == [f.name for f in self._user_fields]
-        )
+        self.shared = precompute_items and not any(is_embedding(k) for k in self.fast)
         with torch.no_grad():
             self._item_embedding = self._embed_items() if self.shared else None
-        # requests on embedded rows never touch the embeddings: fewer tensors to swap in
-        self._request_params = (
-            {k: v for k, v in self.params.items() if not k.startswith("embeddings.")}
-            if self.shared
-            else self.params
-        )
-        # requests can take adapt's batched MLP path (embedded rows, the MLP adapts): decided
-        # once here, not per request
-        self._batched_mlp = self.shared and sorted(self.fast) == sorted(
-            self.model.fast_names("mlp")
-        )
         self._lock = threading.Lock()
         self._onboarding = self._rank_onboarding() if onboarding else None
 
@@ -164,20 +144,6 @@ class Recommender:
         finally:
             torch.set_num_threads(previous)
 
-    def module(self) -> PreferenceEstimator:
-        """This thread's copy of the module.
-
-        ``functional_call`` swaps the given parameters into the module for the duration of
-        a call, so one module shared by concurrent requests would mix their parameters.
-        Each thread gets its own (weights come from ``params``, never from the module).
-        """
-        module = getattr(self._local, "module", None)
-        if module is None:
-            module = PreferenceEstimator(self.bundle.config.model, self.bundle.features)
-            module = module.to(self.device).requires_grad_(False)
-            self._local.module = module
-        return module
-
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
@@ -223,22 +189,14 @@ class Recommender:
         return torch.as_tensor(self._sorted_rows[pos], device=self.device)
 
     def _embed_items(self) -> Tensor:
-        """Item part of the embedded rows, (I, Fi·D), for every catalog item."""
+        """Item part of the encoded rows, (I, E_i), for every catalog item."""
         rows = torch.arange(self.n_items, device=self.device)
         unknown = {f.name: torch.tensor(UNKNOWN, device=self.device) for f in self._user_fields}
-        full = embed(self.model, self.params, self.items.with_user(unknown, rows))
-        return full[:, len(self._user_fields) * self.model.config.embedding_dim :]
+        return self.model.encode_items(self.params, self.items.with_user(unknown, rows))
 
-    def inputs(self, user: FeatureBatch, rows: Tensor) -> Tensor | FeatureBatch:
-        """Model inputs of ``user`` paired with catalog ``rows`` (N,): (N, E) or features."""
-        if self._item_embedding is None:
-            return self.items.with_user(user, rows)
-        parts = [
-            self.params[f"embeddings.{f.name}.weight"][user[f.name]] for f in self._user_fields
-        ]
-        head = torch.cat(parts).expand(len(rows), -1) if parts else None
-        items = self._item_embedding[rows]
-        return items if head is None else torch.cat([head, items], dim=-1)
+    def inputs(self, user: FeatureBatch, rows: Tensor) -> FeatureBatch:
+        """Features (N, ...) of ``user`` paired with catalog ``rows`` (N,)."""
+        return self.items.with_user(user, rows)
 
     # ----------------------------------------------------------------- adaptation
     def check_ratings(self, ratings: Ratings) -> tuple[Tensor, Tensor]:
@@ -269,53 +227,24 @@ class Recommender:
     def _adapt(
         self, user: Mapping[str, Any] | None, ratings: Ratings
     ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
-        module = self.module()
         features = self.encode_user(user)
         rows, values = self.check_ratings(ratings)
         if len(rows) == 0 or self.steps == 0:
-            return self._request_params, features, Adaptation(0, None, None)
+            return self.params, features, Adaptation(0, None, None)
+        # a batch of one task: adapt's batched kernel skips torch.func's per-call tracing
         support = Examples(
-            self.inputs(features, rows), values, torch.ones_like(values, dtype=torch.bool)
+            {k: v[None] for k, v in self.inputs(features, rows).items()},
+            values[None],
+            torch.ones_like(values, dtype=torch.bool)[None],
         )
-        if self._batched_mlp:
-            return self._adapt_as_one_task(module, support, features)
-        # adapt differentiates with torch.func.grad: it must see autograd even when the
+        # adapt may differentiate with torch.func: it must see autograd even when the
         # caller runs under inference_mode; no_grad alone is fine for function transforms.
         with torch.inference_mode(False), torch.no_grad():
             params, losses = adapt(
-                module,
-                self._request_params,
-                support,
-                steps=self.steps,
-                lr=self.lr,
-                first_order=True,
-                fast=self.fast,
-            )
-        before, after = losses[0].item(), losses[-1].item()
-        return params, features, Adaptation(self.steps, before, after)
-
-    def _adapt_as_one_task(
-        self, module: PreferenceEstimator, support: Examples, features: FeatureBatch
-    ) -> tuple[dict[str, Tensor], FeatureBatch, Adaptation]:
-        """The same ``adapt`` on a batch of one task (T = 1) in factored form.
-
-        ``adapt`` then runs its batched MLP path (hand-derived inner gradients in a few
-        batched matmuls), which skips ``torch.func``'s per-call tracing: the same result as
-        the generic path (tests/test_maml.py), at a fraction of the latency.
-        """
-        x = support.inputs
-        assert isinstance(x, Tensor)  # (N, E): user columns first, then item columns
-        width = len(self._user_fields) * self.bundle.config.model.embedding_dim
-        one = Examples(
-            Embedded(x[:1, :width], x[None, :, width:]), support.ratings[None], support.mask[None]
-        )
+                self.model, self.params, support, steps=self.steps, lr=self.lr,
+                first_order=True, fast=self.fast, kernel="batched",
+            )  # fmt: skip
         fast = set(self.fast)
-        batched = {k: v[None] if k in fast else v for k, v in self._request_params.items()}
-        lr = {k: v[None] for k, v in self.lr.items()} if isinstance(self.lr, Mapping) else self.lr
-        with torch.no_grad():
-            params, losses = adapt(
-                module, batched, one, steps=self.steps, lr=lr, first_order=True, fast=self.fast
-            )
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
         before, after = losses[0, 0].item(), losses[0, -1].item()
         return adapted, features, Adaptation(self.steps, before, after)
@@ -323,7 +252,10 @@ class Recommender:
     def _scores(self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor) -> Tensor:
         """Unclamped predicted ratings (N,) of ``rows`` in one batched pass."""
         with torch.no_grad():
-            return apply(self.module(), params, self.inputs(user, rows))
+            if self._item_embedding is None:
+                return self.model.predict(params, self.inputs(user, rows))
+            encoded = Encoded(self.model.encode_user(params, user), self._item_embedding[rows])
+            return self.model.score(params, encoded)
 
     # ----------------------------------------------------------------- public API
     def predict(
@@ -410,13 +342,10 @@ class Recommender:
         unknown = self.encode_user(None)
         rows = torch.arange(self.n_items, device=self.device)
         popularity = self.catalog["n_ratings"].to_numpy(dtype=np.float64)
-        inputs = self.inputs(unknown, rows)
-        if not isinstance(inputs, Tensor):
-            inputs = embed(self.module(), self.params, inputs)
         influence = evidence_scores(
-            self.module(),
+            self.model,
             self.params,
-            inputs,
+            self.inputs(unknown, rows),
             popularity,
             self.scale,
             steps=self.steps,
