@@ -84,7 +84,9 @@ def grads_of(loss: Tensor, params: Params) -> Params:
 @pytest.mark.parametrize("kernel", ["generic", "batched"])
 @pytest.mark.parametrize("fast", ["mlp", "head", "all"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_vmap_meta_gradient_equals_per_task_loop(fast: str, first_order: bool, kernel: Kernel) -> None:
+def test_vmap_meta_gradient_equals_per_task_loop(
+    fast: str, first_order: bool, kernel: Kernel
+) -> None:
     """Both kernels (vmapped generic, batched) == the per-task loop of the generic path.
 
     fast="all" adapts the embeddings, which the batched kernel differentiates by autograd

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from melu.config import Config
-from melu.features import FeatureSpace, FeatureTables
 from melu.evaluation.metrics import mae_all
+from melu.features import FeatureSpace, FeatureTables
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import masked_mse
 from melu.model.predict import predict_queries

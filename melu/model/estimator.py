@@ -10,6 +10,7 @@ a shared module and one estimator serves any number of threads. Parameter names 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -58,8 +59,10 @@ class PreferenceEstimator:
         self.field_names = self.user_field_names + self.item_field_names
         self.multi = {f.name for f in space.fields if f.multi}
         widths = [self.embedding_width, *config.hidden, 1]
-        self.widths = list(zip(widths[:-1], widths[1:], strict=True))  # (in, out) per Linear
-        self.linears = [(f"mlp.{2 * i}.weight", f"mlp.{2 * i}.bias") for i in range(len(self.widths))]
+        self.widths = list(pairwise(widths))  # (in, out) per Linear
+        self.linears = [
+            (f"mlp.{2 * i}.weight", f"mlp.{2 * i}.bias") for i in range(len(self.widths))
+        ]
         self.head_prefix = f"mlp.{2 * (len(self.widths) - 1)}."
         self.user_width = config.embedding_dim * len(self.user_field_names)
         # additive parts of the prediction beyond the MLP (none yet): score adds them and the
@@ -101,13 +104,17 @@ class PreferenceEstimator:
         for n_in, n_out in self.widths:
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
         template.mlp = nn.Sequential(*layers[:-1])
-        params = {k: v.detach().to(device=device, dtype=dtype) for k, v in template.named_parameters()}
+        params = {
+            k: v.detach().to(device=device, dtype=dtype) for k, v in template.named_parameters()
+        }
         params[self.head_prefix + "bias"].fill_(sum(self.space.rating_scale) / 2)
         return params
 
     def encode_user(self, params: Mapping[str, Tensor], user: FeatureBatch) -> Tensor:
         """User fields → (...) indices  →  (..., E_u) embeddings (E_u = 0 without user fields)."""
-        parts = [F.embedding(user[n], params[f"embeddings.{n}.weight"]) for n in self.user_field_names]
+        parts = [
+            F.embedding(user[n], params[f"embeddings.{n}.weight"]) for n in self.user_field_names
+        ]
         if parts:
             return torch.cat(parts, dim=-1)
         some = next(iter(params.values()))
@@ -144,11 +151,12 @@ class PreferenceEstimator:
 
         MLP weights are shared ((H, W), (H,)) or per task ((T, H, W), (T, H)) with a leading
         task dim T matching ``encoded``'s; plain broadcasting matmuls cover both.
-        First layer: W₁·[u; xᵢ] + b₁ = (W₁ᵤ·u + b₁) + W₁ᵢ·xᵢ, the user's share once per task.
+        First layer: W₁·[u; xᵢ] + b₁ = (W₁ᵤ·u + b₁) + W₁ᵢ·xᵢ, the user's share once per task
+        (the matmul layouts are those of the historic module, so seeded runs reproduce).
         """
         (w0, b0), *rest = self.linears
         weight, width = params[w0], self.user_width
-        user = (weight[..., :width] @ encoded.user.unsqueeze(-1)).squeeze(-1) + params[b0]
+        user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]
         h = encoded.items @ weight[..., width:].mT + user.unsqueeze(-2)  # (..., N, H)
         for w, b in rest:
             h = h.relu() @ params[w].mT + params[b].unsqueeze(-2)

@@ -48,19 +48,20 @@ def task_predictions(
 
 def batched_gradients(
     model: PreferenceEstimator,
-    params: Mapping[str, Tensor],
+    frozen: Mapping[str, Tensor],
     rows: Encoded | FeatureBatch,
     ratings: Tensor,
     mask: Tensor,
-    fast: Sequence[str],
+    fast_params: Mapping[str, Tensor],
 ) -> tuple[Params, Tensor]:
     """Gradients of each task's masked support MSE w.r.t. its own fast parameters.
 
-    ``params``: the ``fast`` entries per task (T, ...), the rest shared. ``rows``: the
+    ``fast_params``: per task (T, ...); ``frozen``: the other, shared ones. ``rows``: the
     support encoded once (``Encoded`` (T, E_u), (T, N, E_i)) when no embedding adapts,
     else features (T, N, ...). ``ratings``, ``mask`` (T, N). Returns (gradients of the
-    ``fast`` names, losses (T,)); differentiable (second order) like the generic path.
+    fast names, losses (T,)); differentiable (second order) like the generic path.
     """
+    params, fast = {**frozen, **fast_params}, list(fast_params)
     encoded = rows if isinstance(rows, Encoded) else _encode_tasks(model, params, rows, fast)
     m = mask.to(encoded.items.dtype)  # (T, N)
     coef = 2 * m / m.sum(-1, keepdim=True).clamp(min=1.0)  # d loss / d pred per residual
@@ -85,7 +86,10 @@ def batched_gradients(
 
 
 def _encode_tasks(
-    model: PreferenceEstimator, params: Mapping[str, Tensor], features: FeatureBatch, fast: Sequence[str]
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    features: FeatureBatch,
+    fast: Sequence[str],
 ) -> Encoded:
     """Encode (T, N) rows with per-task embedding tables (T, V, D) where they adapt."""
     dims = per_task_dims(params, fast)
@@ -142,11 +146,10 @@ def _autograd_gradients(
             full = {**frozen, **extra}
             return model.score(full, x) if isinstance(x, Encoded) else model.predict(full, x)
 
-        _, pull = vjp(prediction, {k: p[k] for k in names})
+        pull = vjp(prediction, {k: p[k] for k in names})[1]
         grads: Params = pull(cot)[0]
         return grads
 
     dims = per_task_dims(params, fast)
     out: Params = vmap(one, in_dims=(dims, 0, 0))(dict(params), rows, cotangent)
     return out
-

@@ -17,6 +17,7 @@ and why they differ from MeLU's are in RESULTS.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Literal, NamedTuple
 
 import torch
@@ -85,12 +86,11 @@ def adapt(
     rows: Encoded | FeatureBatch = support.inputs
     if not any(is_embedding(k) for k in names):
         rows = model.encode(params, support.inputs)
+    step: Step
     if kernel == "batched":
         shapes, tasks = model.shapes(), support.mask.shape[0]
         fast_params = {k: v.expand(tasks, *shapes[k]) for k, v in fast_params.items()}
-
-        def step(fp: Params) -> tuple[Params, Tensor]:
-            return batched_gradients(model, {**frozen, **fp}, rows, support.ratings, support.mask, names)
+        step = partial(batched_gradients, model, frozen, rows, support.ratings, support.mask)
     else:
         step = _generic_step(model, frozen, rows, support)
     losses = []
@@ -127,7 +127,9 @@ def _generic_step(
     """One task's gradient step by ``torch.func.grad`` of the support MSE."""
 
     def support_loss(fp: Params) -> tuple[Tensor, Tensor]:
-        loss = masked_mse(_predict(model, {**frozen, **fp}, rows, ()), support.ratings, support.mask)
+        loss = masked_mse(
+            _predict(model, {**frozen, **fp}, rows, ()), support.ratings, support.mask
+        )
         return loss, loss
 
     grad_step = grad_and_value(support_loss, has_aux=True)

@@ -77,7 +77,9 @@ def predict_queries(
         index = slice(start, min(start + chunk, len(tasks)))
         support, query = task_examples(tasks, tables, index)
         parts.append(
-            predict_examples(model, params, trim(support), query.inputs, steps=order, lr=lr, fast=fast)
+            predict_examples(
+                model, params, trim(support), query.inputs, steps=order, lr=lr, fast=fast
+            )
         )
         if progress is not None:
             progress(index.stop - index.start)
