@@ -1,6 +1,6 @@
 """The batched inner-loop gradient: T tasks' support-MSE gradients at once, MLP by hand.
 
-``adapt(..., kernel="batched")`` calls ``batched_gradients`` once per inner step. The fast
+``adapt(..., kernel="batched")`` runs ``batched_step``'s function once per inner step. The fast
 parameters carry a leading task dim T; the support rows are (T, N). The MLP's gradient is
 back-propagated by hand from the residual coefficients (d loss / d prediction) through the
 Linear/ReLU stack in a few batched matmuls per layer, so the meta-gradient is autograd
@@ -23,6 +23,7 @@ from melu.features import FeatureBatch
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 
 _Getter = Callable[[str], Tensor]  # MLP parameter name → its (T, ...) view
+Step = Callable[[Params], tuple[Params, Tensor]]  # fast params → (gradients, losses)
 
 
 def per_task_dims(params: Mapping[str, Tensor], batched: Sequence[str]) -> dict[str, int | None]:
@@ -46,43 +47,48 @@ def task_predictions(
     return vmap(model.predict, in_dims=(dims, 0))(dict(params), features)
 
 
-def batched_gradients(
+def batched_step(
     model: PreferenceEstimator,
     frozen: Mapping[str, Tensor],
     rows: Encoded | FeatureBatch,
     ratings: Tensor,
     mask: Tensor,
-    fast_params: Mapping[str, Tensor],
-) -> tuple[Params, Tensor]:
-    """Gradients of each task's masked support MSE w.r.t. its own fast parameters.
+) -> Step:
+    """The inner step's gradient function for T tasks at once.
 
-    ``fast_params``: per task (T, ...); ``frozen``: the other, shared ones. ``rows``: the
-    support encoded once (``Encoded`` (T, E_u), (T, N, E_i)) when no embedding adapts,
-    else features (T, N, ...). ``ratings``, ``mask`` (T, N). Returns (gradients of the
-    fast names, losses (T,)); differentiable (second order) like the generic path.
+    ``frozen``: the shared (not adapted) parameters. ``rows``: the support encoded once
+    (``Encoded`` (T, E_u), (T, N, E_i)) when no embedding adapts, else features
+    (T, N, ...). ``ratings``, ``mask`` (T, N). The returned function maps the fast
+    parameters, each per task (T, ...), to (their gradients of each task's masked support
+    MSE, losses (T,)); differentiable (second order) like the generic path.
     """
-    params, fast = {**frozen, **fast_params}, list(fast_params)
-    encoded = rows if isinstance(rows, Encoded) else _encode_tasks(model, params, rows, fast)
-    m = mask.to(encoded.items.dtype)  # (T, N)
-    coef = 2 * m / m.sum(-1, keepdim=True).clamp(min=1.0)  # d loss / d pred per residual
+    m = mask.to(ratings.dtype)  # (T, N)
+    count = m.sum(-1, keepdim=True).clamp(min=1.0)  # (T, 1) real rows per task
+    coef = 2 * m / count  # d loss / d pred per residual
     tasks = ratings.shape[0]
 
-    def mlp(name: str) -> Tensor:  # (T, ...) view of an MLP parameter
-        p = params[name]
-        return p if name in fast else p.expand(tasks, *p.shape)
+    def step(fast_params: Params) -> tuple[Params, Tensor]:
+        params, fast = {**frozen, **fast_params}, list(fast_params)
+        encoded = rows if isinstance(rows, Encoded) else _encode_tasks(model, params, rows, fast)
 
-    pre, pred = _forward(model, mlp, encoded)
-    for part in model.parts:
-        pred = pred + part(params, encoded)
-    residual = pred - ratings  # (T, N)
-    losses = (residual * residual * m).sum(-1) / m.sum(-1).clamp(min=1.0)
-    cotangent = residual * coef  # (T, N): d loss / d pred
-    grads = _mlp_backward(model, mlp, encoded, pre, cotangent)
-    out = {k: grads[k] for k in fast if k in grads}
-    others = [k for k in fast if k not in grads]
-    if others:
-        out.update(_autograd_gradients(model, params, rows, cotangent, fast, others))
-    return out, losses
+        def mlp(name: str) -> Tensor:  # (T, ...) view of an MLP parameter
+            p = params[name]
+            return p if name in fast_params else p.expand(tasks, *p.shape)
+
+        pre, pred = _forward(model, mlp, encoded)
+        for part in model.parts:
+            pred = pred + part(params, encoded)
+        residual = pred - ratings  # (T, N)
+        losses = (residual * residual * m).sum(-1) / count.squeeze(-1)
+        cotangent = residual * coef  # (T, N): d loss / d pred
+        grads = _mlp_backward(model, mlp, encoded, pre, cotangent)
+        out = {k: grads[k] for k in fast if k in grads}
+        others = [k for k in fast if k not in grads]
+        if others:
+            out.update(_autograd_gradients(model, params, rows, cotangent, fast, others))
+        return out, losses
+
+    return step
 
 
 def _encode_tasks(

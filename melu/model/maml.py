@@ -16,8 +16,7 @@ and why they differ from MeLU's are in RESULTS.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from collections.abc import Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -27,12 +26,11 @@ from torch.func import grad_and_value, vmap
 from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
-from melu.model.kernel import batched_gradients, task_predictions
+from melu.model.kernel import Step, batched_step, task_predictions
 from melu.tasks import TaskSet
 
 Kernel = Literal["generic", "batched"]
 Lr = float | Mapping[str, Tensor]  # one rate, or per-parameter rates (Meta-SGD)
-Step = Callable[[Params], tuple[Params, Tensor]]  # fast params → (gradients, losses)
 
 
 class Examples(NamedTuple):
@@ -90,7 +88,7 @@ def adapt(
     if kernel == "batched":
         shapes, tasks = model.shapes(), support.mask.shape[0]
         fast_params = {k: v.expand(tasks, *shapes[k]) for k, v in fast_params.items()}
-        step = partial(batched_gradients, model, frozen, rows, support.ratings, support.mask)
+        step = batched_step(model, frozen, rows, support.ratings, support.mask)
     else:
         step = _generic_step(model, frozen, rows, support)
     losses = []
