@@ -16,7 +16,7 @@ from torch import Tensor
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import PreferenceEstimator
 from melu.model.kernel import task_predictions
-from melu.model.maml import Examples, Kernel, Lr, adapt, task_examples, trim
+from melu.model.maml import Examples, Lr, adapt, task_examples, trim
 from melu.tasks import TaskSet
 
 
@@ -29,7 +29,6 @@ def predict_examples(
     steps: Sequence[int],
     lr: Lr,
     fast: Sequence[str] | None = None,
-    kernel: Kernel = "batched",
 ) -> Tensor:
     """Query predictions (len(steps), T, Q) after each inner-step count in ``steps``.
 
@@ -45,7 +44,7 @@ def predict_examples(
             if n > done:
                 current, _ = adapt(
                     model, current, support, steps=n - done, lr=lr, first_order=True,
-                    fast=names, kernel=kernel,
+                    fast=names, kernel="batched",
                 )  # fmt: skip
                 done, batched = n, names
             out.append(task_predictions(model, current, query, batched))
