@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from melu.config import Config, DataConfig, MetaConfig, TrainConfig
-from melu.model.estimator import apply, embed
 from melu.model.maml import Examples, masked_mse
 from melu.prepare import prepare
 from melu.training.train import MetaTrainer
@@ -71,18 +70,18 @@ def loop_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor
             user = tasks.user_rows[t : t + 1].long()
             s_feat = trainer.tables.gather(user, tasks.support_items[t : t + 1, :s_n].long())
             q_feat = trainer.tables.gather(user, tasks.query_items[t : t + 1, :q_n].long())
-            s_x, q_x = embed(model, params, s_feat)[0], embed(model, params, q_feat)[0]
-            s = Examples(s_x, tasks.support_ratings[t, :s_n], tasks.support_mask[t, :s_n])
+            s_x, q_x = model.encode(params, s_feat), model.encode(params, q_feat)  # (1, N, ...)
+            s = Examples(s_feat, tasks.support_ratings[t, :s_n], tasks.support_mask[t, :s_n])
             fast = {k: params[k] for k in trainer.fast}
             for _ in range(meta.inner_steps):
-                loss = masked_mse(apply(model, {**params, **fast}, s.inputs), s.ratings, s.mask)
+                loss = masked_mse(model.score({**params, **fast}, s_x)[0], s.ratings, s.mask)
                 grads = torch.autograd.grad(
                     loss, list(fast.values()), create_graph=not meta.first_order
                 )
                 fast = {
                     k: v - meta.inner_lr * g for (k, v), g in zip(fast.items(), grads, strict=True)
                 }
-            pred = apply(model, {**params, **fast}, q_x)
+            pred = model.score({**params, **fast}, q_x)[0]
             losses.append(((pred - tasks.query_ratings[t, :q_n]) ** 2).mean())
         out.append(torch.autograd.grad(torch.stack(losses).mean(), list(params.values())))
     return out

@@ -161,7 +161,7 @@ def _check_weights(
     file: Path, params: Params, inner: Params, model: PreferenceEstimator, config: Config
 ) -> None:
     """Names, shapes and dtypes of the weights (and Meta-SGD rates) against the model."""
-    expected = {k: v.shape for k, v in model.named_parameters()}
+    expected = model.shapes()
     if set(params) != set(expected):
         raise BundleError(
             f"{file}: parameters {sorted(set(params) ^ set(expected))} "

@@ -19,7 +19,7 @@ import torch
 
 from melu.bundle import save_bundle
 from melu.config import Config
-from melu.model.estimator import PreferenceEstimator, init_params
+from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import meta_loss, task_examples
 from melu.prepare import Prepared
 from melu.serving import Recommender
@@ -36,7 +36,7 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 
     config = Config().replace(data=prepared.config)
     torch.manual_seed(seed)
     model = PreferenceEstimator(config.model, prepared.features)
-    params = {k: v.requires_grad_() for k, v in init_params(model).items()}
+    params = {k: v.requires_grad_() for k, v in model.init_params().items()}
     optimiser = torch.optim.Adam(params.values(), lr=config.train.outer_lr * 5)
     tasks = prepared.tasks["train"]
     generator = torch.Generator().manual_seed(seed)

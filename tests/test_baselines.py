@@ -16,7 +16,7 @@ from melu.evaluation.baselines import (
     query_mae,
     training_rows,
 )
-from melu.model.predict import predict_adapted
+from melu.model.predict import predict_queries
 from melu.prepare import Prepared
 from melu.tasks import TaskSet
 
@@ -101,9 +101,9 @@ def test_pooled_model_fits_the_training_ratings_better_than_their_mean(
 def test_fine_tuning_starts_from_the_pooled_model(ml100k: Prepared, pooled) -> None:
     config, model, params, _ = pooled
     val = ml100k.tasks["validation"]
-    still = predict_adapted(model, params, val, ml100k.tables, steps=0, lr=0.05)
+    still = predict_queries(model, params, val, ml100k.tables, steps=0, lr=0.05)
     torch.testing.assert_close(still, pooled_predict(model, params, val, ml100k.tables))
-    moved = predict_adapted(model, params, val, ml100k.tables, steps=3, lr=0.05)
+    moved = predict_queries(model, params, val, ml100k.tables, steps=3, lr=0.05)
     assert not torch.allclose(moved, still)
     lr = pick_finetune_lr(
         model, params, val, ml100k.tables, steps=config.meta.inner_steps,

@@ -17,8 +17,9 @@ from melu.bundle import load_bundle, save_bundle
 from melu.config import Config, ModelConfig
 from melu.errors import BundleError
 from melu.features import FeatureTables
-from melu.model.estimator import PreferenceEstimator, apply, init_params
-from melu.model.maml import Examples, adapted_predictions
+from melu.model.estimator import PreferenceEstimator
+from melu.model.maml import Examples
+from melu.model.predict import predict_examples
 from melu.prepare import Prepared
 
 
@@ -27,7 +28,7 @@ def saved(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = Config()
     model = PreferenceEstimator(config.model, ml100k.features)
-    params = init_params(model)
+    params = model.init_params()
     inner = {k: 0.05 * (1 + 0.1 * torch.rand_like(params[k])) for k in model.fast_names()}
     return save_bundle(
         tmp_path_factory.mktemp("bundle") / "model",
@@ -64,7 +65,7 @@ def test_round_trip_gives_identical_predictions(saved: Path, ml100k: Prepared) -
     bundle = load_bundle(saved)
     torch.manual_seed(0)
     reference = PreferenceEstimator(Config().model, ml100k.features)
-    params = init_params(reference)
+    params = reference.init_params()
     assert bundle.config == Config() and bundle.features == ml100k.features
     assert bundle.metrics == {"val_mae_after": 0.8}
     assert bundle.info["data_fingerprint"] == ml100k.fingerprint
@@ -83,21 +84,17 @@ def test_round_trip_gives_identical_predictions(saved: Path, ml100k: Prepared) -
     )
     for steps in (0, 5):
         with torch.no_grad():
-            a, _ = adapted_predictions(
-                bundle.model,
-                bundle.params,
-                support,
-                support.inputs,
-                steps=steps,
+            a = predict_examples(
+                bundle.model, bundle.params, support, support.inputs, steps=[steps],
                 lr=bundle.inner_lr,
-            )
-            b, _ = adapted_predictions(
-                reference, params, support, support.inputs, steps=steps, lr=bundle.inner_lr
+            )  # fmt: skip
+            b = predict_examples(
+                reference, params, support, support.inputs, steps=[steps], lr=bundle.inner_lr
             )
         # the same floats in differently aligned buffers may round differently in SIMD code
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-6), steps
     assert torch.equal(
-        apply(bundle.model, bundle.params, features), apply(reference, params, features)
+        bundle.model.predict(bundle.params, features), reference.predict(params, features)
     )
 
 

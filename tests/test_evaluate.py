@@ -17,9 +17,8 @@ from melu.errors import BundleError, DataError
 from melu.evaluation.evaluate import BASELINES, METHODS, Report, evaluate
 from melu.evaluation.metrics import user_mae
 from melu.evaluation.report import PLOTS, summary_table, write_report
-from melu.model.estimator import apply
 from melu.model.maml import adapt, task_examples
-from melu.model.predict import predict_adapted, predict_curve
+from melu.model.predict import predict_queries
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS
 
@@ -40,11 +39,11 @@ def test_curve_equals_separate_adaptations_and_the_per_task_loop(
     bundle = load_bundle(run_dir / "model")
     tasks = ml100k.tasks["user_cold"].select(slice(0, 6))
     lr = bundle.config.meta.inner_lr
-    curve = predict_curve(
+    curve = predict_queries(
         bundle.model, bundle.params, tasks, ml100k.tables, steps=[3, 0, 1], lr=lr, chunk=4
     )
     for i, n in enumerate([3, 0, 1]):
-        one = predict_adapted(bundle.model, bundle.params, tasks, ml100k.tables, steps=n, lr=lr)
+        one = predict_queries(bundle.model, bundle.params, tasks, ml100k.tables, steps=n, lr=lr)
         torch.testing.assert_close(curve[i], one, rtol=1e-4, atol=1e-5)
     support, query = task_examples(tasks, ml100k.tables)
     for t in range(len(tasks)):  # the reference: one task at a time through adapt
@@ -52,7 +51,7 @@ def test_curve_equals_separate_adaptations_and_the_per_task_loop(
             {k: v[t] for k, v in support.inputs.items()}, support.ratings[t], support.mask[t]
         )
         params, _ = adapt(bundle.model, bundle.params, s, steps=3, lr=lr, first_order=True)
-        ref = apply(bundle.model, params, {k: v[t] for k, v in query.inputs.items()})
+        ref = bundle.model.predict(params, {k: v[t] for k, v in query.inputs.items()})
         torch.testing.assert_close(curve[0, t], ref.detach(), rtol=1e-4, atol=1e-5)
 
 

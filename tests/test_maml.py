@@ -7,10 +7,18 @@ import pytest
 import torch
 from torch import Tensor
 
-from melu.config import ModelConfig
+from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureSpace, FeatureTables
-from melu.model.estimator import Params, PreferenceEstimator, apply, init_params
-from melu.model.maml import Examples, adapt, masked_mse, meta_loss, task_query_loss, trim
+from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.maml import (
+    Examples,
+    Kernel,
+    adapt,
+    masked_mse,
+    meta_loss,
+    task_query_loss,
+    trim,
+)
 
 STEPS, LR = 3, 0.1
 
@@ -43,8 +51,7 @@ def tiny_model(fast: str = "mlp", seed: int = 0) -> tuple[PreferenceEstimator, P
     model = PreferenceEstimator(
         ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast), space
     )
-    model.double()
-    params = {k: v.requires_grad_() for k, v in init_params(model).items()}
+    params = {k: v.requires_grad_() for k, v in model.init_params(torch.float64).items()}
     return model, params
 
 
@@ -66,7 +73,7 @@ def tiny_batch(
 
 
 def task(batch: Examples, t: int) -> Examples:
-    inputs = {k: v[t] for k, v in batch.inputs.items()}  # type: ignore[union-attr]
+    inputs = {k: v[t] for k, v in batch.inputs.items()}
     return Examples(inputs, batch.ratings[t], batch.mask[t])
 
 
@@ -74,13 +81,21 @@ def grads_of(loss: Tensor, params: Params) -> Params:
     return dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
 
 
+@pytest.mark.parametrize("kernel", ["generic", "batched"])
 @pytest.mark.parametrize("fast", ["mlp", "head", "all"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_vmap_meta_gradient_equals_per_task_loop(fast: str, first_order: bool) -> None:
+def test_vmap_meta_gradient_equals_per_task_loop(
+    fast: str, first_order: bool, kernel: Kernel
+) -> None:
+    """Both kernels (vmapped generic, batched) == the per-task loop of the generic path.
+
+    fast="all" adapts the embeddings, which the batched kernel differentiates by autograd
+    (vjp) next to its hand-derived MLP gradient: the mechanism by which a model part
+    outside the MLP joins adaptation."""
     model, params = tiny_model(fast)
     support, query = tiny_batch()
     kw = {"steps": STEPS, "lr": LR, "first_order": first_order}
-    loss, per_task, inner = meta_loss(model, params, support, query, **kw)
+    loss, per_task, inner = meta_loss(model, params, support, query, kernel=kernel, **kw)
     vm = grads_of(loss, params)
     losses = [
         task_query_loss(
@@ -95,16 +110,17 @@ def test_vmap_meta_gradient_equals_per_task_loop(fast: str, first_order: bool) -
         assert (vm[k] - loop[k]).abs().max() < 1e-10, k
 
 
-def test_second_order_gradient_matches_finite_differences() -> None:
+@pytest.mark.parametrize("kernel", ["generic", "batched"])
+def test_second_order_gradient_matches_finite_differences(kernel: Kernel) -> None:
     model, params = tiny_model()
     support, query = tiny_batch()
 
     def value(p: Params) -> float:
         with torch.no_grad():
-            loss, _, _ = meta_loss(model, p, support, query, steps=STEPS, lr=LR)
+            loss, _, _ = meta_loss(model, p, support, query, steps=STEPS, lr=LR, kernel=kernel)
         return float(loss)
 
-    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, kernel=kernel)
     analytic = grads_of(loss, params)
     gen = torch.Generator().manual_seed(3)
     eps = 1e-6
@@ -122,11 +138,13 @@ def test_second_order_gradient_matches_finite_differences() -> None:
             assert abs(fd - float(analytic[name].reshape(-1)[i])) < 1e-7, (name, i)
 
 
-def test_first_order_is_the_query_gradient_at_the_adapted_params() -> None:
+@pytest.mark.parametrize("kernel", ["generic", "batched"])
+def test_first_order_is_the_query_gradient_at_the_adapted_params(kernel: Kernel) -> None:
     model, params = tiny_model()
     support, query = tiny_batch()
-    first, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, first_order=True)
-    second, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    kw = {"steps": STEPS, "lr": LR, "kernel": kernel}
+    first, _, _ = meta_loss(model, params, support, query, first_order=True, **kw)
+    second, _, _ = meta_loss(model, params, support, query, **kw)
     fo, so = grads_of(first, params), grads_of(second, params)
     # hand-derived FOMAML: adapt without any graph, then differentiate the query loss at θ'
     reference = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -135,7 +153,7 @@ def test_first_order_is_the_query_gradient_at_the_adapted_params() -> None:
         adapted, _ = adapt(model, plain, task(support, t), steps=STEPS, lr=LR, first_order=True)
         adapted = {k: v.detach().requires_grad_() for k, v in adapted.items()}
         q = task(query, t)
-        g = grads_of(masked_mse(apply(model, adapted, q.inputs), q.ratings, q.mask), adapted)
+        g = grads_of(masked_mse(model.predict(adapted, q.inputs), q.ratings, q.mask), adapted)
         for k in reference:
             reference[k] += g[k] / 4
     for k in params:
@@ -144,10 +162,11 @@ def test_first_order_is_the_query_gradient_at_the_adapted_params() -> None:
     assert max((fo[k] - so[k]).abs().max() for k in params if k.startswith("embeddings")) > 1e-6
 
 
-def test_meta_gradient_reaches_every_parameter() -> None:
+@pytest.mark.parametrize("kernel", ["generic", "batched"])
+def test_meta_gradient_reaches_every_parameter(kernel: Kernel) -> None:
     model, params = tiny_model("mlp")
     support, query = tiny_batch()
-    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, kernel=kernel)
     for name, g in grads_of(loss, params).items():
         assert g.abs().sum() > 0, f"{name} gets no meta-gradient"
 
@@ -173,7 +192,7 @@ def test_padding_rows_change_nothing() -> None:
         assert torch.allclose(a[k], b[k], atol=1e-14)
     # garbage in the padded slots (other items, absurd ratings) is ignored as well
     garbage = {}
-    for k, v in support.inputs.items():  # type: ignore[union-attr]
+    for k, v in support.inputs.items():
         keep = support.mask if v.dim() == 2 else support.mask.unsqueeze(-1).expand_as(v)
         garbage[k] = torch.where(keep, v, v.flip(1))
     noisy = Examples(garbage, support.ratings + 7.0 * ~support.mask, support.mask)
@@ -203,14 +222,15 @@ def test_only_the_fast_group_changes(fast: str) -> None:
             assert adapted[k] is params[k], f"{k} changed but is not fast"
 
 
-def test_meta_sgd_learning_rates_get_a_gradient() -> None:
+@pytest.mark.parametrize("kernel", ["generic", "batched"])
+def test_meta_sgd_learning_rates_get_a_gradient(kernel: Kernel) -> None:
     model, params = tiny_model()
     support, query = tiny_batch()
     lrs = {k: torch.full_like(params[k], LR).requires_grad_() for k in model.fast_names()}
-    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=lrs)
+    loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=lrs, kernel=kernel)
     g = grads_of(loss, lrs)
     assert all(v.abs().sum() > 0 for v in g.values())
-    plain, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR)
+    plain, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, kernel=kernel)
     assert torch.allclose(loss, plain, atol=1e-14)  # equal rates == the scalar rate
 
 
@@ -219,5 +239,67 @@ def test_adapt_never_mutates_its_inputs() -> None:
     before = {k: v.detach().clone() for k, v in params.items()}
     support, _ = tiny_batch()
     adapt(model, params, task(support, 0), steps=STEPS, lr=LR)
+    adapt(model, params, support, steps=STEPS, lr=LR, kernel="batched")
     assert all(torch.equal(before[k], params[k]) for k in params)
-    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+@pytest.mark.parametrize("fast", ["mlp", "head", "all"])
+def test_batched_kernel_adapts_to_the_generic_values(fast: str) -> None:
+    """adapt(kernel="batched") on T tasks == the generic torch.func path task by task:
+    the adapted values of every fast parameter (embeddings included, which the kernel
+    leaves to autograd) and the inner losses; non-fast parameters come back untouched."""
+    model, params = tiny_model(fast)
+    support, _ = tiny_batch()
+    lrs = {k: torch.rand_like(params[k]) * LR for k in model.fast_names()}  # Meta-SGD too
+    for lr in (LR, lrs):
+        batched, inner = adapt(model, params, support, steps=STEPS, lr=lr, kernel="batched")
+        assert inner.shape == (4, STEPS + 1)
+        for t in range(4):
+            one, inner_t = adapt(model, params, task(support, t), steps=STEPS, lr=lr)
+            assert (inner[t] - inner_t).abs().max() < 1e-12
+            for k in params:
+                if k in model.fast_names():
+                    assert batched[k].shape == (4, *params[k].shape)
+                    assert (batched[k][t] - one[k]).abs().max() < 1e-12, (k, t)
+                else:
+                    assert batched[k] is params[k]
+
+
+class WithUserBias(PreferenceEstimator):
+    """A model part outside the MLP: a per-user bias b_u added to every prediction, adapted."""
+
+    def __init__(self, config: ModelConfig, space: FeatureSpace) -> None:
+        super().__init__(config, space)
+        self.parts = (lambda p, encoded: p["user_bias"].unsqueeze(-1),)  # (…,) → (…, 1)
+
+    def shapes(self) -> dict[str, torch.Size]:
+        return {**super().shapes(), "user_bias": torch.Size(())}
+
+    def fast_names(self, group: FastGroup | None = None) -> list[str]:
+        return [*super().fast_names(group), "user_bias"]
+
+
+def test_a_new_model_part_adapts_alike_in_both_kernels() -> None:
+    """The extension mechanism: an additive part's fast parameter (no hand-derived code)
+    gets the same adapted values and meta-gradient from the batched kernel (by vjp) as
+    from the generic torch.func path."""
+    space, _ = tiny_space()
+    torch.manual_seed(0)
+    model = WithUserBias(ModelConfig(embedding_dim=3, hidden=(5, 4)), space)
+    params = {k: v.requires_grad_() for k, v in model.init_params(torch.float64).items()}
+    params["user_bias"] = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    support, query = tiny_batch()
+    batched, inner = adapt(model, params, support, steps=STEPS, lr=LR, kernel="batched")
+    for t in range(4):
+        one, inner_t = adapt(model, params, task(support, t), steps=STEPS, lr=LR)
+        assert (inner[t] - inner_t).abs().max() < 1e-12
+        for k in model.fast_names():
+            assert (batched[k][t] - one[k]).abs().max() < 1e-12, (k, t)
+    assert not torch.allclose(batched["user_bias"], params["user_bias"])
+    grads = {}
+    for kernel in ("generic", "batched"):
+        loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, kernel=kernel)
+        grads[kernel] = grads_of(loss, params)
+    for k in params:
+        assert (grads["generic"][k] - grads["batched"][k]).abs().max() < 1e-10, k
+    assert grads["batched"]["user_bias"].abs() > 0

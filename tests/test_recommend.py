@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.model.estimator import PreferenceEstimator, apply
+from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import Examples, adapt
 from melu.serving import InvalidInput, Recommender
 
@@ -63,7 +63,7 @@ def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommende
     targets = [1, 7, 500, 1682]
     rows = torch.as_tensor(recommender.catalog.rows(targets, ("item_ids",)))
     with torch.no_grad():
-        expected = apply(bundle.model, params, bundle.item_features.with_user(user, rows))
+        expected = bundle.model.predict(params, bundle.item_features.with_user(user, rows))
     got, info = recommender.predict(USER, RATINGS, targets)
     assert got == pytest.approx(expected.clamp(1, 5).tolist(), abs=1e-5)
     assert info.support_loss_before == pytest.approx(losses[0].item(), rel=1e-5)
@@ -74,7 +74,7 @@ def test_precomputed_item_embeddings_change_nothing(
     bundle_path: Path, recommender: Recommender
 ) -> None:
     slow = Recommender.from_bundle(bundle_path, onboarding=False, precompute_items=False)
-    assert not slow.encoder.embedded and recommender.encoder.embedded
+    assert not slow.encoder.shared and recommender.encoder.shared
     expected, _ = slow.predict(USER, RATINGS, [1, 2, 50, 1682])
     got, _ = recommender.predict(USER, RATINGS, [1, 2, 50, 1682])
     assert got == pytest.approx(expected, abs=1e-5)
@@ -88,7 +88,7 @@ def test_bundle_adapting_all_parameters_is_served_from_features(
     config = bundle.config.replace(model=bundle.config.model.replace(fast_params="all"))
     model = PreferenceEstimator(config.model, bundle.features)
     every = Recommender(dataclasses.replace(bundle, config=config, model=model), threads=1)
-    assert not every.encoder.embedded and len(every.fast) > len(recommender.fast)
+    assert not every.encoder.shared and len(every.fast) > len(recommender.fast)
     result = every.recommend(USER, RATINGS, k=5)
     assert len(result.items) == 5
     assert result.adaptation.support_loss_after < result.adaptation.support_loss_before  # type: ignore[operator]

@@ -23,11 +23,12 @@ from torch import Tensor
 
 from melu.config import Config
 from melu.evaluation.bias import ITEM_SHRINKAGE, USER_SHRINKAGE
+from melu.evaluation.metrics import mae_all
 from melu.evaluation.mf import MFConfig
 from melu.features import FeatureSpace, FeatureTables
-from melu.model.estimator import Params, PreferenceEstimator, apply, init_params
+from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import masked_mse
-from melu.model.predict import predict_adapted
+from melu.model.predict import predict_queries
 from melu.prepare import RatingRows
 from melu.tasks import TaskSet
 
@@ -88,9 +89,8 @@ class ItemMean:
 
 
 def query_mae(pred: Tensor, tasks: TaskSet) -> float:
-    """Mean absolute error over all real query rows (used for picking on validation)."""
-    mask = tasks.query_mask.bool()
-    return float(((pred - tasks.query_ratings.float()).abs() * mask).sum() / mask.sum())
+    """MAE over all real query rows of ``tasks`` (used for picking on validation)."""
+    return mae_all(pred, tasks.query_ratings, tasks.query_mask)
 
 
 def fit_item_mean(
@@ -109,7 +109,7 @@ def _batch_loss(
     model: PreferenceEstimator, params: Params, rows: RatingRows, tables: FeatureTables, idx: Tensor
 ) -> Tensor:
     features = tables.gather(rows.user_rows[idx], rows.item_rows[idx].unsqueeze(1))
-    pred = apply(model, params, features).squeeze(1)  # (B,)
+    pred = model.predict(params, features).squeeze(1)  # (B,)
     return masked_mse(pred, rows.ratings[idx], torch.ones_like(pred, dtype=torch.bool))
 
 
@@ -119,7 +119,7 @@ def pooled_predict(
     """Query predictions (T, Q) of fixed parameters (no adaptation)."""
     with torch.no_grad():
         features = tables.gather(tasks.user_rows.long(), tasks.query_items.long())
-        return apply(model, params, features)
+        return model.predict(params, features)
 
 
 def fit_pooled(
@@ -140,7 +140,7 @@ def fit_pooled(
     """
     torch.manual_seed(options.seed)
     model = PreferenceEstimator(config.model, space)
-    params = {k: v.requires_grad_() for k, v in init_params(model).items()}
+    params = {k: v.requires_grad_() for k, v in model.init_params().items()}
     opt = torch.optim.Adam(params.values(), lr=options.pooled_lr)
     rows = training_rows(train)
     gen = torch.Generator().manual_seed(options.seed)
@@ -176,6 +176,6 @@ def pick_finetune_lr(
     scores = {}
     for scale in scales:
         lr = base_lr * scale
-        pred = predict_adapted(model, params, validation, tables, steps=steps, lr=lr)
+        pred = predict_queries(model, params, validation, tables, steps=steps, lr=lr)
         scores[lr] = query_mae(pred, validation)
     return min(scores, key=scores.__getitem__)

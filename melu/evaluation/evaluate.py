@@ -43,7 +43,8 @@ from melu.evaluation.metrics import (
 from melu.evaluation.mf import MatrixFactorization, fit_mf
 from melu.evaluation.support import SUPPORT_BASELINES, per_user_mae, support_predictions
 from melu.model.estimator import Params, PreferenceEstimator
-from melu.model.predict import predict_curve
+from melu.model.maml import inner_rates
+from melu.model.predict import predict_queries
 from melu.prepare import Prepared
 from melu.tasks import EVAL_SCENARIOS, TaskSet
 
@@ -200,10 +201,10 @@ def evaluate_scenario(
     """One scenario's figures (see ``Report``); ``keep_per_user`` adds ``per_user``."""
     tasks, tables = prepared.tasks[name], prepared.tables
     meta = bundle.config.meta
-    lr = bundle.inner_lr if bundle.inner_lr is not None else meta.inner_lr
+    lr = inner_rates(meta, bundle.inner_lr)
     steps = sorted({0, meta.inner_steps, *steps_curve})
-    maml = predict_curve(bundle.model, bundle.params, tasks, tables, steps=steps, lr=lr)
-    tuned = predict_curve(
+    maml = predict_queries(bundle.model, bundle.params, tasks, tables, steps=steps, lr=lr)
+    tuned = predict_queries(
         fitted.pooled_model, fitted.pooled_params, tasks, tables, steps=steps,
         lr=fitted.finetune_lr,
     )  # fmt: skip

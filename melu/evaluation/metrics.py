@@ -37,16 +37,25 @@ def user_rmse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (sq / n).sqrt()
 
 
+def error_sums(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(3,) float64 on the CPU: Σ|ŷ − y|, Σ(ŷ − y)² over the real rows, and their count.
+
+    The pooled figures below are ratios of these sums, so shards (chunks, ranks) add up.
+    """
+    err = (pred.double() - target.double())[mask.bool()]
+    return torch.stack([err.abs().sum(), (err**2).sum(), torch.tensor(float(err.numel()))]).cpu()
+
+
 def mae_all(pred: Tensor, target: Tensor, mask: Tensor) -> float:
     """MAE over all ratings: Σ_u Σ_i |ŷ_ui − y_ui| / Σ_u n_u."""
-    err = ((pred.double() - target.double()).abs() * mask).sum()
-    return float(err / _count(mask).sum())
+    sums = error_sums(pred, target, mask)
+    return float(sums[0] / sums[2])
 
 
 def rmse_all(pred: Tensor, target: Tensor, mask: Tensor) -> float:
     """RMSE over all ratings: sqrt(Σ_u Σ_i (ŷ_ui − y_ui)² / Σ_u n_u)."""
-    sq = ((pred.double() - target.double()) ** 2 * mask).sum()
-    return math.sqrt(float(sq / _count(mask).sum()))
+    sums = error_sums(pred, target, mask)
+    return math.sqrt(float(sums[1] / sums[2]))
 
 
 def _tie_averaged_gains(pred: Tensor, gain: Tensor, mask: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from melu.evaluation.metrics import user_mae
 from melu.features import FeatureTables
-from melu.model.predict import Lr, predict_curve
+from melu.model.maml import Lr
+from melu.model.predict import predict_queries
 from melu.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def support_predictions(
 ) -> dict[str, list[Tensor]]:
     """Query predictions (T, Q) per method of ``SUPPORT_CURVES``, one per support size
     (each task keeps a seeded random ``n`` of its support, ``TaskSet.with_support_size``)."""
-    steps = [bundle.config.meta.inner_steps]
+    steps = bundle.config.meta.inner_steps
     out: dict[str, list[Tensor]] = {key: [] for key in SUPPORT_CURVES}
     for n in sizes:
         sub = tasks.with_support_size(n, seed)
@@ -46,7 +47,7 @@ def support_predictions(
             ("maml", bundle.model, bundle.params, lr),
             ("pooled_finetune", fitted.pooled_model, fitted.pooled_params, fitted.finetune_lr),
         ):
-            out[key].append(predict_curve(model, params, sub, tables, steps=steps, lr=rate)[0])
+            out[key].append(predict_queries(model, params, sub, tables, steps=steps, lr=rate))
     return out
 
 

@@ -1,8 +1,9 @@
-"""Query predictions after per-user adaptation, for evaluation: ``adapt`` + ``vmap`` in chunks.
+"""The one "adapt each task's support, predict its query" path, for every non-training use.
 
-Evaluation adapts first-order and without a graph (nothing is differentiated afterwards).
-Plain SGD has no optimiser state, so ``steps`` inner steps equal ``steps`` calls of one step;
-``predict_curve`` uses that to get the whole steps curve from one pass.
+Training validation, scenario evaluation, the pooled + fine-tune baseline and onboarding all
+get their post-adaptation predictions here: first order, no graph, tasks in chunks adapted
+together by ``adapt(..., kernel="batched")``. Plain SGD has no optimiser state, so ``n``
+inner steps equal ``n`` calls of one step: one pass yields the whole step curve.
 """
 
 from __future__ import annotations
@@ -11,87 +12,76 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from melu.features import FeatureTables
-from melu.model.estimator import PreferenceEstimator, apply
-from melu.model.maml import Examples, adapt, precompute, task_examples, trim
+from melu.features import FeatureBatch, FeatureTables
+from melu.model.estimator import PreferenceEstimator
+from melu.model.kernel import task_predictions
+from melu.model.maml import Examples, Lr, adapt, task_examples, trim
 from melu.tasks import TaskSet
 
-Lr = float | Mapping[str, Tensor]
 
-
-def _adapt_chunk(
+def predict_examples(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
     support: Examples,
-    query: Examples,
+    query: FeatureBatch,
+    *,
     steps: Sequence[int],
     lr: Lr,
-    fast: list[str],
+    fast: Sequence[str] | None = None,
 ) -> Tensor:
-    """Predictions (len(steps), T, Q) after each number of inner steps in ``steps`` (sorted)."""
+    """Query predictions (len(steps), T, Q) after each inner-step count in ``steps``.
 
-    def one(s: Examples, q: Examples) -> Tensor:
-        current: Mapping[str, Tensor] = params
-        done, out = 0, []
+    ``support`` (T, N) rows; ``query`` features (T, Q, ...). ``steps`` sorted ascending
+    (0 = the initialisation). Adapts first order under ``torch.no_grad``.
+    """
+    names = list(fast) if fast is not None else model.fast_names()
+    current: Mapping[str, Tensor] = params
+    batched: list[str] = []  # names that carry a task dim so far
+    done, out = 0, []
+    with torch.no_grad():
         for n in steps:
             if n > done:
                 current, _ = adapt(
-                    model, current, s, steps=n - done, lr=lr, first_order=True, fast=fast
-                )
-                done = n
-            out.append(apply(model, current, q.inputs))
-        return torch.stack(out)
-
-    support = precompute(model, params, trim(support), fast)
-    query = precompute(model, params, query, fast)
-    return vmap(one, randomness="error")(support, query).transpose(0, 1)
+                    model, current, support, steps=n - done, lr=lr, first_order=True,
+                    fast=names, kernel="batched",
+                )  # fmt: skip
+                done, batched = n, names
+            out.append(task_predictions(model, current, query, batched))
+    return torch.stack(out)
 
 
-def predict_curve(
+def predict_queries(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
     tasks: TaskSet,
     tables: FeatureTables,
     *,
-    steps: Sequence[int],
+    steps: int | Sequence[int],
     lr: Lr,
     fast: Sequence[str] | None = None,
     chunk: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """Query predictions (len(steps), T, Q) after adapting on each task's support.
+    """Query predictions of every task after adapting on its support, in chunks of tasks.
 
-    ``steps`` are inner-step counts (0 = the initialisation, no adaptation); the results
-    are in the order given. ``progress(n)`` is called with the tasks done per chunk.
+    ``steps``: an inner-step count → (T, Q); or a sequence of counts (0 = the
+    initialisation) → (len(steps), T, Q) in the order given. ``progress(n)`` is called
+    with the tasks done per chunk.
     """
-    names = list(fast) if fast is not None else model.fast_names()
-    order = sorted(set(steps))
+    counts = [steps] if isinstance(steps, int) else list(steps)
+    order = sorted(set(counts))
     parts = []
-    with torch.no_grad():
-        for start in range(0, len(tasks), chunk):
-            index = slice(start, min(start + chunk, len(tasks)))
-            support, query = task_examples(tasks, tables, index)
-            parts.append(_adapt_chunk(model, params, support, query, order, lr, names))
-            if progress is not None:
-                progress(index.stop - index.start)
+    for start in range(0, len(tasks), chunk):
+        index = slice(start, min(start + chunk, len(tasks)))
+        support, query = task_examples(tasks, tables, index)
+        parts.append(
+            predict_examples(
+                model, params, trim(support), query.inputs, steps=order, lr=lr, fast=fast
+            )
+        )
+        if progress is not None:
+            progress(index.stop - index.start)
     preds = torch.cat(parts, dim=1) if parts else torch.zeros(len(order), 0, 0)
-    return preds[[order.index(n) for n in steps]]
-
-
-def predict_adapted(
-    model: PreferenceEstimator,
-    params: Mapping[str, Tensor],
-    tasks: TaskSet,
-    tables: FeatureTables,
-    *,
-    steps: int,
-    lr: Lr,
-    fast: Sequence[str] | None = None,
-    chunk: int = 256,
-) -> Tensor:
-    """Query predictions (T, Q) after ``steps`` first-order inner steps on each support."""
-    return predict_curve(
-        model, params, tasks, tables, steps=[steps], lr=lr, fast=fast, chunk=chunk
-    )[0]
+    picked = preds[[order.index(n) for n in counts]]
+    return picked[0] if isinstance(steps, int) else picked

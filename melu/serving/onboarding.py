@@ -4,58 +4,57 @@ MeLU asks about items that are both *known* (people can rate them) and *informat
 answer changes what the model believes). We measure the second directly with the one inner
 loop: adapt the meta-learned model to the single rating "this item: top of the scale" and,
 separately, "this item: bottom of the scale", then compare the two adapted models'
-predictions on a fixed probe set of popular items. All items are adapted together under
-``vmap``, once per bundle load. An item's score is ``log(1 + n_ratings) × influence``.
+predictions on a fixed probe set of popular items. All items are adapted together by the
+one prediction path (``melu.model.predict``), once per bundle load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from melu.model.estimator import Params, PreferenceEstimator, apply
-from melu.model.maml import Examples
+from melu.features import FeatureBatch
+from melu.model.estimator import PreferenceEstimator, is_embedding
+from melu.model.maml import Examples, Lr
+from melu.model.predict import predict_examples
 from melu.serving.catalog import Catalog
 from melu.serving.types import OnboardingItem
-
-# adapt (first order, the bundle's steps and rates) of ``params`` to ``support``, only the
-# named fast parameters: the recommender's one adaptation call
-AdaptFn = Callable[[Mapping[str, Tensor], Examples, Sequence[str]], tuple[Params, Tensor]]
 
 
 def influence(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
-    support: Tensor,
-    probe: Tensor,
+    support: FeatureBatch,
+    probe: FeatureBatch,
     scale: tuple[float, float],
     *,
-    adapt: AdaptFn,
-    fast: Sequence[str],
+    steps: int,
+    lr: Lr,
+    fast: list[str],
 ) -> Tensor:
-    """Mean |Δ prediction| on ``probe`` (P, E) from rating each ``support`` row high vs low.
+    """Mean |Δ prediction| on ``probe`` (P,) rows from rating each ``support`` row high vs low.
 
-    ``support`` (C, E) are embedded (user, item) rows, one per candidate item. For each
-    candidate, adapt (first order) on that one row rated ``scale[1]`` and on it rated
-    ``scale[0]``; returns (C,) the mean over the probe rows of the absolute difference
-    between the two adapted models' predictions (clamped to the scale), in rating units.
+    ``support`` (C,) and ``probe`` (P,) are feature rows of one user with an item each,
+    one support row per candidate item. For each candidate, adapt (first order) on that one
+    row rated ``scale[1]`` and on it rated ``scale[0]``; returns (C,) the mean over the
+    probe rows of the absolute difference between the two adapted models' predictions
+    (clamped to the scale), in rating units.
     """
     low, high = scale
-    count = support.shape[0]
-    rows = torch.cat([support, support]).unsqueeze(1)  # (2C, 1, E)
-    targets = torch.cat([support.new_full((count,), high), support.new_full((count,), low)])
-    mask = torch.ones(2 * count, 1, dtype=torch.bool, device=support.device)
-
-    def one(x: Tensor, r: Tensor, m: Tensor) -> Tensor:
-        adapted, _ = adapt(params, Examples(x, r, m), fast)
-        return apply(model, adapted, probe)  # (P,)
-
-    with torch.inference_mode(False), torch.no_grad():
-        predictions = vmap(one)(rows, targets.unsqueeze(1), mask)  # (2C, P)
+    count = next(iter(support.values())).shape[0]
+    rows = {k: torch.cat([v, v]).unsqueeze(1) for k, v in support.items()}  # (2C, 1, ...)
+    ref = next(iter(params.values()))
+    targets = torch.cat([ref.new_full((count,), high), ref.new_full((count,), low)])
+    mask = torch.ones(2 * count, 1, dtype=torch.bool, device=ref.device)
+    queries = {k: v.expand(2 * count, *v.shape) for k, v in probe.items()}  # (2C, P, ...)
+    with torch.inference_mode(False):
+        predictions = predict_examples(
+            model, params, Examples(rows, targets.unsqueeze(1), mask), queries,
+            steps=[steps], lr=lr, fast=fast,
+        )[0]  # fmt: skip  # (2C, P)
     predictions = predictions.clamp(low, high)  # a diverging answer moves at most the scale
     return (predictions[:count] - predictions[count:]).abs().mean(dim=1)
 
@@ -63,34 +62,36 @@ def influence(
 def evidence_scores(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
-    rows: Tensor,
+    rows: FeatureBatch,
     popularity: np.ndarray,
     scale: tuple[float, float],
     *,
-    adapt: AdaptFn,
     steps: int,
+    lr: Lr,
     probe_size: int = 100,
     chunk: int = 256,
 ) -> np.ndarray:
     """Influence (I,) of every catalog item for a user whose features are all unknown.
 
-    ``rows`` (I, E) are the embedded rows of that user with each catalog item;
+    ``rows`` (I, ...) are the feature rows of that user with each catalog item;
     ``popularity`` (I,) the training rating counts. The probe set is the ``probe_size``
     most-rated items. Items nobody rated get influence 0 (nobody could answer about
-    them). Only MLP parameters adapt here, even when the bundle also adapts embeddings
-    (the rows are already embedded).
+    them). Only MLP parameters adapt here, even when the bundle also adapts embeddings.
     """
-    fast = [n for n in model.fast_names() if not n.startswith("embeddings.")]
+    fast = [n for n in model.fast_names() if not is_embedding(n)]
     out = np.zeros(len(popularity), dtype=np.float64)
     if steps == 0 or not fast or len(popularity) == 0:
         return out
+    device = next(iter(rows.values())).device
     order = np.lexsort((np.arange(len(popularity)), -popularity))
-    probe = rows[torch.as_tensor(order[:probe_size], device=rows.device)]
+    probe_index = torch.as_tensor(order[:probe_size], device=device)
+    probe = {k: v[probe_index] for k, v in rows.items()}
     known = np.flatnonzero(popularity > 0)
     for start in range(0, len(known), chunk):
         part = known[start : start + chunk]
-        index = torch.as_tensor(part, device=rows.device)
-        values = influence(model, params, rows[index], probe, scale, adapt=adapt, fast=fast)
+        index = torch.as_tensor(part, device=device)
+        support = {k: v[index] for k, v in rows.items()}
+        values = influence(model, params, support, probe, scale, steps=steps, lr=lr, fast=fast)
         out[part] = values.double().cpu().numpy()
     return out
 

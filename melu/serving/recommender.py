@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,8 +21,7 @@ from torch import Tensor
 from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.errors import BundleError, InvalidInput, MeluError
 from melu.features import FeatureBatch
-from melu.model.estimator import Params, PreferenceEstimator, apply, embed
-from melu.model.maml import Examples, adapt
+from melu.model.maml import Examples, adapt, inner_rates
 from melu.serving.catalog import Catalog
 from melu.serving.onboarding import evidence_scores, rank
 from melu.serving.rows import RowEncoder
@@ -55,28 +53,16 @@ class Recommender:
         self.threads = threads
         self.catalog = Catalog(bundle.catalog)
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
-        self.steps = bundle.config.meta.inner_steps
-        self.lr: float | dict[str, Tensor] = (
-            {k: v.to(self.device) for k, v in bundle.inner_lr.items()}
-            if bundle.inner_lr
-            else bundle.config.meta.inner_lr
-        )
-        model = bundle.model.to(self.device)
-        self.fast = model.fast_names()
+        meta = bundle.config.meta
+        self.steps = meta.inner_steps
+        learned = {k: v.to(self.device) for k, v in (bundle.inner_lr or {}).items()}
+        self.lr = inner_rates(meta, learned)
+        self.model = bundle.model  # a pure function of (params, features): shared by all threads
+        self.fast = self.model.fast_names()
         self.encoder = RowEncoder(
-            model, self.params, bundle.features, bundle.item_features,
+            self.model, self.params, bundle.features, bundle.item_features,
             precompute=precompute_items, device=self.device,
         )  # fmt: skip
-        # requests on embedded rows never touch the embeddings: fewer tensors to swap in
-        embedded = self.encoder.embedded
-        self._request_params = (
-            {k: v for k, v in self.params.items() if not k.startswith("embeddings.")}
-            if embedded
-            else self.params
-        )
-        # a request can take adapt's batched MLP kernel (embedded rows, the MLP adapts)
-        self._batched = embedded and sorted(self.fast) == sorted(model.fast_names("mlp"))
-        self._local = threading.local()
         self._lock = threading.Lock()
         self._onboarding = self._rank_onboarding() if onboarding else None
 
@@ -132,63 +118,27 @@ class Recommender:
         finally:
             torch.set_num_threads(previous)
 
-    def module(self) -> PreferenceEstimator:
-        """This thread's copy of the module.
-
-        ``functional_call`` swaps the given parameters into the module for the duration of
-        a call, so one module shared by concurrent requests would mix their parameters.
-        Each thread gets its own (weights come from ``params``, never from the module).
-        """
-        module = getattr(self._local, "module", None)
-        if module is None:
-            module = PreferenceEstimator(self.bundle.config.model, self.bundle.features)
-            module = module.to(self.device).requires_grad_(False)
-            self._local.module = module
-        return module
-
     # ----------------------------------------------------------------- adaptation
-    def _adapt(
-        self,
-        params: Mapping[str, Tensor],
-        support: Examples,
-        fast: Sequence[str],
-        *,
-        batched: bool,
-    ) -> tuple[Params, Tensor]:
-        """The one call of the inner loop: first order, the bundle's steps and rates.
-
-        ``support``: one task (N,); or, with ``batched``, T tasks (T, N) in factored form
-        with the ``fast`` parameters given a leading task dim (adapt's batched MLP kernel).
-        Returns the adapted parameters and the support losses (steps + 1,) / (T, steps + 1).
-        """
-        lr = self.lr
-        if batched and isinstance(lr, Mapping):
-            lr = {k: v[None] for k, v in lr.items()}
-        # adapt differentiates with torch.func.grad: it must see autograd even when the
-        # caller runs under inference_mode; no_grad alone is fine for function transforms.
-        with torch.inference_mode(False), torch.no_grad():
-            return adapt(
-                self.module(), params, support, steps=self.steps, lr=lr, first_order=True,
-                fast=fast,
-            )  # fmt: skip
-
     def _adapt_to(
         self, user: FeatureBatch, rows: Tensor, values: Tensor
     ) -> tuple[Mapping[str, Tensor], Adaptation]:
-        """Parameters adapted to a person (``user``) who rated catalog ``rows`` (N,) ``values``."""
+        """Parameters adapted to a person (``user``) who rated catalog ``rows`` (N,) ``values``:
+        the one call of the inner loop, first order, the bundle's steps and rates."""
         if len(rows) == 0 or self.steps == 0:
-            return self._request_params, Adaptation(0, None, None)
+            return self.params, Adaptation(0, None, None)
+        # a batch of one task: adapt's batched kernel (pinned to the generic path by
+        # tests/test_maml.py) skips torch.func's per-call tracing
+        features = {k: v[None] for k, v in self.encoder(user, rows).items()}
         mask = torch.ones_like(values, dtype=torch.bool)
-        if not self._batched:
-            support = Examples(self.encoder(user, rows), values, mask)
-            params, losses = self._adapt(self._request_params, support, self.fast, batched=False)
-            return params, Adaptation(self.steps, losses[0].item(), losses[-1].item())
-        # one task (T = 1) for the batched kernel: the generic path's result (pinned by
-        # tests/test_maml.py) without torch.func's per-call tracing, at a fraction of the latency
+        support = Examples(features, values[None], mask[None])
+        # adapt may differentiate with torch.func: it must see autograd even when the
+        # caller runs under inference_mode; no_grad alone is fine for function transforms.
+        with torch.inference_mode(False), torch.no_grad():
+            params, losses = adapt(
+                self.model, self.params, support, steps=self.steps, lr=self.lr,
+                first_order=True, fast=self.fast, kernel="batched",
+            )  # fmt: skip
         fast = set(self.fast)
-        params = {k: v[None] if k in fast else v for k, v in self._request_params.items()}
-        support = Examples(self.encoder.factored(user, rows), values[None], mask[None])
-        params, losses = self._adapt(params, support, self.fast, batched=True)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
         return adapted, Adaptation(self.steps, losses[0, 0].item(), losses[0, -1].item())
 
@@ -206,7 +156,7 @@ class Recommender:
             values = torch.tensor(checked, device=self.device)
             params, info = self._adapt_to(features, rated, values)
             with torch.no_grad():
-                scores = apply(self.module(), params, self.encoder(features, rows))
+                scores = self.encoder.scores(params, features, rows)
         return scores, rated, info
 
     # ----------------------------------------------------------------- public API
@@ -278,11 +228,8 @@ class Recommender:
         """The whole catalog ranked by the onboarding rule (under no_grad)."""
         with self._threads(), torch.no_grad():
             rows = torch.arange(self.n_items, device=self.device)
-            inputs = self.encoder(self.encoder.user(None), rows)
-            if not isinstance(inputs, Tensor):
-                inputs = embed(self.module(), self.params, inputs)
             influence = evidence_scores(
-                self.module(), self.params, inputs, self.catalog.n_ratings.astype(float),
-                self.scale, adapt=partial(self._adapt, batched=False), steps=self.steps,
+                self.model, self.params, self.encoder(self.encoder.user(None), rows),
+                self.catalog.n_ratings.astype(float), self.scale, steps=self.steps, lr=self.lr,
             )  # fmt: skip
         return rank(self.catalog, influence)

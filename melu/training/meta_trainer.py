@@ -20,8 +20,10 @@ from torch import Tensor
 
 from melu.config import Config
 from melu.errors import BundleError
-from melu.model.estimator import Params, PreferenceEstimator, init_params
-from melu.model.maml import Examples, adapted_predictions, meta_loss, task_examples, trim
+from melu.evaluation.metrics import error_sums
+from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.maml import Examples, Lr, inner_rates, meta_loss, task_examples, trim
+from melu.model.predict import predict_examples
 from melu.prepare import Prepared
 from melu.tasks import TaskSet
 from melu.training.distributed import (
@@ -49,10 +51,10 @@ class MetaTrainer:
         self.config, self.device = config, device
         self.max_tasks_per_pass = max_tasks_per_pass
         torch.manual_seed(config.train.seed)
-        self.model = PreferenceEstimator(config.model, prepared.features).to(device)
+        self.model = PreferenceEstimator(config.model, prepared.features)
         self.fast = self.model.fast_names()
         self.params: Params = {
-            k: v.to(device).requires_grad_() for k, v in init_params(self.model).items()
+            k: v.requires_grad_() for k, v in self.model.init_params(device=device).items()
         }
         self.inner_lr: Params | None = None
         if config.meta.learn_inner_lr:
@@ -77,8 +79,8 @@ class MetaTrainer:
         return [*self.params.values(), *(self.inner_lr or {}).values()]
 
     @property
-    def lr(self) -> float | Params:
-        return self.inner_lr if self.inner_lr is not None else self.config.meta.inner_lr
+    def lr(self) -> Lr:
+        return inner_rates(self.config.meta, self.inner_lr)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.train.amp == "bf16":
@@ -115,6 +117,7 @@ class MetaTrainer:
                     lr=self.lr,
                     first_order=meta.first_order,
                     fast=self.fast,
+                    kernel="batched",
                 )
             losses.append(per_task.float())
             inners.append(inner.float())
@@ -191,25 +194,15 @@ class MetaTrainer:
 
     def _error_sums(self, support: Examples, query: Examples) -> Tensor:
         """(6,) float64: Σ|e|, Σe² before and after adaptation, Σ|r - mean|, count."""
-        sums = torch.zeros(6, dtype=torch.float64)
-        support = trim(support)
-        for i, steps in enumerate((0, self.config.meta.inner_steps)):
-            with self.autocast():
-                pred, _ = adapted_predictions(
-                    self.model,
-                    self.params,
-                    support,
-                    query.inputs,
-                    steps=steps,
-                    lr=self.lr,
-                    fast=self.fast,
-                )
-            err = (pred.float() - query.ratings)[query.mask].double()
-            sums[2 * i] += err.abs().sum().cpu()
-            sums[2 * i + 1] += (err**2).sum().cpu()
-        sums[4] += (query.ratings - self.global_mean)[query.mask].double().abs().sum().cpu()
-        sums[5] += float(query.mask.sum())
-        return sums
+        with self.autocast():
+            preds = predict_examples(
+                self.model, self.params, trim(support), query.inputs,
+                steps=[0, self.config.meta.inner_steps], lr=self.lr, fast=self.fast,
+            )  # fmt: skip
+        before, after = (error_sums(p.float(), query.ratings, query.mask) for p in preds)
+        mean = torch.full_like(query.ratings, self.global_mean)
+        spread = error_sums(mean, query.ratings, query.mask)
+        return torch.cat([before[:2], after[:2], spread[:1], spread[2:]])
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Parameters, Meta-SGD rates and Adam's moments as a flat name → tensor dict."""
