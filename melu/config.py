@@ -23,7 +23,9 @@ from melu.errors import ConfigError
 T = TypeVar("T")
 
 Dataset = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m"]
-FastGroup = Literal["mlp", "head", "all"]
+FastGroup = Literal["mlp", "head", "all", "user", "user_mlp"]
+Episodes = Literal["tasks", "all"]
+ItemStats = Literal["tasks", "all"]
 UserSplit = Literal["time", "random"]
 QueryOrder = Literal["random", "time"]
 Amp = Literal["none", "bf16"]
@@ -164,6 +166,12 @@ class DataConfig(_Config):
     item_id_min_ratings: int = setting(
         5, "Training ratings an item needs for its own id embedding."
     )
+    item_stats: ItemStats = setting(
+        "tasks",
+        "Where item vocabularies, id embeddings and popularity come from: the meta-training "
+        "tasks' rows (tasks, MeLU) or all training users' ratings (all; never the warm "
+        "queries or evaluation users).",
+    )
     use_extra_item_info: bool = setting(
         True, "ml-1m: MPAA rate, directors and actors from MeLU's movies_extrainfos.dat."
     )
@@ -212,7 +220,20 @@ class ModelConfig(_Config):
     embedding_dim: int = setting(32, "Embedding size of every feature field.")
     hidden: tuple[int, ...] = setting((64, 64), "Hidden layer widths of the MLP, comma-separated.")
     fast_params: FastGroup = setting(
-        "mlp", "Parameters adapted per user: mlp (MeLU), head (last layer) or all."
+        "mlp",
+        "Parameters adapted per user: mlp (MeLU), head (last layer), all, user (the "
+        "user's bias and factor, with --factors) or user_mlp (both).",
+    )
+    factors: int = setting(
+        0,
+        "Collaborative part: 0 is MeLU's network alone; k > 0 adds b_i + b_u + p_u·q_i "
+        "(item biases and k-dim factors, from content for new items; the user's bias and "
+        "factor start from a prior of their features and adapt per user).",
+    )
+    support_prior: float = setting(
+        0.0,
+        "λ of the inner loss SSE / (n + λ): one step then shrinks a user's offset like the "
+        "baseline predictor's b_u (0: MeLU's mean squared error).",
     )
 
     def _validate(self) -> None:
@@ -220,6 +241,13 @@ class ModelConfig(_Config):
         self._require(1 <= self.embedding_dim <= 1024, "embedding_dim", "must be in 1..1024")
         self._require(1 <= len(self.hidden) <= 8, "hidden", "must have 1..8 layers")
         self._require(all(1 <= h <= 4096 for h in self.hidden), "hidden", "sizes must be 1..4096")
+        self._require(0 <= self.factors <= 256, "factors", "must be in 0..256")
+        self._require(0 <= self.support_prior <= 1e4, "support_prior", "must be in 0..10000")
+        self._require(
+            self.factors > 0 or not self.fast_params.startswith("user"),
+            "fast_params",
+            "user / user_mlp need --factors > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -256,6 +284,15 @@ class TrainConfig(_Config):
     seed: int = setting(0, "Training seed (initial weights, meta-batch order).")
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N.")
     amp: Amp = setting("none", "none, or bf16: autocast the forward pass.")
+    episodes: Episodes = setting(
+        "tasks",
+        "Meta-train on the fixed tasks of 13..100-rating users (tasks, MeLU) or on fresh "
+        "episodes from all training users' ratings each epoch (all: random query, support "
+        "of 1..max_support ratings).",
+    )
+    hide_items: float = setting(
+        0.0, "Share of items whose id is hidden in each meta-batch (trains the new-item path)."
+    )
     max_tasks_per_epoch: int | None = setting(
         None, "Cap on training tasks per epoch (default: all)."
     )
@@ -267,6 +304,7 @@ class TrainConfig(_Config):
         need(0 < self.outer_lr < math.inf, "outer_lr", "must be > 0 and finite")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.grad_clip > 0, "grad_clip", "must be > 0")
+        need(0 <= self.hide_items < 1, "hide_items", "must be in [0, 1)")
         need(self.patience >= 1, "patience", "must be >= 1")
         need(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

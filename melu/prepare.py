@@ -158,10 +158,23 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
     user_ids = users["user_id"].to_numpy(dtype=np.int64)
     item_ids = data.items["item_id"].to_numpy(dtype=np.int64)
     tasks = build_scenarios(ratings, roles, new_ids, user_ids, item_ids, config)
+    all_train = all_training_ratings(
+        ratings, roles["train"], new_ids, tasks["warm"], user_ids, item_ids
+    )
     # everything learned from data (vocabularies, id embeddings, popularity) comes from the
-    # meta-training tasks' rows only: never from held-out warm queries or users with no task
-    train_rows = task_rows(tasks["train"], item_ids)
-    train_users = np.unique(user_ids[tasks["train"].user_rows.numpy()])
+    # meta-training tasks' rows (item_stats="tasks") or from all training ratings ("all");
+    # never from held-out warm queries or evaluation users
+    if config.item_stats == "all":
+        train_rows = pd.DataFrame(
+            {
+                "item_id": item_ids[all_train.item_rows.numpy()],
+                "rating": all_train.ratings.numpy(),
+            }
+        )
+        train_users = np.unique(user_ids[all_train.user_rows.numpy()])
+    else:
+        train_rows = task_rows(tasks["train"], item_ids)
+        train_users = np.unique(user_ids[tasks["train"].user_rows.numpy()])
     space = FeatureSpace.build(
         users[users["user_id"].isin(train_users)],
         data.items[data.items["item_id"].isin(train_rows["item_id"].unique())],
@@ -172,9 +185,6 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         id_items=_frequent_items(train_rows, config.item_id_min_ratings),
     )
     tables = FeatureTables.build(space, users, data.items)
-    all_train = all_training_ratings(
-        ratings, roles["train"], new_ids, tasks["warm"], user_ids, item_ids
-    )
     stats = {
         "dataset": data.name,
         "ratings": len(ratings),

@@ -43,7 +43,7 @@ def test_score_equals_the_plain_mlp_on_concatenated_rows() -> None:
     # per-task (T, ...) MLP weights broadcast against rows with a leading task dim T
     per_task = {k: v.expand(2, *v.shape) if k.startswith("mlp.") else v for k, v in params.items()}
     assert torch.allclose(model.score(per_task, e), h.squeeze(-1), atol=1e-12)
-    assert torch.allclose(model.score(params, Encoded(e.user[1], e.items[1])), h[1, :, 0])
+    assert torch.allclose(model.score(params, Encoded(e.user[1], e.items[1], e.ids[1])), h[1, :, 0])
 
 
 def test_init_params_draws_what_the_historic_module_drew() -> None:

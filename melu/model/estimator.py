@@ -35,6 +35,9 @@ class Encoded(NamedTuple):
 
     user: Tensor
     items: Tensor
+    ids: Tensor | None = (
+        None  # (..., N) item-id feature indices (0: unknown), when the model has one
+    )
 
 
 def is_embedding(name: str) -> bool:
@@ -65,9 +68,11 @@ class PreferenceEstimator:
         ]
         self.head_prefix = f"mlp.{2 * (len(self.widths) - 1)}."
         self.user_width = config.embedding_dim * len(self.user_field_names)
-        # additive parts of the prediction beyond the MLP (none yet): score adds them and the
-        # batched kernel differentiates their fast parameters by autograd
-        self.parts: tuple[Part, ...] = ()
+        # additive parts of the prediction beyond the MLP: score adds them and the batched
+        # kernel differentiates their fast parameters by autograd
+        self.factors = config.factors
+        self.id_field = "item" if "item" in self.item_field_names else None
+        self.parts: tuple[Part, ...] = (collaborative,) if self.factors else ()
 
     @property
     def embedding_width(self) -> int:
@@ -79,6 +84,23 @@ class PreferenceEstimator:
         out = {f"embeddings.{f.name}.weight": torch.Size((f.size, dim)) for f in self.space.fields}
         for (w, b), (n_in, n_out) in zip(self.linears, self.widths, strict=True):
             out[w], out[b] = torch.Size((n_out, n_in)), torch.Size((n_out,))
+        return {**out, **self._factor_shapes()}
+
+    def _factor_shapes(self) -> dict[str, torch.Size]:
+        """The collaborative part's parameters (none without ``factors``)."""
+        k = self.factors
+        if not k:
+            return {}
+        out = {
+            "content.weight": torch.Size((k + 1, self.embedding_width - self.user_width)),
+            "prior.weight": torch.Size((k + 1, self.user_width)),
+            "prior.bias": torch.Size((k + 1,)),
+            "user.bias": torch.Size((1,)),
+            "user.factor": torch.Size((k,)),
+        }
+        if self.id_field is not None:
+            size = next(f.size for f in self.space.fields if f.name == self.id_field)
+            out["item.bias"], out["item.factor"] = torch.Size((size,)), torch.Size((size, k))
         return out
 
     def init_params(
@@ -108,6 +130,11 @@ class PreferenceEstimator:
             k: v.detach().to(device=device, dtype=dtype) for k, v in template.named_parameters()
         }
         params[self.head_prefix + "bias"].fill_(sum(self.space.rating_scale) / 2)
+        for name, shape in self._factor_shapes().items():  # drawn after MeLU's, so its stay
+            scale = 0.01 if name == "item.factor" else 0.0
+            params[name] = (torch.randn(shape) * scale).to(device=device, dtype=dtype)
+        if self.factors:  # the network starts as a constant: the interaction is learned
+            params[self.head_prefix + "weight"].zero_()
         return params
 
     def encode_user(self, params: Mapping[str, Tensor], user: FeatureBatch) -> Tensor:
@@ -144,7 +171,11 @@ class PreferenceEstimator:
         user = self.encode_user(params, {n: features[n][..., 0] for n in self.user_field_names})
         if not self.user_field_names:
             user = items.new_zeros((*items.shape[:-2], 0))
-        return Encoded(user, items)
+        if self.id_field is not None:
+            ids = features[self.id_field]
+        else:
+            ids = torch.zeros(items.shape[:-1], dtype=torch.long, device=items.device)
+        return Encoded(user, items, ids)
 
     def score(self, params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
         """Predicted ratings (..., N) of encoded rows: the MLP plus the additive ``parts``.
@@ -177,4 +208,29 @@ class PreferenceEstimator:
             return names
         if group == "head":
             return [n for n in names if n.startswith(self.head_prefix)]
-        return [n for n in names if n.startswith("mlp.")]
+        user = [n for n in names if n.startswith("user.")]
+        if group == "user":
+            return user
+        mlp = [n for n in names if n.startswith("mlp.")]
+        return mlp + user if group == "user_mlp" else mlp
+
+
+def collaborative(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
+    """b_i + b_u + p_u·q_i (..., N): the model part that ``ModelConfig.factors`` adds.
+
+    Item side: ``content.weight`` (k+1, E_i) maps an item's feature embeddings to a content
+    estimate of (b_i, q_i), to which known items add their own ``item.bias`` / ``item.factor``
+    rows (index 0, unknown or new items, is one shared row). User side: ``prior`` maps the
+    user's feature embeddings to a prior (b_u⁰, p_u⁰); the fast ``user.bias`` (1,) and
+    ``user.factor`` (k,) — per task (T, ...) in the batched kernel — are offsets from it.
+    """
+    item = encoded.items @ params["content.weight"].mT  # (..., N, k+1)
+    if "item.bias" in params:
+        item = item + torch.cat(
+            [params["item.bias"][encoded.ids].unsqueeze(-1), params["item.factor"][encoded.ids]],
+            dim=-1,
+        )
+    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
+    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
+    factor = user[..., 1:] + params["user.factor"]  # (..., k)
+    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)

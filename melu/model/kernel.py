@@ -63,7 +63,8 @@ def batched_step(
     MSE, losses (T,)); differentiable (second order) like the generic path.
     """
     m = mask.to(ratings.dtype)  # (T, N)
-    count = m.sum(-1, keepdim=True).clamp(min=1.0)  # (T, 1) real rows per task
+    # (T, 1) real rows per task (+ the inner loss's prior λ, see ``masked_mse``)
+    count = (m.sum(-1, keepdim=True) + model.config.support_prior).clamp(min=1.0)
     coef = 2 * m / count  # d loss / d pred per residual
     tasks = ratings.shape[0]
 
@@ -81,7 +82,8 @@ def batched_step(
         residual = pred - ratings  # (T, N)
         losses = (residual * residual * m).sum(-1) / count.squeeze(-1)
         cotangent = residual * coef  # (T, N): d loss / d pred
-        grads = _mlp_backward(model, mlp, encoded, pre, cotangent)
+        adapts_mlp = any(k.startswith("mlp.") for k in fast)
+        grads = _mlp_backward(model, mlp, encoded, pre, cotangent) if adapts_mlp else {}
         out = {k: grads[k] for k in fast if k in grads}
         others = [k for k in fast if k not in grads]
         if others:

@@ -45,10 +45,14 @@ class Examples(NamedTuple):
     mask: Tensor
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """mean over real rows of (pred - target)²: (…,) for (…, N) inputs. 0 if no real rows."""
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, prior: float = 0.0) -> Tensor:
+    """Σ over real rows of (pred - target)², over (n + ``prior``): (…,) for (…, N) inputs.
+
+    ``prior`` 0 is the mean squared error (0 if no real rows). The inner loss uses the
+    model's ``support_prior`` λ: a gradient step from the initialisation then moves a
+    user's offset by Σ residual / (n + λ), the shrunk mean of the baseline predictor."""
     m = mask.to(pred.dtype)
-    return ((pred - target) ** 2 * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+    return ((pred - target) ** 2 * m).sum(-1) / (m.sum(-1) + prior).clamp(min=1.0)
 
 
 def inner_rates(meta: MetaConfig, learned: Mapping[str, Tensor] | None) -> Lr:
@@ -103,7 +107,7 @@ def adapt(
         losses.append(loss)
     adapted = {**frozen, **fast_params}
     pred = _predict(model, adapted, rows, names if kernel == "batched" else ())
-    losses.append(masked_mse(pred, support.ratings, support.mask))
+    losses.append(masked_mse(pred, support.ratings, support.mask, model.config.support_prior))
     return {k: adapted[k] for k in params}, torch.stack(losses, dim=-1)
 
 
@@ -126,7 +130,10 @@ def _generic_step(
 
     def support_loss(fp: Params) -> tuple[Tensor, Tensor]:
         loss = masked_mse(
-            _predict(model, {**frozen, **fp}, rows, ()), support.ratings, support.mask
+            _predict(model, {**frozen, **fp}, rows, ()),
+            support.ratings,
+            support.mask,
+            model.config.support_prior,
         )
         return loss, loss
 

@@ -36,6 +36,11 @@ class RowEncoder:
         self.items = items.to(device)
         self.shared = precompute and not any(is_embedding(k) for k in model.fast_names())
         self._item_encoding: Tensor | None = None
+        self._ids = (
+            self.items.items[model.id_field]
+            if model.id_field
+            else torch.zeros(len(self.items.item_ids), dtype=torch.long, device=device)
+        )
         if self.shared:
             rows = torch.arange(len(self.items.item_ids), device=device)
             unknown = {f.name: torch.tensor(UNKNOWN, device=device) for f in features.user_fields}
@@ -56,5 +61,7 @@ class RowEncoder:
         """Unclamped predicted ratings (N,) of catalog ``rows`` for ``user`` under ``params``."""
         if self._item_encoding is None:
             return self.model.predict(params, self(user, rows))
-        encoded = Encoded(self.model.encode_user(params, user), self._item_encoding[rows])
+        encoded = Encoded(
+            self.model.encode_user(params, user), self._item_encoding[rows], self._ids[rows]
+        )
         return self.model.score(params, encoded)

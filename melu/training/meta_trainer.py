@@ -31,6 +31,7 @@ from melu.training.distributed import (
     all_reduce_sum,
     contiguous_range,
 )
+from melu.training.episodes import episodes, hidden_ids, hide_items
 
 GradHook = Callable[[list[Tensor]], None]
 
@@ -66,6 +67,10 @@ class MetaTrainer:
             self.trainable, lr=config.train.outer_lr, weight_decay=config.train.weight_decay
         )
         self.tables = prepared.tables.to(device)
+        self.train_ratings = prepared.train_ratings
+        if config.model.factors and self.model.id_field is not None:
+            with torch.no_grad():
+                init_item_factors(self.model, self.params, prepared)
         self.train_tasks = prepared.tasks["train"].to(device)
         self.val_tasks = prepared.tasks["validation"].to(device)
         t = self.train_tasks
@@ -87,6 +92,14 @@ class MetaTrainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def begin_epoch(self, epoch: int) -> None:
+        """With ``train.episodes="all"``, draw this epoch's tasks from all training ratings
+        (seeded by the training seed and the epoch, so every rank draws the same)."""
+        if self.config.train.episodes == "all":
+            seed = self.config.train.seed * 1_000_003 + epoch
+            tasks = episodes(self.train_ratings, self.tables.user_ids, self.config.data, seed)
+            self.train_tasks = tasks.to(self.device)
+
     def meta_batches(self, epoch: int) -> list[Tensor]:
         """Seeded global meta-batches of epoch ``epoch``: index tensors (≤ B,) into tasks."""
         gen = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
@@ -105,8 +118,16 @@ class MetaTrainer:
         sizes = self.train_tasks.support_mask[indices].sum(1)
         order = indices[sizes.argsort(stable=True)]
         meta, losses, inners = self.config.meta, [], []
+        share, field = self.config.train.hide_items, self.model.id_field
+        hidden = None
+        if share > 0 and field is not None:
+            size = int(self.tables.items[field].max()) + 1
+            hidden = hidden_ids(size, share, self.device)
         for part in order.tensor_split(min(buckets, len(order))):
             support, query = task_examples(self.train_tasks, self.tables, part)
+            if hidden is not None and field is not None:
+                support = support._replace(inputs=hide_items(support.inputs, field, hidden))
+                query = query._replace(inputs=hide_items(query.inputs, field, hidden))
             with self.autocast():
                 _, per_task, inner = meta_loss(
                     self.model,
@@ -230,3 +251,25 @@ class MetaTrainer:
                 )
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def init_item_factors(model: PreferenceEstimator, params: Params, prepared: Prepared) -> None:
+    """Start the collaborative part where matrix factorisation ends: biased MF (ALS) on all
+    training ratings gives μ (the network's output bias), each known item's bias and
+    factor (its id's rows of ``item.bias`` / ``item.factor``). In place, before training."""
+    from melu.evaluation.mf import MFConfig, fit_als
+
+    rows, tables = prepared.train_ratings, prepared.tables
+    mf = fit_als(
+        rows, len(tables.user_ids), len(tables.item_ids), prepared.features.rating_scale,
+        rank=model.factors, reg=ALS_REG, config=MFConfig(),
+    )  # fmt: skip
+    ids = tables.items[model.id_field or ""].long()
+    known = ids != 0
+    device = params["item.bias"].device
+    params["item.bias"][ids[known].to(device)] = mf.item_bias[known].float().to(device)
+    params["item.factor"][ids[known].to(device)] = mf.item_factors[known].float().to(device)
+    params[model.head_prefix + "bias"].fill_(mf.mu)
+
+
+ALS_REG = 15.0  # λ of the initialising ALS (sum of squared errors): MF's validation pick

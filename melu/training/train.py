@@ -75,6 +75,7 @@ def _run_epoch(
     Per-batch sums (loss, support before / after, tasks) are all-reduced once at the end,
     so every rank reports the global figures of a single-process run.
     """
+    trainer.begin_epoch(epoch)
     batches = trainer.meta_batches(epoch)
     progress({"event": "epoch_start", "epoch": epoch, "batches": len(batches)})
     reduce = (lambda params: all_reduce_grads(params, ctx)) if ctx.enabled else None

@@ -1,0 +1,142 @@
+"""The collaborative model part (``ModelConfig.factors``), episodes and hidden items.
+
+Tiny float64 problems built here pin the math: the part adapts alike in both kernels
+(values and second-order meta-gradient), one inner step with the support prior λ moves
+the user's bias by the baseline predictor's shrunk mean residual, episodes cover every
+training user once with disjoint support and query, hidden items become "unknown".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_maml import STEPS, grads_of, task, tiny_batch, tiny_space
+
+from melu.config import DataConfig, ModelConfig
+from melu.features import UNKNOWN
+from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.maml import Examples, adapt, meta_loss
+from melu.prepare import RatingRows
+from melu.training.episodes import episodes, hidden_ids, hide_items
+
+LR = 0.2
+
+
+def factor_model(fast: str, prior: float = 2.0) -> tuple[PreferenceEstimator, Params]:
+    space, _ = tiny_space()
+    torch.manual_seed(0)
+    config = ModelConfig(
+        embedding_dim=3, hidden=(5, 4), fast_params=fast, factors=2, support_prior=prior
+    )
+    model = PreferenceEstimator(config, space)
+    params = model.init_params(torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    for name in ("content.weight", "prior.weight", "prior.bias", "item.bias", "item.factor"):
+        params[name] = torch.randn(params[name].shape, generator=gen, dtype=torch.float64) * 0.3
+    params["user.factor"] = torch.full((2,), 0.1, dtype=torch.float64)
+    return model, {k: v.requires_grad_() for k, v in params.items()}
+
+
+def test_the_factor_part_has_its_parameters_and_fast_groups() -> None:
+    model, params = factor_model("user")
+    assert model.fast_names("user") == ["user.bias", "user.factor"]
+    assert set(model.fast_names("user_mlp")) == {
+        *model.fast_names("mlp"),
+        *model.fast_names("user"),
+    }
+    item = next(f for f in model.space.fields if f.name == "item")
+    assert params["item.factor"].shape == (item.size, 2) and params["item.bias"].shape == (
+        item.size,
+    )
+    assert model.predict(params, tiny_batch()[0].inputs).shape == (4, 6)
+
+
+@pytest.mark.parametrize("fast", ["user", "user_mlp"])
+def test_factor_part_adapts_alike_in_both_kernels(fast: str) -> None:
+    model, params = factor_model(fast)
+    support, query = tiny_batch()
+    batched, inner = adapt(model, params, support, steps=STEPS, lr=LR, kernel="batched")
+    for t in range(4):
+        one, inner_t = adapt(model, params, task(support, t), steps=STEPS, lr=LR)
+        assert (inner[t] - inner_t).abs().max() < 1e-12
+        for k in model.fast_names():
+            assert (batched[k][t] - one[k]).abs().max() < 1e-12, (k, t)
+    grads = {}
+    for kernel in ("generic", "batched"):
+        loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=LR, kernel=kernel)
+        grads[kernel] = grads_of(loss, params)
+    for k in params:
+        assert (grads["generic"][k] - grads["batched"][k]).abs().max() < 1e-10, k
+    assert grads["batched"]["item.factor"].abs().sum() > 0  # the meta-gradient reaches items
+
+
+def test_one_step_with_the_support_prior_is_the_shrunk_mean_residual() -> None:
+    """With λ = support_prior and lr ½, one step moves b_u by Σ(r − pred) / (n + λ): the
+    baseline predictor's shrunk user offset, for any n."""
+    lam = 5.0
+    model, params = factor_model("user", prior=lam)
+    support, _ = tiny_batch()
+    with torch.no_grad():
+        before = model.predict(params, support.inputs)  # (T, N)
+    adapted, _ = adapt(
+        model, params, support, steps=1, lr={"user.bias": 0.5, "user.factor": 0.0},
+        kernel="batched",
+    )  # fmt: skip
+    m = support.mask.double()
+    expected = ((support.ratings - before) * m).sum(1) / (m.sum(1) + lam)
+    moved = adapted["user.bias"][:, 0] - params["user.bias"][0]
+    assert torch.allclose(moved, expected, atol=1e-12)
+
+
+def rating_rows(counts: list[int]) -> RatingRows:
+    users = np.repeat(np.arange(len(counts)), counts)
+    items = np.concatenate([np.arange(c) for c in counts])
+    ratings = (items % 5 + 1).astype(np.float32)
+    return RatingRows(
+        torch.from_numpy(users.astype(np.int32)),
+        torch.from_numpy(items.astype(np.int32)),
+        torch.from_numpy(ratings),
+    )
+
+
+def test_episodes_cover_every_user_once_with_disjoint_support_and_query() -> None:
+    counts = [3, 4, 9, 25, 300]
+    rows = rating_rows(counts)
+    ids = torch.arange(100, 105)
+    config = DataConfig(query_size=10, max_support=90)
+    tasks = episodes(rows, ids, config, seed=0)
+    assert tasks.user_rows.tolist() == [1, 2, 3, 4]  # fewer than 4 ratings: no episode
+    assert tasks.user_ids.tolist() == [101, 102, 103, 104]
+    q, s = tasks.query_mask.sum(1), tasks.support_mask.sum(1)
+    assert q.tolist() == [2, 4, 10, 10]  # min(query_size, n // 2)
+    assert (s >= 1).all() and (s <= torch.tensor([2, 5, 15, 90])).all()
+    for t in range(4):
+        sup = set(tasks.support_items[t][tasks.support_mask[t]].tolist())
+        qry = set(tasks.query_items[t][tasks.query_mask[t]].tolist())
+        assert not sup & qry and sup | qry <= set(range(counts[t + 1]))
+    again = episodes(rows, ids, config, seed=0)
+    other = episodes(rows, ids, config, seed=1)
+    assert torch.equal(again.support_items, tasks.support_items)
+    assert not torch.equal(other.query_items, tasks.query_items)
+
+
+def test_hidden_items_become_unknown_and_nothing_else_changes() -> None:
+    ids = torch.tensor([[0, 1, 2, 3], [3, 4, 5, 0]])
+    hidden = torch.tensor([False, True, False, True, False, False])
+    out = hide_items({"item": ids, "genre": ids + 10}, "item", hidden)
+    assert out["item"].tolist() == [[0, UNKNOWN, 2, UNKNOWN], [UNKNOWN, 4, 5, 0]]
+    assert torch.equal(out["genre"], ids + 10)
+    torch.manual_seed(0)
+    drawn = hidden_ids(10_000, 0.2, torch.device("cpu"))
+    assert not drawn[UNKNOWN] and 0.17 < drawn.float().mean() < 0.23
+
+
+def test_examples_keep_their_shape() -> None:
+    model, params = factor_model("user")
+    support, _ = tiny_batch()
+    one = Examples(
+        {k: v[0] for k, v in support.inputs.items()}, support.ratings[0], support.mask[0]
+    )
+    adapted, losses = adapt(model, params, one, steps=2, lr=LR)
+    assert adapted["user.bias"].shape == (1,) and losses.shape == (3,)
