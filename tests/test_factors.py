@@ -127,9 +127,9 @@ def test_hidden_items_become_unknown_and_nothing_else_changes() -> None:
     out = hide_items({"item": ids, "genre": ids + 10}, "item", hidden)
     assert out["item"].tolist() == [[0, UNKNOWN, 2, UNKNOWN], [UNKNOWN, 4, 5, 0]]
     assert torch.equal(out["genre"], ids + 10)
-    torch.manual_seed(0)
-    drawn = hidden_ids(10_000, 0.2, torch.device("cpu"))
+    drawn = hidden_ids(10_000, 0.2, 7, torch.device("cpu"))
     assert not drawn[UNKNOWN] and 0.17 < drawn.float().mean() < 0.23
+    assert torch.equal(drawn, hidden_ids(10_000, 0.2, 7, torch.device("cpu")))
 
 
 def test_examples_keep_their_shape() -> None:

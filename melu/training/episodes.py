@@ -74,9 +74,9 @@ def hide_items(features: FeatureBatch, field: str, hidden: Tensor) -> FeatureBat
     return {**features, field: torch.where(hidden[ids], UNKNOWN, ids)}
 
 
-def hidden_ids(size: int, share: float, device: torch.device) -> Tensor:
-    """(size,) bool: a random ``share`` of the item-id vocabulary (never "unknown" itself),
-    drawn from torch's global generator (which checkpoints save and restore)."""
-    hidden = torch.rand(size) < share
+def hidden_ids(size: int, share: float, seed: int, device: torch.device) -> Tensor:
+    """(size,) bool: a seeded random ``share`` of the item-id vocabulary (never "unknown"
+    itself); the same on every rank of a data-parallel run and after a resume."""
+    hidden = torch.rand(size, generator=torch.Generator().manual_seed(seed)) < share
     hidden[UNKNOWN] = False
     return hidden.to(device)

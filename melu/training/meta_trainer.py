@@ -72,6 +72,7 @@ class MetaTrainer:
             with torch.no_grad():
                 init_item_factors(self.model, self.params, prepared)
         self.train_tasks = prepared.tasks["train"].to(device)
+        self.hidden: Tensor | None = None  # item ids hidden this epoch (train.hide_items)
         self.val_tasks = prepared.tasks["validation"].to(device)
         t = self.train_tasks
         self.global_mean = float(
@@ -95,10 +96,14 @@ class MetaTrainer:
     def begin_epoch(self, epoch: int) -> None:
         """With ``train.episodes="all"``, draw this epoch's tasks from all training ratings
         (seeded by the training seed and the epoch, so every rank draws the same)."""
+        seed = self.config.train.seed * 1_000_003 + epoch
         if self.config.train.episodes == "all":
-            seed = self.config.train.seed * 1_000_003 + epoch
             tasks = episodes(self.train_ratings, self.tables.user_ids, self.config.data, seed)
             self.train_tasks = tasks.to(self.device)
+        share, field = self.config.train.hide_items, self.model.id_field
+        if share > 0 and field is not None:
+            size = int(self.tables.items[field].max()) + 1
+            self.hidden = hidden_ids(size, share, seed, self.device)
 
     def meta_batches(self, epoch: int) -> list[Tensor]:
         """Seeded global meta-batches of epoch ``epoch``: index tensors (≤ B,) into tasks."""
@@ -118,11 +123,7 @@ class MetaTrainer:
         sizes = self.train_tasks.support_mask[indices].sum(1)
         order = indices[sizes.argsort(stable=True)]
         meta, losses, inners = self.config.meta, [], []
-        share, field = self.config.train.hide_items, self.model.id_field
-        hidden = None
-        if share > 0 and field is not None:
-            size = int(self.tables.items[field].max()) + 1
-            hidden = hidden_ids(size, share, self.device)
+        hidden, field = self.hidden, self.model.id_field
         for part in order.tensor_split(min(buckets, len(order))):
             support, query = task_examples(self.train_tasks, self.tables, part)
             if hidden is not None and field is not None:
