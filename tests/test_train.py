@@ -153,3 +153,39 @@ def test_a_diverged_run_stops_with_a_clear_error_and_writes_no_model(
     assert not (tmp_path / "model").exists() and not (tmp_path / "checkpoint").exists()
     jsonl = tmp_path / "metrics.jsonl"
     assert not jsonl.exists() or all(json.loads(x) for x in jsonl.read_text().splitlines())
+
+
+def test_a_real_melu_train_killed_mid_run_resumes_to_the_uninterrupted_result(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a real ``melu train`` process once its first checkpoint exists (mid-epoch 2
+    or later), resume it, and reach the weights of a run that was never killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "melu", "train", "--data-dir", str(data_dir),
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "4",
+            "--patience", "4", "--max-tasks-per-epoch", "160", *extra,
+        ]  # fmt: skip
+
+    straight = subprocess.run(command(tmp_path / "a"), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen(
+        command(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "b" / "checkpoint" / "state.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (tmp_path / "b" / "model").exists()
+    resumed = subprocess.run(command(tmp_path / "b", "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(str(tmp_path / "a" / "model" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
