@@ -277,7 +277,7 @@ def load_bundle(path: Path | str) -> Bundle:
         )
     _check_digests(path, info)
     try:
-        config = Config.from_dict(info["config"])
+        config = Config.from_saved(info["config"])
     except (KeyError, ConfigError) as exc:
         raise BundleError(f"{path}/config.json: {exc}") from exc
     features = FeatureSpace.load(path / "features.json")

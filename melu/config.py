@@ -167,7 +167,7 @@ class DataConfig(_Config):
         5, "Training ratings an item needs for its own id embedding."
     )
     item_stats: ItemStats = setting(
-        "tasks",
+        "all",
         "Where item vocabularies, id embeddings and popularity come from: the meta-training "
         "tasks' rows (tasks, MeLU) or all training users' ratings (all; never the warm "
         "queries or evaluation users).",
@@ -220,20 +220,16 @@ class ModelConfig(_Config):
     embedding_dim: int = setting(32, "Embedding size of every feature field.")
     hidden: tuple[int, ...] = setting((64, 64), "Hidden layer widths of the MLP, comma-separated.")
     fast_params: FastGroup = setting(
-        "mlp",
-        "Parameters adapted per user: mlp (MeLU), head (last layer), all, user (the "
-        "user's bias and factor, with --factors) or user_mlp (both).",
+        "user",
+        "Adapted per user: mlp (MeLU), head, all, user (bias + factor) or user_mlp.",
     )
     factors: int = setting(
-        0,
-        "Collaborative part: 0 is MeLU's network alone; k > 0 adds b_i + b_u + p_u·q_i "
-        "(item biases and k-dim factors, from content for new items; the user's bias and "
-        "factor start from a prior of their features and adapt per user).",
+        16,
+        "k > 0 adds b_i + b_u + p_u·q_i to the network (0: MeLU's network alone).",
     )
     support_prior: float = setting(
-        0.0,
-        "λ of the inner loss SSE / (n + λ): one step then shrinks a user's offset like the "
-        "baseline predictor's b_u (0: MeLU's mean squared error).",
+        5.0,
+        "λ of the inner loss SSE / (n + λ) (0: MeLU's mean squared error).",
     )
 
     def _validate(self) -> None:
@@ -256,8 +252,8 @@ class MetaConfig(_Config):
 
     SECTION: ClassVar[str] = "meta"
 
-    inner_steps: int = setting(5, "Inner-loop gradient steps on a user's support.")
-    inner_lr: float = setting(0.05, "Inner-loop learning rate.")
+    inner_steps: int = setting(3, "Inner-loop gradient steps on a user's support.")
+    inner_lr: float = setting(0.5, "Inner-loop learning rate.")
     first_order: bool = setting(False, "FOMAML: drop the second-order terms.")
     learn_inner_lr: bool = setting(
         False, "Meta-SGD: learn one inner rate per fast parameter element."
@@ -285,13 +281,13 @@ class TrainConfig(_Config):
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N.")
     amp: Amp = setting("none", "none, or bf16: autocast the forward pass.")
     episodes: Episodes = setting(
-        "tasks",
+        "all",
         "Meta-train on the fixed tasks of 13..100-rating users (tasks, MeLU) or on fresh "
         "episodes from all training users' ratings each epoch (all: random query, support "
         "of 1..max_support ratings).",
     )
     hide_items: float = setting(
-        0.0, "Share of items whose id is hidden in each meta-batch (trains the new-item path)."
+        0.2, "Share of items whose id is hidden in each meta-batch (trains the new-item path)."
     )
     max_tasks_per_epoch: int | None = setting(
         None, "Cap on training tasks per epoch (default: all)."
@@ -347,3 +343,32 @@ class Config(_Config):
             raise ConfigError(f"config: unknown section(s) {unknown}")
         sections: dict[str, Any] = {k: c.from_dict(data.get(k, {})) for k, c in SECTIONS.items()}
         return cls(**sections)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Config:
+        """A config read from a bundle or checkpoint: a field the file does not have takes
+        its ``LEGACY`` value (what the file meant when it was written), not today's default."""
+        if not isinstance(data, dict):
+            raise ConfigError("config: expected an object")
+        filled = {
+            k: {**LEGACY.get(k, {}), **v} if isinstance(v := data.get(k, {}), dict) else v
+            for k in {*SECTIONS, *data}
+        }
+        return cls.from_dict(filled)
+
+    @classmethod
+    def melu(cls) -> Config:
+        """MeLU's own recipe (the network alone, its MLP adapted, fixed 13..100-rating
+        tasks), as this project trained it before the collaborative part was the default."""
+        return cls.from_saved({})
+
+
+# Fields added after bundles and checkpoints were first written, with the value that
+# reproduces what a file without them meant (MeLU's recipe). ``Config.from_saved`` fills a
+# missing field from here, never from today's defaults.
+LEGACY: dict[str, dict[str, Any]] = {
+    "data": {"item_stats": "tasks", "folds": 0, "fold": 0},
+    "model": {"fast_params": "mlp", "factors": 0, "support_prior": 0.0},
+    "meta": {"inner_steps": 5, "inner_lr": 0.05},
+    "train": {"episodes": "tasks", "hide_items": 0.0},
+}

@@ -181,10 +181,10 @@ def _rewrite_catalog(bundle: Path, change: Callable[[pd.DataFrame], pd.DataFrame
     ("damage", "message"),
     [
         (
-            lambda t: t.update({"inner_lr.mlp.0.bias": torch.ones(2)}),
-            "inner_lr.mlp.0.bias has shape",
+            lambda t: t.update({"inner_lr.user.factor": torch.ones(2)}),
+            "inner_lr.user.factor has shape",
         ),
-        (lambda t: t.pop("inner_lr.mlp.0.bias"), "inner learning rates"),
+        (lambda t: t.pop("inner_lr.user.factor"), "inner learning rates"),
         (lambda t: t.update({"mlp.0.bias": t["mlp.0.bias"].half()}), "finite float32"),
         (lambda t: t["mlp.0.bias"].fill_(float("nan")), "finite float32"),
     ],

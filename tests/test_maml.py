@@ -49,7 +49,8 @@ def tiny_model(fast: str = "mlp", seed: int = 0) -> tuple[PreferenceEstimator, P
     space, _ = tiny_space()
     torch.manual_seed(seed)
     model = PreferenceEstimator(
-        ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast), space
+        ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast, factors=0, support_prior=0.0),
+        space,
     )
     params = {k: v.requires_grad_() for k, v in model.init_params(torch.float64).items()}
     return model, params
@@ -285,7 +286,12 @@ def test_a_new_model_part_adapts_alike_in_both_kernels() -> None:
     from the generic torch.func path."""
     space, _ = tiny_space()
     torch.manual_seed(0)
-    model = WithUserBias(ModelConfig(embedding_dim=3, hidden=(5, 4)), space)
+    model = WithUserBias(
+        ModelConfig(
+            embedding_dim=3, hidden=(5, 4), fast_params="mlp", factors=0, support_prior=0.0
+        ),
+        space,
+    )
     params = {k: v.requires_grad_() for k, v in model.init_params(torch.float64).items()}
     params["user_bias"] = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     support, query = tiny_batch()

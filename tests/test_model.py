@@ -49,7 +49,9 @@ def test_score_equals_the_plain_mlp_on_concatenated_rows() -> None:
 def test_init_params_draws_what_the_historic_module_drew() -> None:
     """Seeded runs reproduce: the same values as nn.Embedding(Bag)/nn.Linear in order."""
     space, _ = tiny_space()
-    config = ModelConfig(embedding_dim=3, hidden=(5, 4))
+    config = ModelConfig(
+        embedding_dim=3, hidden=(5, 4), fast_params="mlp", factors=0, support_prior=0.0
+    )
     torch.manual_seed(7)
     params = PreferenceEstimator(config, space).init_params()
     torch.manual_seed(7)

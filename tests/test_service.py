@@ -48,7 +48,7 @@ def test_recommendations_equal_the_library(client: TestClient, recommender: Reco
     assert [i["item_id"] for i in served["items"]] == [i.item_id for i in direct.items]
     assert [i["score"] for i in served["items"]] == [i.score for i in direct.items]
     assert served["items"][0]["title"] == direct.items[0].title
-    assert served["adaptation"]["steps"] == 5
+    assert served["adaptation"]["steps"] == 3
     assert served["adaptation"]["support_loss_after"] == direct.adaptation.support_loss_after
     assert served["model"] == {"version": weights_digest(recommender), "dataset": "ml-100k"}
 
@@ -90,7 +90,7 @@ def test_onboarding_items_model_health(client: TestClient, recommender: Recommen
     assert noir["items"] and all("Film-Noir" in i["genres"] for i in noir["items"])
     model = client.get("/v1/model").json()
     assert model["n_items"] == 1682 and model["rating_scale"] == [1.0, 5.0]
-    assert model["config"]["meta"]["inner_steps"] == 5 and model["data_fingerprint"]
+    assert model["config"]["meta"]["inner_steps"] == 3 and model["data_fingerprint"]
     assert client.get("/health").json() == {"status": "ok", "n_items": 1682}
     spec = client.get("/openapi.json").json()
     assert "examples" in spec["components"]["schemas"]["RecommendationRequest"]

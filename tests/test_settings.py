@@ -111,8 +111,9 @@ def test_help_explains_each_option_with_its_default() -> None:
     assert result.exit_code == 0
     lines = {line.split()[1]: line for line in result.output.splitlines() if "│ --" in line}
     assert "Inner-loop learning rate." in lines["--inner-lr"]
-    assert "[default: 0.05]" in lines["--inner-lr"]
-    assert "[mlp|head|all]" in lines["--fast-params"] and "[default: mlp]" in lines["--fast-params"]
+    assert "[default: 0.5]" in lines["--inner-lr"]
+    assert "[mlp|head|all|user|user_mlp]" in lines["--fast-params"]
+    assert "[default: user]" in lines["--fast-params"] and "[default: 16]" in lines["--factors"]
     assert "[default: 64,64]" in lines["--hidden"]
 
 

@@ -134,14 +134,15 @@ def test_small_built_data_gives_exact_task_shapes() -> None:
     assert got == [1 + values[i] % 5 for i in items]
 
 
-def test_warm_users_and_learned_vocabularies_come_from_training_tasks(ml100k: Prepared) -> None:
+def test_warm_users_and_learned_vocabularies_come_from_training_ratings(ml100k: Prepared) -> None:
     """Every warm user was meta-trained on; every item with its own id embedding, and the
-    catalog's popularity, come from training-task rows (never from held-out warm queries)."""
+    catalog's popularity, come from all training ratings (item_stats="all", the default),
+    which never hold a held-out warm query or an evaluation user's rating."""
     train, warm = ml100k.tasks["train"], ml100k.tasks["warm"]
+    assert ml100k.config.item_stats == "all"
     assert set(warm.user_ids.tolist()) == set(train.user_ids.tolist())
     item_ids = ml100k.tables.item_ids
-    seen = torch.cat([train.support_items[train.support_mask], train.query_items[train.query_mask]])
-    counts = torch.bincount(seen.long(), minlength=len(item_ids))
+    counts = torch.bincount(ml100k.train_ratings.item_rows.long(), minlength=len(item_ids))
     id_field = next(f for f in ml100k.features.item_fields if f.name == "item")
     with_id = {int(v) for v in id_field.vocab}
     trained = {int(item_ids[i]) for i in torch.nonzero(counts >= 5).flatten().tolist()}

@@ -148,7 +148,7 @@ def load_config_file(path: Path) -> Config:
     try:
         data = json.loads(path.read_text())
         if isinstance(data, dict) and "schema_version" in data and "config" in data:
-            data = data["config"]  # a model bundle's config.json
+            return Config.from_saved(data["config"])  # a model bundle's config.json
         return Config.from_dict(data)
     except (OSError, ValueError) as exc:  # ConfigError and JSONDecodeError are ValueErrors
         raise typer.BadParameter(f"{path}: {exc}", param_hint="'--config'") from None

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.func import vjp, vmap
 
 from melu.features import FeatureBatch
-from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
+from melu.model.estimator import Encoded, Params, PreferenceEstimator
 
 _Getter = Callable[[str], Tensor]  # MLP parameter name → its (T, ...) view
 Step = Callable[[Params], tuple[Params, Tensor]]  # fast params → (gradients, losses)
@@ -31,6 +31,12 @@ def per_task_dims(params: Mapping[str, Tensor], batched: Sequence[str]) -> dict[
     return {k: 0 if k in batched else None for k in params}
 
 
+def broadcasts(batched: Sequence[str]) -> bool:
+    """Whether per-task (T, ...) values of ``batched`` broadcast through ``score`` as they
+    are (MLP weights and the user's bias and factor do; looked-up tables do not)."""
+    return all(k.startswith(("mlp.", "user.")) for k in batched)
+
+
 def task_predictions(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
@@ -39,9 +45,10 @@ def task_predictions(
 ) -> Tensor:
     """Predictions (T, N) of T tasks' rows (T, N) whose ``batched`` params are (T, ...).
 
-    Shared embeddings: one broadcasting ``predict``; per-task embeddings: ``vmap``.
+    Per-task MLP or user parameters: one broadcasting ``predict``; per-task tables
+    (embeddings, item tables): ``vmap``.
     """
-    if not any(is_embedding(k) for k in batched):
+    if broadcasts(batched):
         return model.predict(params, features)
     dims = per_task_dims(params, batched)
     return vmap(model.predict, in_dims=(dims, 0))(dict(params), features)
@@ -77,8 +84,9 @@ def batched_step(
             return p if name in fast_params else p.expand(tasks, *p.shape)
 
         pre, pred = _forward(model, mlp, encoded)
-        for part in model.parts:
-            pred = pred + part(params, encoded)
+        dims = per_task_dims(params, fast)
+        for part in model.parts:  # written for one task: vmapped over the T tasks
+            pred = pred + vmap(part, in_dims=(dims, 0))(params, encoded)
         residual = pred - ratings  # (T, N)
         losses = (residual * residual * m).sum(-1) / count.squeeze(-1)
         cotangent = residual * coef  # (T, N): d loss / d pred

@@ -26,7 +26,7 @@ from torch.func import grad_and_value, vmap
 from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
-from melu.model.kernel import Step, batched_step, task_predictions
+from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
 from melu.tasks import TaskSet
 
 Kernel = Literal["generic", "batched"]
@@ -119,7 +119,9 @@ def _predict(
 ) -> Tensor:
     """Predictions of encoded rows or of features; ``batched`` params are per task."""
     if isinstance(rows, Encoded):
-        return model.score(params, rows)
+        if broadcasts(batched):
+            return model.score(params, rows)
+        return vmap(model.score, in_dims=(per_task_dims(params, batched), 0))(dict(params), rows)
     return task_predictions(model, params, rows, batched)
 
 

@@ -267,9 +267,10 @@ def init_item_factors(model: PreferenceEstimator, params: Params, prepared: Prep
     )  # fmt: skip
     ids = tables.items[model.id_field or ""].long()
     known = ids != 0
-    device = params["item.bias"].device
-    params["item.bias"][ids[known].to(device)] = mf.item_bias[known].float().to(device)
-    params["item.factor"][ids[known].to(device)] = mf.item_factors[known].float().to(device)
+    bias, factor = params["item.bias"], params["item.factor"]
+    index = ids[known].to(bias.device)
+    bias[index] = mf.item_bias[known].to(device=bias.device, dtype=bias.dtype)
+    factor[index] = mf.item_factors[known].to(device=factor.device, dtype=factor.dtype)
     params[model.head_prefix + "bias"].fill_(mf.mu)
 
 
