@@ -4,8 +4,9 @@ Every vocabulary reserves index 0 for "unknown": a value never seen in the train
 (a new user's zip code, a new item's director) maps to 0, so cold scenarios and serving
 need no special case. Multi-valued fields (genres, directors, actors) are encoded as index
 lists padded with 0 to a fixed length ``(N, L)`` and fed to ``nn.EmbeddingBag(mode="mean",
-padding_idx=0)``, never as dense multi-hot rows. Ages are MovieLens buckets (defined here
-once: the ml-100k reader buckets raw ages with them, serving buckets a request's age).
+padding_idx=0)``, never as dense multi-hot rows. Ages are MovieLens buckets (defined once,
+in ``melu.data.ages``: the ml-100k reader buckets raw ages with them, ``encode_user``
+buckets a request's age).
 The encoded result lives in ``FeatureTables`` (``melu.tables``).
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from melu.data.ages import age_bucket
 from melu.errors import BundleError
 from melu.tables import FeatureBatch
 from melu.tables import FeatureTables as FeatureTables  # re-exported: its home was here
@@ -33,27 +35,6 @@ MAX_LIST = 16  # multi-valued fields keep at most this many values (in file orde
 USER_FIELDS = ("gender", "age", "occupation", "zip")
 ITEM_SINGLE = ("item", "rate", "decade")
 ITEM_MULTI = ("genres", "directors", "actors")
-AGE_EDGES = (18, 25, 35, 45, 50, 56)  # lower edges of the MovieLens age buckets after the first
-AGE_CODES = (1, 18, 25, 35, 45, 50, 56)  # ml-1m's codes: 1 is "under 18", 56 is "56+"
-
-
-def age_buckets(ages: np.ndarray) -> np.ndarray:
-    """Raw ages (N,) → their ml-1m bucket codes (N,) int64 (1: <18, 18, 25, 35, 45, 50, 56+)."""
-    return np.asarray(AGE_CODES, dtype=np.int64)[np.searchsorted(AGE_EDGES, ages, side="right")]
-
-
-def age_bucket(age: Any) -> str:
-    """One raw age (e.g. 23) → its bucket as the vocabularies hold it ("18").
-
-    Bucket codes map to themselves; non-numbers pass through as text; NaN/inf → "" (unknown).
-    """
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        return str(age)
-    if not math.isfinite(value):
-        return ""
-    return str(int(age_buckets(np.asarray([value]))[0]))
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The ml-100k reader: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1).
 
-Raw ages are bucketed with ``melu.features.age_buckets`` (MovieLens' ml-1m codes), so both
+Raw ages are bucketed with ``melu.data.ages.age_buckets`` (MovieLens' ml-1m codes), so both
 demographic data sets share one age vocabulary.
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from melu.data.ages import age_buckets
 from melu.data.frames import MovieLens, check_ids, clean, require, year_from_title
 from melu.data.parsing import check_ratings, check_values, read_table, read_text
-from melu.features import age_buckets
 
 ML100K_GENRES = (
     "unknown",
