@@ -1,9 +1,10 @@
-"""Meta-training throughput: our vmapped MAML step vs a per-task autograd loop, same run.
+"""Meta-training throughput: our batched MAML step vs a per-task autograd loop, same run.
 
 Both compute the same meta-gradient (checked below: max |difference| is printed) of the
 mean post-adaptation query MSE over a meta-batch of ml-100k training tasks, with MeLU's
 model sizes. (a) is ``MetaTrainer.task_losses`` (tasks sorted into two size buckets,
-padded + masked, each bucket adapted at once with per-task MLP weights); (b) is the textbook loop: per task, its own unpadded rows,
+padded + masked, each bucket adapted at once by ``adapt(..., kernel="batched")`` with
+per-task MLP weights, no vmap); (b) is the textbook loop: per task, its own unpadded rows,
 ``torch.autograd.grad(create_graph=True)`` fast weights, then one backward. Each figure is
 the best of ``--repeats`` timings. Also: peak RSS, and one full training epoch (default
 config: Adam step included) plus the validation pass.
@@ -46,7 +47,7 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> f
     return min(times)
 
 
-def vmapped_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor, ...]]:
+def batched_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor, ...]]:
     out = []
     for idx in batches:
         per_task, _ = trainer.task_losses(idx)
@@ -92,16 +93,16 @@ def compare(trainer: MetaTrainer, batch_size: int, n_batches: int, repeats: int)
     n = len(trainer.train_tasks)
     batches = [torch.randperm(n, generator=gen)[:batch_size] for _ in range(n_batches)]
     batches = [b.to(trainer.device) for b in batches]
-    a = vmapped_grads(trainer, batches[:1])[0]
+    a = batched_grads(trainer, batches[:1])[0]
     b = loop_grads(trainer, batches[:1])[0]
     diff = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
-    tv = best_time(lambda: vmapped_grads(trainer, batches), trainer.device, repeats)
+    tv = best_time(lambda: batched_grads(trainer, batches), trainer.device, repeats)
     tl = best_time(lambda: loop_grads(trainer, batches), trainer.device, max(1, repeats // 2))
     m = trainer.config.meta
     order = "first" if m.first_order else "second"
     tasks = batch_size * n_batches
     print(
-        f"B={batch_size:<5} steps={m.inner_steps} {order:<6}| vmapped {n_batches / tv:7.2f} "
+        f"B={batch_size:<5} steps={m.inner_steps} {order:<6}| batched {n_batches / tv:7.2f} "
         f"batch/s {tasks / tv:8.0f} tasks/s | loop {n_batches / tl:7.2f} batch/s "
         f"{tasks / tl:7.0f} tasks/s | ratio {tl / tv:5.1f}x | max|Δgrad| {diff:.1e}",
         flush=True,

@@ -4,8 +4,10 @@ Every vocabulary reserves index 0 for "unknown": a value never seen in the train
 (a new user's zip code, a new item's director) maps to 0, so cold scenarios and serving
 need no special case. Multi-valued fields (genres, directors, actors) are encoded as index
 lists padded with 0 to a fixed length ``(N, L)`` and fed to ``nn.EmbeddingBag(mode="mean",
-padding_idx=0)``, never as dense multi-hot rows. Ages are MovieLens buckets (defined here
-once: the ml-100k reader buckets raw ages with them, serving buckets a request's age).
+padding_idx=0)``, never as dense multi-hot rows. Ages are MovieLens buckets (defined once,
+in ``melu.data.ages``: the ml-100k reader buckets raw ages with them, ``encode_user``
+buckets a request's age).
+The encoded result lives in ``FeatureTables`` (``melu.tables``).
 """
 
 from __future__ import annotations
@@ -21,38 +23,18 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 
+from melu.data.ages import age_bucket
 from melu.errors import BundleError
+from melu.tables import FeatureBatch
+from melu.tables import FeatureTables as FeatureTables  # re-exported: its home was here
 
 UNKNOWN = 0
 MAX_LIST = 16  # multi-valued fields keep at most this many values (in file order)
-FeatureBatch = dict[str, Tensor]  # field name -> (..., N) or (..., N, L) int64 indices
 
 USER_FIELDS = ("gender", "age", "occupation", "zip")
 ITEM_SINGLE = ("item", "rate", "decade")
 ITEM_MULTI = ("genres", "directors", "actors")
-AGE_EDGES = (18, 25, 35, 45, 50, 56)  # lower edges of the MovieLens age buckets after the first
-AGE_CODES = (1, 18, 25, 35, 45, 50, 56)  # ml-1m's codes: 1 is "under 18", 56 is "56+"
-
-
-def age_buckets(ages: np.ndarray) -> np.ndarray:
-    """Raw ages (N,) → their ml-1m bucket codes (N,) int64 (1: <18, 18, 25, 35, 45, 50, 56+)."""
-    return np.asarray(AGE_CODES, dtype=np.int64)[np.searchsorted(AGE_EDGES, ages, side="right")]
-
-
-def age_bucket(age: Any) -> str:
-    """One raw age (e.g. 23) → its bucket as the vocabularies hold it ("18").
-
-    Bucket codes map to themselves; non-numbers pass through as text; NaN/inf → "" (unknown).
-    """
-    try:
-        value = float(age)
-    except (TypeError, ValueError):
-        return str(age)
-    if not math.isfinite(value):
-        return ""
-    return str(int(age_buckets(np.asarray([value]))[0]))
 
 
 @dataclass(frozen=True)
@@ -286,53 +268,3 @@ class FeatureSpace:
             return cls.from_dict(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"{path}: not a feature space ({str(exc)[:200]})") from exc
-
-
-@dataclass
-class FeatureTables:
-    """Encoded features of every user and item, addressed by row.
-
-    ``users[field]``: (U,) ; ``items[field]``: (I,) or (I, L). ``user_ids`` (U,) and
-    ``item_ids`` (I,) are the data set's own ids of each row.
-    """
-
-    user_ids: Tensor
-    users: FeatureBatch
-    item_ids: Tensor
-    items: FeatureBatch
-
-    @classmethod
-    def build(cls, space: FeatureSpace, users: pd.DataFrame, items: pd.DataFrame) -> FeatureTables:
-        return cls(
-            torch.tensor(users["user_id"].to_numpy(dtype=np.int64)),
-            space.encode_users(users),
-            torch.tensor(items["item_id"].to_numpy(dtype=np.int64)),
-            space.encode_items(items),
-        )
-
-    def gather(self, user_rows: Tensor, item_rows: Tensor) -> FeatureBatch:
-        """Features of (user, item) pairs: ``user_rows`` (...,) and ``item_rows`` (..., N).
-
-        Returns field → (..., N) or (..., N, L).
-        """
-        out: FeatureBatch = {}
-        for name, table in self.users.items():
-            out[name] = table[user_rows].unsqueeze(-1).expand(item_rows.shape)
-        for name, table in self.items.items():
-            out[name] = table[item_rows]
-        return out
-
-    def with_user(self, user: Mapping[str, Tensor], item_rows: Tensor) -> FeatureBatch:
-        """Features of one user (field → () index) paired with ``item_rows`` (N,)."""
-        out: FeatureBatch = {k: v.expand(item_rows.shape) for k, v in user.items()}
-        for name, table in self.items.items():
-            out[name] = table[item_rows]
-        return out
-
-    def to(self, device: torch.device | str) -> FeatureTables:
-        return FeatureTables(
-            self.user_ids.to(device),
-            {k: v.to(device) for k, v in self.users.items()},
-            self.item_ids.to(device),
-            {k: v.to(device) for k, v in self.items.items()},
-        )

@@ -13,6 +13,8 @@ Scenarios (MeLU's four, plus training and validation):
 - ``user_cold``: test users × existing items.
 - ``item_cold``: train users × new items.
 - ``user_item_cold``: test users × new items.
+
+Which users are train/validation/test and which items are new is decided in ``melu.splits``.
 """
 
 from __future__ import annotations
@@ -28,69 +30,11 @@ from torch import Tensor
 
 from melu.config import DataConfig
 from melu.errors import DataError
+from melu.splits import new_item_mask as new_item_mask  # re-exported for melu.prepare
+from melu.splits import split_users as split_users
 
 SCENARIOS = ("train", "validation", "warm", "user_cold", "item_cold", "user_item_cold")
 EVAL_SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
-
-
-def new_item_mask(items: pd.DataFrame, fraction: float) -> np.ndarray:
-    """(I,) bool: the newest ``fraction`` of items by release date (then year, then id).
-
-    Items without any date count as old. Ties are broken by item id, so the share is exact.
-    """
-    year = items["year"].astype("Float64").fillna(-1).to_numpy(dtype=np.float64)
-    released = pd.to_datetime(items.get("released", pd.Series(pd.NaT, index=items.index)))
-    stamp = released.astype("int64").to_numpy()
-    stamp = np.where(released.isna().to_numpy(), np.iinfo(np.int64).min, stamp)
-    order = np.lexsort((items["item_id"].to_numpy(), stamp, year))  # oldest first
-    mask = np.zeros(len(items), dtype=bool)
-    n_new = round(fraction * len(items))
-    if n_new:
-        mask[order[-n_new:]] = True
-    return mask
-
-
-def split_users(ratings: pd.DataFrame, config: DataConfig) -> dict[str, np.ndarray]:
-    """User ids → ``train`` / ``validation`` / ``test`` roles.
-
-    ``time``: ordered by first rating (ties by id); the oldest ``train_fraction`` train, the
-    next ``validation_fraction`` validate, the newest rest are test (cold) users.
-    ``random``: a seeded permutation instead.
-    ``folds`` K > 1 (random split only): see ``fold_users``; ``train_fraction`` is unused.
-    """
-    first = ratings.groupby("user_id", sort=True)["timestamp"].min()
-    ids = first.index.to_numpy(dtype=np.int64)
-    if config.folds:
-        return fold_users(ids, config)
-    if config.user_split == "time":
-        ids = ids[np.lexsort((ids, first.to_numpy()))]
-    else:
-        ids = np.random.default_rng(config.seed).permutation(ids)
-    n_train = round(config.train_fraction * len(ids))
-    n_val = round(config.validation_fraction * len(ids))
-    return {
-        "train": np.sort(ids[:n_train]),
-        "validation": np.sort(ids[n_train : n_train + n_val]),
-        "test": np.sort(ids[n_train + n_val :]),
-    }
-
-
-def fold_users(ids: np.ndarray, config: DataConfig) -> dict[str, np.ndarray]:
-    """K-fold roles of user ``ids``: shuffled once with ``config.seed`` and cut into
-    ``config.folds`` near-equal folds; test = fold ``config.fold`` (so every user is a test
-    user in exactly one fold); validation = ``round(validation_fraction × len(ids))`` of
-    the others, drawn with the seed and fold; train = the rest."""
-    perm = np.random.default_rng(config.seed).permutation(np.sort(ids))
-    parts = np.array_split(perm, config.folds)
-    test = parts[config.fold]
-    rest = np.concatenate([p for k, p in enumerate(parts) if k != config.fold])
-    rest = np.random.default_rng([config.seed, config.fold]).permutation(rest)
-    n_val = round(config.validation_fraction * len(ids))
-    return {
-        "train": np.sort(rest[n_val:]),
-        "validation": np.sort(rest[:n_val]),
-        "test": np.sort(test),
-    }
 
 
 @dataclass
@@ -219,6 +163,45 @@ def _pack(
     )
 
 
+def _train_and_warm(
+    warm_rows: pd.DataFrame,
+    config: DataConfig,
+    user_row: dict[str, np.ndarray],
+    item_row: pd.Series,
+) -> tuple[TaskSet, TaskSet]:
+    """The train users' tasks on existing items (``warm_rows``, ordered by
+    ``_order_within_users``): the first ``query_size`` of each user are held out as the warm
+    query; the rest make the meta-training task (query up to ``query_size``, support ≥
+    ``min_support``). Warm tasks are only for users who got a meta-training task."""
+    q = config.query_size
+    pos = warm_rows["pos"].to_numpy()
+    held = pos < q
+    # meta-training tasks: the non-held-out ratings, query = up to q of them, support ≥ min
+    pool = warm_rows[~held].copy()
+    pool["pos"] = pos[~held] - q
+    n_pool = pool.groupby("user_id")["pos"].transform("size").to_numpy()
+    q_user = np.minimum(q, n_pool - config.min_support)
+    pool_pos = pool["pos"].to_numpy()
+    keep = q_user >= 1
+    is_query = keep & (pool_pos < q_user)
+    slot = np.where(is_query, pool_pos, pool_pos - q_user)
+    is_support = keep & ~is_query & (slot < config.max_support)
+    train = _pack(pool[keep], is_query[keep], slot[keep], is_support[keep], user_row, item_row, q)
+    # warm: users meta-trained on (they have a training task), queried on held-out ratings
+    trained = warm_rows["user_id"].isin(pool["user_id"].to_numpy()[keep]).to_numpy()
+    warm_rows, pos, held = warm_rows[trained], pos[trained], held[trained]
+    warm = _pack(
+        warm_rows,
+        held,
+        np.where(held, pos, pos - q),
+        ~held & (pos - q < config.max_support),
+        user_row,
+        item_row,
+        q,
+    )
+    return train, warm
+
+
 def build_scenarios(
     ratings: pd.DataFrame,
     roles: dict[str, np.ndarray],
@@ -257,33 +240,7 @@ def build_scenarios(
     warm_rows = _order_within_users(
         _eligible(ratings[role_of["train"] & ~is_new], config), config, salt=1
     )
-    pos = warm_rows["pos"].to_numpy()
-    held = pos < q
-    # meta-training tasks: the non-held-out ratings, query = up to q of them, support ≥ min
-    pool = warm_rows[~held].copy()
-    pool["pos"] = pos[~held] - q
-    n_pool = pool.groupby("user_id")["pos"].transform("size").to_numpy()
-    q_user = np.minimum(q, n_pool - config.min_support)
-    pool_pos = pool["pos"].to_numpy()
-    keep = q_user >= 1
-    is_query = keep & (pool_pos < q_user)
-    slot = np.where(is_query, pool_pos, pool_pos - q_user)
-    is_support = keep & ~is_query & (slot < config.max_support)
-    out["train"] = _pack(
-        pool[keep], is_query[keep], slot[keep], is_support[keep], user_row, item_row, q
-    )
-    # warm: users meta-trained on (they have a training task), queried on held-out ratings
-    trained = warm_rows["user_id"].isin(pool["user_id"].to_numpy()[keep]).to_numpy()
-    warm_rows, pos, held = warm_rows[trained], pos[trained], held[trained]
-    out["warm"] = _pack(
-        warm_rows,
-        held,
-        np.where(held, pos, pos - q),
-        ~held & (pos - q < config.max_support),
-        user_row,
-        item_row,
-        q,
-    )
+    out["train"], out["warm"] = _train_and_warm(warm_rows, config, user_row, item_row)
     out["validation"] = standard(ratings[role_of["validation"] & ~is_new], salt=2)
     out["user_cold"] = standard(ratings[role_of["test"] & ~is_new], salt=3)
     out["item_cold"] = standard(ratings[role_of["train"] & is_new], salt=4)
@@ -296,15 +253,8 @@ def build_scenarios(
 def scenario_stats(tasks: TaskSet) -> dict[str, float]:
     """Users, tasks, support size min/median/max, distinct items, ratings of one scenario."""
     if len(tasks) == 0:
-        return {
-            "users": 0,
-            "tasks": 0,
-            "support_min": 0,
-            "support_median": 0,
-            "support_max": 0,
-            "items": 0,
-            "ratings": 0,
-        }
+        keys = ("users", "tasks", "support_min", "support_median", "support_max", "items")
+        return dict.fromkeys((*keys, "ratings"), 0)
     sizes = tasks.support_sizes().numpy()
     items = np.unique(tasks.rated_rows()[1].numpy())
     return {

@@ -16,11 +16,11 @@ from safetensors.torch import load_file, save_file
 from melu.bundle import load_bundle, save_bundle
 from melu.config import Config, ModelConfig
 from melu.errors import BundleError
-from melu.features import FeatureTables
 from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import Examples
 from melu.model.predict import predict_examples
 from melu.prepare import Prepared
+from melu.tables import FeatureTables
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from melu.data.ages import AGE_CODES, age_bucket, age_buckets
 from melu.data.movielens import load_movielens
-from melu.features import (
-    AGE_CODES,
-    FeatureSpace,
-    FeatureTables,
-    age_bucket,
-    age_buckets,
-    item_values,
-)
+from melu.features import FeatureSpace, item_values
+from melu.tables import FeatureTables
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from melu.config import FastGroup, ModelConfig
-from melu.features import FeatureSpace, FeatureTables
+from melu.features import FeatureSpace
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import (
     Examples,
@@ -19,6 +19,7 @@ from melu.model.maml import (
     task_query_loss,
     trim,
 )
+from melu.tables import FeatureTables
 
 STEPS, LR = 3, 0.1
 

@@ -12,7 +12,8 @@ import torch
 from melu.config import DataConfig
 from melu.data.movielens import load_movielens
 from melu.prepare import Prepared, build
-from melu.tasks import EVAL_SCENARIOS, TaskSet, build_scenarios, split_users
+from melu.splits import split_users
+from melu.tasks import EVAL_SCENARIOS, TaskSet, build_scenarios
 
 PRE_NEW = ("train", "validation", "warm", "user_cold")  # existing items only
 

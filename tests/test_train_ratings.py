@@ -12,7 +12,7 @@ from melu.config import DataConfig
 from melu.data.movielens import load_movielens
 from melu.errors import ConfigError
 from melu.prepare import Prepared, load_prepared, prepare
-from melu.tasks import split_users
+from melu.splits import split_users
 
 
 def rating_pairs(prepared: Prepared) -> set[tuple[int, int]]:

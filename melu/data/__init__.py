@@ -1,1 +1,1 @@
-"""MovieLens readers and download."""
+"""Files → canonical frames: MovieLens download, strict parsing, one reader per format."""

@@ -25,11 +25,12 @@ from melu.config import Config
 from melu.evaluation.bias import ITEM_SHRINKAGE, USER_SHRINKAGE
 from melu.evaluation.metrics import mae_all
 from melu.evaluation.mf import MFConfig
-from melu.features import FeatureSpace, FeatureTables
+from melu.features import FeatureSpace
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import masked_mse
 from melu.model.predict import predict_queries
 from melu.prepare import RatingRows
+from melu.tables import FeatureTables
 from melu.tasks import TaskSet
 
 

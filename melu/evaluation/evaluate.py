@@ -24,14 +24,9 @@ from melu.bundle import Bundle
 from melu.errors import BundleError, DataError
 from melu.evaluation.baselines import (
     BaselineConfig,
-    ItemMean,
-    fit_item_mean,
-    fit_pooled,
-    global_mean,
-    pick_finetune_lr,
     pooled_predict,
 )
-from melu.evaluation.bias import BiasPredictor, fit_bias_predictor
+from melu.evaluation.fitted import Fitted, fit_baselines
 from melu.evaluation.metrics import (
     NDCG_KS,
     bootstrap_ci,
@@ -40,9 +35,7 @@ from melu.evaluation.metrics import (
     per_user,
     summarize,
 )
-from melu.evaluation.mf import MatrixFactorization, fit_mf
 from melu.evaluation.support import SUPPORT_BASELINES, per_user_mae, support_predictions
-from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import inner_rates
 from melu.model.predict import predict_queries
 from melu.prepare import Prepared
@@ -78,24 +71,6 @@ class Report:
             raise DataError(f"{path}: not a melu evaluation report ({exc})") from exc
 
 
-@dataclass
-class Fitted:
-    """The fitted baselines and the settings picked on the validation users."""
-
-    mu: float
-    item_mean: ItemMean
-    pooled_model: PreferenceEstimator
-    pooled_params: Params
-    pooled_epoch: int
-    finetune_lr: float
-    bias: BiasPredictor  # μ + b_i + b_u, from all training ratings
-    mf: MatrixFactorization  # biased MF, users folded in from their support
-
-    def support_predict(self, name: str, tasks: TaskSet) -> Tensor:
-        """Query predictions (T, Q) of a ``SUPPORT_BASELINES`` method from the supports."""
-        return (self.bias if name == "baseline_predictor" else self.mf).predict(tasks)
-
-
 def check_compatible(bundle: Bundle, prepared: Prepared) -> None:
     """Refuse data other than the bundle's: protocol, data files or vocabularies differ."""
     where = bundle.path or "model bundle"
@@ -122,36 +97,6 @@ def check_tasks(prepared: Prepared, names: Iterable[str]) -> None:
                 f"scenario {name!r} has no tasks: no user has {c.min_ratings}..{c.max_ratings}"
                 f" ratings in its items ({c.dataset})"
             )
-
-
-def fit_baselines(
-    bundle: Bundle, prepared: Prepared, options: BaselineConfig, progress: Progress
-) -> Fitted:
-    train, val, tables = prepared.tasks["train"], prepared.tasks["validation"], prepared.tables
-    mu = global_mean(train)
-    item = fit_item_mean(train, val, len(tables.item_ids), options.shrinkage_grid)
-    model, params, epoch = fit_pooled(bundle.config, prepared.features, train, val, tables, options)
-    progress("fitted pooled model")
-    meta = bundle.config.meta
-    lr = pick_finetune_lr(
-        model, params, val, tables, steps=meta.inner_steps, base_lr=meta.inner_lr,
-        scales=options.finetune_lr_scales,
-    )  # fmt: skip
-    bias, mf = fit_rating_baselines(prepared, options)
-    return Fitted(mu, item, model, params, epoch, lr, bias, mf)
-
-
-def fit_rating_baselines(
-    prepared: Prepared, options: BaselineConfig
-) -> tuple[BiasPredictor, MatrixFactorization]:
-    """μ + b_i + b_u and MF on all training ratings, settings picked on validation users."""
-    rows, val = prepared.train_ratings, prepared.tasks["validation"]
-    n_users, n_items = len(prepared.tables.user_ids), len(prepared.tables.item_ids)
-    scale = prepared.features.rating_scale
-    bias = fit_bias_predictor(
-        rows, val, n_items, scale, options.item_shrinkage_grid, options.user_shrinkage_grid
-    )
-    return bias, fit_mf(rows, val, n_users, n_items, scale, options.mf)
 
 
 def _curve(preds: Tensor, tasks: TaskSet) -> dict[str, list[float]]:
@@ -183,6 +128,22 @@ def compare(
             "maml_worse": (lo > 0) if lower_is_better else (hi < 0),
         }
     return out
+
+
+def _support_curve(
+    curves: Mapping[str, Sequence[Tensor]],
+    tasks: TaskSet,
+    index: np.ndarray,
+    support_sizes: Sequence[int],
+) -> dict[str, list[Any]]:
+    """Figures of each method's fixed-support predictions (one per support size)."""
+    support: dict[str, list[Any]] = {"sizes": list(support_sizes)}
+    for key, points in curves.items():
+        support[key] = []
+        for pred in points:
+            figures = summarize(pred, tasks.query_ratings, tasks.query_mask, index, (10,))
+            support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
+    return support
 
 
 def evaluate_scenario(
@@ -225,12 +186,7 @@ def evaluate_scenario(
         for m, p in preds.items()
     }
     curves = support_predictions(bundle, fitted, tasks, tables, support_sizes, seed, lr)
-    support: dict[str, list[Any]] = {"sizes": list(support_sizes)}
-    for key, points in curves.items():
-        support[key] = []
-        for pred in points:
-            figures = summarize(pred, tasks.query_ratings, tasks.query_mask, index, (10,))
-            support[key].append({m: figures[m] for m in ("mae", "mae_ci", "ndcg@10")})
+    support = _support_curve(curves, tasks, index, support_sizes)
     progress(f"{name}: support curves")
     sizes = tasks.support_sizes().float()
     return {
@@ -255,6 +211,42 @@ def count_stages(scenarios: Sequence[str], support_sizes: Sequence[int]) -> int:
     return 1 + len(scenarios) * 2
 
 
+def _report_meta(
+    bundle: Bundle, prepared: Prepared, fitted: Fitted, seed: int, n_boot: int
+) -> dict[str, Any]:
+    """``Report.meta``: versions, the bundle's config, the adaptation and baseline settings."""
+    meta_cfg = bundle.config.meta
+    return {
+        "melu_version": __version__,
+        "model": str(bundle.path) if bundle.path else None,
+        "dataset": prepared.config.dataset,
+        "data_fingerprint": prepared.fingerprint,
+        "config": bundle.config.to_dict(),
+        "seed": seed,
+        "n_boot": n_boot,
+        "headline": "mae: per-user mean absolute error on the query ratings",
+        "adaptation": {
+            "steps": meta_cfg.inner_steps,
+            "lr": "learned (Meta-SGD)" if bundle.inner_lr is not None else meta_cfg.inner_lr,
+            "fast_params": bundle.config.model.fast_params,
+            "first_order": True,
+        },
+        "baselines": {
+            "global_mean": fitted.mu,
+            "item_mean_shrinkage": fitted.item_mean.shrinkage,
+            "pooled_best_epoch": fitted.pooled_epoch,
+            "finetune_lr": fitted.finetune_lr,
+            "finetune_steps": meta_cfg.inner_steps,
+            "bias_item_shrinkage": fitted.bias.item_shrinkage,
+            "bias_user_shrinkage": fitted.bias.user_shrinkage,
+            "mf_rank": fitted.mf.rank,
+            "mf_reg": fitted.mf.reg,
+            "mf_bias_reg": fitted.mf.bias_reg,
+            "rating_baselines_fit_on": f"{len(prepared.train_ratings)} training ratings",
+        },
+    }
+
+
 def evaluate(
     bundle: Bundle,
     prepared: Prepared,
@@ -277,38 +269,7 @@ def evaluate(
     options = baselines or BaselineConfig(seed=seed)
     torch.manual_seed(seed)
     fitted = fit_baselines(bundle, prepared, options, say)
-    meta_cfg = bundle.config.meta
-    report = Report(
-        meta={
-            "melu_version": __version__,
-            "model": str(bundle.path) if bundle.path else None,
-            "dataset": prepared.config.dataset,
-            "data_fingerprint": prepared.fingerprint,
-            "config": bundle.config.to_dict(),
-            "seed": seed,
-            "n_boot": n_boot,
-            "headline": "mae: per-user mean absolute error on the query ratings",
-            "adaptation": {
-                "steps": meta_cfg.inner_steps,
-                "lr": "learned (Meta-SGD)" if bundle.inner_lr is not None else meta_cfg.inner_lr,
-                "fast_params": bundle.config.model.fast_params,
-                "first_order": True,
-            },
-            "baselines": {
-                "global_mean": fitted.mu,
-                "item_mean_shrinkage": fitted.item_mean.shrinkage,
-                "pooled_best_epoch": fitted.pooled_epoch,
-                "finetune_lr": fitted.finetune_lr,
-                "finetune_steps": meta_cfg.inner_steps,
-                "bias_item_shrinkage": fitted.bias.item_shrinkage,
-                "bias_user_shrinkage": fitted.bias.user_shrinkage,
-                "mf_rank": fitted.mf.rank,
-                "mf_reg": fitted.mf.reg,
-                "mf_bias_reg": fitted.mf.bias_reg,
-                "rating_baselines_fit_on": f"{len(prepared.train_ratings)} training ratings",
-            },
-        }
-    )
+    report = Report(meta=_report_meta(bundle, prepared, fitted, seed, n_boot))
     steps = list(steps_curve)
     for name in scenarios:
         report.scenarios[name] = evaluate_scenario(

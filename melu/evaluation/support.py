@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from melu.evaluation.metrics import user_mae
-from melu.features import FeatureTables
 from melu.model.maml import Lr
 from melu.model.predict import predict_queries
+from melu.tables import FeatureTables
 from melu.tasks import TaskSet
 
 if TYPE_CHECKING:
     from melu.bundle import Bundle
-    from melu.evaluation.evaluate import Fitted
+    from melu.evaluation.fitted import Fitted
 
 SUPPORT_BASELINES = ("baseline_predictor", "mf")  # fixed predictors (no inner loop)
 SUPPORT_CURVES = ("maml", "pooled_finetune", *SUPPORT_BASELINES)
