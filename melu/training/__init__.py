@@ -1,0 +1,1 @@
+"""Meta-training: the outer-loop trainer, the epoch loop, episodes, checkpoints, data parallel."""
