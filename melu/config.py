@@ -227,6 +227,9 @@ class ModelConfig(_Config):
         16,
         "k > 0 adds b_i + b_u + p_u·q_i to the network (0: MeLU's network alone).",
     )
+    anchor: bool = setting(
+        True, "Inner loss + λ‖θ − θ₀‖² on the user's bias and factor (ridge around the prior)."
+    )
     support_prior: float = setting(
         5.0,
         "λ of the inner loss SSE / (n + λ) (0: MeLU's mean squared error).",
@@ -368,7 +371,7 @@ class Config(_Config):
 # missing field from here, never from today's defaults.
 LEGACY: dict[str, dict[str, Any]] = {
     "data": {"item_stats": "tasks", "folds": 0, "fold": 0},
-    "model": {"fast_params": "mlp", "factors": 0, "support_prior": 0.0},
+    "model": {"fast_params": "mlp", "factors": 0, "support_prior": 0.0, "anchor": False},
     "meta": {"inner_steps": 5, "inner_lr": 0.05},
     "train": {"episodes": "tasks", "hide_items": 0.0},
 }

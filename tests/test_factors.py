@@ -140,3 +140,23 @@ def test_examples_keep_their_shape() -> None:
     )
     adapted, losses = adapt(model, params, one, steps=2, lr=LR)
     assert adapted["user.bias"].shape == (1,) and losses.shape == (3,)
+
+
+@pytest.mark.parametrize("anchor", [True, False])
+def test_the_anchor_makes_many_steps_converge_to_the_ridge_solution(anchor: bool) -> None:
+    """With the ridge term λ‖δ‖² (anchor) gradient descent on the user's bias converges to
+    Σ residual / (n + λ), the baseline predictor's shrunk offset, for any number of steps
+    beyond convergence; without it, to the unshrunk mean residual Σ residual / n."""
+    lam = 5.0
+    model, params = factor_model("user", prior=lam)
+    model.anchored = ("user.bias", "user.factor") if anchor else ()
+    support, _ = tiny_batch()
+    with torch.no_grad():
+        before = model.predict(params, support.inputs)
+    rates = {"user.bias": 0.3, "user.factor": 0.0}
+    adapted, _ = adapt(model, params, support, steps=200, lr=rates, kernel="batched")
+    m = support.mask.double()
+    residual = ((support.ratings - before) * m).sum(1)
+    expected = residual / (m.sum(1) + lam) if anchor else residual / m.sum(1)
+    moved = adapted["user.bias"][:, 0] - params["user.bias"][0]
+    assert torch.allclose(moved, expected, atol=1e-8)

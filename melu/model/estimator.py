@@ -73,6 +73,9 @@ class PreferenceEstimator:
         self.factors = config.factors
         self.id_field = "item" if "item" in self.item_field_names else None
         self.parts: tuple[Part, ...] = (collaborative,) if self.factors else ()
+        # fast parameters the inner loss pulls towards their starting value (ridge around
+        # the meta-learned prior, see ``melu.model.maml``): the user's bias and factor
+        self.anchored = ("user.bias", "user.factor") if self.factors and config.anchor else ()
 
     @property
     def embedding_width(self) -> int:

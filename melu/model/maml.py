@@ -95,9 +95,10 @@ def adapt(
         step = batched_step(model, frozen, rows, support.ratings, support.mask)
     else:
         step = _generic_step(model, frozen, rows, support)
+    anchor = _Anchor(model, fast_params, support.mask)
     losses = []
     for _ in range(steps):
-        grads, loss = step(fast_params)
+        grads, loss = anchor(*step(fast_params), fast_params)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         fast_params = {
@@ -107,8 +108,43 @@ def adapt(
         losses.append(loss)
     adapted = {**frozen, **fast_params}
     pred = _predict(model, adapted, rows, names if kernel == "batched" else ())
-    losses.append(masked_mse(pred, support.ratings, support.mask, model.config.support_prior))
+    loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
+    losses.append(loss + anchor.penalty(fast_params))
     return {k: adapted[k] for k in params}, torch.stack(losses, dim=-1)
+
+
+class _Anchor:
+    """The ridge term of the inner loss, λ·Σ‖θ − θ₀‖² / (n + λ), on the model's ``anchored``
+    fast parameters (θ₀: their values when adaptation starts, the meta-learned prior):
+    gradient descent then heads for the ridge solution around the prior instead of drifting
+    away from it on a small support. Added to both kernels' gradients and losses alike."""
+
+    def __init__(self, model: PreferenceEstimator, start: Params, mask: Tensor) -> None:
+        lam = model.config.support_prior
+        self.start = {k: v for k, v in start.items() if k in model.anchored and lam > 0}
+        self.lam = lam
+        self.count = (mask.to(torch.get_default_dtype()).sum(-1) + lam).clamp(min=1.0)  # (…)
+
+    def _scale(self, value: Tensor) -> Tensor:
+        """λ / (n + λ) shaped to broadcast against a (…, *param) tensor."""
+        extra = value.dim() - self.count.dim()
+        return self.lam / self.count.reshape(*self.count.shape, *([1] * extra)).to(value.dtype)
+
+    def penalty(self, fast: Params) -> Tensor | float:
+        out: Tensor | float = 0.0
+        for k, p0 in self.start.items():
+            d = fast[k] - p0
+            out = out + (self._scale(d) * d * d).flatten(self.count.dim()).sum(-1)
+        return out
+
+    def __call__(self, grads: Params, loss: Tensor, fast: Params) -> tuple[Params, Tensor]:
+        if not self.start:
+            return grads, loss
+        grads = dict(grads)
+        for k, p0 in self.start.items():
+            d = fast[k] - p0
+            grads[k] = grads[k] + 2 * self._scale(d) * d
+        return grads, loss + self.penalty(fast)
 
 
 def _predict(
