@@ -109,7 +109,7 @@ class ModelSlot:
             self.seen = now
             started = time.perf_counter()
             try:
-                candidate = self._load(self.path)
+                candidate = self._load(Path(now[0]))  # the folder the signature is of
                 warm_up(candidate)
             except Exception as exc:  # whatever breaks the new bundle, the old one serves on
                 old = self.current.version if self.current else None
