@@ -95,8 +95,34 @@ def recommend(
     occupation: Annotated[str | None, typer.Option(help="e.g. student")] = None,
     zip_code: Annotated[str | None, typer.Option("--zip", help="zip / postal code")] = None,
     k: Annotated[int, typer.Option(min=1, help="how many items")] = 10,
+    batch: Annotated[
+        Path | None,
+        typer.Option(help="JSON lines, one POST /v1/recommendations body per user (needs --out)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="--batch: where to write one answer per line.")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="--batch: users adapted together per pass")
+    ] = 256,
 ) -> None:
-    """Recommend movies for a new user from a few ratings (adapts the model first)."""
+    """Recommend movies for a new user from a few ratings (adapts the model first), or for
+    every user of a JSON-lines file with --batch (adapted together, a progress bar)."""
+    if batch is not None:
+        from melu.cli.batch import recommend_file
+
+        if out is None:
+            raise typer.BadParameter(
+                "--batch needs --out (where the answers go)", param_hint="--out"
+            )
+        if rate or gender or age is not None or occupation or zip_code:
+            raise typer.BadParameter(
+                "with --batch each line carries its own user and ratings", param_hint="--rate"
+            )
+        recommender = Recommender.from_bundle(find_bundle(model), onboarding=False)
+        count = recommend_file(recommender, batch, out, batch_size)
+        echo(f"{count} users answered → {out}")
+        return
     ratings = [parse_rating(r) for r in rate or []]
     user = {"gender": gender, "age": age, "occupation": occupation, "zip": zip_code}
     print_recommendations(model, ratings, {k: v for k, v in user.items() if v is not None}, k)
