@@ -136,7 +136,14 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve the HTTP API (docs at /docs). Other limits: MELU_* environment variables."""
+    """Serve the HTTP API (docs at /docs, onboarding page at /, metrics at /metrics).
+
+    Other settings: MELU_* environment variables (MELU_RELOAD_INTERVAL, MELU_MAX_BATCH, ...).
+    With --workers N > 1, Prometheus metrics are aggregated over the workers through
+    PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless it is set).
+    """
+    if workers > 1:
+        multiprocess_metrics()  # before prometheus_client is imported here or in a worker
     import uvicorn
 
     from service.app import create_app, load
@@ -156,6 +163,7 @@ def serve(
             port=port,
             log_level=log_level,
             http=GuardedHttpToolsProtocol,
+            access_log=False,  # the app writes one JSON line per request (melu.access)
         )
         return
     del loaded  # each worker process loads its own copy from MELU_MODEL
@@ -167,4 +175,19 @@ def serve(
         workers=workers,
         log_level=log_level,
         http=GuardedHttpToolsProtocol,
+        access_log=False,
     )
+
+
+def multiprocess_metrics() -> Path:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder (a fresh temporary one unless
+    it is set; a set one is emptied of old ``*.db`` files, as prometheus-client requires)."""
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="melu-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):
+        old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder
