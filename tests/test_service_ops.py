@@ -274,3 +274,62 @@ def test_reload_is_polled(reloadable: tuple[Path, Path, Path]) -> None:
             assert time.monotonic() < deadline, "the new bundle was not picked up"
             time.sleep(0.05)
         assert client.get("/ready").status_code == 200
+
+
+def test_metrics_add_up_over_workers(bundle_path: Path) -> None:
+    """`melu serve --workers 2`: whichever worker answers /metrics reports both workers'."""
+    import http.client
+    import os
+    import subprocess
+    import sys
+
+    from service_fixtures import free_port
+
+    port = free_port()
+    env = {**os.environ, "MELU_RELOAD_INTERVAL": "0", "MELU_TORCH_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "melu", "serve", "--model", str(bundle_path)]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--workers", "2", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def workers_up() -> int:
+        """How many workers have loaded their model (one melu_model_info per pid)."""
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+        return sum(x.startswith("melu_model_info{") for x in text.splitlines())
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            assert time.monotonic() < deadline, "workers not up"
+            try:
+                if workers_up() == 2:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        for _ in range(12):  # new connections: spread over the workers
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", "/v1/items?limit=1")
+            assert connection.getresponse().status == 200
+        texts = []
+        for _ in range(4):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", "/metrics")
+            texts.append(connection.getresponse().read().decode())
+        for text in texts:
+            line = next(
+                x for x in text.splitlines()
+                if x.startswith('melu_http_requests_total{method="GET",route="/v1/items"')
+            )  # fmt: skip
+            assert float(line.split()[-1]) == 12.0, line  # the sum over both workers
+    finally:
+        server.terminate()
+        server.wait(30)
