@@ -9,7 +9,7 @@
     for ``--duration`` seconds; the ratio is against one client's sequential rate from (b).
 (d) batch scoring, users/s for ``--batch`` users (default 256): ``recommend_many`` (one
     batched adaptation) vs ``recommend`` one at a time, in-process, same run, 1 torch thread
-    each (and the batch at 2 threads); then over HTTP, one ``POST /v1/recommendations/batch``
+    each; then over HTTP, one ``POST /v1/recommendations/batch``
     vs that many ``POST /v1/recommendations`` on one keep-alive connection (1 worker).
 
     python benchmarks/service.py --model runs/ml100k [--device cuda] [--only a]
@@ -212,7 +212,7 @@ def bench_batch(model: Path, port: int, bodies: list[dict[str, Any]], repeats: i
     n = len(bodies)
     requests = as_requests(bodies)
     print(f"(d) batch vs one at a time, {n} users (5 ratings each, k = 10), best of {repeats}:")
-    for threads in (1, 2):
+    for threads in (1,):  # as served: 1 torch thread per worker (2 oversubscribe a busy box)
         torch.set_num_threads(threads)
         rec = Recommender.from_bundle(model, onboarding=False, threads=threads)
         rec.recommend_many(requests[:16])  # warm-up
