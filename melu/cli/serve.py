@@ -150,7 +150,7 @@ def serve(
     from service.protocol import GuardedHttpToolsProtocol, limits
     from service.settings import Settings, from_env
 
-    folder = find_bundle(model).resolve()
+    folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)
     limits()  # bad MELU_READ_TIMEOUT etc. fail here, before uvicorn starts
