@@ -23,7 +23,13 @@ from fastapi_offline import FastAPIOffline
 from melu.serving import InvalidInput, Recommender, __version__
 from service.deps import Loaded
 from service.errors import BodyLimit, HeadAsGet, invalid_input_handler, validation_handler
-from service.observability import Observe, configure_access_log, model_changed
+from service.observability import (
+    Observe,
+    configure_logs,
+    model_changed,
+    multiprocess_mode,
+    sample_worker_process,
+)
 from service.routes import ROUTERS
 from service.settings import Settings
 from service.slot import ModelSlot
@@ -59,6 +65,8 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         tasks = [asyncio.create_task(_warm(slot))]
         if settings.reload_interval > 0:
             tasks.append(asyncio.create_task(slot.poll(settings.reload_interval)))
+        if multiprocess_mode():
+            tasks.append(asyncio.create_task(sample_worker_process()))
         try:
             yield
         finally:
@@ -79,8 +87,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
-    if settings.access_log:
-        configure_access_log()
+    configure_logs()
     app.add_middleware(  # outermost: sees every response, 413s included
         Observe,
         current_version=lambda: slot.current.version if slot.current else None,

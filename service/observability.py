@@ -21,11 +21,13 @@ route); ``melu_request_ratings`` (ratings per person); ``melu_model_info{version
 and the ``process_*`` metrics of the default registry. With ``PROMETHEUS_MULTIPROC_DIR``
 set (``melu serve --workers N`` sets it), every worker writes its values there and any
 worker's ``/metrics`` reports the sum over all workers (``melu_model_info`` per ``pid``);
-``process_*`` metrics are then not reported (prometheus-client cannot merge them).
+the ``process_*`` metrics, which prometheus-client cannot merge, then come per worker as
+``melu_worker_process{metric="process_resident_memory_bytes",pid="..."}`` and so on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -43,6 +45,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,6 +84,12 @@ MODEL = Gauge(
     ["version", "dataset"],
     multiprocess_mode="liveall",
 )
+WORKER_PROCESS = Gauge(
+    "melu_worker_process",
+    "each worker's process_* metrics (multiprocess mode only), sampled every few seconds",
+    ["metric"],
+    multiprocess_mode="liveall",
+)
 RELOADS = Counter(
     "melu_model_reloads", "reloads of a changed bundle, by outcome (swapped, refused)", ["outcome"]
 )
@@ -104,9 +113,25 @@ def observe_request(scope: Scope, route: str, ratings: list[int], adapt_seconds:
         ADAPTATION.labels(route).observe(adapt_seconds)
 
 
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+async def sample_worker_process(interval: float = 5.0) -> None:
+    """Multiprocess mode: copy this worker's ``process_*`` metrics (resident memory, CPU
+    seconds, open fds, ...) into ``melu_worker_process{metric,pid}`` every ``interval``
+    seconds, since prometheus-client cannot merge the process collector over workers."""
+    collector = ProcessCollector(registry=None)
+    while True:
+        for family in collector.collect():
+            for sample in family.samples:
+                WORKER_PROCESS.labels(sample.name).set(sample.value)
+        await asyncio.sleep(interval)
+
+
 def metrics_body() -> tuple[bytes, str]:
     """The Prometheus exposition of this process, or of all workers in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_mode():
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
@@ -115,14 +140,34 @@ def metrics_body() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def configure_access_log() -> None:
-    """One JSON object per line on stderr, unless the host application set handlers."""
-    if not access_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access_log.addHandler(handler)
-        access_log.setLevel(logging.INFO)
-        access_log.propagate = False
+class JsonLines(logging.Formatter):
+    """``melu.service`` events (reloads, warm-up failures) as JSON lines, like the access log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logs() -> None:
+    """JSON lines on stderr for ``melu.access`` (one per request) and ``melu.service``
+    (warnings and errors), unless the host application configured handlers for them."""
+    for logger, formatter, level in (
+        (access_log, logging.Formatter("%(message)s"), logging.INFO),
+        (logging.getLogger("melu.service"), JsonLines(), logging.WARNING),
+    ):
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+            logger.setLevel(level)
+    access_log.propagate = False  # a request's line is written once, here
 
 
 class Observe:

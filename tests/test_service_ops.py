@@ -330,6 +330,8 @@ def test_metrics_add_up_over_workers(bundle_path: Path) -> None:
                 if x.startswith('melu_http_requests_total{method="GET",route="/v1/items"')
             )  # fmt: skip
             assert float(line.split()[-1]) == 12.0, line  # the sum over both workers
+            memory = 'melu_worker_process{metric="process_resident_memory_bytes",pid="'
+            assert text.count(memory) == 2  # process metrics per worker
     finally:
         server.terminate()
         server.wait(30)
