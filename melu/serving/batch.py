@@ -102,6 +102,26 @@ def _adapt(
     return fast, infos
 
 
+def _rank_catalog(
+    recommender: Recommender, chunk: Sequence[Checked], catalog: Tensor
+) -> list[tuple[Tensor, Tensor]]:
+    """Each person's top k of the whole catalog from its scores (C, I) in one sort: rated
+    rows (when excluded) go to the end as -inf and are cut, so the order is ``_top``'s
+    (stable, ties by catalog order) over the remaining rows."""
+    scores = catalog.clone()
+    for c, person in enumerate(chunk):
+        if person.request.exclude_rated and len(person.rated):
+            scores[c, person.rated] = float("-inf")
+    k = max(p.request.k for p in chunk)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    out = []
+    for c, person in enumerate(chunk):
+        excluded = len(person.rated) if person.request.exclude_rated else 0
+        top = order[c, : min(person.request.k, recommender.n_items - excluded)]
+        out.append((top, catalog[c, top]))
+    return out
+
+
 def recommend_many(recommender: Recommender, requests: Sequence[Request]) -> list[Recommendations]:
     """``recommender.recommend(**request)`` for every request, computed together."""
     rec = recommender
@@ -117,13 +137,18 @@ def recommend_many(recommender: Recommender, requests: Sequence[Request]) -> lis
             users = {k: torch.stack([p.user[k] for p in chunk]) for k in chunk[0].user}
             with torch.no_grad():
                 catalog = rec.encoder.catalog_scores(params, users)  # (C, I) or None
+            ranked = _rank_catalog(rec, chunk, catalog) if catalog is not None else None
             for c, person in enumerate(chunk):
+                info = infos[lo + c]
+                if ranked is not None and person.request.candidates is None:
+                    rows, scores = ranked[c]
+                    out.append(Recommendations(rec._describe(rows, scores), info))
+                    continue
                 if catalog is not None:
                     scores = catalog[c, person.rows]
                 else:  # embeddings adapt: each person's rows are encoded with their tables
                     mine = {**rec.params, **{k: v[lo + c] for k, v in fast.items()}}
                     with torch.no_grad():
                         scores = rec.encoder.scores(mine, person.user, person.rows)
-                info = infos[lo + c]
                 out.append(rec._top(person.request, person.rows, scores, person.rated, info))
     return out
