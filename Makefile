@@ -12,7 +12,7 @@ TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 DATASET ?= ml-100k
 RUN ?= runs/quickstart
 
-.PHONY: quickstart test venv install install-dev lint clean
+.PHONY: quickstart test venv install install-dev lint clean browser
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check melu service tests benchmarks
 	$(VENV)/bin/ruff format --check melu service tests benchmarks
 
-test: $(VENV)/.installed-dev
+# headless Chromium + chromedriver for the onboarding page's browser test (apt, when missing)
+browser:
+	sh .ci/install-browser
+
+test: $(VENV)/.installed-dev browser
 	$(VENV)/bin/ruff check melu service tests benchmarks
 	$(VENV)/bin/ruff format --check melu service tests benchmarks
 	$(VENV)/bin/mypy melu service

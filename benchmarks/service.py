@@ -7,11 +7,15 @@
     is HTTP over in-process p50 (what the web stack adds).
 (c) throughput and error count with concurrent clients against ``melu serve --workers 2``
     for ``--duration`` seconds; the ratio is against one client's sequential rate from (b).
+(d) batch scoring, users/s for ``--batch`` users (default 256): ``recommend_many`` (one
+    batched adaptation) vs ``recommend`` one at a time, in-process, same run, 1 torch thread
+    each; then over HTTP, one ``POST /v1/recommendations/batch``
+    vs that many ``POST /v1/recommendations`` on one keep-alive connection (1 worker).
 
     python benchmarks/service.py --model runs/ml100k [--device cuda] [--only a]
 
 Targets (2-core CPU): (a) p50 <= 4 ms; (b) p50 <= 10 ms, p99 <= 25 ms; (c) >= 150 req/s,
-0 errors. Each request is a different user (features and rated items drawn with a seed).
+0 errors; (d) batch >= 5x one-at-a-time users/s for 256 users. Each request is a different user (features and rated items drawn with a seed).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from melu.serving import Recommender
+from melu.serving import Recommender, Request
 
 GENDERS = ("F", "M")
 OCCUPATIONS = ("student", "engineer", "artist", "programmer", "other")
@@ -100,7 +104,9 @@ class Server:
         env = {**os.environ, "MELU_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
         command = [sys.executable, "-m", "melu", "serve", "--model", str(model)]
         command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen(  # the JSON access log (stderr) is written, not shown
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def __enter__(self) -> Server:
         deadline = time.monotonic() + 120
@@ -185,6 +191,64 @@ def bench_throughput(
     return rate, sum(errors)
 
 
+def as_requests(bodies: list[dict[str, Any]]) -> list[Request]:
+    return [
+        Request(b["user"], [(r["item_id"], float(r["rating"])) for r in b["ratings"]], b["k"])
+        for b in bodies
+    ]
+
+
+def best_of(repeats: int, work: Any) -> float:
+    """The fastest of ``repeats`` timed calls of ``work()`` (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_batch(model: Path, port: int, bodies: list[dict[str, Any]], repeats: int = 3) -> None:
+    n = len(bodies)
+    requests = as_requests(bodies)
+    print(f"(d) batch vs one at a time, {n} users (5 ratings each, k = 10), best of {repeats}:")
+    for threads in (1,):  # as served: 1 torch thread per worker (2 oversubscribe a busy box)
+        torch.set_num_threads(threads)
+        rec = Recommender.from_bundle(model, onboarding=False, threads=threads)
+        rec.recommend_many(requests[:16])  # warm-up
+        one = best_of(
+            repeats, lambda r=rec: [r.recommend(q.user, q.ratings, q.k) for q in requests]
+        )
+        many = best_of(repeats, lambda r=rec: r.recommend_many(requests))
+        print(
+            f"    in-process, {threads} torch thread(s): one at a time {n / one:7.0f} users/s, "
+            f"batch {n / many:7.0f} users/s  (x{one / many:.2f})"
+        )
+    single = [json.dumps(b).encode() for b in bodies]
+    batch = json.dumps({"users": bodies}).encode()
+    headers = {"content-type": "application/json"}
+    with Server(model, 1, port):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+        def one_by_one() -> None:
+            for payload in single:
+                assert post(connection, payload) == 200
+
+        def together() -> None:
+            connection.request("POST", "/v1/recommendations/batch", body=batch, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+
+        together()
+        one = best_of(repeats, one_by_one)
+        many = best_of(repeats, together)
+    print(
+        f"    HTTP, 1 worker, 1 torch thread: {n} POST /v1/recommendations {n / one:7.0f} users/s, "
+        f"one POST .../batch {n / many:7.0f} users/s  (x{one / many:.2f}; target >= 5)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("runs/ml100k"))
@@ -193,7 +257,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--only", choices=["a", "b", "c"], default=None)
+    parser.add_argument("--batch", type=int, default=256, help="users in (d)")
+    parser.add_argument("--only", choices=["a", "b", "c", "d"], default=None)
     args = parser.parse_args()
     recommender = Recommender.from_bundle(args.model, onboarding=False)
     print(f"bundle {args.model}: {recommender.n_items} candidates, {recommender.steps} steps")
@@ -203,6 +268,8 @@ def main() -> None:
     single_mean = None
     if args.only in (None, "b"):
         single_mean = bench_http_one_client(args.model, args.port, bodies)
+    if args.only in (None, "d"):
+        bench_batch(args.model, args.port + 2, make_requests(recommender, args.batch, seed=1))
     if args.only in (None, "c"):
         rate, errors = bench_throughput(
             args.model, args.port + 1, bodies, args.clients, args.duration

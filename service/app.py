@@ -1,13 +1,17 @@
 """The app factory: ``create_app(settings)``; the lifespan loads the bundle once.
 
 A missing or corrupt bundle makes start-up fail (``BundleError`` from the lifespan), so
-uvicorn exits instead of serving a half-ready app. ``uvicorn --factory
+uvicorn exits instead of serving a half-ready app. The model then warms up in a thread
+(``GET /ready``: 503 until it has) and ``MELU_RELOAD_INTERVAL`` polls for a new bundle
+(``service.slot``). ``uvicorn --factory
 service.app:create_app`` builds it from ``MELU_*`` environment variables (one per worker).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,8 +23,18 @@ from fastapi_offline import FastAPIOffline
 from melu.serving import InvalidInput, Recommender, __version__
 from service.deps import Loaded
 from service.errors import BodyLimit, HeadAsGet, invalid_input_handler, validation_handler
+from service.observability import (
+    Observe,
+    configure_logs,
+    model_changed,
+    multiprocess_mode,
+    sample_worker_process,
+)
 from service.routes import ROUTERS
 from service.settings import Settings
+from service.slot import ModelSlot
+
+log = logging.getLogger("melu.service")
 
 
 def weights_digest(recommender: Recommender) -> str:
@@ -39,14 +53,25 @@ def load(settings: Settings) -> Loaded:
 
 
 def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -> FastAPI:
-    """The FastAPI app. ``loaded`` skips loading (tests share one recommender)."""
+    """The FastAPI app. ``loaded`` skips the first load (tests share one recommender)."""
     settings = settings or Settings()
+    slot = ModelSlot(settings.model, lambda path: load(settings.model_copy(update={"model": path})))
+    slot.on_swap = model_changed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
-        app.state.loaded = loaded or load(settings)
-        yield
+        slot.start(loaded or load(settings))  # a bundle that cannot load stops start-up
+        tasks = [asyncio.create_task(_warm(slot))]
+        if settings.reload_interval > 0:
+            tasks.append(asyncio.create_task(slot.poll(settings.reload_interval)))
+        if multiprocess_mode():
+            tasks.append(asyncio.create_task(sample_worker_process()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
 
     app = FastAPIOffline(  # /docs and /redoc with their assets served locally, no CDN
         title="melu",
@@ -55,10 +80,25 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.slot = slot
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
+    configure_logs()
+    app.add_middleware(  # outermost: sees every response, 413s included
+        Observe,
+        current_version=lambda: slot.current.version if slot.current else None,
+        log=settings.access_log,
+    )
     return app
+
+
+async def _warm(slot: ModelSlot) -> None:
+    """Warm the start-up model in a worker thread; ``/ready`` answers 200 after it."""
+    try:
+        await asyncio.to_thread(slot.warm)
+    except Exception:  # logged; /ready stays 503 so no traffic is sent to this worker
+        log.exception("warm-up of the start-up model failed: not ready")

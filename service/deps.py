@@ -1,11 +1,11 @@
-"""Dependencies shared by the routers: the loaded recommender and the settings."""
+"""Dependencies shared by the routers: the served model (from ``service.slot``) and settings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from melu.serving import Recommender
 from service.settings import Settings
@@ -21,7 +21,13 @@ class Loaded:
 
 
 def get_loaded(request: Request) -> Loaded:
-    return request.app.state.loaded  # type: ignore[no-any-return]
+    """The model this request is answered with, taken once: a reload that swaps the slot
+    meanwhile does not change it. 503 while no model is loaded."""
+    loaded = request.app.state.slot.current
+    if loaded is None:
+        raise HTTPException(503, "the model is not loaded yet (see GET /ready)")
+    request.scope["melu.model"] = loaded.version  # the X-Model-Version of this response
+    return loaded  # type: ignore[no-any-return]
 
 
 def get_settings(request: Request) -> Settings:

@@ -153,4 +153,5 @@ class HeadAsGet:
                 return
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        scope["method"] = "GET"  # in place: outer middleware sees the matched route
+        await self.app(scope, receive, headers_only)

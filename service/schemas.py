@@ -108,6 +108,37 @@ class RecommendationResponse(BaseModel):
     model: ModelRef
 
 
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "users": [
+                        {"user": {"gender": "F", "age": 25}, "ratings": EXAMPLE_RATINGS, "k": 5},
+                        {"user": {"occupation": "student"}, "ratings": [], "k": 5},
+                    ]
+                }
+            ]
+        },
+    )
+
+    users: list[RecommendationRequest] = Field(
+        min_length=1, description="each user's request, as for POST /v1/recommendations"
+    )
+
+
+class BatchResult(BaseModel):
+    items: list[ScoredItem]
+    adaptation: Adaptation
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchResult] = Field(description="one per user, in request order")
+    model: ModelRef
+
+
 class Prediction(BaseModel):
     item_id: int
     rating: float
@@ -151,7 +182,12 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: str
-    n_items: int
+    n_items: int | None = Field(description="catalog size of the served model, null before load")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, warming up or loading")
+    model_version: str | None
 
 
 class ErrorDetail(BaseModel):

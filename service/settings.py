@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_k: int | None = Field(None, ge=1, description="largest k (default: the catalog size)")
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="larger bodies get 413")
     max_page: int = Field(200, ge=1, description="largest `limit` of GET /v1/items")
+    max_batch: int = Field(256, ge=1, description="most users in one batch request")
+    reload_interval: float = Field(
+        10.0, ge=0, description="seconds between checks of MELU_MODEL for a new bundle (0: off)"
+    )
+    access_log: bool = Field(True, description="one JSON line per request on stderr")
 
 
 class ConnectionLimits(BaseSettings):

@@ -38,7 +38,8 @@ def test_image_is_cpu_nonroot_with_healthcheck_and_serve_entrypoint() -> None:
     assert torch_line < project_line  # CPU torch first, so the project never pulls CUDA
     user = next(x for x in lines if x.startswith("USER"))
     assert user.split()[1].split(":")[0] not in {"0", "root"}
-    assert any(x.startswith("HEALTHCHECK") for x in lines) and "/health" in text
+    healthcheck = next(i for i, x in enumerate(lines) if x.startswith("HEALTHCHECK"))
+    assert "/ready" in lines[healthcheck + 1]  # healthy = loaded, warmed up, taking traffic
     assert "MELU_MODEL=/model" in text
     assert "melu serve --model" in next(x for x in lines if x.startswith("ENTRYPOINT"))
 

@@ -95,8 +95,34 @@ def recommend(
     occupation: Annotated[str | None, typer.Option(help="e.g. student")] = None,
     zip_code: Annotated[str | None, typer.Option("--zip", help="zip / postal code")] = None,
     k: Annotated[int, typer.Option(min=1, help="how many items")] = 10,
+    batch: Annotated[
+        Path | None,
+        typer.Option(help="JSON lines, one POST /v1/recommendations body per user (needs --out)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="--batch: where to write one answer per line.")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="--batch: users adapted together per pass")
+    ] = 256,
 ) -> None:
-    """Recommend movies for a new user from a few ratings (adapts the model first)."""
+    """Recommend movies for a new user from a few ratings (adapts the model first), or for
+    every user of a JSON-lines file with --batch (adapted together, a progress bar)."""
+    if batch is not None:
+        from melu.cli.batch import recommend_file
+
+        if out is None:
+            raise typer.BadParameter(
+                "--batch needs --out (where the answers go)", param_hint="--out"
+            )
+        if rate or gender or age is not None or occupation or zip_code:
+            raise typer.BadParameter(
+                "with --batch each line carries its own user and ratings", param_hint="--rate"
+            )
+        recommender = Recommender.from_bundle(find_bundle(model), onboarding=False)
+        count = recommend_file(recommender, batch, out, batch_size)
+        echo(f"{count} users answered → {out}")
+        return
     ratings = [parse_rating(r) for r in rate or []]
     user = {"gender": gender, "age": age, "occupation": occupation, "zip": zip_code}
     print_recommendations(model, ratings, {k: v for k, v in user.items() if v is not None}, k)
@@ -110,14 +136,21 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve the HTTP API (docs at /docs). Other limits: MELU_* environment variables."""
+    """Serve the HTTP API (docs at /docs, onboarding page at /, metrics at /metrics).
+
+    Other settings: MELU_* environment variables (MELU_RELOAD_INTERVAL, MELU_MAX_BATCH, ...).
+    With --workers N > 1, Prometheus metrics are aggregated over the workers through
+    PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless it is set).
+    """
+    if workers > 1:
+        multiprocess_metrics()  # before prometheus_client is imported here or in a worker
     import uvicorn
 
     from service.app import create_app, load
     from service.protocol import GuardedHttpToolsProtocol, limits
     from service.settings import Settings, from_env
 
-    folder = find_bundle(model).resolve()
+    folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)
     limits()  # bad MELU_READ_TIMEOUT etc. fail here, before uvicorn starts
@@ -130,6 +163,7 @@ def serve(
             port=port,
             log_level=log_level,
             http=GuardedHttpToolsProtocol,
+            access_log=False,  # the app writes one JSON line per request (melu.access)
         )
         return
     del loaded  # each worker process loads its own copy from MELU_MODEL
@@ -141,4 +175,19 @@ def serve(
         workers=workers,
         log_level=log_level,
         http=GuardedHttpToolsProtocol,
+        access_log=False,
     )
+
+
+def multiprocess_metrics() -> Path:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder (a fresh temporary one unless
+    it is set; a set one is emptied of old ``*.db`` files, as prometheus-client requires)."""
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="melu-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):
+        old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder

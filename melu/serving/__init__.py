@@ -18,6 +18,7 @@ from melu.serving.types import (
     OnboardingItem,
     Ratings,
     Recommendations,
+    Request,
     Scored,
     User,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Ratings",
     "Recommendations",
     "Recommender",
+    "Request",
     "Scored",
     "User",
     "__version__",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -22,10 +23,19 @@ from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.errors import BundleError, InvalidInput, MeluError
 from melu.features import FeatureBatch
 from melu.model.maml import Examples, adapt, inner_rates
+from melu.serving import batch
 from melu.serving.catalog import Catalog
 from melu.serving.onboarding import evidence_scores, rank
 from melu.serving.rows import RowEncoder
-from melu.serving.types import Adaptation, OnboardingItem, Ratings, Recommendations, Scored, User
+from melu.serving.types import (
+    Adaptation,
+    OnboardingItem,
+    Ratings,
+    Recommendations,
+    Request,
+    Scored,
+    User,
+)
 
 
 class Recommender:
@@ -128,6 +138,7 @@ class Recommender:
             return self.params, Adaptation(0, None, None)
         # a batch of one task: adapt's batched kernel (pinned to the generic path by
         # tests/test_maml.py) skips torch.func's per-call tracing
+        start = time.perf_counter()
         features = {k: v[None] for k, v in self.encoder(user, rows).items()}
         mask = torch.ones_like(values, dtype=torch.bool)
         support = Examples(features, values[None], mask[None])
@@ -140,7 +151,8 @@ class Recommender:
             )  # fmt: skip
         fast = set(self.fast)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
-        return adapted, Adaptation(self.steps, losses[0, 0].item(), losses[0, -1].item())
+        before, after = losses[0, 0].item(), losses[0, -1].item()
+        return adapted, Adaptation(self.steps, before, after, time.perf_counter() - start)
 
     def _score(
         self, user: User | None, ratings: Ratings, rows: Tensor
@@ -182,20 +194,38 @@ class Recommender:
         the rating scale. Rated items are left out when ``exclude_rated``; fewer than ``k``
         items come back only when fewer candidates remain.
         """
+        request = Request(user, ratings, k, exclude_rated, candidates)
+        rows = self._candidates(request)
+        scores, rated, info = self._score(user, ratings, rows)
+        return self._top(request, rows, scores, rated, info)
+
+    def recommend_many(self, requests: Sequence[Request]) -> list[Recommendations]:
+        """``recommend`` for many people at once: every request is checked first (a bad one
+        raises ``InvalidInput`` at ``(i, ...)``, nothing is computed), then all adapt together
+        in one batched ``adapt`` and the catalog is scored in chunks of users."""
+        return batch.recommend_many(self, requests)
+
+    def _candidates(self, request: Request) -> Tensor:
+        """Checked ``k`` and the candidate catalog rows (N,) of a request."""
+        k, candidates = request.k, request.candidates
         if not 1 <= k <= self.n_items:
             raise InvalidInput(("k",), k, f"must be between 1 and the catalog size {self.n_items}")
-        if candidates is not None:
-            found = self.catalog.rows(candidates, ("candidate_ids",), unique=True)
-            if len(candidates) == 0:
-                raise InvalidInput(("candidate_ids",), [], "must not be empty (omit it for all)")
-            rows = torch.as_tensor(found, device=self.device)
-        else:
-            rows = torch.arange(self.n_items, device=self.device)
-        scores, rated, info = self._score(user, ratings, rows)
-        if exclude_rated and len(rated):
+        if candidates is None:
+            return torch.arange(self.n_items, device=self.device)
+        found = self.catalog.rows(candidates, ("candidate_ids",), unique=True)
+        if len(candidates) == 0:
+            raise InvalidInput(("candidate_ids",), [], "must not be empty (omit it for all)")
+        return torch.as_tensor(found, device=self.device)
+
+    def _top(
+        self, request: Request, rows: Tensor, scores: Tensor, rated: Tensor, info: Adaptation
+    ) -> Recommendations:
+        """The top ``k`` of candidate ``rows`` (N,) by ``scores`` (N,), rated ones left out
+        when the request says so (ties by catalog order)."""
+        if request.exclude_rated and len(rated):
             keep = ~torch.isin(rows, rated)
             rows, scores = rows[keep], scores[keep]
-        order = torch.sort(scores, descending=True, stable=True).indices[:k]
+        order = torch.sort(scores, descending=True, stable=True).indices[: request.k]
         return Recommendations(self._describe(rows[order], scores[order]), info)
 
     def _describe(self, rows: Tensor, scores: Tensor) -> list[Scored]:

@@ -65,3 +65,15 @@ class RowEncoder:
             self.model.encode_user(params, user), self._item_encoding[rows], self._ids[rows]
         )
         return self.model.score(params, encoded)
+
+    def catalog_scores(self, params: Mapping[str, Tensor], users: FeatureBatch) -> Tensor | None:
+        """Unclamped predicted ratings (T, I) of the whole catalog for T users (field → (T,))
+        whose adapted (MLP) params may carry a leading dim T; ``None`` when the item encodings are
+        not precomputed (then score each user with ``scores``)."""
+        if self._item_encoding is None:
+            return None
+        user = self.model.encode_user(params, users)  # (T, E_u)
+        if user.dim() == 1:  # no user fields: (0,) → (T, 0)
+            user = user.expand(next(iter(users.values())).shape[0], 0)
+        # shared MLP weights (H, W) and per-user ones (T, H, W) broadcast alike in ``score``
+        return self.model.score(params, Encoded(user, self._item_encoding))  # (T, I)

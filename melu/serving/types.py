@@ -7,7 +7,7 @@ can name them without the model. Errors are :class:`melu.errors.InvalidInput`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Ratings = Sequence[tuple[int, float]]  # (data set item id, rating) pairs, possibly none
@@ -21,6 +21,18 @@ class Adaptation:
     steps: int
     support_loss_before: float | None
     support_loss_after: float | None
+    seconds: float = field(default=0.0, compare=False)  # wall time of the inner loop
+
+
+@dataclass(frozen=True)
+class Request:
+    """One person to recommend for (what ``Recommender.recommend`` takes, as a value)."""
+
+    user: User | None
+    ratings: Ratings
+    k: int = 10
+    exclude_rated: bool = True
+    candidates: Sequence[int] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from service.routes import health, items, model, onboarding, predictions, recommendations
+from service.routes import (
+    health,
+    items,
+    model,
+    onboarding,
+    page,
+    predictions,
+    recommendations,
+)
 
 ROUTERS = (
     recommendations.router,
@@ -11,4 +19,5 @@ ROUTERS = (
     items.router,
     model.router,
     health.router,
+    page.router,
 )

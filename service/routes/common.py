@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from melu.serving import Adaptation, InvalidInput
+from melu.serving import Adaptation, InvalidInput, Scored
 from service.deps import Loaded
 from service.schemas import Adaptation as AdaptationOut
-from service.schemas import ModelRef, Rating, User
+from service.schemas import ModelRef, Rating, ScoredItem, User
 
 
 def check_size(field: str, values: list[Any] | None, limit: int, setting: str) -> None:
@@ -34,3 +34,12 @@ def adaptation(info: Adaptation) -> AdaptationOut:
 
 def model_ref(loaded: Loaded) -> ModelRef:
     return ModelRef(version=loaded.version, dataset=loaded.dataset)
+
+
+def scored(items: list[Scored]) -> list[ScoredItem]:
+    return [
+        ScoredItem(
+            item_id=s.item_id, title=s.title, year=s.year, genres=list(s.genres), score=s.score
+        )
+        for s in items
+    ]

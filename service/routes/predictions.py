@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.deps import LoadedDep, SettingsDep
+from service.observability import observe_request
 from service.routes.common import adaptation, check_size, model_ref, pairs, user_dict
 from service.schemas import ERRORS, Prediction, PredictionRequest, PredictionResponse
 
@@ -13,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 
 @router.post("/predictions", response_model=PredictionResponse, responses=ERRORS)
 def predict(
-    body: PredictionRequest, loaded: LoadedDep, settings: SettingsDep
+    body: PredictionRequest, loaded: LoadedDep, settings: SettingsDep, request: Request
 ) -> PredictionResponse:
     """Predicted rating (clamped to the scale) of each of `item_ids`, in request order."""
     check_size("ratings", body.ratings, settings.max_ratings, "MELU_MAX_RATINGS")
@@ -21,6 +22,7 @@ def predict(
     scores, info = loaded.recommender.predict(
         user_dict(body.user), pairs(body.ratings), body.item_ids
     )
+    observe_request(request.scope, "predictions", [len(body.ratings)], info.seconds)
     return PredictionResponse(
         predictions=[
             Prediction(item_id=i, rating=s) for i, s in zip(body.item_ids, scores, strict=True)

@@ -1,43 +1,89 @@
-"""POST /v1/recommendations: adapt to the person's ratings, return the top k."""
+"""POST /v1/recommendations (one person) and POST /v1/recommendations/batch (many)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from melu.serving import InvalidInput
+from melu.serving import Request as Wanted
 from service.deps import LoadedDep, SettingsDep
-from service.routes.common import adaptation, check_size, model_ref, pairs, user_dict
-from service.schemas import ERRORS, RecommendationRequest, RecommendationResponse, ScoredItem
+from service.observability import observe_request
+from service.routes.common import adaptation, check_size, model_ref, pairs, scored, user_dict
+from service.schemas import (
+    ERRORS,
+    BatchRequest,
+    BatchResponse,
+    BatchResult,
+    RecommendationRequest,
+    RecommendationResponse,
+)
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["recommendations"])
 
 
+def _checked(body: RecommendationRequest, settings: Settings) -> Wanted:
+    """The request's limits checked (422 naming the field), as the library's request."""
+    check_size("ratings", body.ratings, settings.max_ratings, "MELU_MAX_RATINGS")
+    check_size("candidate_ids", body.candidate_ids, settings.max_items, "MELU_MAX_ITEMS")
+    if settings.max_k is not None and body.k > settings.max_k:
+        raise InvalidInput(("k",), body.k, f"must be at most {settings.max_k} (MELU_MAX_K)")
+    return Wanted(
+        user_dict(body.user), pairs(body.ratings), body.k, body.exclude_rated, body.candidate_ids
+    )
+
+
 @router.post("/recommendations", response_model=RecommendationResponse, responses=ERRORS)
 def recommend(
-    body: RecommendationRequest, loaded: LoadedDep, settings: SettingsDep
+    body: RecommendationRequest, loaded: LoadedDep, settings: SettingsDep, request: Request
 ) -> RecommendationResponse:
     """Rank the catalog (or `candidate_ids`) for a new user after adapting to `ratings`.
 
     Zero ratings is fine: the ranking then uses the user's features only.
     """
-    check_size("ratings", body.ratings, settings.max_ratings, "MELU_MAX_RATINGS")
-    check_size("candidate_ids", body.candidate_ids, settings.max_items, "MELU_MAX_ITEMS")
-    rec = loaded.recommender
-    if settings.max_k is not None and body.k > settings.max_k:
-        raise InvalidInput(("k",), body.k, f"must be at most {settings.max_k} (MELU_MAX_K)")
-    result = rec.recommend(
-        user_dict(body.user),
-        pairs(body.ratings),
-        k=body.k,
-        exclude_rated=body.exclude_rated,
-        candidates=body.candidate_ids,
+    wanted = _checked(body, settings)
+    result = loaded.recommender.recommend(
+        wanted.user, wanted.ratings, wanted.k, wanted.exclude_rated, wanted.candidates
     )
-    items = [
-        ScoredItem(
-            item_id=s.item_id, title=s.title, year=s.year, genres=list(s.genres), score=s.score
-        )
-        for s in result.items
-    ]
+    observe_request(
+        request.scope, "recommendations", [len(body.ratings)], result.adaptation.seconds
+    )
     return RecommendationResponse(
-        items=items, adaptation=adaptation(result.adaptation), model=model_ref(loaded)
+        items=scored(result.items),
+        adaptation=adaptation(result.adaptation),
+        model=model_ref(loaded),
+    )
+
+
+@router.post("/recommendations/batch", response_model=BatchResponse, responses=ERRORS)
+def recommend_batch(
+    body: BatchRequest, loaded: LoadedDep, settings: SettingsDep, request: Request
+) -> BatchResponse:
+    """Recommendations for up to MELU_MAX_BATCH users, adapted together in one batched pass.
+
+    Each entry of `users` is a POST /v1/recommendations body; `results` has one answer per
+    user, in order, equal to that user's single answer (up to float rounding). If any user
+    is invalid the whole batch gets a 422 whose `loc` names that user
+    (`["body", "users", 3, "ratings", 0, "rating"]`); nothing is answered.
+    """
+    check_size("users", body.users, settings.max_batch, "MELU_MAX_BATCH")
+    wanted = []
+    for i, one in enumerate(body.users):
+        try:
+            wanted.append(_checked(one, settings))
+        except InvalidInput as exc:
+            raise InvalidInput(("users", i, *exc.loc), exc.value, exc.reason) from None
+    try:
+        results = loaded.recommender.recommend_many(wanted)
+    except InvalidInput as exc:
+        raise InvalidInput(("users", *exc.loc), exc.value, exc.reason) from None
+    seconds = max((r.adaptation.seconds for r in results), default=0.0)
+    observe_request(
+        request.scope, "recommendations/batch", [len(u.ratings) for u in body.users], seconds
+    )
+    return BatchResponse(
+        results=[
+            BatchResult(items=scored(r.items), adaptation=adaptation(r.adaptation)) for r in results
+        ],
+        model=model_ref(loaded),
     )

@@ -1,0 +1,175 @@
+"""Batch recommendations: one batched pass gives each user's single answer; a bad user
+fails the whole batch with a 422 naming that user; ``melu recommend --batch``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from melu.serving import Recommender, Request
+from service.app import create_app, weights_digest
+from service.deps import Loaded
+from service.settings import Settings
+
+pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
+
+USERS: list[dict[str, Any]] = [
+    {"user": {"gender": "F", "age": 25}, "ratings": [{"item_id": 50, "rating": 5}], "k": 5},
+    {"ratings": [], "k": 3},  # features only
+    {
+        "user": {"occupation": "student", "zip": "94110"},
+        "ratings": [{"item_id": i, "rating": float(1 + i % 5)} for i in range(1, 30)],
+        "k": 10,
+    },
+    {
+        "user": {"gender": "M"},
+        "ratings": [{"item_id": 181, "rating": 1}, {"item_id": 1, "rating": 4.5}],
+        "k": 4,
+        "exclude_rated": False,
+        "candidate_ids": [1, 2, 3, 181, 100, 7],
+    },
+    {"ratings": [{"item_id": 258, "rating": 2}, {"item_id": 100, "rating": 5}], "k": 1682},
+]
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
+    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    settings = Settings(model=bundle_path, reload_interval=0, max_batch=8, max_ratings=50)
+    with TestClient(create_app(settings, loaded)) as test_client:
+        yield test_client
+
+
+def wanted(body: dict[str, Any]) -> Request:
+    return Request(
+        body.get("user", {}),
+        [(r["item_id"], float(r["rating"])) for r in body["ratings"]],
+        body["k"],
+        body.get("exclude_rated", True),
+        body.get("candidate_ids"),
+    )
+
+
+def assert_same(batch: Any, single: Any) -> None:
+    """Same items in the same order, scores and support losses equal up to float rounding."""
+    assert [i.item_id for i in batch.items] == [i.item_id for i in single.items]
+    for a, b in zip(batch.items, single.items, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+    assert batch.adaptation.steps == single.adaptation.steps
+    for name in ("support_loss_before", "support_loss_after"):
+        x, y = getattr(batch.adaptation, name), getattr(single.adaptation, name)
+        assert (x is None) == (y is None) and (x is None or x == pytest.approx(y, rel=1e-4))
+
+
+def test_batch_equals_one_at_a_time(recommender: Recommender) -> None:
+    requests = [wanted(u) for u in USERS]
+    many = recommender.recommend_many(requests)
+    assert len(many) == len(requests)
+    for request, batch in zip(requests, many, strict=True):
+        single = recommender.recommend(
+            request.user, request.ratings, request.k, request.exclude_rated, request.candidates
+        )
+        assert_same(batch, single)
+
+
+def test_batch_route_equals_the_single_route(client: TestClient) -> None:
+    response = client.post("/v1/recommendations/batch", json={"users": USERS})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == len(USERS)
+    for body, result in zip(USERS, results, strict=True):
+        single = client.post("/v1/recommendations", json=body).json()
+        assert [i["item_id"] for i in result["items"]] == [i["item_id"] for i in single["items"]]
+        assert [i["score"] for i in result["items"]] == pytest.approx(
+            [i["score"] for i in single["items"]], abs=1e-5
+        )
+        assert result["adaptation"]["steps"] == single["adaptation"]["steps"]
+    assert response.json()["model"]["version"] == response.headers["x-model-version"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "loc"),
+    [
+        ({"ratings": [{"item_id": 50, "rating": 9}]}, ["body", "users", 2, "ratings", 0, "rating"]),
+        (
+            {"ratings": [{"item_id": 50, "rating": 3}, {"item_id": 99999, "rating": 3}]},
+            ["body", "users", 2, "ratings", 1, "item_id"],
+        ),
+        ({"k": 0}, ["body", "users", 2, "k"]),
+        ({"k": "ten"}, ["body", "users", 2, "k"]),
+        ({"candidate_ids": []}, ["body", "users", 2, "candidate_ids"]),
+        (
+            {"ratings": [{"item_id": i, "rating": 3} for i in range(1, 60)]},
+            ["body", "users", 2, "ratings"],
+        ),
+    ],
+)
+def test_one_bad_user_fails_the_whole_batch_naming_it(
+    client: TestClient, bad: dict[str, Any], loc: list[Any]
+) -> None:
+    users = [USERS[0], USERS[1], bad, USERS[3]]
+    response = client.post("/v1/recommendations/batch", json={"users": users})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc
+    assert "results" not in response.json()
+
+
+def test_batch_size_is_bounded(client: TestClient) -> None:
+    response = client.post("/v1/recommendations/batch", json={"users": [USERS[1]] * 9})
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "users"] and "MELU_MAX_BATCH" in detail["msg"]
+    empty = client.post("/v1/recommendations/batch", json={"users": []})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "users"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "melu", "recommend", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_batch_writes_one_answer_per_line(
+    bundle_path: Path, recommender: Recommender, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps(u) + "\n" for u in USERS * 3))
+    out = tmp_path / "recs.jsonl"
+    done = run_cli("--model", str(bundle_path), "--batch", str(users), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(USERS) * 3
+    for body, line in zip(USERS * 3, lines, strict=True):
+        single = recommender.recommend(**_kwargs(body))
+        assert [i["item_id"] for i in line["items"]] == [i.item_id for i in single.items]
+    assert "users" in done.stderr  # the progress bar
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(USERS[0]) + "\n" + json.dumps({"k": -1}) + "\n")
+    bad_out = tmp_path / "bad.jsonl"
+    done = run_cli("--model", str(bundle_path), "--batch", str(broken), "--out", str(bad_out))
+    assert done.returncode == 2
+    assert "line 2" in done.stderr and "k" in done.stderr
+    assert not bad_out.exists()  # nothing half-written
+
+
+def _kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    request = wanted(body)
+    return {
+        "user": request.user,
+        "ratings": request.ratings,
+        "k": request.k,
+        "exclude_rated": request.exclude_rated,
+        "candidates": request.candidates,
+    }
