@@ -191,7 +191,7 @@ def reloadable(bundle_path: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     a = tmp_path / "a"
     shutil.copytree(bundle_path, a)
     live.symlink_to(a)
-    return live, a, new_version(bundle_path, tmp_path / "b", 0.25)
+    return live, a, new_version(bundle_path, tmp_path / "b", -1.0)
 
 
 def test_reload_swaps_a_good_bundle_and_refuses_a_broken_one(

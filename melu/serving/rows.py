@@ -76,4 +76,4 @@ class RowEncoder:
         if user.dim() == 1:  # no user fields: (0,) → (T, 0)
             user = user.expand(next(iter(users.values())).shape[0], 0)
         # shared MLP weights (H, W) and per-user ones (T, H, W) broadcast alike in ``score``
-        return self.model.score(params, Encoded(user, self._item_encoding))  # (T, I)
+        return self.model.score(params, Encoded(user, self._item_encoding, self._ids))  # (T, I)
