@@ -137,7 +137,8 @@ def support_frame(report: Report) -> pd.DataFrame:
 
     Rows: MAML adapted and the baselines with a support curve (pooled + fine-tune,
     μ + b_i + b_u, MF + fold-in), then the baselines that ignore the support (global mean,
-    item mean, pooled), whose pooled MAE is the same at every n."""
+    item mean, pooled), whose pooled MAE is the same at every n. A single ``melu evaluate``
+    report works too (same curve and method figures)."""
     rows = {}
     for name, sc in report.scenarios.items():
         curve = sc["support_curve"]
@@ -154,7 +155,7 @@ def support_frame(report: Report) -> pd.DataFrame:
 def plot_support_curves(report: Report) -> Figure:
     """Per scenario, MAE against the number of support ratings (log axis): MAML adapted and
     each support-using baseline with its 95% CI band, dashed lines for the baselines that
-    ignore the support."""
+    ignore the support (a K-fold study or a single ``melu evaluate`` report)."""
     names = list(report.scenarios)
     fig = Figure(figsize=(4 * len(names), 3.8))
     axes = fig.subplots(1, len(names), squeeze=False)[0]
@@ -174,7 +175,7 @@ def plot_support_curves(report: Report) -> Figure:
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
-        ax.set_title(f"{name} ({sc['n_users']} users)")
+        ax.set_title(f"{name} ({sc.get('n_users', sc.get('n_tasks'))} users)")
         ax.set_xlabel("support ratings")
         ax.set_ylabel("MAE")
     axes[0].legend(fontsize=7)
