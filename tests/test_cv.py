@@ -11,7 +11,15 @@ import pytest
 
 import melu.evaluation.cv as cv
 from melu.cli import run_app
-from melu.evaluation.evaluate import METHODS
+from melu.evaluation.cv_report import (
+    diff_frame,
+    plot_diffs,
+    plot_support_curves,
+    pooled_frame,
+    support_frame,
+)
+from melu.evaluation.evaluate import BASELINES, METHODS, Report
+from melu.evaluation.report import LABELS, figure_png
 
 
 def fake_result(users: list[int], maml: list[float], base: list[float]) -> dict[str, Any]:
@@ -40,6 +48,70 @@ def test_pool_counts_each_user_once_and_pairs_the_differences() -> None:
     assert diff["difference"] == pytest.approx((per_user_maml - per_user_base).mean())
     assert diff["ci"][0] <= diff["difference"] <= diff["ci"][1]
     assert sc["support_curve"]["mf"][0]["mae"] == pytest.approx(per_user_maml.mean())
+
+
+def tiny_pooled_report() -> Report:
+    """A hand-built pooled report: two scenarios s = 0, 1, sizes 1 and 3; method i has MAE 0.7 + i/100 + s,
+    the curve of method key j at size n is 1 + j/10 − n/100."""
+    scenarios = {}
+    for s, name in enumerate(("warm", "user_cold")):
+        methods = {
+            m: {"mae": 0.7 + i / 100 + s, "mae_ci": [0.6, 0.9]} for i, m in enumerate(METHODS)
+        }
+        comparison = {b: {"difference": -0.1 + i / 100, "ci": [-0.2 + i / 100, i / 100 - 0.05],
+                          "maml_better": i < 5, "maml_worse": False}
+                      for i, b in enumerate(BASELINES)}  # fmt: skip
+        curve: dict[str, Any] = {"sizes": [1, 3]}
+        for j, key in enumerate(("maml", "pooled_finetune", "baseline_predictor", "mf")):
+            curve[key] = [{"mae": 1 + j / 10 - n / 100, "mae_ci": [0.5, 1.5]} for n in (1, 3)]
+        scenarios[name] = {"n_users": 10 + s, "n_runs": 2, "methods": methods,
+                           "comparison": comparison, "best_baseline": "mf",
+                           "support_curve": curve}  # fmt: skip
+    meta = {"dataset": "ml-100k", "folds": 2, "seeds": [0], "n_boot": 10, "best_epochs": [1, 1]}
+    return Report(meta, scenarios)
+
+
+def test_pooled_frame_has_every_method_per_scenario() -> None:
+    frame = pooled_frame(tiny_pooled_report())
+    assert list(frame.index) == ["warm", "user_cold"]
+    assert list(frame.columns) == ["users", "runs", *(LABELS[m] for m in METHODS), "best baseline"]
+    assert frame.loc["user_cold", "users"] == 11
+    assert frame.loc["warm", LABELS["mf"]] == pytest.approx(0.7 + METHODS.index("mf") / 100)
+    assert frame.loc["warm", "best baseline"] == "MF + fold-in"
+
+
+def test_diff_frame_has_every_baseline_with_its_ci() -> None:
+    frame = diff_frame(tiny_pooled_report())
+    assert len(frame) == 2 * len(BASELINES)
+    row = frame.loc[("warm", "MF + fold-in")]
+    i = BASELINES.index("mf")
+    assert row["MAML − baseline"] == pytest.approx(-0.1 + i / 100)
+    assert (row["CI low"], row["CI high"]) == pytest.approx((-0.2 + i / 100, i / 100 - 0.05))
+    assert row["verdict"] == "MAML better"
+    assert frame.loc[("warm", "pooled + fine-tune"), "verdict"] == "tie"
+
+
+def test_support_frame_has_the_model_and_every_baseline_at_each_size() -> None:
+    report = tiny_pooled_report()
+    frame = support_frame(report)
+    assert list(frame.columns) == [1, 3]
+    methods = list(frame.loc["warm"].index)
+    assert methods == ["MAML, adapted", "pooled + fine-tune", "μ + b_i + b_u", "MF + fold-in",
+                       "global mean", "item mean (shrunk)", "pooled"]  # fmt: skip
+    assert list(frame.loc[("warm", "μ + b_i + b_u")]) == pytest.approx([1.19, 1.17])
+    flat = report.scenarios["user_cold"]["methods"]["item_mean"]["mae"]
+    assert list(frame.loc[("user_cold", "item mean (shrunk)")]) == pytest.approx([flat, flat])
+
+
+def test_cv_plots_draw_every_curve_and_baseline() -> None:
+    report = tiny_pooled_report()
+    fig = plot_support_curves(report)
+    assert [ax.get_title() for ax in fig.axes] == ["warm (10 users)", "user_cold (11 users)"]
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == list(support_frame(report).loc["warm"].index)
+    diffs = plot_diffs(report)
+    assert len(diffs.axes[0].patches) == 2 * len(BASELINES)
+    assert figure_png(fig)[:4] == b"\x89PNG" and figure_png(diffs)[:4] == b"\x89PNG"
 
 
 def test_cli_cv_writes_the_report_and_resumes_without_retraining(

@@ -1,4 +1,5 @@
-"""Every notebook runs top to bottom (nbclient) against a report of a small model trained here."""
+"""Every notebook runs top to bottom (nbclient) against reports built here: the evaluation of
+a small model and a tiny 2-fold ``melu cv`` study."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from eval_fixtures import tiny_report, tiny_run
+from eval_fixtures import tiny_cv_report, tiny_report, tiny_run
 from nbclient import NotebookClient
 
-from melu.evaluation.report import write_report
+from melu.evaluation.evaluate import METHODS
+from melu.evaluation.report import LABELS, write_report
 from melu.prepare import Prepared
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
@@ -22,15 +24,25 @@ def report_dir(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return write_report(report, root / "eval")
 
 
+@pytest.fixture(scope="module")
+def cv_report_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_cv_report(data_dir, tmp_path_factory.mktemp("notebooks-cv"))
+
+
 def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "notebooks/*.ipynb missing"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(
-    path: Path, report_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    path: Path,
+    report_dir: Path,
+    cv_report_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("MELU_REPORT", str(report_dir / "report.json"))
+    monkeypatch.setenv("MELU_CV_REPORT", str(cv_report_dir))  # a folder: report.json inside
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
@@ -42,6 +54,13 @@ def test_notebook_runs(
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # the three plots
+    assert len(images) >= 5  # three plots of the evaluation, diffs and support curves of the cv
     text = "".join(o.get("text", "") for o in outputs)
     assert "data set: ml-100k" in text
+    assert "K-fold study on ml-100k: 2 folds" in text
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    pooled = [t for t in tables if "best baseline" in t and "runs" in t]
+    assert pooled, "the K-fold section shows no pooled table"
+    assert all(LABELS[m] in pooled[0] for m in METHODS)
+    support = [t for t in tables if "MF + fold-in" in t and "global mean" in t and "μ + b_i" in t]
+    assert len(support) >= 2  # the evaluation's and the study's fixed-support tables

@@ -1,7 +1,9 @@
 """A pooled K-fold study (``melu.evaluation.cv``) as report.json, report.md and plots.
 
-The plots reuse ``melu.evaluation.report``'s figures (method bars with CIs, the
-fixed-support curves) plus ``diffs.png``: the paired model − baseline differences.
+The plots: ``melu.evaluation.report``'s method bars with CIs, ``diffs.png`` (the paired
+model − baseline differences) and ``support_curve.png`` (``plot_support_curves``: every
+method's MAE at each fixed support size, with CI bands). ``pooled_frame``, ``diff_frame``
+and ``support_frame`` give the same figures as DataFrames (the notebook shows them).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from melu.atomic import atomic_directory
 from melu.evaluation.evaluate import BASELINES, METHODS, Report
-from melu.evaluation.report import LABELS, figure_png, plot_methods, plot_support
+from melu.evaluation.report import CURVES, LABELS, figure_png, plot_methods
 
 PLOTS = ("methods.png", "diffs.png", "support_curve.png")
+FLAT = ("global_mean", "item_mean", "pooled")  # baselines that never see the user's support
+FLAT_COLORS = {"global_mean": "C4", "item_mean": "k", "pooled": "grey"}
 
 
 def _ci(value: float, ci: list[float]) -> str:
@@ -95,6 +100,89 @@ def to_markdown(report: Report) -> str:
     return "\n".join(parts)
 
 
+def _curve_label(key: str) -> str:
+    return LABELS["maml_after" if key == "maml" else key]
+
+
+def pooled_frame(report: Report) -> pd.DataFrame:
+    """Pooled per-user MAE: one row per scenario (users, fold × seed runs, then every
+    method's MAE in ``METHODS`` order, columns named by ``LABELS``, then the best baseline)."""
+    rows = {}
+    for name, sc in report.scenarios.items():
+        maes = {LABELS[m]: sc["methods"][m]["mae"] for m in METHODS if m in sc["methods"]}
+        rows[name] = {"users": sc["n_users"], "runs": sc["n_runs"], **maes,
+                      "best baseline": LABELS[sc["best_baseline"]]}  # fmt: skip
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "scenario"
+    return frame
+
+
+def diff_frame(report: Report) -> pd.DataFrame:
+    """Paired per-user differences MAML adapted − baseline with their 95% CIs: one row per
+    (scenario, baseline); negative means MAML is better."""
+    rows = {}
+    for name, sc in report.scenarios.items():
+        for base in (b for b in BASELINES if b in sc["comparison"]):
+            cmp = sc["comparison"][base]
+            rows[(name, LABELS[base])] = {"MAML − baseline": cmp["difference"],
+                                          "CI low": cmp["ci"][0], "CI high": cmp["ci"][1],
+                                          "verdict": _verdict(cmp)}  # fmt: skip
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["scenario", "baseline"])
+    return frame
+
+
+def support_frame(report: Report) -> pd.DataFrame:
+    """MAE with n support ratings: one row per (scenario, method), one column per n.
+
+    Rows: MAML adapted and the baselines with a support curve (pooled + fine-tune,
+    μ + b_i + b_u, MF + fold-in), then the baselines that ignore the support (global mean,
+    item mean, pooled), whose pooled MAE is the same at every n. A single ``melu evaluate``
+    report works too (same curve and method figures)."""
+    rows = {}
+    for name, sc in report.scenarios.items():
+        curve = sc["support_curve"]
+        for key in (k for k in CURVES if k in curve):
+            rows[(name, _curve_label(key))] = [p["mae"] for p in curve[key]]
+        for m in (m for m in FLAT if m in sc["methods"]):
+            rows[(name, LABELS[m])] = [sc["methods"][m]["mae"]] * len(curve["sizes"])
+    sizes = next(iter(report.scenarios.values()))["support_curve"]["sizes"]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=pd.Index(sizes, name="n"))
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=["scenario", "method"])
+    return frame
+
+
+def plot_support_curves(report: Report) -> Figure:
+    """Per scenario, MAE against the number of support ratings (log axis): MAML adapted and
+    each support-using baseline with its 95% CI band, dashed lines for the baselines that
+    ignore the support (a K-fold study or a single ``melu evaluate`` report)."""
+    names = list(report.scenarios)
+    fig = Figure(figsize=(4 * len(names), 3.8))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        sc = report.scenarios[name]
+        curve, sizes = sc["support_curve"], sc["support_curve"]["sizes"]
+        for key in (k for k in CURVES if k in curve):
+            color = f"C{CURVES.index(key)}"
+            ys = [p["mae"] for p in curve[key]]
+            ax.plot(sizes, ys, marker="o", color=color, label=_curve_label(key))
+            ax.fill_between(sizes, [p["mae_ci"][0] for p in curve[key]],
+                            [p["mae_ci"][1] for p in curve[key]], color=color, alpha=0.15,
+                            lw=0)  # fmt: skip
+        for m in (m for m in FLAT if m in sc["methods"]):
+            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color=FLAT_COLORS[m],
+                       label=LABELS[m])  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_title(f"{name} ({sc.get('n_users', sc.get('n_tasks'))} users)")
+        ax.set_xlabel("support ratings")
+        ax.set_ylabel("MAE")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_diffs(report: Report) -> Figure:
     """Paired MAML − baseline MAE differences with 95% CIs, per scenario and baseline."""
     names = list(report.scenarios)
@@ -124,5 +212,5 @@ def write_cv_report(report: Report, out: Path | str) -> Path:
         (tmp / "report.md").write_text(to_markdown(report))
         (tmp / "methods.png").write_bytes(figure_png(plot_methods(report, ("mae",))))
         (tmp / "diffs.png").write_bytes(figure_png(plot_diffs(report)))
-        (tmp / "support_curve.png").write_bytes(figure_png(plot_support(report)))
+        (tmp / "support_curve.png").write_bytes(figure_png(plot_support_curves(report)))
     return out
