@@ -126,11 +126,15 @@ def test_rate_three_movies_and_see_recommendations_update(
         after_four = recommended(browser)
         assert after_four != after_three and ids[3] not in after_four
 
-        # the catalog search rates a movie that was not offered
+        # the catalog search rates a movie that was not offered (nor rated yet)
         search = browser.find_element(By.ID, "search")
-        search.send_keys("Star Wars")
+        search.send_keys("Star")
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results li.movie")))
-        found = browser.find_element(By.CSS_SELECTOR, "#results li.movie")
+        found = next(
+            li
+            for li in browser.find_elements(By.CSS_SELECTOR, "#results li.movie")
+            if int(li.get_attribute("data-item-id")) not in ids
+        )
         found_id = int(found.get_attribute("data-item-id"))
         found.find_element(By.CSS_SELECTOR, f"label[for='found-{found_id}-5']").click()
         wait.until(lambda d: d.find_element(By.ID, "recs").get_attribute("data-ratings") == "5")

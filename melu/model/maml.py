@@ -71,6 +71,7 @@ def adapt(
     first_order: bool = False,
     fast: Sequence[str] | None = None,
     kernel: Kernel = "generic",
+    anchor_at: Mapping[str, Tensor] | None = None,
 ) -> tuple[Params, Tensor]:
     """Adapt ``params`` to support sets by ``steps`` of gradient descent on the masked MSE.
 
@@ -80,7 +81,9 @@ def adapt(
     (N,); returns the adapted params and the support loss before each step and after the
     last (steps + 1,). ``kernel="batched"``: ``support`` is T tasks (T, N); the fast
     params come back per task (T, ...) (shared or per-task ones go in), losses
-    (T, steps + 1). Never mutates ``params``.
+    (T, steps + 1). ``anchor_at``: where the inner loss's ridge term pulls the model's
+    anchored parameters (default: their values in ``params``; a caller continuing an
+    adaptation in several calls passes the values it started from). Never mutates ``params``.
     """
     names = list(fast) if fast is not None else model.fast_names()
     frozen = {k: v for k, v in params.items() if k not in names}
@@ -95,7 +98,8 @@ def adapt(
         step = batched_step(model, frozen, rows, support.ratings, support.mask)
     else:
         step = _generic_step(model, frozen, rows, support)
-    anchor = _Anchor(model, fast_params, support.mask)
+    start = {k: (anchor_at or fast_params)[k] for k in fast_params}
+    anchor = _Anchor(model, start, support.mask)
     losses = []
     for _ in range(steps):
         grads, loss = anchor(*step(fast_params), fast_params)

@@ -3,7 +3,8 @@
 Training validation, scenario evaluation, the pooled + fine-tune baseline and onboarding all
 get their post-adaptation predictions here: first order, no graph, tasks in chunks adapted
 together by ``adapt(..., kernel="batched")``. Plain SGD has no optimiser state, so ``n``
-inner steps equal ``n`` calls of one step: one pass yields the whole step curve.
+inner steps equal ``n`` calls of one step (each anchored at the initialisation): one pass
+yields the whole step curve.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def predict_examples(
             if n > done:
                 current, _ = adapt(
                     model, current, support, steps=n - done, lr=lr, first_order=True,
-                    fast=names, kernel="batched",
+                    fast=names, kernel="batched", anchor_at=params,
                 )  # fmt: skip
                 done, batched = n, names
             out.append(task_predictions(model, current, query, batched))
