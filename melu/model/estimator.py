@@ -35,9 +35,7 @@ class Encoded(NamedTuple):
 
     user: Tensor
     items: Tensor
-    ids: Tensor | None = (
-        None  # (..., N) item-id feature indices (0: unknown), when the model has one
-    )
+    ids: Tensor  # (..., N) item-id feature indices (0: unknown; all 0 without an id field)
 
 
 def is_embedding(name: str) -> bool:

@@ -128,27 +128,35 @@ class _Anchor:
         self.start = {k: v for k, v in start.items() if k in model.anchored and lam > 0}
         self.lam = lam
         self.count = (mask.to(torch.get_default_dtype()).sum(-1) + lam).clamp(min=1.0)  # (…)
+        self._scales: dict[tuple[int, torch.dtype], Tensor] = {}
 
     def _scale(self, value: Tensor) -> Tensor:
-        """λ / (n + λ) shaped to broadcast against a (…, *param) tensor."""
-        extra = value.dim() - self.count.dim()
-        return self.lam / self.count.reshape(*self.count.shape, *([1] * extra)).to(value.dtype)
+        """λ / (n + λ) shaped to broadcast against a (…, *param) tensor (cached)."""
+        key = (value.dim(), value.dtype)
+        if key not in self._scales:
+            shape = (*self.count.shape, *([1] * (value.dim() - self.count.dim())))
+            self._scales[key] = self.lam / self.count.reshape(shape).to(value.dtype)
+        return self._scales[key]
 
-    def penalty(self, fast: Params) -> Tensor | float:
-        out: Tensor | float = 0.0
+    def _terms(self, fast: Params) -> tuple[Params, Tensor | float]:
+        """The ridge term's gradients and its value, from one θ − θ₀ per parameter."""
+        grads: Params = {}
+        value: Tensor | float = 0.0
         for k, p0 in self.start.items():
             d = fast[k] - p0
-            out = out + (self._scale(d) * d * d).flatten(self.count.dim()).sum(-1)
-        return out
+            scaled = self._scale(d) * d
+            grads[k] = 2 * scaled
+            value = value + (scaled * d).flatten(self.count.dim()).sum(-1)
+        return grads, value
+
+    def penalty(self, fast: Params) -> Tensor | float:
+        return self._terms(fast)[1] if self.start else 0.0
 
     def __call__(self, grads: Params, loss: Tensor, fast: Params) -> tuple[Params, Tensor]:
         if not self.start:
             return grads, loss
-        grads = dict(grads)
-        for k, p0 in self.start.items():
-            d = fast[k] - p0
-            grads[k] = grads[k] + 2 * self._scale(d) * d
-        return grads, loss + self.penalty(fast)
+        extra, value = self._terms(fast)
+        return {k: g + extra[k] if k in extra else g for k, g in grads.items()}, loss + value
 
 
 def _predict(
