@@ -95,8 +95,9 @@ def batched_step(
             # the parts' per-task parameters broadcast: one backward pass for all T tasks,
             # whose cotangent per task gives each task its own gradient (plain autograd:
             # a third of the cost of a functorch vjp at serving sizes)
+            outer = torch.is_grad_enabled()  # False under no_grad: no graph to extend
             with torch.enable_grad():
-                leaves = {k: _leaf(params[k]) for k in in_parts}
+                leaves = {k: _leaf(params[k], outer) for k in in_parts}
                 part_pred = _parts(model, params, encoded, leaves)
             pred = pred + part_pred
         else:
@@ -108,7 +109,7 @@ def batched_step(
         cotangent = residual * coef  # (T, N): d loss / d pred
         grads = _mlp_backward(model, mlp, encoded, pre, cotangent) if adapts_mlp else {}
         if leaves:
-            graph = any(p.requires_grad for p in fast_params.values())  # second order
+            graph = outer and any(p.requires_grad for p in fast_params.values())
             with torch.enable_grad():
                 found = torch.autograd.grad(
                     part_pred, list(leaves.values()), cotangent, create_graph=graph
@@ -126,10 +127,10 @@ def batched_step(
 PART_PREFIXES = ("user.",)  # fast parameters used only by the model's additive parts
 
 
-def _leaf(value: Tensor) -> Tensor:
-    """``value`` itself when it is in the outer graph (training), else a fresh leaf that
-    autograd can differentiate (first-order adaptation under ``no_grad``, serving)."""
-    return value if value.requires_grad else value.detach().requires_grad_()
+def _leaf(value: Tensor, outer: bool) -> Tensor:
+    """``value`` itself when it is in the outer graph (training with grad enabled), else a
+    fresh leaf autograd can differentiate (adaptation under ``no_grad``: serving, evaluation)."""
+    return value if outer and value.requires_grad else value.detach().requires_grad_()
 
 
 def _parts(
