@@ -184,3 +184,13 @@ def test_hostile_data_files_get_a_one_line_error_with_file_and_line(
     with pytest.raises(DataError, match=message) as info:
         load_movielens("ml-100k", folder)
     assert len(str(info.value)) < 400 and "\n" not in str(info.value)
+
+
+def test_a_latin1_format_saved_as_utf8_keeps_its_accents(data_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ml-100k"
+    root.mkdir()
+    for name in ("u.data", "u.user", "u.item"):
+        text = (data_dir / "ml-100k" / name).read_text(encoding="latin-1")
+        (root / name).write_text(text, encoding="utf-8")  # re-saved by some tool as UTF-8
+    data = load_movielens("ml-100k", tmp_path)
+    assert data.items.loc[data.items["item_id"] == 543, "title"].item() == "Misérables, Les (1995)"

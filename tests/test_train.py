@@ -189,3 +189,27 @@ def test_a_real_melu_train_killed_mid_run_resumes_to_the_uninterrupted_result(
     a = load_file(str(tmp_path / "a" / "model" / "weights.safetensors"))
     b = load_file(str(tmp_path / "b" / "model" / "weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damage", ["field", "tensor"])
+def test_a_checkpoint_missing_a_field_or_tensor_is_refused_by_name(
+    ml100k: Prepared, tmp_path: Path, damage: str
+) -> None:
+    from safetensors.torch import save_file
+
+    config = small(epochs=1, patience=3)
+    train(config, ml100k, tmp_path)
+    ckpt = tmp_path / "checkpoint"
+    if damage == "field":
+        state = json.loads((ckpt / "state.json").read_text())
+        del state["train_state"]
+        (ckpt / "state.json").write_text(json.dumps(state))
+        match = "incomplete checkpoint.*train_state"
+    else:
+        tensors = load_file(str(ckpt / "tensors.safetensors"))
+        del tensors[next(k for k in tensors if k.startswith("param."))]
+        save_file(tensors, str(ckpt / "tensors.safetensors"))
+        match = "is missing or misshapen"
+    longer = config.replace(train=config.train.replace(epochs=2))
+    with pytest.raises(BundleError, match=match):
+        train(longer, ml100k, tmp_path, resume=True)

@@ -108,8 +108,18 @@ def check_values(
 
 
 def read_text(path: Path, encoding: str) -> str:
+    """The file's text. A latin-1 format (ml-100k, ml-1m) saved as UTF-8 by some tool is
+    read as UTF-8: bytes that decode as UTF-8 and are not plain ASCII are almost never
+    latin-1 text (it would need "Ã©"-like pairs), while reading them as latin-1 silently
+    garbles every accented title."""
     try:
-        return path.read_text(encoding=encoding)
+        raw = path.read_bytes()
+        if encoding == "latin-1" and not raw.isascii():
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return raw.decode(encoding)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: not valid {encoding} text ({exc.reason} at byte {exc.start})"

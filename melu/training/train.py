@@ -173,6 +173,17 @@ def _resume(
             f"{ckpt}: nothing to resume (no checkpoint here); run without --resume to start over"
         )
     tensors, saved = load_checkpoint(ckpt)
+    missing = [
+        k for k in ("train_state", "history", "config", "rng", "data_fingerprint") if k not in saved
+    ]
+    if (
+        missing
+        or not isinstance(saved.get("train_state"), dict)
+        or "epoch" not in saved["train_state"]
+    ):
+        raise BundleError(
+            f"{ckpt}/state.json: incomplete checkpoint (missing {', '.join(missing) or 'train_state.epoch'})"
+        )
     _check_resumable(ckpt, saved, config, fingerprint)
     if not all_agree(int(saved["train_state"]["epoch"]), ctx):
         raise BundleError(f"{ckpt}: ranks read checkpoints of different epochs")
@@ -180,7 +191,10 @@ def _resume(
     dev = trainer.device
     best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
     best_lr = {k[14:]: v.to(dev) for k, v in tensors.items() if k.startswith("best_inner_lr.")}
-    set_rng_state(saved["rng"])
+    try:
+        set_rng_state(saved["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{ckpt}/state.json: unreadable RNG state ({exc})") from exc
     return _RunState(saved["train_state"], saved["history"], best, best_lr or None)
 
 
