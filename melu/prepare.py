@@ -105,10 +105,13 @@ def build_catalog(data: MovieLens, train_ratings: pd.DataFrame, is_new: np.ndarr
     return catalog.reset_index(drop=True)
 
 
-def task_rows(tasks: TaskSet, item_ids: np.ndarray) -> pd.DataFrame:
-    """The real (support and query) rows of ``tasks`` as a frame of ``item_id, rating``."""
-    _, items, ratings = tasks.rated_rows()
-    return pd.DataFrame({"item_id": item_ids[items.numpy()], "rating": ratings.numpy()})
+def stats_rows(config: DataConfig, train: TaskSet, all_train: RatingRows) -> RatingRows:
+    """The rated rows that vocabularies, id embeddings and popularity are learned from: the
+    meta-training tasks' rows (``item_stats="tasks"``) or all training ratings ("all");
+    never held-out warm queries or evaluation users."""
+    if config.item_stats == "all":
+        return all_train
+    return RatingRows(*train.rated_rows())
 
 
 def _frequent_items(train_rows: pd.DataFrame, min_ratings: int) -> np.ndarray:
@@ -161,20 +164,11 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
     all_train = all_training_ratings(
         ratings, roles["train"], new_ids, tasks["warm"], user_ids, item_ids
     )
-    # everything learned from data (vocabularies, id embeddings, popularity) comes from the
-    # meta-training tasks' rows (item_stats="tasks") or from all training ratings ("all");
-    # never from held-out warm queries or evaluation users
-    if config.item_stats == "all":
-        train_rows = pd.DataFrame(
-            {
-                "item_id": item_ids[all_train.item_rows.numpy()],
-                "rating": all_train.ratings.numpy(),
-            }
-        )
-        train_users = np.unique(user_ids[all_train.user_rows.numpy()])
-    else:
-        train_rows = task_rows(tasks["train"], item_ids)
-        train_users = np.unique(user_ids[tasks["train"].user_rows.numpy()])
+    learned = stats_rows(config, tasks["train"], all_train)
+    train_rows = pd.DataFrame(
+        {"item_id": item_ids[learned.item_rows.numpy()], "rating": learned.ratings.numpy()}
+    )
+    train_users = np.unique(user_ids[learned.user_rows.numpy()])
     space = FeatureSpace.build(
         users[users["user_id"].isin(train_users)],
         data.items[data.items["item_id"].isin(train_rows["item_id"].unique())],
