@@ -71,9 +71,12 @@ class PreferenceEstimator:
         self.factors = config.factors
         self.id_field = "item" if "item" in self.item_field_names else None
         self.parts: tuple[Part, ...] = (collaborative,) if self.factors else ()
+        # the per-user parameters of the parts: used by ``parts`` only, and per task (T, ...)
+        # they broadcast through ``score`` (the batched kernel relies on both)
+        self.user_params = ("user.bias", "user.factor") if self.factors else ()
         # fast parameters the inner loss pulls towards their starting value (ridge around
         # the meta-learned prior, see ``melu.model.maml``): the user's bias and factor
-        self.anchored = ("user.bias", "user.factor") if self.factors and config.anchor else ()
+        self.anchored = self.user_params if config.anchor else ()
 
     @property
     def embedding_width(self) -> int:
@@ -209,7 +212,7 @@ class PreferenceEstimator:
             return names
         if group == "head":
             return [n for n in names if n.startswith(self.head_prefix)]
-        user = [n for n in names if n.startswith("user.")]
+        user = list(self.user_params)
         if group == "user":
             return user
         mlp = [n for n in names if n.startswith("mlp.")]

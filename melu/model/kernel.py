@@ -31,10 +31,10 @@ def per_task_dims(params: Mapping[str, Tensor], batched: Sequence[str]) -> dict[
     return {k: 0 if k in batched else None for k in params}
 
 
-def broadcasts(batched: Sequence[str]) -> bool:
+def broadcasts(model: PreferenceEstimator, batched: Sequence[str]) -> bool:
     """Whether per-task (T, ...) values of ``batched`` broadcast through ``score`` as they
-    are (MLP weights and the user's bias and factor do; looked-up tables do not)."""
-    return all(k.startswith(("mlp.", "user.")) for k in batched)
+    are (MLP weights and the model's ``user_params`` do; looked-up tables do not)."""
+    return all(k.startswith("mlp.") or k in model.user_params for k in batched)
 
 
 def task_predictions(
@@ -48,7 +48,7 @@ def task_predictions(
     Per-task MLP or user parameters: one broadcasting ``predict``; per-task tables
     (embeddings, item tables): ``vmap``.
     """
-    if broadcasts(batched):
+    if broadcasts(model, batched):
         return model.predict(params, features)
     dims = per_task_dims(params, batched)
     return vmap(model.predict, in_dims=(dims, 0))(dict(params), features)
@@ -89,9 +89,9 @@ def batched_step(
         if adapts_mlp or "mlp" not in cache:  # the MLP is constant while only others adapt
             cache["mlp"] = _forward(model, mlp, encoded)
         pre, pred = cache["mlp"]
-        in_parts = [k for k in fast if k.startswith(PART_PREFIXES)]
+        in_parts = [k for k in fast if k in model.user_params]
         leaves: Params = {}
-        if in_parts and isinstance(rows, Encoded) and broadcasts(fast):
+        if in_parts and isinstance(rows, Encoded) and broadcasts(model, fast):
             # the parts' per-task parameters broadcast: one backward pass for all T tasks,
             # whose cotangent per task gives each task its own gradient (plain autograd:
             # a third of the cost of a functorch vjp at serving sizes)
@@ -122,9 +122,6 @@ def batched_step(
         return out, losses
 
     return step
-
-
-PART_PREFIXES = ("user.",)  # fast parameters used only by the model's additive parts
 
 
 def _leaf(value: Tensor, outer: bool) -> Tensor:

@@ -167,7 +167,7 @@ def _predict(
 ) -> Tensor:
     """Predictions of encoded rows or of features; ``batched`` params are per task."""
     if isinstance(rows, Encoded):
-        if broadcasts(batched):
+        if broadcasts(model, batched):
             return model.score(params, rows)
         return vmap(model.score, in_dims=(per_task_dims(params, batched), 0))(dict(params), rows)
     return task_predictions(model, params, rows, batched)
