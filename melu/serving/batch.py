@@ -22,7 +22,7 @@ from torch import Tensor
 
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
-from melu.model.maml import Examples, adapt
+from melu.model.maml import Examples
 from melu.serving.types import Adaptation, Recommendations, Request
 
 if TYPE_CHECKING:
@@ -88,11 +88,7 @@ def _adapt(
         return base, infos
     start = time.perf_counter()
     support = _support(rec, [people[t] for t in rated])
-    with torch.inference_mode(False), torch.no_grad():  # see Recommender._adapt_to
-        params, losses = adapt(
-            rec.model, rec.params, support, steps=rec.steps, lr=rec.lr,
-            first_order=True, fast=rec.fast, kernel="batched",
-        )  # fmt: skip
+    params, losses = rec.adapt_tasks(support)
     index = torch.as_tensor(rated, device=rec.device)
     fast = {k: base[k].clone().index_copy_(0, index, params[k]) for k in rec.fast}
     seconds = time.perf_counter() - start  # the whole pass, reported with every person

@@ -22,6 +22,7 @@ from torch import Tensor
 from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.errors import BundleError, InvalidInput, MeluError
 from melu.features import FeatureBatch
+from melu.model.estimator import Params
 from melu.model.maml import Examples, adapt, inner_rates
 from melu.serving import batch
 from melu.serving.catalog import Catalog
@@ -129,6 +130,18 @@ class Recommender:
             torch.set_num_threads(previous)
 
     # ----------------------------------------------------------------- adaptation
+    def adapt_tasks(self, support: Examples) -> tuple[Params, Tensor]:
+        """The one call of the inner loop in serving: T people's supports (T, N) adapted
+        together, first order, the bundle's steps and rates. Returns the params with the
+        fast ones per person (T, ...) and the support losses (T, steps + 1)."""
+        # adapt may differentiate with torch.func: it must see autograd even when the
+        # caller runs under inference_mode; no_grad alone is fine for function transforms.
+        with torch.inference_mode(False), torch.no_grad():
+            return adapt(
+                self.model, self.params, support, steps=self.steps, lr=self.lr,
+                first_order=True, fast=self.fast, kernel="batched",
+            )  # fmt: skip
+
     def _adapt_to(
         self, user: FeatureBatch, rows: Tensor, values: Tensor
     ) -> tuple[Mapping[str, Tensor], Adaptation]:
@@ -141,14 +154,7 @@ class Recommender:
         start = time.perf_counter()
         features = {k: v[None] for k, v in self.encoder(user, rows).items()}
         mask = torch.ones_like(values, dtype=torch.bool)
-        support = Examples(features, values[None], mask[None])
-        # adapt may differentiate with torch.func: it must see autograd even when the
-        # caller runs under inference_mode; no_grad alone is fine for function transforms.
-        with torch.inference_mode(False), torch.no_grad():
-            params, losses = adapt(
-                self.model, self.params, support, steps=self.steps, lr=self.lr,
-                first_order=True, fast=self.fast, kernel="batched",
-            )  # fmt: skip
+        params, losses = self.adapt_tasks(Examples(features, values[None], mask[None]))
         fast = set(self.fast)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
         before, after = losses[0, 0].item(), losses[0, -1].item()
