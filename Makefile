@@ -21,11 +21,15 @@ $(VENV)/.created:
 	$(PIP) install --quiet $(TORCH_INDEX) torch==$(TORCH_VERSION)
 	touch $@
 
+# The distribution is `melu-coldstart` (import name and command: `melu`); an install made
+# under the project's old distribution name `melu` is removed first so the two never overlap.
 $(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(PIP) uninstall --quiet --yes melu 2>/dev/null || true
 	$(PIP) install --quiet -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
+	$(PIP) uninstall --quiet --yes melu 2>/dev/null || true
 	$(PIP) install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
