@@ -76,6 +76,29 @@ def writable_folder(path: Path, flag: str) -> Path:
     return path
 
 
+Threads = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Torch CPU threads (0: torch's default, one per core). One is fastest for "
+        "melu's small kernels on a busy machine and close to the best on an idle one.",
+    ),
+]
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's CPU threads for this process (``0`` keeps torch's default).
+
+    melu's kernels are small (a meta-batch, a few users, a 1,682-item catalog), so a
+    second thread gains little and, on a shared machine, oversubscribed cores cost several
+    times that (BENCHMARKS.md, "Threads of the CLI").
+    """
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def echo(message: str = "") -> None:
     typer.echo(message)
 

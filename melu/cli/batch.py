@@ -18,8 +18,8 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from tqdm import tqdm
 
+from melu.cli.progress import Steps
 from melu.errors import InvalidInput, format_loc
 from melu.serving import Recommendations, Recommender, Request
 
@@ -58,8 +58,12 @@ def answer(result: Recommendations) -> dict[str, object]:
     return {"items": items, "adaptation": adaptation}
 
 
-def recommend_file(recommender: Recommender, source: Path, out: Path, batch_size: int) -> int:
-    """Answer every user of ``source`` into ``out`` (written atomically); returns the count."""
+def recommend_file(
+    recommender: Recommender, source: Path, out: Path, batch_size: int, progress: bool = True
+) -> int:
+    """Answer every user of ``source`` into ``out`` (written atomically); returns the count.
+
+    ``progress``: a bar on a terminal, else one line per ``batch_size`` users."""
     requests = read_requests(source)
     lines = [
         number for number, line in enumerate(source.read_text().splitlines(), 1) if line.strip()
@@ -69,7 +73,7 @@ def recommend_file(recommender: Recommender, source: Path, out: Path, batch_size
     try:
         with (
             os.fdopen(handle, "w", encoding="utf-8") as file,
-            tqdm(total=len(requests), unit="users", desc="recommending") as bar,
+            Steps(len(requests), "recommending", unit="users", enabled=progress) as bar,
         ):
             for lo in range(0, len(requests), batch_size):
                 chunk = requests[lo : lo + batch_size]

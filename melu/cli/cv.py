@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, Threads, app, echo, resolve_data_dir, use_threads
+from melu.cli.progress import Steps
 from melu.cli.settings import config_options
 from melu.config import Config
 
@@ -39,11 +38,10 @@ def run_study(
         BaselineConfig() if pooled_epochs is None else BaselineConfig(pooled_epochs=pooled_epochs)
     )
     options = CVOptions(folds=folds, seeds=tuple(range(seeds)), n_boot=n_boot, baselines=baselines)
-    with tqdm(total=folds * seeds, desc="folds", disable=not show_progress) as bar:
+    with Steps(folds * seeds, "folds", enabled=show_progress) as bar:
 
         def step(message: str) -> None:
-            bar.set_postfix_str(message)
-            bar.update(1)
+            bar.update(1, message)
 
         report = run_cv(
             config, resolve_data_dir(data_dir), out, options, cache_dir=cache_dir, progress=step
@@ -68,15 +66,14 @@ def cv(
     pooled_epochs: Annotated[
         int | None, typer.Option(min=1, help="Epoch budget of the pooled baseline.")
     ] = None,
-    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all).")] = 1,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    threads: Threads = 1,
+    progress: Annotated[bool, typer.Option(help="A line per fold (a bar on a terminal).")] = True,
 ) -> None:
     """K-fold study: train and evaluate per fold and seed, pool per-user paired differences.
 
     Every fold is a random user split (--data-seed shuffles the users once); each training option below applies to every fold, and seeds 0..N-1 replace --seed.
     """
-    if threads > 0:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     run_study(
         config, folds=folds, seeds=seeds, out=out, data_dir=data_dir, cache_dir=cache_dir,
         n_boot=n_boot, pooled_epochs=pooled_epochs, show_progress=progress,

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from tqdm import tqdm
 
 from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.progress import bar as progress_bar
 from melu.cli.settings import config_options
 from melu.config import Config
 from melu.data.download import download_dataset, is_present, required_files
@@ -33,10 +33,10 @@ DatasetArg = Annotated[str, typer.Argument(help=" | ".join(DATASETS), callback=_
 
 
 class _Bar:
-    """A tqdm bar driven by the library's ``(bytes_done, bytes_total)`` callback."""
+    """A tqdm bar (on a terminal only) driven by the ``(bytes_done, bytes_total)`` callback."""
 
     def __init__(self, name: str) -> None:
-        self.bar = tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024)
+        self.bar = progress_bar(desc=name, unit="B", unit_scale=True, unit_divisor=1024)
 
     def __call__(self, done: int, total: int | None) -> None:
         if total is not None and self.bar.total != total:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, Threads, app, echo, resolve_data_dir, use_threads
+from melu.cli.progress import Steps
 from melu.cli.settings import config_overrides
 from melu.tasks import EVAL_SCENARIOS, SCENARIOS
 
@@ -65,11 +65,10 @@ def run_evaluation(
     prepared = prepare(bundle.config.data, resolve_data_dir(data_dir), cache_dir)
     names = scenarios or EVAL_SCENARIOS
     sizes = (1, 3, 5, 10, 20)
-    with tqdm(total=count_stages(names, sizes), desc="evaluate", disable=not show_progress) as bar:
+    with Steps(count_stages(names, sizes), "evaluate", enabled=show_progress) as bar:
 
         def step(message: str) -> None:
-            bar.set_postfix_str(message)
-            bar.update(1)
+            bar.update(1, message)
 
         report = evaluate(
             bundle, prepared, support_sizes=sizes, seed=seed, scenarios=names, progress=step
@@ -95,7 +94,8 @@ def evaluate(
         Path | None, typer.Option(help="Task cache (default: $MELU_CACHE_DIR or .melu-cache).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the support sampling and bootstrap.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="A line per phase (a bar on a terminal).")] = True,
+    threads: Threads = 1,
     scenarios: Annotated[
         str,
         typer.Option(help="Comma-separated scenarios (validation: for tuning, never test)."),
@@ -112,6 +112,7 @@ def evaluate(
             f"{', '.join(unknown) or repr(scenarios)}: choose from {', '.join(SCENARIOS[1:])}",
             param_hint="--scenarios",
         )
+    use_threads(threads)
     run_evaluation(
         model=model,
         data_dir=data_dir,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from melu.bundle import find_bundle
-from melu.cli.app import app, echo
+from melu.cli.app import Threads, app, echo, use_threads
 from melu.serving import InvalidInput, Recommendations, Recommender
 
 ModelOpt = Annotated[
@@ -105,9 +105,14 @@ def recommend(
     batch_size: Annotated[
         int, typer.Option(min=1, help="--batch: users adapted together per pass")
     ] = 256,
+    threads: Threads = 1,
+    progress: Annotated[
+        bool, typer.Option(help="--batch: a line per pass (a bar on a terminal).")
+    ] = True,
 ) -> None:
     """Recommend movies for a new user from a few ratings (adapts the model first), or for
     every user of a JSON-lines file with --batch (adapted together, a progress bar)."""
+    use_threads(threads)
     if batch is not None:
         from melu.cli.batch import recommend_file
 
@@ -120,7 +125,7 @@ def recommend(
                 "with --batch each line carries its own user and ratings", param_hint="--rate"
             )
         recommender = Recommender.from_bundle(find_bundle(model), onboarding=False)
-        count = recommend_file(recommender, batch, out, batch_size)
+        count = recommend_file(recommender, batch, out, batch_size, progress)
         echo(f"{count} users answered → {out}")
         return
     ratings = [parse_rating(r) for r in rate or []]

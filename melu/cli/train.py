@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import typer
-from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
+from melu.cli.app import DataDir, Threads, app, echo, resolve_data_dir, use_threads, writable_folder
+from melu.cli.progress import bar
 from melu.cli.settings import config_options
 from melu.config import Config
 from melu.training.distributed import DistContext, barrier, init_distributed, shutdown
@@ -19,18 +19,19 @@ if TYPE_CHECKING:
 
 
 class _Bar:
-    """Turns the trainer's progress events into a tqdm bar with the running loss."""
+    """Turns the trainer's progress events into one line per epoch (the log) and, on a
+    terminal only, a tqdm bar over the epoch's meta-batches with the running loss."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.bar: tqdm | None = None  # type: ignore[type-arg]
+        self.bar: Any = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
             return
         kind = event["event"]
         if kind == "epoch_start":
-            self.bar = tqdm(total=event["batches"], desc=f"epoch {event['epoch']}", leave=False)
+            self.bar = bar(total=event["batches"], desc=f"epoch {event['epoch']}", leave=False)
         elif kind == "batch" and self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{event['loss']:.4f}")
@@ -86,27 +87,28 @@ def run_training(
     ``threads``: torch CPU threads (0 keeps torch's default). One is the default: a
     meta-batch's kernels are small, so a second thread gains ~20% on an idle 2-core
     machine but oversubscription costs several times that on a shared one.
+    ``show_progress``: the data preparation's lines, one line per epoch and (on a
+    terminal) a bar per epoch; the final summary is printed either way.
     ``float64``: compute in float64 (numerical checks only).
 
     Under ``torchrun`` this process is one rank of a data-parallel run (gloo on CPU,
     nccl on CUDA; ``dist_timeout`` seconds bounds every collective); only rank 0 prints.
     """
     writable_folder(out, "--out")
-    if threads > 0:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     if float64:
         torch.set_default_dtype(torch.float64)
     from melu.training.train import train
 
     ctx = init_distributed(config.train.device, timeout_s=dist_timeout)
     try:
-        main = show_progress and ctx.is_main
+        main, show = ctx.is_main, show_progress and ctx.is_main
         prepared = prepare_shared(
-            config, resolve_data_dir(data_dir), cache_dir, ctx, echo if main else None
+            config, resolve_data_dir(data_dir), cache_dir, ctx, echo if show else None
         )
-        if main and ctx.enabled:
+        if show and ctx.enabled:
             echo(f"data-parallel: {ctx.world_size} ranks on {ctx.device.type}")
-        result = train(config, prepared, out, resume=resume, progress=_Bar(main), ctx=ctx)
+        result = train(config, prepared, out, resume=resume, progress=_Bar(show), ctx=ctx)
     finally:
         shutdown(ctx)
     if main:
@@ -129,7 +131,10 @@ def train(
     ),
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Task cache folder.")] = None,
-    threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all).")] = 1,
+    threads: Threads = 1,
+    progress: Annotated[
+        bool, typer.Option(help="Per-epoch lines (and a bar on a terminal); off: the summary only.")
+    ] = True,
     dist_timeout: Annotated[
         float, typer.Option(min=1, help="torchrun: seconds a rank may wait in a collective.")
     ] = 600.0,
@@ -149,6 +154,7 @@ def train(
         out=out,
         cache_dir=cache_dir,
         resume=resume,
+        show_progress=progress,
         threads=threads,
         dist_timeout=dist_timeout,
         float64=float64,
