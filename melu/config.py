@@ -10,6 +10,7 @@ checks (``_validate``). Construction validates (types, choices, ranges) and rais
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -21,7 +22,9 @@ __all__ = ["Config", "DataConfig", "MetaConfig", "ModelConfig", "TrainConfig", "
            "field_types", "help_of", "setting"]  # fmt: skip
 
 
-Dataset = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m"]
+MovieLensName = Literal["ml-100k", "ml-1m", "ml-latest-small", "ml-latest", "ml-25m", "ml-32m"]
+Dataset = Literal[MovieLensName, "own"]  # own: your files (DataConfig.ratings/items/users)
+OWN_FILES = ("ratings", "items", "users")
 FastGroup = Literal["mlp", "head", "all", "user", "user_mlp"]
 Episodes = Literal["tasks", "all"]
 ItemStats = Literal["tasks", "all"]
@@ -36,7 +39,18 @@ class DataConfig(_Config):
 
     SECTION: ClassVar[str] = "data"
 
-    dataset: Dataset = setting("ml-100k", "MovieLens data set.")
+    dataset: Dataset = setting("ml-100k", "MovieLens data set (own: set by --ratings).")
+    ratings: str | None = setting(
+        None,
+        "Your own ratings instead of MovieLens: a CSV or Parquet file with the columns "
+        "user,item,rating[,timestamp] (README, 'Your own data'). Implies --dataset own.",
+    )
+    items: str | None = setting(
+        None, "With --ratings: an items file, item[,title][,genres][,year] (genres a|b|c)."
+    )
+    users: str | None = setting(
+        None, "With --ratings: a users file, user[,gender][,age][,occupation][,zip]."
+    )
     new_item_fraction: float = setting(0.2, "Newest share of items (by release date) that are new.")
     user_split: UserSplit = setting(
         "time", "time: order users by first rating; random: seeded shuffle."
@@ -77,6 +91,7 @@ class DataConfig(_Config):
 
     def _validate(self) -> None:
         need = self._require
+        self._own_files()
         need(0.0 <= self.new_item_fraction < 1.0, "new_item_fraction", "must be in [0, 1)")
         need(0 < self.train_fraction < 1, "train_fraction", "must be in (0, 1)")
         need(0 <= self.validation_fraction < 1, "validation_fraction", "must be in [0, 1)")
@@ -103,6 +118,34 @@ class DataConfig(_Config):
             "folds",
             "needs user_split='random' (folds shuffle the users)",
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values; unset own-data files are left out, so a MovieLens
+        protocol's dict (and the task cache key and data fingerprint hashed from it) is
+        what it was before own data existed."""
+        return {k: v for k, v in super().to_dict().items() if k not in OWN_FILES or v is not None}
+
+    def _own_files(self) -> None:
+        """A ratings file makes the data set "own"; its paths are kept absolute, so a
+        bundle's config names the files whatever folder ``melu evaluate`` runs in."""
+        for name in OWN_FILES:
+            value = getattr(self, name)
+            self._require(value != "", name, "must be a file path (got an empty string)")
+            if value is not None:
+                object.__setattr__(self, name, os.path.abspath(value))  # frozen: set once here
+        if self.ratings is not None:
+            object.__setattr__(self, "dataset", "own")
+        self._require(
+            self.dataset != "own" or self.ratings is not None,
+            "dataset",
+            "own needs a ratings file (--ratings FILE)",
+        )
+        for name in ("items", "users"):
+            self._require(
+                getattr(self, name) is None or self.ratings is not None,
+                name,
+                "needs a ratings file too (--ratings FILE)",
+            )
 
 
 @dataclass(frozen=True)

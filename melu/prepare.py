@@ -23,7 +23,7 @@ import torch
 from melu import __version__
 from melu.atomic import atomic_directory, recover
 from melu.config import DataConfig
-from melu.data.movielens import MovieLens, dataset_files, load_movielens
+from melu.data.movielens import MovieLens, load_source, source_files
 from melu.errors import DataError
 from melu.features import FeatureSpace, FeatureTables
 from melu.tasks import (
@@ -282,14 +282,17 @@ def prepare(
     ``mmap``: a cache hit is opened memory-mapped (see ``load_prepared``)."""
     say = progress or (lambda _msg: None)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    files = dataset_files(config.dataset, data_dir, extra_info=config.use_extra_item_info)
+    files = source_files(config, data_dir)
     key = cache_key(files, config)
     folder = recover(cache_root / f"{config.dataset}-{key[:16]}")
     if folder.is_dir() and not rebuild:
         say(f"using cached tasks in {folder}")
         return load_prepared(folder, mmap)
-    say(f"reading {config.dataset} from {data_dir}")
-    data = load_movielens(config.dataset, data_dir, extra_info=config.use_extra_item_info)
+    say(
+        f"reading {config.ratings or config.dataset}"
+        + ("" if config.ratings else f" from {data_dir}")
+    )
+    data = load_source(config, data_dir)
     say("building tasks")
     prepared = build(data, config)
     prepared.fingerprint = key

@@ -1,5 +1,8 @@
 """MovieLens data sets by name: where their files are and which reader loads them.
 
+``source_files`` / ``load_source`` take a ``DataConfig``: its MovieLens data set, or your
+own files (``dataset="own"``, read by ``melu.data.own``).
+
 ``load_movielens(name, data_dir)`` picks the format's reader (``melu.data.ml100k``,
 ``melu.data.ml1m``, ``melu.data.csv_family``) and returns the canonical frames of
 ``melu.data.frames``. Each reader handles its format's separator and encoding (ml-100k and
@@ -12,15 +15,16 @@ from __future__ import annotations
 import typing
 from pathlib import Path
 
-from melu.config import Dataset
+from melu.config import DataConfig, MovieLensName
 from melu.data.csv_family import read_csv_family
 from melu.data.frames import MovieLens as MovieLens  # re-exported: the type readers return
 from melu.data.frames import require
 from melu.data.ml1m import read_ml1m
 from melu.data.ml100k import read_ml100k
+from melu.data.own import own_files, read_own
 from melu.errors import DataError
 
-DATASETS: tuple[str, ...] = typing.get_args(Dataset)  # declared once, in melu.config
+DATASETS: tuple[str, ...] = typing.get_args(MovieLensName)  # declared once, in melu.config
 
 
 def dataset_dir(name: str, data_dir: Path) -> Path:
@@ -66,3 +70,17 @@ def load_movielens(name: str, data_dir: Path | str, *, extra_info: bool = True) 
     if name == "ml-1m":
         return read_ml1m(root, extra_info=extra_info)
     return read_csv_family(root, name)
+
+
+def source_files(config: DataConfig, data_dir: Path | str) -> list[Path]:
+    """The files ``config`` reads: a MovieLens data set's, or your own (``--ratings``)."""
+    if config.dataset == "own":
+        return own_files(config)
+    return dataset_files(config.dataset, data_dir, extra_info=config.use_extra_item_info)
+
+
+def load_source(config: DataConfig, data_dir: Path | str) -> MovieLens:
+    """The canonical frames of ``config``'s data: MovieLens by name, or your own files."""
+    if config.dataset == "own":
+        return read_own(config)
+    return load_movielens(config.dataset, data_dir, extra_info=config.use_extra_item_info)
