@@ -26,6 +26,7 @@ import torch
 from melu.bundle import find_bundle, load_bundle
 from melu.config import SECTIONS, Config
 from melu.errors import ConfigError
+from melu.evaluation.baselines import BaselineConfig
 from melu.evaluation.evaluate import Report
 from melu.serving.recommender import Recommender
 from melu.tasks import EVAL_SCENARIOS
@@ -101,13 +102,15 @@ def evaluate(
     scenarios: Sequence[str] = EVAL_SCENARIOS,
     support_sizes: Sequence[int] = (1, 3, 5, 10, 20),
     seed: int = 0,
+    baselines: BaselineConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Evaluate the bundle at ``model`` on its own data protocol against the baselines.
 
     ``report.scenarios[name]["methods"]`` holds each method's per-user query MAE and CI
     (``maml_after`` is the adapted model). ``out``: also write report.json/report.md and
-    the plots there (as ``melu evaluate``).
+    the plots there (as ``melu evaluate``). ``baselines``: their budgets and grids
+    (default: ``BaselineConfig(seed=seed)``, what ``melu evaluate`` fits).
     """
     from melu.evaluation.evaluate import evaluate as run
     from melu.prepare import prepare
@@ -115,7 +118,7 @@ def evaluate(
     bundle = load_bundle(find_bundle(model))
     prepared = prepare(bundle.config.data, _data_dir(data_dir), cache_dir)
     report = run(bundle, prepared, support_sizes=support_sizes, seed=seed,
-                 scenarios=tuple(scenarios), progress=progress)  # fmt: skip
+                 scenarios=tuple(scenarios), baselines=baselines, progress=progress)  # fmt: skip
     if out is not None:
         from melu.evaluation.report import write_report
 

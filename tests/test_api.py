@@ -11,6 +11,7 @@ import pytest
 
 import melu
 from melu.errors import ConfigError
+from melu.evaluation.baselines import BaselineConfig
 from melu.prepare import Prepared
 
 
@@ -31,8 +32,9 @@ def test_train_load_recommend_evaluate_on_ml100k(
     scores = [item.score for item in top.items]
     assert scores == sorted(scores, reverse=True) and top.adaptation.steps > 0
 
+    small = BaselineConfig(pooled_epochs=1, finetune_lr_scales=(1.0,))  # a tiny budget
     report = melu.evaluate(bundle, data_dir=data_dir, cache_dir=cache, scenarios=("user_cold",),
-                           support_sizes=(1,), out=tmp_path / "eval")  # fmt: skip
+                           support_sizes=(1,), baselines=small, out=tmp_path / "eval")  # fmt: skip
     methods = report.scenarios["user_cold"]["methods"]
     assert 0.5 < methods["maml_after"]["mae"] < 1.5 and math.isfinite(methods["mf"]["mae"])
     assert (tmp_path / "eval" / "report.md").is_file()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from melu.cli.progress import Steps, is_terminal
+from melu.prepare import Prepared
 
 EPOCH_LINE = re.compile(r"^epoch +\d+  loss ")
 
@@ -29,10 +30,11 @@ def melu(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_piped_train_logs_one_line_per_epoch_and_no_bar_frames(
-    data_dir: Path, tmp_path: Path
+    ml100k: Prepared, data_dir: Path, tmp_path: Path
 ) -> None:
+    assert ml100k.path is not None  # the session's task cache: not built again
     common = ("--dataset", "ml-100k", "--data-dir", str(data_dir), "--cache-dir",
-              str(tmp_path / "cache"), "--epochs", "2", "--max-tasks-per-epoch", "32",
+              str(ml100k.path.parent), "--epochs", "2", "--max-tasks-per-epoch", "32",
               "--patience", "5", "--device", "cpu")  # fmt: skip
     done = melu("train", *common, "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr

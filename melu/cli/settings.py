@@ -45,6 +45,7 @@ FLAG_NAMES: dict[str, str] = {
     "data.item_id_feature": "--item-id",
     "data.use_extra_item_info": "--extra-item-info",
 }
+METAVARS = {"data.ratings": "FILE", "data.items": "FILE", "data.users": "FILE"}
 PANELS = {
     "data": "Data protocol",
     "model": "Model",
@@ -95,6 +96,8 @@ def _option(
     ``override`` it defaults to unset (None), shown as ``[default: <override>]``."""
     base: Any = tp
     extra: dict[str, Any] = {"show_default": override} if override else {}
+    if key in METAVARS:
+        extra["metavar"] = METAVARS[key]
     default: Any = None if override else f.default
     if typing.get_origin(tp) is Literal:
         base, extra["metavar"] = str, "[" + "|".join(typing.get_args(tp)) + "]"
