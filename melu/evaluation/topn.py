@@ -127,7 +127,7 @@ def topn_users(
     prepared: Prepared,
     scenario: TopNScenario,
     n: int,
-    protocol: TopNProtocol = TopNProtocol(),  # noqa: B008 (frozen)
+    protocol: TopNProtocol = TopNProtocol(),
     candidates: Candidates = "all",
 ) -> TopNUsers:
     """The eligible users of ``scenario`` with a seeded support of ``n`` ratings.
