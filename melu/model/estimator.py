@@ -200,6 +200,11 @@ class PreferenceEstimator:
             out = out + part(params, encoded)
         return out
 
+    def rank_score(self, params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
+        """Ranking scores (..., N) of encoded rows, higher first: what orders a person's
+        recommendations (the predicted rating unless the model has a ranking head)."""
+        return self.score(params, encoded)
+
     def predict(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
         """The model: ``score ∘ encode``, predicted ratings (..., N)."""
         return self.score(params, self.encode(params, features))
