@@ -129,10 +129,14 @@ class ModelConfig(_Config):
         "λ of the inner loss SSE / (n + λ) (0: MeLU's mean squared error).",
     )
 
+    ranking: bool = setting(
+        True,
+        "Add the ranking head (what orders recommendations: popularity, the support as a "
+        "rating-weighted bag scored by a learned item–item matrix, and the adapted predicted "
+        "rating); off: rank by predicted rating. Needs factors > 0 and item ids.",
+    )
     rank_factors: int = setting(
-        32,
-        "k_r > 0 adds the ranking head (what orders recommendations: item–item support part, "
-        "popularity, user × item factors of rank k_r); 0: rank by predicted rating.",
+        0, "Rank of the ranking head's user × item factors (0: none; they overfit ML-100K)."
     )
     rank_threshold: float = setting(
         4.0, "Ratings at or above this are what the ranking head learns to put first."
@@ -201,7 +205,8 @@ class TrainConfig(_Config):
     )
     rank_epochs: int = setting(40, "Most epochs of the ranking head (after the rating part).")
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
-    rank_patience: int = setting(4, "Ranking epochs without a better validation NDCG@10.")
+    rank_l2: float = setting(0.0, "L2 penalty of the ranking head's weight matrices.")
+    rank_patience: int = setting(5, "Ranking epochs without a better validation NDCG@10.")
     rank_max_support: int = setting(
         30, "Largest support of a ranking episode (supports are 1..this, uniformly)."
     )
@@ -223,6 +228,7 @@ class TrainConfig(_Config):
         need(self.rank_epochs >= 1, "rank_epochs", "must be >= 1")
         need(0 < self.rank_lr < math.inf, "rank_lr", "must be > 0 and finite")
         need(self.rank_patience >= 1, "rank_patience", "must be >= 1")
+        need(0 <= self.rank_l2 < math.inf, "rank_l2", "must be >= 0 and finite")
         need(self.rank_max_support >= 1, "rank_max_support", "must be >= 1")
         need(0 <= self.rank_negative_weight <= 1, "rank_negative_weight", "must be in [0, 1]")
         need(
@@ -292,7 +298,11 @@ class Config(_Config):
 LEGACY: dict[str, dict[str, Any]] = {
     "data": {"item_stats": "tasks", "folds": 0, "fold": 0},
     "model": {
-        "fast_params": "mlp", "factors": 0, "support_prior": 0.0, "anchor": False,
+        "fast_params": "mlp",
+        "factors": 0,
+        "support_prior": 0.0,
+        "anchor": False,
+        "ranking": False,
         "rank_factors": 0,
     },
     "meta": {"inner_steps": 5, "inner_lr": 0.05},

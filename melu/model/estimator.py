@@ -81,7 +81,7 @@ class PreferenceEstimator:
         self.anchored = self.user_params if config.anchor else ()
         # the ranking head (``melu.model.ranking``): needs the rating part's user state and
         # item ids; trained after the rating part, never adapted per user
-        self.ranking = bool(config.rank_factors) and bool(self.factors) and self.id_field is not None
+        self.ranking = config.ranking and bool(self.factors) and self.id_field is not None
         low, high = space.rating_scale
         self.rating_levels = int(round((high - low) / space.rating_step)) + 1
 
@@ -251,7 +251,10 @@ class PreferenceEstimator:
         if bag is None:
             empty = encoded.ids.new_zeros((encoded.user.shape[0], 0))
             bag = Bag(empty, empty, empty.bool())
-        return ranking.head_scores(params, encoded.user, state, encoded.items, encoded.ids, bag)
+        rating = self.score(params, encoded)  # (T, N), broadcasting shared candidate rows
+        return ranking.head_scores(
+            params, encoded.user, state, encoded.items, encoded.ids, bag, rating
+        )
 
     def predict(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
         """The model: ``score ∘ encode``, predicted ratings (..., N)."""

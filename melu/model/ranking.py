@@ -53,6 +53,7 @@ def head_shapes(
     return {
         "rank.item_item": torch.Size((n_ids, n_ids)),
         "rank.level_weight": torch.Size((n_levels,)),
+        "rank.rating_weight": torch.Size((1,)),
         "rank.item_bias": torch.Size((n_ids,)),
         "rank.item_factor": torch.Size((n_ids, rank)),
         "rank.content.weight": torch.Size((rank + 1, item_width)),
@@ -84,14 +85,15 @@ def user_vector(params: Mapping[str, Tensor], user: Tensor, state: Tensor) -> Te
 
 def item_terms(params: Mapping[str, Tensor], items: Tensor, ids: Tensor) -> Tensor:
     """(β_i, q_i) (..., N, 1 + k_r) of items with embeddings ``items`` (..., N, E_i) and id
-    indices ``ids`` (..., N): the content estimate plus the id's own rows (0: content only)."""
+    indices ``ids`` (..., N): a known id's own rows; for unknown ids (0: new items, and ids
+    hidden in training) a content estimate from the item's feature embeddings."""
     content = items @ params["rank.content.weight"].mT  # (..., N, 1 + k_r)
-    known = (ids != 0).unsqueeze(-1).to(content.dtype)
+    bias = torch.cat([params["rank.content.bias"], content.new_zeros(content.shape[-1] - 1)])
+    known = (ids != 0).unsqueeze(-1)
     own = torch.cat(
         [params["rank.item_bias"][ids].unsqueeze(-1), params["rank.item_factor"][ids]], dim=-1
     )
-    bias = torch.cat([params["rank.content.bias"], content.new_zeros(content.shape[-1] - 1)])
-    return content + bias + own * known
+    return torch.where(known, own, content + bias)
 
 
 def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
@@ -117,13 +119,19 @@ def head_scores(
     items: Tensor,
     ids: Tensor,
     bag: Bag,
+    rating: Tensor,
 ) -> Tensor:
     """Ranking scores s (T, N): ``user`` (T, E_u), ``state`` (T, 1 + k), item embeddings
-    ``items`` (T, N, E_i) or (N, E_i) with ids (T, N) or (N,), and the supports ``bag``."""
-    terms = item_terms(params, items, ids)  # (T|1, N, 1 + k_r)
+    ``items`` (T, N, E_i) or (N, E_i) with ids (T, N) or (N,), the supports ``bag`` and
+    the rating part's predicted ratings ``rating`` (T, N) after adaptation (γ·r̂ joins)."""
+    terms = item_terms(params, items, ids)  # (T|-, N, 1 + k_r)
     a = user_vector(params, user, state)  # (T, k_r)
-    interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1) if terms.dim() == 3 else a @ terms[:, 1:].mT
-    return terms[..., 0] + interaction + bag_scores(params, bag, ids)
+    if terms.dim() == 3:
+        interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1)
+    else:
+        interaction = a @ terms[:, 1:].mT
+    liked = params["rank.rating_weight"] * rating
+    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids)
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

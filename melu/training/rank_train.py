@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from melu.config import Config
-from melu.evaluation.topn import TopNProtocol, TopNUsers, chunks, rank_users, topn_users, user_metrics
+from melu.evaluation.topn import (
+    TopNProtocol,
+    TopNUsers,
+    chunks,
+    rank_users,
+    topn_users,
+    user_metrics,
+)
 from melu.features import FeatureBatch
 from melu.model import ranking
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
@@ -113,6 +120,14 @@ def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
     return nll[targets.sum(-1) > 0].mean()
 
 
+REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight", "rank.content.weight")
+
+
+def _penalty(head: Mapping[str, Tensor]) -> Tensor:
+    """Σ‖θ‖² of the head's weight matrices (not its biases or rating-level weights)."""
+    return sum((head[k] ** 2).sum() for k in REGULARISED)  # type: ignore[return-value]
+
+
 def train_ranking(
     config: Config,
     model: PreferenceEstimator,
@@ -133,12 +148,11 @@ def train_ranking(
     n_ids = shapes["rank.item_bias"][0]
     pop = torch.bincount(ids.cpu()[prepared.train_ratings.item_rows.long()], minlength=n_ids)
     head = {
-        k: v.to(device).requires_grad_()
-        for k, v in ranking.init_head(shapes, pop, tc.seed).items()
+        k: v.to(device).requires_grad_() for k, v in ranking.init_head(shapes, pop, tc.seed).items()
     }
-    opt = torch.optim.Adam(list(head.values()), lr=tc.rank_lr, weight_decay=0.0)
+    opt = torch.optim.Adam(list(head.values()), lr=tc.rank_lr)
     seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
-    seen &= ~torch.as_tensor(prepared.catalog["is_new"].to_numpy(dtype=bool), device=device)
+    seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
     protocol = TopNProtocol()
     val_users = [topn_users(prepared, "validation", n, protocol) for n in VALIDATION_SUPPORTS]
     rows = torch.arange(len(tables.item_ids), device=device)
@@ -178,11 +192,11 @@ def train_ranking(
             allowed = seen.unsqueeze(0).expand_as(scores).clone()
             t = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(s_items)
             allowed[t[s_mask], s_items[s_mask]] = False
-            loss = _loss(scores, target * allowed, allowed)
+            loss = _loss(scores, target * allowed, allowed) + tc.rank_l2 * _penalty(head)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, count = total + float(loss) * len(batch), count + len(batch)
+            total, count = total + float(loss.detach()) * len(batch), count + len(batch)
         ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device)
         with torch.no_grad():
             score = validation_ndcg(ranker, val_users, protocol.threshold)
