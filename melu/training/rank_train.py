@@ -53,9 +53,11 @@ class CatalogRanker:
 
     def __init__(
         self, model: PreferenceEstimator, params: Mapping[str, Tensor], prepared: Prepared,
-        steps: int, lr: Lr, device: torch.device,
+        steps: int, lr: Lr, device: torch.device, network: Tensor | None = None,
     ) -> None:  # fmt: skip
+        """``network``: the MLP's output (users, I) for every user row, if cached."""
         self.model, self.params, self.steps, self.lr = model, params, steps, lr
+        self.network = network
         self.tables = prepared.tables.to(device)
         self.device = device
         rows = torch.arange(len(self.tables.item_ids), device=device)
@@ -68,9 +70,29 @@ class CatalogRanker:
         feats = self.tables.gather(users, s.items.to(self.device))
         ex = Examples(feats, s.ratings.to(self.device), s.mask.to(self.device))
         user_feats = {k: v[users] for k, v in self.tables.users.items()}
+        net = self.network[users] if self.network is not None else None
         return rank_catalog(
-            self.model, self.params, user_feats, ex, self.catalog, steps=self.steps, lr=self.lr
-        )
+            self.model, self.params, user_feats, ex, self.catalog, steps=self.steps, lr=self.lr,
+            network=net,
+        )  # fmt: skip
+
+
+def network_table(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], prepared: Prepared,
+    catalog: Encoded, device: torch.device, chunk: int = 256,
+) -> Tensor:  # fmt: skip
+    """The MLP's output (users, I) of every user row × catalog item (no graph): it does not
+    depend on the fast parameters, so with the rating part fixed it is computed once."""
+    tables = prepared.tables.to(device)
+    out = []
+    with torch.no_grad():
+        for part in chunks(len(tables.user_ids), chunk):
+            feats = {k: v[part] for k, v in tables.users.items()}
+            user = model.encode_user(params, feats)
+            if user.dim() == 1:
+                user = user.new_zeros((part.stop - part.start, 0))
+            out.append(model.network(params, Encoded(user, catalog.items, catalog.ids)))
+    return torch.cat(out)
 
 
 def encode_catalog(
@@ -158,6 +180,7 @@ def train_ranking(
     rows = torch.arange(len(tables.item_ids), device=device)
     with torch.no_grad():
         catalog_all = encode_catalog(model, fixed, tables.items, rows)
+    network = network_table(model, fixed, prepared, catalog_all, device)
     steps = config.meta.inner_steps
     data = config.data.replace(max_support=min(config.data.max_support, tc.rank_max_support))
     best: Params = {k: v.detach().clone() for k, v in head.items()}
@@ -186,8 +209,9 @@ def train_ranking(
             support = Examples(feats, tasks.support_ratings[batch].float().to(device), s_mask)
             user_feats = {k: v[users] for k, v in tables.users.items()}
             scores = rank_catalog(
-                model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr
-            )
+                model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr,
+                network=network[users],
+            )  # fmt: skip
             target = targets_all[batch].to(device)
             allowed = seen.unsqueeze(0).expand_as(scores).clone()
             t = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(s_items)
@@ -197,7 +221,7 @@ def train_ranking(
             loss.backward()
             opt.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
-        ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device)
+        ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device, network)
         with torch.no_grad():
             score = validation_ndcg(ranker, val_users, protocol.threshold)
         row = {"epoch": epoch, "rank_loss": total / max(count, 1), "val_ndcg@10": score}
