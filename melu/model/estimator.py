@@ -103,9 +103,8 @@ class PreferenceEstimator:
             return {}
         ids = next(f.size for f in self.space.fields if f.name == self.id_field)
         return ranking.head_shapes(
-            ids, self.rating_levels, self.embedding_width - self.user_width, self.user_width,
-            self.factors, self.config.rank_factors,
-        )  # fmt: skip
+            ids, self.rating_levels, self.user_width, self.factors, self.config.rank_factors
+        )
 
     def rating_names(self) -> list[str]:
         """The parameters of the rating part (everything but the ranking head)."""
@@ -277,9 +276,7 @@ class PreferenceEstimator:
         if network is None:  # (T, N), broadcasting shared candidate rows
             network = self.network(params, encoded)
         rating = self.with_parts(params, encoded, network)
-        return ranking.head_scores(
-            params, encoded.user, state, encoded.items, encoded.ids, bag, rating
-        )
+        return ranking.head_scores(params, encoded.user, state, encoded.ids, bag, rating)
 
     def predict(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
         """The model: ``score ∘ encode``, predicted ratings (..., N)."""

@@ -7,9 +7,8 @@ terms, each a function of ``(params, rows)`` like every other part:
 
     s_i = β_i  +  Σ_{j ∈ support} w(r_j) · B[j, i]  +  a_u · q_i
 
-- β_i, q_i (k_r): the item's ranking bias and factor — its own id rows plus a content
-  estimate from its feature embeddings (new items, and ids hidden in training, take the
-  content alone);
+- β_i, q_i (k_r): the item's ranking bias and factor, its id's own rows (new items, and
+  ids hidden in training, share one learned bias);
 - the support-set part: the user's rated items as a bag, each weighted by a learned weight
   of its rating level w(r) (a 1★ film counts against its neighbours), scored against every
   item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
@@ -46,18 +45,17 @@ class Bag(NamedTuple):
 
 
 def head_shapes(
-    n_ids: int, n_levels: int, item_width: int, user_width: int, factors: int, rank: int
+    n_ids: int, n_levels: int, user_width: int, factors: int, rank: int
 ) -> dict[str, torch.Size]:
     """The head's parameters: ``n_ids`` item-id vocabulary (0 unknown), ``n_levels``
-    rating levels, item/user embedding widths, the rating part's ``factors``, head rank."""
+    rating levels, the user embedding width, the rating part's ``factors``, head rank."""
     return {
         "rank.item_item": torch.Size((n_ids, n_ids)),
         "rank.level_weight": torch.Size((n_levels,)),
         "rank.rating_weight": torch.Size((1,)),
         "rank.item_bias": torch.Size((n_ids,)),
         "rank.item_factor": torch.Size((n_ids, rank)),
-        "rank.content.weight": torch.Size((rank + 1, item_width)),
-        "rank.content.bias": torch.Size((1,)),
+        "rank.unknown_bias": torch.Size((1,)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -83,17 +81,17 @@ def user_vector(params: Mapping[str, Tensor], user: Tensor, state: Tensor) -> Te
     return x @ params["rank.user.weight"].mT + params["rank.user.bias"]
 
 
-def item_terms(params: Mapping[str, Tensor], items: Tensor, ids: Tensor) -> Tensor:
-    """(β_i, q_i) (..., N, 1 + k_r) of items with embeddings ``items`` (..., N, E_i) and id
-    indices ``ids`` (..., N): a known id's own rows; for unknown ids (0: new items, and ids
-    hidden in training) a content estimate from the item's feature embeddings."""
-    content = items @ params["rank.content.weight"].mT  # (..., N, 1 + k_r)
-    bias = torch.cat([params["rank.content.bias"], content.new_zeros(content.shape[-1] - 1)])
-    known = (ids != 0).unsqueeze(-1)
+def item_terms(params: Mapping[str, Tensor], ids: Tensor) -> Tensor:
+    """(β_i, q_i) (..., N, 1 + k_r) of items with id indices ``ids`` (..., N): a known id's
+    own rows; unknown ids (0: new items, and ids hidden in training) share one learned
+    bias and no factor. (A content estimate for them, trained on hidden ids, ranked the
+    validation users' new items below chance, so the head has none; new items are ordered
+    by the rating part's predicted rating, which does use their content.)"""
     own = torch.cat(
         [params["rank.item_bias"][ids].unsqueeze(-1), params["rank.item_factor"][ids]], dim=-1
     )
-    return torch.where(known, own, content + bias)
+    unknown = torch.cat([params["rank.unknown_bias"], own.new_zeros(own.shape[-1] - 1)])
+    return torch.where((ids != 0).unsqueeze(-1), own, unknown)
 
 
 def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
@@ -116,15 +114,14 @@ def head_scores(
     params: Mapping[str, Tensor],
     user: Tensor,
     state: Tensor,
-    items: Tensor,
     ids: Tensor,
     bag: Bag,
     rating: Tensor,
 ) -> Tensor:
-    """Ranking scores s (T, N): ``user`` (T, E_u), ``state`` (T, 1 + k), item embeddings
-    ``items`` (T, N, E_i) or (N, E_i) with ids (T, N) or (N,), the supports ``bag`` and
+    """Ranking scores s (T, N): ``user`` (T, E_u), ``state`` (T, 1 + k), the items' ids
+    (T, N) or (N,), the supports ``bag`` and
     the rating part's predicted ratings ``rating`` (T, N) after adaptation (γ·r̂ joins)."""
-    terms = item_terms(params, items, ids)  # (T|-, N, 1 + k_r)
+    terms = item_terms(params, ids)  # (T|-, N, 1 + k_r)
     a = user_vector(params, user, state)  # (T, k_r)
     if terms.dim() == 3:
         interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1)

@@ -142,7 +142,7 @@ def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
     return nll[targets.sum(-1) > 0].mean()
 
 
-REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight", "rank.content.weight")
+REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight")
 
 
 def _penalty(head: Mapping[str, Tensor]) -> Tensor:
