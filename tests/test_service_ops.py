@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import service.slot
 from melu.bundle import file_sha256
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -37,7 +37,7 @@ def wait_ready(client: TestClient, seconds: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, reload_interval=0), loaded)
     with TestClient(app) as test_client:
         wait_ready(test_client)
@@ -68,7 +68,7 @@ def access_lines() -> Iterator[list[dict[str, Any]]]:
 def test_ready_is_503_until_loaded_and_warmed_up_health_is_live(
     bundle_path: Path, recommender: Recommender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, reload_interval=0), loaded)
     before = TestClient(app)  # no lifespan: nothing loaded yet
     assert before.get("/health").json() == {"status": "ok", "n_items": None}
@@ -92,7 +92,7 @@ def test_ready_is_503_until_loaded_and_warmed_up_health_is_live(
         wait_ready(client)
         assert client.get("/ready").json() == {
             "status": "ready",
-            "model_version": weights_digest(recommender),
+            "model_version": model_version(recommender),
         }
 
 
@@ -100,7 +100,7 @@ def test_ready_is_503_until_loaded_and_warmed_up_health_is_live(
 def test_request_id_is_kept_or_made_and_model_version_on_every_response(
     client: TestClient, recommender: Recommender
 ) -> None:
-    version = weights_digest(recommender)
+    version = model_version(recommender)
     given = client.post("/v1/recommendations", json=BODY, headers={"X-Request-ID": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
     made = client.get("/v1/items?limit=1")
@@ -158,7 +158,7 @@ def test_metrics_in_prometheus_format(client: TestClient, recommender: Recommend
     assert f'melu_http_request_duration_seconds_bucket{{le="0.01",{route}}}' in text
     assert 'melu_adaptation_seconds_count{route="recommendations"}' in text
     assert 'melu_request_ratings_bucket{le="1.0",route="recommendations"}' in text
-    version = weights_digest(recommender)
+    version = model_version(recommender)
     assert f'melu_model_info{{dataset="ml-100k",version="{version}"}} 1.0' in text
     assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
 
