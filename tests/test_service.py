@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from service_fixtures import wait_ready
 
 from melu.errors import BundleError
 from melu.serving import Recommender
@@ -30,6 +31,7 @@ def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
     loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, **LIMITS), loaded)
     with TestClient(app) as test_client:
+        wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client
 
 
