@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from service_fixtures import free_port
 
 pytest_plugins = ["service_fixtures"]  # bundle_path
@@ -160,7 +159,9 @@ def test_connection_level_answers_are_json(
 
 
 def test_requests_pipelined_before_garbage_are_answered_in_order(server: Server) -> None:
-    data = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/items?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/items?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     got = responses(exchange(server.port, data + b"GARBAGE\r\n\r\n"))
     assert [g[0] for g in got] == [200, 200, 400]
     assert json.loads(got[0][2])["status"] == "ok" and json.loads(got[1][2])["total"] > 0
@@ -181,9 +182,9 @@ def test_a_half_closed_client_gets_its_response(server: Server, method: str) -> 
 
 def test_timed_out_requests_are_logged_and_counted_as_408_not_500(server: Server) -> None:
     head = b"POST /v1/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    stalled = head + b"X-Request-ID: stalled-body\r\nContent-Length: 100\r\n\r\n{\"user\": "
+    stalled = head + b'X-Request-ID: stalled-body\r\nContent-Length: 100\r\n\r\n{"user": '
     assert exchange(server.port, stalled).startswith(b"HTTP/1.1 408")
-    gone = head + b"Content-Length: 100\r\n\r\n{\"user\": "  # half-closes mid-body: no answer
+    gone = head + b'Content-Length: 100\r\n\r\n{"user": '  # half-closes mid-body: no answer
     assert exchange(server.port, gone, half_close=True) == b""
     time.sleep(0.2)
     by_route = counts(server.port)
