@@ -228,15 +228,17 @@ def record_refusal(status: int, method: str | None, seconds: float) -> None:
     record(method, "unmatched", status, seconds, log=ACCESS_LOG["on"])
 
 
-def route_of(scope: Scope) -> str:
+def route_of(scope: Scope, root_path: str) -> str:
     """The template of the route that answered (FastAPI's ``route`` in the scope, else the
-    first of the app's routes that matches: ``/openapi.json``, ``/docs``, static mounts)."""
+    first of the app's routes that matches: ``/openapi.json``, ``/docs``, static mounts).
+    ``root_path`` is the scope's before routing (a mount changes it)."""
     path = getattr(scope.get("route"), "path", None)
     if path:
         return str(path)
     router = getattr(scope.get("app"), "router", None)
+    probe = {**scope, "root_path": root_path}
     for candidate in getattr(router, "routes", ()):
-        match, child = candidate.matches(scope)
+        match, child = candidate.matches(probe)
         path = getattr(child.get("route"), "path", None) or getattr(candidate, "path", None)
         if match != Match.NONE and path:
             return str(path)
@@ -260,6 +262,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        root_path = scope.get("root_path", "")
         given = dict(scope["headers"]).get(b"x-request-id", b"")
         request_id = given.decode() if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         scope["melu.request_id"] = request_id
@@ -287,7 +290,7 @@ class Observe:
                 unanswered = 500 if failed else 499  # an app error, or the client went away
                 record(
                     scope["method"],
-                    route_of(scope),
+                    route_of(scope, root_path),
                     unanswered if status is None else status,
                     time.perf_counter() - start,
                     log=self.log,
