@@ -112,7 +112,8 @@ def server(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def test_head_answers_like_get_and_is_counted_with_its_real_status(server: Server) -> None:
     for path in HEAD_PATHS:
         got = request(server.port, "GET", path)
-        raw = exchange(server.port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head_request = f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        raw = exchange(server.port, head_request.encode())
         head, body = raw.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 %d" % got[0]) and got[0] in (200, 503), path
         assert body == b"", path  # no body bytes, whatever content-length says
