@@ -186,7 +186,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = Field(description="ready, warming up or loading")
+    status: str = Field(description="ready, warming up, warm-up failed or loading")
     model_version: str | None
 
 

@@ -11,7 +11,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,10 +85,27 @@ def recommender(bundle_path: Path) -> Recommender:
     return _RECOMMENDERS[bundle_path]
 
 
+def wait_ready(get: Callable[[str], int], seconds: float = 60) -> None:
+    """Poll ``get("/ready")`` (a status code) until 200: model routes answer 503 before."""
+    deadline = time.monotonic() + seconds
+    while get("/ready") != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not become ready")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 @contextlib.contextmanager
@@ -104,8 +123,10 @@ def serve_in_thread(app: object, port: int | None = None) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_ready(lambda path: _status(url + path))
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from service_fixtures import wait_ready
 
 from melu.errors import BundleError
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -27,9 +28,10 @@ LIMITS = {"max_ratings": 20, "max_items": 50, "max_body_bytes": 8192, "max_page"
 
 @pytest.fixture(scope="module")
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, **LIMITS), loaded)
     with TestClient(app) as test_client:
+        wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client
 
 
@@ -50,7 +52,7 @@ def test_recommendations_equal_the_library(client: TestClient, recommender: Reco
     assert served["items"][0]["title"] == direct.items[0].title
     assert served["adaptation"]["steps"] == 3
     assert served["adaptation"]["support_loss_after"] == direct.adaptation.support_loss_after
-    assert served["model"] == {"version": weights_digest(recommender), "dataset": "ml-100k"}
+    assert served["model"] == {"version": model_version(recommender), "dataset": "ml-100k"}
 
 
 def test_zero_ratings_and_candidates(client: TestClient) -> None:

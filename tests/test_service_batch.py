@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from service_fixtures import wait_ready
 
 from melu.serving import Recommender, Request
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -41,9 +42,10 @@ USERS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     settings = Settings(model=bundle_path, reload_interval=0, max_batch=8, max_ratings=50)
     with TestClient(create_app(settings, loaded)) as test_client:
+        wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client
 
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from service_fixtures import serve_in_thread
 
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -37,7 +37,7 @@ PHONE = 390  # CSS pixels: a common phone width
 def test_page_is_served_with_no_external_assets(
     bundle_path: Path, recommender: Recommender
 ) -> None:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     with TestClient(create_app(Settings(model=bundle_path, reload_interval=0), loaded)) as client:
         page = client.get("/")
         script = client.get("/static/app.js")
@@ -92,7 +92,7 @@ def test_rate_three_movies_and_see_recommendations_update(
     other = os.environ.get("MELU_SCREENSHOT_MODEL")  # a trained bundle for docs/onboarding.png
     if other:
         recommender = Recommender.from_bundle(other, threads=1)
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, reload_interval=0, access_log=False), loaded)
     wait = WebDriverWait(browser, 30)
     with serve_in_thread(app) as url:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from melu.bundle import find_bundle
 from melu.cli.app import app, echo
+from melu.errors import BundleError, MeluError
 from melu.serving import InvalidInput, Recommendations, Recommender
 
 ModelOpt = Annotated[
@@ -128,55 +131,101 @@ def recommend(
     print_recommendations(model, ratings, {k: v for k, v in user.items() if v is not None}, k)
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+LOG_FORMATS = ("json", "text")
+
+
 @app.command("serve")
 def serve(
     model: ModelOpt,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[str, typer.Option(help=f"one of {', '.join(LOG_LEVELS)}")] = "info",
+    log_format: Annotated[
+        str, typer.Option(help="json: one JSON object per line (log collectors); text: people")
+    ] = "json",
 ) -> None:
     """Serve the HTTP API (docs at /docs, onboarding page at /, metrics at /metrics).
 
-    Other settings: MELU_* environment variables (MELU_RELOAD_INTERVAL, MELU_MAX_BATCH, ...).
-    With --workers N > 1, Prometheus metrics are aggregated over the workers through
+    Everything the server writes (uvicorn's lines, reloads, one line per request) goes to
+    stderr in one format. Other settings: MELU_* environment variables (MELU_RELOAD_INTERVAL,
+    MELU_MAX_BATCH, MELU_CORS_ORIGINS, ...). With --workers N > 1 the bundle is checked in a
+    child process, then a light supervisor (no torch, no model) starts N workers that each
+    load it; Prometheus metrics are aggregated over the workers through
     PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless it is set).
     """
+    for value, allowed, flag in (
+        (log_level, LOG_LEVELS, "--log-level"),
+        (log_format, LOG_FORMATS, "--log-format"),
+    ):
+        if value not in allowed:
+            raise typer.BadParameter(f"{value!r}: use one of {', '.join(allowed)}", param_hint=flag)
     if workers > 1:
         multiprocess_metrics()  # before prometheus_client is imported here or in a worker
-    import uvicorn
+    import logging.config
 
-    from service.app import create_app, load
-    from service.protocol import GuardedHttpToolsProtocol, limits
+    from service.logs import log_config
+    from service.protocol import limits
     from service.settings import Settings, from_env
 
     folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)
     limits()  # bad MELU_READ_TIMEOUT etc. fail here, before uvicorn starts
-    loaded = load(settings)  # fail here, clearly, before uvicorn starts
-    echo(f"serving {folder} on http://{host}:{port} (docs: http://{host}:{port}/docs)")
+    logging_config = log_config(log_format, log_level)
+    logging.config.dictConfig(logging_config)
+    started = f"serving {folder} on http://{host}:{port} (docs: http://{host}:{port}/docs)"
     if workers == 1:
-        uvicorn.run(
-            create_app(settings, loaded),
-            host=host,
-            port=port,
-            log_level=log_level,
-            http=GuardedHttpToolsProtocol,
-            access_log=False,  # the app writes one JSON line per request (melu.access)
-        )
+        from service.app import create_app, load
+
+        loaded = load(settings)  # fail here, clearly, before uvicorn starts
+        logging.getLogger("melu.service").info(started)
+        _run_uvicorn(create_app(settings, loaded), host, port, 1, log_level, logging_config)
         return
-    del loaded  # each worker process loads its own copy from MELU_MODEL
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        http=GuardedHttpToolsProtocol,
-        access_log=False,
+    check_in_child(settings)  # the parent never holds a model it does not serve
+    logging.getLogger("melu.service").info(started)
+    options = {"host": host, "port": port, "workers": workers, "log_level": log_level}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(  # the supervisor: a fresh interpreter with uvicorn only (~50 MB, not ~500)
+        sys.executable,
+        [sys.executable, "-m", "service.supervise", json.dumps({**options, "log": log_format})],
     )
+
+
+def _run_uvicorn(
+    app_or_factory: object, host: str, port: int, workers: int, level: str, config: dict[str, Any]
+) -> None:
+    from service.supervise import run
+
+    run(app_or_factory, host=host, port=port, workers=workers, log_level=level, log_config=config)
+
+
+def _check_bundle(path: str, threads: int) -> str | None:
+    """In a child process: load and warm up the bundle; the error's line, or None."""
+    from service.app import load
+    from service.settings import Settings
+    from service.slot import warm_up
+
+    try:
+        warm_up(load(Settings(model=Path(path), torch_threads=threads)))
+    except MeluError as exc:
+        return str(exc)
+    return None
+
+
+def check_in_child(settings: Any) -> None:
+    """Load the bundle once in a spawned child (its memory goes back when it exits) and
+    raise its ``BundleError`` here, before any worker starts."""
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        error = pool.submit(_check_bundle, str(settings.model), settings.torch_threads).result()
+    if error is not None:
+        raise BundleError(error)
 
 
 def multiprocess_metrics() -> Path:
