@@ -237,7 +237,6 @@ function start() {
   $("profile").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
   $("clear-all").addEventListener("click", () => unrate([...ratings.keys()]));
   $("retry").addEventListener("click", () => (ready ? refresh() : load()));
-  window.addEventListener("online", () => { if ($("recs").hasAttribute("data-stale")) refresh(); });
   renderRated();
   load();
 }
