@@ -16,7 +16,9 @@ router = APIRouter(prefix="/v1", tags=["items"])
 def items(
     loaded: LoadedDep,
     settings: SettingsDep,
-    search: Annotated[str | None, Query(max_length=200, description="title words, forgiving typos")] = None,
+    search: Annotated[
+        str | None, Query(max_length=200, description="title words, forgiving typos")
+    ] = None,
     genre: Annotated[str | None, Query(max_length=100, description="exact genre")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
