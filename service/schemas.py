@@ -178,6 +178,11 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, Any]
     info: dict[str, Any]
+    user_values: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="the values the model knows for gender and occupation (others are "
+        "treated as unknown); the onboarding page offers them",
+    )
 
 
 class Health(BaseModel):
