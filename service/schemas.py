@@ -87,8 +87,19 @@ class Item(BaseModel):
     genres: list[str]
 
 
+class Reason(BaseModel):
+    item_id: int = Field(description="a movie the person rated")
+    title: str
+    rating: float = Field(description="the rating they gave it")
+
+
 class ScoredItem(Item):
     score: float = Field(description="predicted rating, clamped to the scale")
+    because: list[Reason] = Field(
+        default_factory=list,
+        description="the person's rated movies that raised this item's rank most, best first "
+        "(empty without ratings or without a ranking head)",
+    )
 
 
 class Adaptation(BaseModel):

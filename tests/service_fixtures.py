@@ -25,13 +25,15 @@ from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import meta_loss, task_examples
 from melu.prepare import Prepared
 from melu.serving import Recommender
+from melu.training.rank_train import train_ranking
 
 _BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}
 
 
 def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 0) -> Path:
-    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam; returns it."""
+    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam and two epochs
+    of the ranking head; returns it."""
     key = (str(out), steps)
     if key in _BUNDLES:
         return _BUNDLES[key]
@@ -56,6 +58,10 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    rating = {k: v.detach() for k, v in params.items() if not k.startswith("rank.")}
+    short = config.replace(train=config.train.replace(rank_epochs=2))  # the ranking head, briefly
+    head = train_ranking(short, model, rating, prepared, torch.device("cpu"), config.meta.inner_lr)
+    params = {**rating, **head.params}
     save_bundle(
         out,
         config=config,

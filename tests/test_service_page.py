@@ -172,7 +172,7 @@ def test_rate_three_movies_and_see_recommendations_update(
 @pytest.fixture(scope="module")
 def page_url(bundle_path: Path, recommender: Recommender) -> Iterator[str]:
     """The test bundle served on a local port for the browser tests below."""
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, reload_interval=0, access_log=False), loaded)
     with serve_in_thread(app) as url:
         yield url + "/"

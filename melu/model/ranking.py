@@ -110,6 +110,17 @@ def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     return per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
 
 
+def contributions(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """What each bag item adds to each item's score, w(r_j)·B[j, i] (T, N, L), for items
+    ``ids`` (T, N): the reasons behind a recommendation (0 for unknown ids and padding)."""
+    weight = params["rank.level_weight"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
+    table = params["rank.item_item"]
+    pairs = table[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
+    same = bag.ids.unsqueeze(-2) == ids.unsqueeze(-1)
+    known = (ids != 0).unsqueeze(-1)
+    return torch.where(same | ~known, 0.0, pairs * weight.unsqueeze(-2))
+
+
 def head_scores(
     params: Mapping[str, Tensor],
     user: Tensor,

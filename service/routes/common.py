@@ -10,7 +10,7 @@ from melu.serving import Adaptation, InvalidInput, Scored
 from service.deps import Loaded
 from service.errors import Unavailable
 from service.schemas import Adaptation as AdaptationOut
-from service.schemas import ModelRef, Rating, ScoredItem, User
+from service.schemas import ModelRef, Rating, Reason, ScoredItem, User
 
 
 def check_size(field: str, values: list[Any] | None, limit: int, setting: str) -> None:
@@ -51,9 +51,16 @@ def model_ref(loaded: Loaded) -> ModelRef:
 
 def scored(items: list[Scored], loaded: Loaded) -> list[ScoredItem]:
     check_finite((s.score for s in items), loaded)
-    return [
-        ScoredItem(
-            item_id=s.item_id, title=s.title, year=s.year, genres=list(s.genres), score=s.score
-        )
-        for s in items
-    ]
+    return [_item(s) for s in items]
+
+
+def _item(s: Scored) -> ScoredItem:
+    because = [Reason(item_id=r.item_id, title=r.title, rating=r.rating) for r in s.because]
+    return ScoredItem(
+        item_id=s.item_id,
+        title=s.title,
+        year=s.year,
+        genres=list(s.genres),
+        score=s.score,
+        because=because,
+    )
