@@ -43,6 +43,11 @@ class _Bar:
                 f"val MAE {event['val_mae_before']:.4f} → {event['val_mae_after']:.4f}  "
                 f"({event['seconds']:.1f}s, {event['tasks_per_s']:.0f} tasks/s)"
             )
+        elif kind == "rank_epoch_end":  # the ranking head, trained after the rating part
+            echo(
+                f"ranking epoch {event['epoch']:>3}  loss {event['rank_loss']:.4f}  "
+                f"val NDCG@10 {event['val_ndcg@10']:.4f}"
+            )
         elif kind == "resumed":
             echo(f"resumed after epoch {event['epoch']}")
 
