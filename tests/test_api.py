@@ -29,8 +29,8 @@ def test_train_load_recommend_evaluate_on_ml100k(
     top = model.recommend({"gender": "F", "age": 25}, [(50, 5.0), (181, 4.0)], k=5)
     ids = [item.item_id for item in top.items]
     assert len(ids) == 5 and not {50, 181} & set(ids)  # rated movies are left out
-    scores = [item.score for item in top.items]
-    assert scores == sorted(scores, reverse=True) and top.adaptation.steps > 0
+    assert all(1.0 <= item.score <= 5.0 for item in top.items)  # predicted ratings, on the scale
+    assert top.adaptation.steps > 0
 
     small = BaselineConfig(pooled_epochs=1, finetune_lr_scales=(1.0,))  # a tiny budget
     report = melu.evaluate(bundle, data_dir=data_dir, cache_dir=cache, scenarios=("user_cold",),
