@@ -160,13 +160,14 @@ def read_items(path: Path | None, ratings: pd.DataFrame) -> pd.DataFrame:
         check_values(frame, path, "item_id", unique=True, header=header)
     ids = frame["item_id"].astype("int32")
     named = "item " + ids.astype(str)
-    title = frame["title"].astype(str).str.strip() if "title" in frame.columns else named
+    title = frame["title"].fillna("").astype(str).str.strip() if "title" in frame.columns else named
     title = title.where(title != "", named)
     if "year" in frame.columns and path is not None:
         year = _optional_ints(frame, path, "year", header).astype("Int16")
     else:
         year = year_from_title(title)
-    genres = frame["genres"].astype(str) if "genres" in frame.columns else pd.Series("", ids.index)
+    genres = (frame["genres"].fillna("").astype(str) if "genres" in frame.columns
+              else pd.Series("", ids.index))  # fmt: skip
     items = pd.DataFrame({"item_id": ids, "title": title, "year": year, "released": pd.NaT,
                           "genres": split_list(genres, "|")})  # fmt: skip
     if year.isna().all():  # no dates at all: an item is as new as its first rating
@@ -189,7 +190,7 @@ def read_users(path: Path | None, ratings: pd.DataFrame) -> pd.DataFrame:
         frame["age"] = np.where(ages.isna().to_numpy(), "", buckets)
     for name in ("gender", "occupation", "zip"):
         if name in frame.columns:
-            frame[name] = frame[name].astype(str).str.strip()
+            frame[name] = frame[name].fillna("").astype(str).str.strip()
     frame["user_id"] = frame["user_id"].astype("int32")
     return frame[[c for c in USERS.values() if c in frame.columns]]
 
