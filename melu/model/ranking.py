@@ -12,6 +12,8 @@ terms, each a function of ``(params, rows)`` like every other part:
 - the support-set part: the user's rated items as a bag, each weighted by a learned weight
   of its rating level w(r) (a 1★ film counts against its neighbours), scored against every
   item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
+- c·log(ε + mean_j P(i | j)): how often the raters of the user's movies also rated i,
+  counted from the training ratings (leaving the episode's user out while training);
 - a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
   factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking.
 
@@ -37,11 +39,15 @@ class Bag(NamedTuple):
 
     ``ids`` (T, L) item-id feature indices (0: unknown/new, ignored); ``levels`` (T, L)
     rating-level indices (0 = the lowest rating); ``mask`` (T, L) bool, false on padding.
+    ``rated``: only while training on a training user's episode, the ids of all their
+    training ratings, so the co-occurrence statistics leave that user out (see
+    ``cooccurrence_scores``); never at serving or evaluation (those users are not in them).
     """
 
     ids: Tensor
     levels: Tensor
     mask: Tensor
+    rated: Tensor | None = None  # (T, V) 1 on every id the user rated in training (or None)
 
 
 def head_shapes(
@@ -56,6 +62,9 @@ def head_shapes(
         "rank.item_bias": torch.Size((n_ids,)),
         "rank.item_factor": torch.Size((n_ids, rank)),
         "rank.unknown_bias": torch.Size((1,)),
+        "rank.cooccurrence": torch.Size((n_ids, n_ids)),
+        "rank.item_count": torch.Size((n_ids,)),
+        "rank.cooc_weight": torch.Size((1,)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -68,6 +77,7 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     gen = torch.Generator().manual_seed(seed)
     out = {name: torch.zeros(shape) for name, shape in shapes.items()}
     out["rank.level_weight"].fill_(1.0)
+    out["rank.cooc_weight"].fill_(1.0)
     out["rank.item_bias"] = torch.log1p(popularity.float())
     for name in ("rank.item_factor", "rank.user.weight"):
         out[name] = torch.randn(shapes[name], generator=gen) * 0.01
@@ -139,7 +149,44 @@ def head_scores(
     else:
         interaction = a @ terms[:, 1:].mT
     liked = params["rank.rating_weight"] * rating
-    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids)
+    together = cooccurrence_scores(params, bag, ids)
+    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids) + together
+
+
+STATISTICS = ("rank.cooccurrence", "rank.item_count")  # counted from training data, not trained
+EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
+
+
+def cooccurrence(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> tuple[Tensor, Tensor]:
+    """From rated (user, item id) pairs (N,) each: P (n_ids, n_ids), P[j, i] = the share of
+    the users who rated j that also rated i (diagonal and unknown id 0: 0), and the count of
+    raters of each id (n_ids,)."""
+    x = torch.zeros(n_users, n_ids)
+    x[users, ids] = 1.0
+    x[:, 0] = 0.0
+    gram = x.T @ x  # (V, V) co-rating counts
+    count = gram.diagonal().clone()
+    share = gram / count.clamp(min=1.0).unsqueeze(1)
+    share.fill_diagonal_(0.0)
+    return share, count
+
+
+def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c · log(ε + mean_{j ∈ bag} P[j, i]) (T, N): how often the raters of the user's movies
+    also rated item i ("people who rated j also rated i", item-kNN's and a heavily
+    regularised EASE's signal), its weight c learned. With ``bag.rated`` the counts leave
+    the user out: P'[j, i] = (n_j·P[j, i] − x_i) / (n_j − 1). An empty bag gives 0."""
+    share, count = params["rank.cooccurrence"], params["rank.item_count"]
+    keep = (bag.mask & (bag.ids != 0)).to(share.dtype)  # (T, L)
+    rows = share[bag.ids]  # (T, L, V)
+    if bag.rated is not None:
+        n = count[bag.ids].unsqueeze(-1)  # (T, L, 1)
+        rows = ((rows * n - bag.rated.unsqueeze(-2)) / (n - 1).clamp(min=1.0)).clamp(min=0.0)
+    mean = (rows * keep.unsqueeze(-1)).sum(-2) / keep.sum(-1, keepdim=True).clamp(min=1.0)
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(mean), -1)
+    value = torch.log(EPSILON + mean.gather(-1, targets)) - torch.log(torch.tensor(EPSILON))
+    has_bag = (keep.sum(-1, keepdim=True) > 0).to(share.dtype)
+    return params["rank.cooc_weight"] * value * has_bag * (targets != 0).to(share.dtype)
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

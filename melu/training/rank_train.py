@@ -117,9 +117,9 @@ def validation_ndcg(ranker: CatalogRanker, users: list[TopNUsers], threshold: fl
 def _targets(
     prepared: Prepared, user_rows: Tensor, support_items: Tensor, support_mask: Tensor,
     threshold: float, negative: float, device: torch.device,
-) -> Tensor:  # fmt: skip
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(T, I) target weights: each user's training ratings, relevant 1, others
-    ``negative``, the support's items 0."""
+    ``negative``, the support's items 0; and (T, I) bool: every item the user rated."""
     rows = prepared.train_ratings
     n_items = len(prepared.tables.item_ids)
     per_user = torch.full((len(prepared.tables.user_ids),), -1, dtype=torch.long)
@@ -129,9 +129,11 @@ def _targets(
     weight = torch.where(rows.ratings >= threshold, 1.0, negative)
     out = torch.zeros(len(user_rows), n_items)
     out[task[keep], rows.item_rows.long()[keep]] = weight[keep]
+    rated = torch.zeros(len(user_rows), n_items, dtype=torch.bool)
+    rated[task[keep], rows.item_rows.long()[keep]] = True
     t = torch.arange(len(user_rows)).unsqueeze(1).expand_as(support_items)
     out[t[support_mask.cpu()], support_items.long().cpu()[support_mask.cpu()]] = 0.0
-    return out.to(device)
+    return out.to(device), rated
 
 
 def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
@@ -169,10 +171,13 @@ def train_ranking(
     shapes = model.rank_shapes()
     n_ids = shapes["rank.item_bias"][0]
     pop = torch.bincount(ids.cpu()[prepared.train_ratings.item_rows.long()], minlength=n_ids)
-    head = {
-        k: v.to(device).requires_grad_() for k, v in ranking.init_head(shapes, pop, tc.seed).items()
-    }
-    opt = torch.optim.Adam(list(head.values()), lr=tc.rank_lr)
+    start = ranking.init_head(shapes, pop, tc.seed)
+    start["rank.cooccurrence"], start["rank.item_count"] = ranking.cooccurrence(
+        ids.cpu()[prepared.train_ratings.item_rows.long()],
+        prepared.train_ratings.user_rows.long(), n_ids, len(prepared.tables.user_ids),
+    )  # fmt: skip
+    head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
+    opt = torch.optim.Adam([v for v in head.values() if v.requires_grad], lr=tc.rank_lr)
     seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
     seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
     protocol = TopNProtocol()
@@ -191,7 +196,7 @@ def train_ranking(
         hidden = None
         if tc.hide_items > 0:
             hidden = hidden_ids(n_ids, tc.hide_items, seed, device)
-        targets_all = _targets(
+        targets_all, rated_all = _targets(
             prepared, tasks.user_rows, tasks.support_items, tasks.support_mask,
             mc.rank_threshold, tc.rank_negative_weight, torch.device("cpu"),
         )  # fmt: skip
@@ -208,9 +213,12 @@ def train_ranking(
                 catalog = catalog_all._replace(ids=torch.where(hidden[ids], 0, ids))
             support = Examples(feats, tasks.support_ratings[batch].float().to(device), s_mask)
             user_feats = {k: v[users] for k, v in tables.users.items()}
+            rated = torch.zeros(len(batch), n_ids, device=device)
+            rated[:, ids] = rated_all[batch].to(device=device, dtype=rated.dtype)
+            rated[:, 0] = 0.0
             scores = rank_catalog(
                 model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr,
-                network=network[users],
+                network=network[users], rated=rated,
             )  # fmt: skip
             target = targets_all[batch].to(device)
             allowed = seen.unsqueeze(0).expand_as(scores).clone()
