@@ -17,10 +17,10 @@ from torch import Tensor
 
 from melu.bundle import Bundle
 from melu.errors import BundleError
+from melu.evaluation.topn import Supports, chunks
 from melu.features import UNKNOWN, FeatureTables
 from melu.model.estimator import Encoded, Params, is_embedding
 from melu.model.maml import Examples, adapt, inner_rates
-from melu.evaluation.topn import Supports, chunks
 
 SCORE_CHUNK = 32  # users scored together: (32, I, H) activations
 
@@ -34,7 +34,9 @@ class ModelRanker:
         """``tables``: the prepared data's feature tables (``Supports.user_rows`` index their
         users, ``Supports.items`` their items, which must be the bundle's catalog rows)."""
         if not torch.equal(tables.item_ids, bundle.item_features.item_ids):
-            raise BundleError(f"{bundle.path or 'model bundle'}: catalog rows differ from the data's")
+            raise BundleError(
+                f"{bundle.path or 'model bundle'}: catalog rows differ from the data's"
+            )
         self.device = torch.device(device or "cpu")
         self.model = bundle.model
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
@@ -57,7 +59,9 @@ class ModelRanker:
                 self._items = self.model.encode_items(self.params, self._item_rows())  # (I, E_i)
 
     def _item_rows(self) -> dict[str, Tensor]:
-        unknown = {n: torch.tensor(UNKNOWN, device=self.device) for n in self.model.user_field_names}
+        unknown = {
+            n: torch.tensor(UNKNOWN, device=self.device) for n in self.model.user_field_names
+        }
         return self.tables.with_user(unknown, self.all_items)
 
     def adapted(self, supports: Supports) -> tuple[Params, bool]:
@@ -68,7 +72,9 @@ class ModelRanker:
         user_rows = supports.user_rows.to(self.device).long()
         items = supports.items.to(self.device).long()
         inputs = self.tables.gather(user_rows, items)
-        support = Examples(inputs, supports.ratings.to(self.device).float(), supports.mask.to(self.device))
+        support = Examples(
+            inputs, supports.ratings.to(self.device).float(), supports.mask.to(self.device)
+        )
         with torch.inference_mode(False), torch.no_grad():
             params, _ = adapt(
                 self.model, self.params, support, steps=self.steps, lr=self.lr,
@@ -83,9 +89,7 @@ class ModelRanker:
         out = []
         with torch.no_grad():
             for part in chunks(len(user_rows), SCORE_CHUNK):
-                mine = {
-                    k: v[part] if per_user and k in self.fast else v for k, v in params.items()
-                }
+                mine = {k: v[part] if per_user and k in self.fast else v for k, v in params.items()}
                 out.append(self._score(mine, user_rows[part], per_user))
         if not out:
             return torch.zeros(0, len(self.all_items), device=self.device)
