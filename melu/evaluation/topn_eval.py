@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from melu.bundle import Bundle
 from melu.evaluation.metrics import bootstrap_ci, bootstrap_indices
 from melu.evaluation.topn import (
     Candidates,
@@ -38,6 +39,8 @@ from melu.evaluation.topn import (
     training_popularity,
     user_metrics,
 )
+from melu.evaluation.topn_baselines import fit_topn_baselines
+from melu.evaluation.topn_model import ModelRanker
 from melu.prepare import Prepared
 
 Progress = Callable[[str], None]
@@ -158,6 +161,7 @@ def evaluate_topn(
         for cand in candidates:
             base = topn_users(prepared, scenario, 0, protocol, cand)
             if len(base) < 2:
+                say(f"top-N {scenario} ({cand} candidates): no users")
                 continue
             cached = {name: no_ratings_scores(r, base) for name, r in rankers.items()}
             points = []
@@ -218,3 +222,28 @@ def pool_topn(results: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> d
 def _find(result: Mapping[str, Any], scenario: str, cand: str, n: int) -> dict[str, Any] | None:
     points = result["scenarios"].get(scenario, {}).get(cand, [])
     return next((p for p in points if p["n"] == n), None)
+
+
+def topn_study(
+    bundle: Bundle,
+    prepared: Prepared,
+    protocol: TopNProtocol = TopNProtocol(),
+    *,
+    scenarios: Sequence[TopNScenario] = TOPN_SCENARIOS,
+    n_boot: int = 1000,
+    seed: int = 0,
+    keep_per_user: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """``evaluate_topn`` of the bundle's model (``ModelRanker``) against every top-N
+    baseline (fit on ``prepared.train_ratings``, settings picked on validation users),
+    with the baselines' settings under ``"settings"``."""
+    say = progress or (lambda _msg: None)
+    baselines, picked = fit_topn_baselines(prepared, protocol, lambda _msg: None)
+    say("top-N baselines fitted")
+    rankers: dict[str, Ranker] = {MODEL: ModelRanker(bundle, prepared.tables), **baselines}
+    out = evaluate_topn(
+        prepared, rankers, protocol, scenarios=scenarios, n_boot=n_boot, seed=seed,
+        keep_per_user=keep_per_user, progress=say,
+    )  # fmt: skip
+    return {**out, "settings": dict(picked)}
