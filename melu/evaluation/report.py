@@ -180,9 +180,14 @@ def to_markdown(report: Report) -> str:
     return "\n".join(parts)
 
 
-def legend_below(fig: Figure, ax: Any, rows: int = 1) -> None:
-    """One legend for the figure, below the panels (it never covers bars or lines)."""
-    handles, labels = ax.get_legend_handles_labels()
+def legend_below(fig: Figure, rows: int = 1) -> None:
+    """One legend for the figure (every panel's entries once), below the panels: it never
+    covers bars or lines."""
+    entries: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(name, handle)
+    handles, labels = list(entries.values()), list(entries)
     ncol = min(len(labels), 4)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     lines = -(-len(labels) // max(ncol, 1))
@@ -209,7 +214,7 @@ def plot_methods(report: Report, metrics: tuple[str, ...] = ("mae", "ndcg@10")) 
         ax.set_title(f"{title} per scenario and method (95% CI)", fontsize=10)
         low = min(report.scenarios[n]["methods"][m][metric] for n in names for m in METHODS)
         ax.set_ylim(bottom=max(0.0, low - 0.15))
-    legend_below(fig, axes[0][0])
+    legend_below(fig)
     return fig
 
 
@@ -237,7 +242,7 @@ def _curves(report: Report, key: str, xlabel: str, title: str) -> Figure:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("MAE")
     fig.suptitle(title)
-    legend_below(fig, axes[0][0])
+    legend_below(fig)
     return fig
 
 
@@ -255,6 +260,7 @@ def plot_support(report: Report) -> Figure:
         ax.set_xscale("log")
         sizes = report.scenarios[name]["support_curve"]["sizes"]
         ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
     return fig
 
 
