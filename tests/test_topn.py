@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from melu.evaluation.topn import (
 from melu.evaluation.topn_baselines import fit_topn_baselines
 from melu.evaluation.topn_eval import MODEL, evaluate_topn
 from melu.evaluation.topn_model import ModelRanker
+from melu.model.estimator import Encoded
 from melu.model.maml import Examples, adapt
 from melu.prepare import Prepared, RatingRows
 
@@ -125,17 +127,23 @@ def test_no_test_user_rating_reaches_any_fit(ml100k: Prepared, bundle: Bundle) -
     torch.testing.assert_close(ModelRanker(bundle, changed.tables).scores(supports), model)
 
 
+def _one_user_scores(bundle: Bundle, params: dict, rows: dict, bag: Any) -> torch.Tensor:
+    """The reference: one user's rows encoded on their own, ranked as a batch of one."""
+    enc = bundle.model.encode(params, rows)  # user (E_u,), items (I, E_i), ids (I,)
+    one = Encoded(enc.user[None], enc.items[None], enc.ids[None])
+    return bundle.model.rank_score(params, one, bag)[0].detach()
+
+
 def test_model_ranker_without_ratings_is_the_unadapted_model(
     ml100k: Prepared, bundle: Bundle
 ) -> None:
     users = topn_users(ml100k, "user_cold", 0).supports.select(slice(0, 5))
     scores = ModelRanker(bundle, ml100k.tables).scores(users)
     items = torch.arange(len(ml100k.tables.item_ids))
-    model = bundle.model
     for c in range(len(users)):
         rows = ml100k.tables.gather(users.user_rows[c].long(), items)
-        ref = model.rank_score(bundle.params, model.encode(bundle.params, rows))
-        torch.testing.assert_close(scores[c], ref.detach(), rtol=1e-5, atol=1e-5)
+        ref = _one_user_scores(bundle, bundle.params, rows, None)
+        torch.testing.assert_close(scores[c], ref, rtol=1e-5, atol=1e-5)
 
 
 def test_model_ranker_adapts_each_user_as_the_generic_inner_loop(
@@ -151,8 +159,12 @@ def test_model_ranker_adapts_each_user_as_the_generic_inner_loop(
                        supports.mask[c])  # fmt: skip
         params, _ = adapt(model, bundle.params, one, steps=meta.inner_steps, lr=meta.inner_lr,
                           first_order=True)  # fmt: skip
-        ref = model.rank_score(params, model.encode(params, ml100k.tables.gather(user, items)))
-        torch.testing.assert_close(scores[c], ref.detach(), rtol=1e-4, atol=1e-4)
+        bag = None
+        if model.ranking:  # the ranking head sees the support as a bag of rated items
+            ids = one.inputs[model.id_field][None]
+            bag = model.bag(ids, one.ratings[None], one.mask[None])
+        ref = _one_user_scores(bundle, params, ml100k.tables.gather(user, items), bag)
+        torch.testing.assert_close(scores[c], ref, rtol=1e-4, atol=1e-4)
     empty = Supports(supports.user_rows, supports.items[:, :0], supports.ratings[:, :0],
                      supports.mask[:, :0])  # fmt: skip
     assert not torch.allclose(scores, ModelRanker(bundle, ml100k.tables).scores(empty))
