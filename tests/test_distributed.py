@@ -28,7 +28,13 @@ from melu.training.distributed import FAIL_RANK_ENV, DistContext, contiguous_ran
 from melu.training.train import MetaTrainer, train
 
 # 65 tasks at B = 32: batches of 32, 32 and 1 — rank 1's shard of the last one is empty
-SMALL: dict[str, Any] = {"meta_batch": 32, "max_tasks_per_epoch": 65, "patience": 5, "seed": 3}
+SMALL: dict[str, Any] = {
+    "meta_batch": 32,
+    "max_tasks_per_epoch": 65,
+    "patience": 5,
+    "seed": 3,
+    "rank_epochs": 1,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +79,7 @@ def cli_args(prepared: Prepared, out: Path, epochs: int) -> list[str]:
         *("--cache-dir", str(prepared.path.parent), "--out", str(out)),
         *("--epochs", str(epochs), "--meta-batch", str(SMALL["meta_batch"])),
         *("--max-tasks-per-epoch", str(SMALL["max_tasks_per_epoch"]), "--seed", str(SMALL["seed"])),
+        *("--rank-epochs", str(SMALL["rank_epochs"])),
         "--learn-inner-lr",  # Meta-SGD: the inner rates are reduced across ranks too
         "--float64",
     ]
