@@ -72,11 +72,12 @@ class TopNBaselineConfig:
     ease_lambdas: tuple[float, ...] = (200.0, 1e3, 5e3, 2e4, 1e5, 5e5)
     weightings: tuple[Weighting, ...] = WEIGHTINGS  # support weighting of kNN and EASE
     als_factors: tuple[int, ...] = (32, 64)
-    als_regularization: tuple[float, ...] = (30.0, 100.0, 300.0)
-    als_alpha: tuple[float, ...] = (3.0, 10.0)
+    als_regularization: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
+    als_alpha: tuple[float, ...] = (3.0, 10.0, 30.0)
     als_iterations: tuple[int, ...] = (15,)
     als_weightings: tuple[Weighting, ...] = ("binary",)
     rating: BaselineConfig = field(default_factory=BaselineConfig)  # the rating baselines
+    item_shrinkage: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4)  # λ_i
     seed: int = 0
 
 
@@ -202,7 +203,7 @@ def _als(
 def _bias(bias: BiasPredictor, config: TopNBaselineConfig) -> Iterator[Candidate]:
     """λ_i on the top-N validation (it alone sets the order: b_u is the same for every
     item); λ_u as picked on validation MAE."""
-    for item in config.rating.item_shrinkage_grid:
+    for item in config.item_shrinkage:
         model = bias.with_shrinkage(item, bias.user_shrinkage)
         yield {"item_shrinkage": item, "user_shrinkage": bias.user_shrinkage}, BiasRanker(model)
 
