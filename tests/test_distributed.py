@@ -109,7 +109,12 @@ def test_two_ranks_resumed_match_one_process(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed after epoch 1" in resumed.stdout
     # rank 0 alone wrote; nothing half-written was left behind
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoint", "metrics.jsonl", "model"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "checkpoint",
+        "metrics.jsonl",
+        "model",
+        "rank_metrics.jsonl",
+    ]
     assert_close(
         weights(one.bundle / "weights.safetensors"),
         weights(two / "model/weights.safetensors"),
