@@ -14,6 +14,8 @@ terms, each a function of ``(params, rows)`` like every other part:
   item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
 - c·log(ε + mean_j P(i | j)): how often the raters of the user's movies also rated i,
   counted from the training ratings (leaving the episode's user out while training);
+- c_e·Σ_j w_e(r_j)·B_EASE[j, i]: EASE^R's closed-form item–item weights (λ chosen on the
+  validation users), the user left out exactly while training (Sherman–Morrison);
 - a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
   factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking.
 
@@ -65,6 +67,9 @@ def head_shapes(
         "rank.cooccurrence": torch.Size((n_ids, n_ids)),
         "rank.item_count": torch.Size((n_ids,)),
         "rank.cooc_weight": torch.Size((1,)),
+        "rank.ease": torch.Size((n_ids, n_ids)),
+        "rank.ease_level": torch.Size((n_levels,)),
+        "rank.ease_weight": torch.Size((1,)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -78,6 +83,7 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     out = {name: torch.zeros(shape) for name, shape in shapes.items()}
     out["rank.level_weight"].fill_(1.0)
     out["rank.cooc_weight"].fill_(1.0)
+    out["rank.ease_level"].fill_(1.0)
     out["rank.item_bias"] = torch.log1p(popularity.float())
     for name in ("rank.item_factor", "rank.user.weight"):
         out[name] = torch.randn(shapes[name], generator=gen) * 0.01
@@ -149,22 +155,29 @@ def head_scores(
     else:
         interaction = a @ terms[:, 1:].mT
     liked = params["rank.rating_weight"] * rating
-    together = cooccurrence_scores(params, bag, ids)
+    together = cooccurrence_scores(params, bag, ids) + ease_scores(params, bag, ids)
     return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids) + together
 
 
-STATISTICS = ("rank.cooccurrence", "rank.item_count")  # counted from training data, not trained
+# counted or solved from the training ratings, never trained
+STATISTICS = ("rank.cooccurrence", "rank.item_count", "rank.ease")
 EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
+
+
+def co_ratings(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> Tensor:
+    """G (n_ids, n_ids): how many users rated both ids, from rated (user, id) pairs (N,)
+    each (the unknown id 0 left out)."""
+    x = torch.zeros(n_users, n_ids)
+    x[users, ids] = 1.0
+    x[:, 0] = 0.0
+    return x.T @ x
 
 
 def cooccurrence(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> tuple[Tensor, Tensor]:
     """From rated (user, item id) pairs (N,) each: P (n_ids, n_ids), P[j, i] = the share of
     the users who rated j that also rated i (diagonal and unknown id 0: 0), and the count of
     raters of each id (n_ids,)."""
-    x = torch.zeros(n_users, n_ids)
-    x[users, ids] = 1.0
-    x[:, 0] = 0.0
-    gram = x.T @ x  # (V, V) co-rating counts
+    gram = co_ratings(ids, users, n_ids, n_users)
     count = gram.diagonal().clone()
     share = gram / count.clamp(min=1.0).unsqueeze(1)
     share.fill_diagonal_(0.0)
@@ -187,6 +200,37 @@ def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> 
     value = torch.log(EPSILON + mean.gather(-1, targets)) - torch.log(torch.tensor(EPSILON))
     has_bag = (keep.sum(-1, keepdim=True) > 0).to(share.dtype)
     return params["rank.cooc_weight"] * value * has_bag * (targets != 0).to(share.dtype)
+
+
+def ease_precision(gram: Tensor, lam: float) -> Tensor:
+    """P = (G + λI)⁻¹ (V, V) of a co-rating Gram matrix: EASE^R (Steck 2019) is
+    B = I − P·diag(1/diag(P)); the head keeps P so it can leave a user out exactly."""
+    eye = torch.eye(len(gram), dtype=torch.float64)
+    return torch.linalg.inv(gram.double() + lam * eye).float()
+
+
+def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c_e · Σ_j w_e(r_j)·B[j, i] (T, N): EASE^R's item–item weights B from the training
+    ratings, the support weighted by learned rating-level weights, scaled by learned c_e.
+
+    B[j, i] = −P[j, i] / P[i, i] (j ≠ i). With ``bag.rated`` (x, a training user's ids)
+    the solve leaves that user out exactly: G − xxᵀ is a rank-one change, so by
+    Sherman–Morrison P' = P + yyᵀ / (1 − xᵀy) with y = P x."""
+    prec = params["rank.ease"]
+    weight = params["rank.ease_level"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
+    mixed = (weight.unsqueeze(-1) * prec[bag.ids]).sum(-2)  # (T, V): Σ_j w_j P[j, :]
+    diag = prec.diagonal().expand_as(mixed)
+    if bag.rated is not None:
+        y = bag.rated @ prec  # (T, V)
+        denom = 1.0 - (bag.rated * y).sum(-1, keepdim=True)  # (T, 1) > 0
+        wy = (weight * y.gather(-1, bag.ids)).sum(-1, keepdim=True)  # (T, 1)
+        mixed = mixed + wy * y / denom
+        diag = diag + y * y / denom
+    scores = -mixed / diag
+    scores = scores.scatter_add(-1, bag.ids, weight)  # B's diagonal is 0: undo j = i
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(scores), -1)
+    value = scores.gather(-1, targets) * (targets != 0).to(scores.dtype)
+    return params["rank.ease_weight"] * value
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

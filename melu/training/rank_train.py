@@ -46,6 +46,7 @@ class RankResult:
     params: Params  # the head's parameters (rank.*) of the best validation epoch
     best_epoch: int
     history: list[dict[str, Any]]
+    settings: dict[str, Any]  # what was chosen on the validation users before training
 
 
 class CatalogRanker:
@@ -105,7 +106,7 @@ def encode_catalog(
     return Encoded(emb.new_zeros(0), emb, ids.long())
 
 
-def validation_ndcg(ranker: CatalogRanker, users: list[TopNUsers], threshold: float) -> float:
+def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> float:
     """Mean NDCG@10 over the validation settings (users pooled)."""
     values = [
         user_metrics(rank_users(ranker, u, 10), u.relevant(threshold), (10,))["ndcg@10"]
@@ -144,6 +145,48 @@ def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
     return nll[targets.sum(-1) > 0].mean()
 
 
+class EaseRanker:
+    """EASE^R alone from a precision matrix over item ids (a binary support): what picks λ."""
+
+    def __init__(self, prec: Tensor, ids: Tensor, levels: int) -> None:
+        self.params = {
+            "rank.ease": prec, "rank.ease_level": torch.ones(levels),
+            "rank.ease_weight": torch.ones(1),
+        }  # fmt: skip
+        self.ids = ids
+
+    def scores(self, supports: Any) -> Tensor:
+        levels = torch.zeros_like(supports.items)
+        bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
+        return ranking.ease_scores(self.params, bag, self.ids)
+
+
+EASE_LAMBDAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5)
+
+
+def pick_ease(
+    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, tc: Any
+) -> tuple[float, Tensor, float, dict[str, float]]:
+    """EASE^R's λ with the best validation NDCG@10 (the grid ``EASE_LAMBDAS``); returns λ,
+    its precision matrix, the scale where the head's weight c_e starts (1 / the mean of
+    each validation user's largest score at 5 ratings: the top item gains 1 in the logits)
+    and the validation score of every λ."""
+    grid: dict[str, float] = {}
+    best: tuple[float, float, Tensor] | None = None
+    for lam in EASE_LAMBDAS:
+        prec = ranking.ease_precision(gram, lam)
+        ranker = EaseRanker(prec, ids, 1)
+        score = validation_ndcg(ranker, users, threshold)  # type: ignore[arg-type]
+        grid[f"{lam:g}"] = score
+        if best is None or score > best[0]:
+            best = (score, lam, prec)
+    assert best is not None
+    _, lam, prec = best
+    middle = users[len(users) // 2].supports
+    top = float(EaseRanker(prec, ids, 1).scores(middle).max(-1).values.mean())
+    return lam, prec, 1.0 / max(top, 1e-9), grid
+
+
 REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight")
 
 
@@ -172,16 +215,31 @@ def train_ranking(
     n_ids = shapes["rank.item_bias"][0]
     pop = torch.bincount(ids.cpu()[prepared.train_ratings.item_rows.long()], minlength=n_ids)
     start = ranking.init_head(shapes, pop, tc.seed)
+    rated_ids = ids.cpu()[prepared.train_ratings.item_rows.long()]
+    raters = prepared.train_ratings.user_rows.long()
+    n_users = len(prepared.tables.user_ids)
     start["rank.cooccurrence"], start["rank.item_count"] = ranking.cooccurrence(
-        ids.cpu()[prepared.train_ratings.item_rows.long()],
-        prepared.train_ratings.user_rows.long(), n_ids, len(prepared.tables.user_ids),
-    )  # fmt: skip
-    head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
-    opt = torch.optim.Adam([v for v in head.values() if v.requires_grad], lr=tc.rank_lr)
-    seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
-    seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
+        rated_ids, raters, n_ids, n_users
+    )
     protocol = TopNProtocol()
     val_users = [topn_users(prepared, "validation", n, protocol) for n in VALIDATION_SUPPORTS]
+    gram = ranking.co_ratings(rated_ids, raters, n_ids, n_users)
+    lam, prec, scale, grid = pick_ease(gram, ids.cpu(), val_users, protocol.threshold, tc)
+    start["rank.ease"], start["rank.ease_weight"] = prec, torch.tensor([scale])
+    report({"event": "rank_ease", "lambda": lam, "validation": grid})
+    head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
+    opt = torch.optim.Adam(
+        [
+            {"params": [v for k, v in head.items() if v.requires_grad and v.numel() > 16]},
+            {  # the scalar mixing weights move ×10 faster
+                "params": [v for k, v in head.items() if v.requires_grad and v.numel() <= 16],
+                "lr": 10 * tc.rank_lr,
+            },
+        ],
+        lr=tc.rank_lr,
+    )
+    seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
+    seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
     rows = torch.arange(len(tables.item_ids), device=device)
     with torch.no_grad():
         catalog_all = encode_catalog(model, fixed, tables.items, rows)
@@ -242,7 +300,7 @@ def train_ranking(
         report({"event": "rank_epoch_end", **row, "best_epoch": best_epoch})
         if bad >= tc.rank_patience:
             break
-    return RankResult(best, best_epoch, history)
+    return RankResult(best, best_epoch, history, {"ease_lambda": lam, "ease_validation": grid})
 
 
 __all__ = ["CatalogRanker", "RankResult", "chunks", "train_ranking"]

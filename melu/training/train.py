@@ -279,6 +279,7 @@ def train(
         best = ranked.history[ranked.best_epoch - 1] if ranked.best_epoch else {}
         metrics["rank_best_epoch"] = ranked.best_epoch
         metrics["rank_val_ndcg@10"] = best.get("val_ndcg@10")
+        metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
     bundle = out / "model"
