@@ -29,6 +29,7 @@ def run_study(
     pooled_epochs: int | None = None,
     show_progress: bool = True,
     topn: bool = True,
+    only_folds: tuple[int, ...] | None = None,
 ) -> Report:
     """Run (or resume) the study, write ``out/report``, print the pooled summary."""
     from melu.evaluation.baselines import BaselineConfig
@@ -40,9 +41,11 @@ def run_study(
         BaselineConfig() if pooled_epochs is None else BaselineConfig(pooled_epochs=pooled_epochs)
     )
     options = CVOptions(
-        folds=folds, seeds=tuple(range(seeds)), n_boot=n_boot, baselines=baselines, topn=topn
-    )
-    with tqdm(total=folds * seeds, desc="folds", disable=not show_progress) as bar:
+        folds=folds, seeds=tuple(range(seeds)), n_boot=n_boot, baselines=baselines, topn=topn,
+        only_folds=only_folds,
+    )  # fmt: skip
+    runs = len(only_folds) if only_folds is not None else folds
+    with tqdm(total=runs * seeds, desc="folds", disable=not show_progress) as bar:
 
         def step(message: str) -> None:
             bar.set_postfix_str(message)
@@ -80,6 +83,13 @@ def cv(
     topn: Annotated[
         bool, typer.Option(help="Also rank the whole catalog for new users (top-N, pooled).")
     ] = True,
+    only_folds: Annotated[
+        str | None,
+        typer.Option(
+            help="Run and pool only these folds, comma-separated (e.g. 0,1): a long study in "
+            "parts; the report says which folds it pools."
+        ),
+    ] = None,
 ) -> None:
     """K-fold study: train and evaluate per fold and seed, pool per-user paired differences.
 
@@ -87,7 +97,22 @@ def cv(
     """
     if threads > 0:
         torch.set_num_threads(threads)
+    chosen = parse_folds(only_folds, folds) if only_folds is not None else None
     run_study(
         config, folds=folds, seeds=seeds, out=out, data_dir=data_dir, cache_dir=cache_dir,
         n_boot=n_boot, pooled_epochs=pooled_epochs, show_progress=progress, topn=topn,
+        only_folds=chosen,
     )  # fmt: skip
+
+
+def parse_folds(text: str, folds: int) -> tuple[int, ...]:
+    """``"0,2"`` → (0, 2); a usage error naming the value if any is not a fold number."""
+    try:
+        chosen = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: expected fold numbers like 0,1", param_hint="--only-folds"
+        ) from None
+    if not chosen or any(not 0 <= f < folds for f in chosen):
+        raise typer.BadParameter(f"{text!r}: folds are 0..{folds - 1}", param_hint="--only-folds")
+    return chosen

@@ -57,6 +57,7 @@ class CVOptions:
     eval_seed: int = 0  # support subsets and pooled-baseline seed, the same in every run
     baselines: BaselineConfig | None = None
     topn: bool = True  # also the full-catalog top-N study, pooled per user over the folds
+    only_folds: tuple[int, ...] | None = None  # run and pool just these folds (a part study)
 
 
 def fold_config(config: Config, fold: int, folds: int, seed: int) -> Config:
@@ -103,7 +104,8 @@ def run_cv(
     say = progress or (lambda _msg: None)
     out = Path(out)
     results = []
-    for fold in range(options.folds):
+    chosen = options.only_folds if options.only_folds is not None else range(options.folds)
+    for fold in chosen:
         for seed in options.seeds:
             folder = out / "folds" / f"fold{fold}-seed{seed}"
             path = folder / "result" / "result.json"
@@ -122,6 +124,7 @@ def run_cv(
         "study": "k-fold over users",
         "dataset": config.data.dataset,
         "folds": options.folds,
+        "folds_pooled": list(chosen),
         "seeds": list(options.seeds),
         "n_boot": options.n_boot,
         "config": config.to_dict(),
