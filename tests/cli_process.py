@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ def melu(
 
 
 def one_line(done: subprocess.CompletedProcess[str], code: int) -> str:
-    """The single ``error:`` line of a failed run with exit ``code`` (no traceback)."""
+    """The single ``error:`` line of a failed run with exit ``code`` (no traceback;
+    progress bars drawn before it on stderr are left out)."""
     err = done.stderr.strip()
     assert done.returncode == code, (done.returncode, done.stdout[-2000:], err[-2000:])
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
+    lines = [
+        line[line.index("error: ") :] for line in re.split(r"[\r\n]", err) if "error: " in line
+    ]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

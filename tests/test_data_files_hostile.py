@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_process import melu, one_line
 
 from melu.data.movielens import load_movielens
 from melu.errors import DataError
-from cli_process import melu, one_line
 
 Edit = Callable[[list[str]], list[str]]
 

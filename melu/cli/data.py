@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
 from melu.cli.settings import config_options
 from melu.config import Config
 from melu.data.download import download_dataset, is_present, required_files
@@ -135,6 +135,8 @@ def prepare(
 
     The cache is keyed by the data files' SHA-256 and these settings; a change rebuilds it.
     """
+    if out is not None:
+        writable_folder(out, "--out")
     prepared = prepare_tasks(
         config.data, resolve_data_dir(data_dir), out, rebuild=rebuild, progress=echo
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from melu.atomic import recover
+from melu.atomic import recover, write_text_atomic
 from melu.bundle import save_bundle
 from melu.config import Config
 from melu.errors import BundleError, TrainingDiverged
@@ -62,9 +61,9 @@ def _clone(params: Params | None) -> Params | None:
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Strict JSON lines (``allow_nan=False``: a bare NaN is not JSON), replaced atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(
+        path, "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
+    )
 
 
 def _run_epoch(
