@@ -39,9 +39,11 @@ def test_out_that_cannot_be_written_fails_before_training(
 ) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for out in (a_file, a_file / "under"):
-        assert run_app(["train", "--out", str(out), "--data-dir", str(tmp_path)]) == 2
-        assert f"--out: {out}: cannot write there" in one_line_error(capsys)
+    assert run_app(["train", "--out", str(a_file), "--data-dir", str(tmp_path)]) == 2
+    assert f"--out: {a_file}: exists and is not a folder" in one_line_error(capsys)
+    under = a_file / "under"
+    assert run_app(["train", "--out", str(under), "--data-dir", str(tmp_path)]) == 2
+    assert f"--out: {under}: cannot write there" in one_line_error(capsys)
 
 
 def test_broken_model_paths_are_one_line_and_exit_1(
