@@ -159,6 +159,12 @@ def _check_resumable(ckpt: Path, saved: dict[str, Any], config: Config, fingerpr
         raise BundleError(f"{ckpt}: cannot resume: the data files changed since this checkpoint")
 
 
+def _check_best(best: Params, params: Params, prefix: str) -> None:
+    """The best-so-far weights name and shape exactly the model's (or are absent)."""
+    if best and (set(best) != set(params) or any(best[k].shape != params[k].shape for k in best)):
+        raise BundleError(f"{prefix}* do not match the model's parameters")
+
+
 def _resume(
     trainer: MetaTrainer, ckpt: Path, config: Config, ctx: DistContext, fingerprint: str
 ) -> _RunState:
@@ -171,25 +177,19 @@ def _resume(
         raise BundleError(
             f"{ckpt}: nothing to resume (no checkpoint here); run without --resume to start over"
         )
-    tensors, saved = load_checkpoint(ckpt)
-    missing = [
-        k for k in ("train_state", "history", "config", "rng", "data_fingerprint") if k not in saved
-    ]
-    if (
-        missing
-        or not isinstance(saved.get("train_state"), dict)
-        or "epoch" not in saved["train_state"]
-    ):
-        raise BundleError(
-            f"{ckpt}/state.json: incomplete checkpoint (missing {', '.join(missing) or 'train_state.epoch'})"
-        )
+    tensors, saved = load_checkpoint(ckpt)  # digests and every field checked
     _check_resumable(ckpt, saved, config, fingerprint)
     if not all_agree(int(saved["train_state"]["epoch"]), ctx):
         raise BundleError(f"{ckpt}: ranks read checkpoints of different epochs")
-    trainer.load_state_tensors(tensors)
     dev = trainer.device
     best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
     best_lr = {k[14:]: v.to(dev) for k, v in tensors.items() if k.startswith("best_inner_lr.")}
+    try:
+        _check_best(best, trainer.params, "best.")
+        _check_best(best_lr, trainer.inner_lr or {}, "best_inner_lr.")
+        trainer.load_state_tensors(tensors)
+    except BundleError as exc:
+        raise BundleError(f"{ckpt}/tensors.safetensors: {exc}") from exc
     try:
         set_rng_state(saved["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
