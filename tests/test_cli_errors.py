@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from melu import __version__
+from melu.bundle_checks import digests_of
 from melu.cli.app import run_app
 
 
@@ -57,8 +59,9 @@ def test_broken_model_paths_are_one_line_and_exit_1(
     bundle.mkdir()
     for name in ("weights.safetensors", "catalog.parquet", "metrics.json"):
         (bundle / name).write_bytes(b"")
-    (bundle / "config.json").write_bytes(b'{"schema_version": 1, "config": {}}')
     (bundle / "features.json").write_bytes(b"\xff\xfe not utf-8")
+    info = {"schema_version": 1, "config": {}, "digests": digests_of(bundle)}
+    (bundle / "config.json").write_text(json.dumps(info))
     assert run_app(["recommend", "--model", str(bundle)]) == 1
     assert "features.json" in one_line_error(capsys)
 

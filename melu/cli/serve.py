@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from melu.bundle import find_bundle
-from melu.cli.app import app, echo
+from melu.cli.app import app, echo, fail
+from melu.data.parsing import ID_MAX, INTEGER
 from melu.serving import InvalidInput, Recommendations, Recommender
+
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]  # uvicorn's
 
 ModelOpt = Annotated[
     Path,
@@ -19,15 +25,20 @@ ModelOpt = Annotated[
 
 
 def parse_rating(text: str) -> tuple[int, float]:
-    """``"50=5"`` → ``(50, 5.0)``; anything else is a usage error."""
+    """``"50=5"`` → ``(50, 5.0)``: an item id 0..2³¹−1 (as ids are stored) and a finite
+    rating; anything else is a usage error."""
     item, sep, value = text.partition("=")
     try:
-        if not sep:
+        if not sep or not re.fullmatch(INTEGER, item.strip()):
             raise ValueError
-        return int(item), float(value)
+        item_id, rating = int(item), float(value)
+        if not 0 <= item_id <= ID_MAX or not math.isfinite(rating):
+            raise ValueError
+        return item_id, rating
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r} is not ITEM_ID=RATING (e.g. 50=5)", param_hint="--rate"
+            f"{text[:80]!r} is not ITEM_ID=RATING (an id 0..{ID_MAX}, e.g. 50=5)",
+            param_hint="--rate",
         ) from None
 
 
@@ -134,7 +145,9 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help=f"uvicorn log level: {', '.join(LOG_LEVELS)}")
+    ] = "info",
 ) -> None:
     """Serve the HTTP API (docs at /docs, onboarding page at /, metrics at /metrics).
 
@@ -150,6 +163,12 @@ def serve(
     from service.protocol import GuardedHttpToolsProtocol, limits
     from service.settings import Settings, from_env
 
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"{log_level[:40]!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
+        )
+    log_level = log_level.lower()
+    check_listen(host, port)
     folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)
@@ -177,6 +196,23 @@ def serve(
         http=GuardedHttpToolsProtocol,
         access_log=False,
     )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail in one line (exit 1) unless ``host:port`` can be listened on now: an address
+    that does not resolve or is not this machine's, or a port in use, would otherwise end
+    uvicorn with its own lines and exit 3 (checked with a socket bound as uvicorn binds
+    it, then closed)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise fail(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def multiprocess_metrics() -> Path:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from melu.bundle import Bundle, find_bundle, load_bundle
+from melu.config_fields import check_threads
 from melu.errors import BundleError, InvalidInput, MeluError
 from melu.features import FeatureBatch
 from melu.model.estimator import Params
@@ -62,7 +63,9 @@ class Recommender:
         """
         self.bundle = bundle
         self.device = torch.device(device or "cpu")
-        self.threads = threads
+        self.threads = (
+            threads if threads is None else check_threads(threads, "threads (MELU_TORCH_THREADS)")
+        )
         self.catalog = Catalog(bundle.catalog)
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
         meta = bundle.config.meta
