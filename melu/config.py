@@ -129,6 +129,19 @@ class ModelConfig(_Config):
         "λ of the inner loss SSE / (n + λ) (0: MeLU's mean squared error).",
     )
 
+    ranking: bool = setting(
+        True,
+        "Add the ranking head (what orders recommendations: popularity, the support as a "
+        "rating-weighted bag scored by a learned item–item matrix, and the adapted predicted "
+        "rating); off: rank by predicted rating. Needs factors > 0 and item ids.",
+    )
+    rank_factors: int = setting(
+        0, "Rank of the ranking head's user × item factors (0: none; they overfit ML-100K)."
+    )
+    rank_threshold: float = setting(
+        4.0, "Ratings at or above this are what the ranking head learns to put first."
+    )
+
     def _validate(self) -> None:
         # upper bounds keep a hand-edited bundle from exhausting the machine at load
         self._require(1 <= self.embedding_dim <= 1024, "embedding_dim", "must be in 1..1024")
@@ -136,6 +149,7 @@ class ModelConfig(_Config):
         self._require(all(1 <= h <= 4096 for h in self.hidden), "hidden", "sizes must be 1..4096")
         self._require(0 <= self.factors <= 256, "factors", "must be in 0..256")
         self._require(0 <= self.support_prior <= 1e4, "support_prior", "must be in 0..10000")
+        self._require(0 <= self.rank_factors <= 512, "rank_factors", "must be in 0..512")
         self._require(
             self.factors > 0 or not self.fast_params.startswith("user"),
             "fast_params",
@@ -189,6 +203,18 @@ class TrainConfig(_Config):
     max_tasks_per_epoch: int | None = setting(
         None, "Cap on training tasks per epoch (default: all)."
     )
+    rank_epochs: int = setting(40, "Most epochs of the ranking head (after the rating part).")
+    rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
+    rank_l2: float = setting(0.0, "L2 penalty of the ranking head's weight matrices.")
+    rank_patience: int = setting(5, "Ranking epochs without a better validation NDCG@10.")
+    rank_max_support: int = setting(
+        30, "Largest support of a ranking episode (supports are 1..this, uniformly)."
+    )
+    rank_negative_weight: float = setting(
+        0.0,
+        "Weight, as a ranking target, of a held-out rating below the model's rank_threshold "
+        "(1: every rated item is a target; 0: only the ones the user liked).",
+    )
 
     def _validate(self) -> None:
         need = self._require
@@ -199,6 +225,12 @@ class TrainConfig(_Config):
         need(self.grad_clip > 0, "grad_clip", "must be > 0")
         need(0 <= self.hide_items < 1, "hide_items", "must be in [0, 1)")
         need(self.patience >= 1, "patience", "must be >= 1")
+        need(self.rank_epochs >= 1, "rank_epochs", "must be >= 1")
+        need(0 < self.rank_lr < math.inf, "rank_lr", "must be > 0 and finite")
+        need(self.rank_patience >= 1, "rank_patience", "must be >= 1")
+        need(0 <= self.rank_l2 < math.inf, "rank_l2", "must be >= 0 and finite")
+        need(self.rank_max_support >= 1, "rank_max_support", "must be >= 1")
+        need(0 <= self.rank_negative_weight <= 1, "rank_negative_weight", "must be in [0, 1]")
         need(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             "device",
@@ -265,7 +297,14 @@ class Config(_Config):
 # missing field from here, never from today's defaults.
 LEGACY: dict[str, dict[str, Any]] = {
     "data": {"item_stats": "tasks", "folds": 0, "fold": 0},
-    "model": {"fast_params": "mlp", "factors": 0, "support_prior": 0.0, "anchor": False},
+    "model": {
+        "fast_params": "mlp",
+        "factors": 0,
+        "support_prior": 0.0,
+        "anchor": False,
+        "ranking": False,
+        "rank_factors": 0,
+    },
     "meta": {"inner_steps": 5, "inner_lr": 0.05},
     "train": {"episodes": "tasks", "hide_items": 0.0},
 }

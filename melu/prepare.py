@@ -37,9 +37,11 @@ from melu.tasks import (
     split_users,
 )
 
-CACHE_VERSION = 3  # 3: ``train_ratings`` (all training ratings) in ``ratings/``
+CACHE_VERSION = 4  # 3: ``train_ratings`` (all training ratings); 4: ``user_ratings`` of
+# the validation and test users (the top-N protocol), in ``ratings/``
 Progress = Callable[[str], None]
 RATING_ARRAYS = ("user_rows", "item_rows", "ratings")
+EVAL_ROLES = ("validation", "test")  # whose every rating ``Prepared.user_ratings`` keeps
 
 
 @dataclass
@@ -64,6 +66,10 @@ class Prepared:
     included, except the warm scenario's held-out query ratings; never a validation or
     test user's rating, never a new item's. What a model or baseline may fit on beyond
     the meta-training tasks (which hold only 13..100-rating users' rows).
+
+    ``user_ratings``: role (``validation``, ``test``) → every rating of that role's users,
+    existing and new items, sorted by user then item: what the full-catalog top-N protocol
+    (``melu.evaluation.topn``) draws supports and held-out items from. Never fit on.
     """
 
     config: DataConfig
@@ -75,6 +81,7 @@ class Prepared:
     train_ratings: RatingRows
     stats: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    user_ratings: dict[str, RatingRows] = field(default_factory=dict)
 
 
 def file_digest(path: Path, chunk: int = 1 << 22) -> str:
@@ -139,7 +146,13 @@ def all_training_ratings(
         ]
     )
     keys = pd.MultiIndex.from_arrays([rows["user_id"].to_numpy(), rows["item_id"].to_numpy()])
-    rows = rows[~keys.isin(held)].sort_values(["user_id", "item_id"], kind="stable")
+    return rating_rows(rows[~keys.isin(held)], user_ids, item_ids)
+
+
+def rating_rows(rows: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> RatingRows:
+    """A ratings frame as ``RatingRows`` (sorted by user then item), ids mapped to the
+    feature tables' rows (``user_ids`` / ``item_ids``: row i has id ``ids[i]``)."""
+    rows = rows.sort_values(["user_id", "item_id"], kind="stable")
     user_row = pd.Series(np.arange(len(user_ids)), index=user_ids)
     item_row = pd.Series(np.arange(len(item_ids)), index=item_ids)
     return RatingRows(
@@ -191,7 +204,11 @@ def build(data: MovieLens, config: DataConfig) -> Prepared:
         "train_ratings": len(all_train),
     }
     catalog = build_catalog(data, train_rows, is_new)
-    return Prepared(config, space, tables, tasks, catalog, "", all_train, stats)
+    held = {
+        role: rating_rows(ratings[ratings["user_id"].isin(roles[role])], user_ids, item_ids)
+        for role in EVAL_ROLES
+    }
+    return Prepared(config, space, tables, tasks, catalog, "", all_train, stats, None, held)
 
 
 def _save(prepared: Prepared, folder: Path) -> None:
@@ -206,9 +223,11 @@ def _save(prepared: Prepared, folder: Path) -> None:
     for name, tasks in prepared.tasks.items():
         save_taskset(tasks, folder / "tasks" / name)
     (folder / "ratings").mkdir()
-    for name in RATING_ARRAYS:
-        value = getattr(prepared.train_ratings, name).numpy()
-        np.save(folder / "ratings" / f"train.{name}.npy", value, allow_pickle=False)
+    sets = {"train": prepared.train_ratings, **prepared.user_ratings}
+    for role, rows in sets.items():
+        for name in RATING_ARRAYS:
+            value = getattr(rows, name).numpy()
+            np.save(folder / "ratings" / f"{role}.{name}.npy", value, allow_pickle=False)
     prepared.catalog.to_parquet(folder / "catalog.parquet", index=False)
     manifest = {
         "melu_cache_version": CACHE_VERSION,
@@ -245,8 +264,9 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
         {f.name: arr(f"items.{f.name}") for f in space.item_fields},
     )
     tasks = {name: load_taskset(folder / "tasks" / name, mmap) for name in SCENARIOS}
-    train_ratings = RatingRows(
-        *(arr(f"train.{name}", folder / "ratings") for name in RATING_ARRAYS)
+    train_ratings, *held = (
+        RatingRows(*(arr(f"{role}.{name}", folder / "ratings") for name in RATING_ARRAYS))
+        for role in ("train", *EVAL_ROLES)
     )
     catalog = pd.read_parquet(folder / "catalog.parquet")
     catalog["genres"] = [list(g) for g in catalog["genres"]]  # parquet gives arrays back
@@ -261,6 +281,7 @@ def load_prepared(folder: Path, mmap: bool = False) -> Prepared:
         train_ratings,
         manifest["stats"],
         folder,
+        dict(zip(EVAL_ROLES, held, strict=True)),
     )
 
 

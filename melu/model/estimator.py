@@ -19,6 +19,8 @@ from torch.nn import functional as F
 
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureBatch, FeatureSpace
+from melu.model import ranking
+from melu.model.ranking import Bag
 
 Params = dict[str, Tensor]
 # an additive part of the prediction: (params, encoded rows) → (..., N)
@@ -77,6 +79,11 @@ class PreferenceEstimator:
         # fast parameters the inner loss pulls towards their starting value (ridge around
         # the meta-learned prior, see ``melu.model.maml``): the user's bias and factor
         self.anchored = self.user_params if config.anchor else ()
+        # the ranking head (``melu.model.ranking``): needs the rating part's user state and
+        # item ids; trained after the rating part, never adapted per user
+        self.ranking = config.ranking and bool(self.factors) and self.id_field is not None
+        low, high = space.rating_scale
+        self.rating_levels = int(round((high - low) / space.rating_step)) + 1
 
     @property
     def embedding_width(self) -> int:
@@ -88,7 +95,21 @@ class PreferenceEstimator:
         out = {f"embeddings.{f.name}.weight": torch.Size((f.size, dim)) for f in self.space.fields}
         for (w, b), (n_in, n_out) in zip(self.linears, self.widths, strict=True):
             out[w], out[b] = torch.Size((n_out, n_in)), torch.Size((n_out,))
-        return {**out, **self._factor_shapes()}
+        return {**out, **self._factor_shapes(), **self.rank_shapes()}
+
+    def rank_shapes(self) -> dict[str, torch.Size]:
+        """The ranking head's parameters (``rank.*``; none without a head)."""
+        if not self.ranking:
+            return {}
+        ids = next(f.size for f in self.space.fields if f.name == self.id_field)
+        return ranking.head_shapes(
+            ids, self.rating_levels, self.embedding_width - self.user_width, self.user_width,
+            self.factors, self.config.rank_factors,
+        )  # fmt: skip
+
+    def rating_names(self) -> list[str]:
+        """The parameters of the rating part (everything but the ranking head)."""
+        return [n for n in self.shapes() if not n.startswith(ranking.PREFIX)]
 
     def _factor_shapes(self) -> dict[str, torch.Size]:
         """The collaborative part's parameters (none without ``factors``)."""
@@ -200,6 +221,41 @@ class PreferenceEstimator:
             out = out + part(params, encoded)
         return out
 
+    def user_state(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
+        """The rating part's user bias and factor (..., 1 + k): prior of the user's
+        embeddings ``user`` (..., E_u) plus the (adapted) fast offsets."""
+        prior = user @ params["prior.weight"].mT + params["prior.bias"]
+        offset = torch.cat([params["user.bias"], params["user.factor"]], dim=-1)
+        return prior + offset
+
+    def bag(self, ids: Tensor, ratings: Tensor, mask: Tensor) -> Bag:
+        """A support's item-id indices (T, L), ratings (T, L) and mask as a ranking ``Bag``."""
+        low = self.space.rating_scale[0]
+        levels = ranking.rating_levels(ratings, low, self.space.rating_step, self.rating_levels)
+        return Bag(ids, levels, mask)
+
+    def rank_score(
+        self, params: Mapping[str, Tensor], encoded: Encoded, bag: Bag | None = None
+    ) -> Tensor:
+        """Ranking scores (T, N) of encoded rows, higher first: what orders a person's
+        recommendations. With a ranking head: its scores given the (adapted) ``params`` and
+        the support ``bag`` (none: an empty bag); without one, the predicted rating.
+        ``encoded``: user (T, E_u), items (T, N, E_i) or shared (N, E_i) with ids (N,)."""
+        if not self.ranking or not any(k.startswith(ranking.PREFIX) for k in params):
+            if encoded.items.dim() == 2:  # shared candidate rows: broadcast over users
+                t = encoded.user.shape[0]
+                items = encoded.items.expand(t, *encoded.items.shape)
+                encoded = Encoded(encoded.user, items, encoded.ids.expand(t, -1))
+            return self.score(params, encoded)
+        state = self.user_state(params, encoded.user)
+        if bag is None:
+            empty = encoded.ids.new_zeros((encoded.user.shape[0], 0))
+            bag = Bag(empty, empty, empty.bool())
+        rating = self.score(params, encoded)  # (T, N), broadcasting shared candidate rows
+        return ranking.head_scores(
+            params, encoded.user, state, encoded.items, encoded.ids, bag, rating
+        )
+
     def predict(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
         """The model: ``score ∘ encode``, predicted ratings (..., N)."""
         return self.score(params, self.encode(params, features))
@@ -207,7 +263,7 @@ class PreferenceEstimator:
     def fast_names(self, group: FastGroup | None = None) -> list[str]:
         """Names of the parameters adapted per user for ``group`` (default: the config's)."""
         group = group or self.config.fast_params
-        names = list(self.shapes())
+        names = self.rating_names()
         if group == "all":
             return names
         if group == "head":

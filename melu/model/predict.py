@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureTables
-from melu.model.estimator import PreferenceEstimator
+from melu.model.estimator import Encoded, PreferenceEstimator
 from melu.model.kernel import task_predictions
 from melu.model.maml import Examples, Lr, adapt, task_examples, trim
 from melu.tasks import TaskSet
@@ -86,3 +86,39 @@ def predict_queries(
     preds = torch.cat(parts, dim=1) if parts else torch.zeros(len(order), 0, 0)
     picked = preds[[order.index(n) for n in counts]]
     return picked[0] if isinstance(steps, int) else picked
+
+
+def rank_catalog(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    users: FeatureBatch,
+    support: Examples,
+    catalog: Encoded,
+    *,
+    steps: int,
+    lr: Lr,
+    fast: Sequence[str] | None = None,
+) -> Tensor:
+    """Ranking scores (T, I) of every catalog item for T people after adapting to their
+    supports: the one ``adapt`` (first order, no graph) on ``support`` (T, N) — skipped
+    when N = 0 or ``steps`` = 0 — then ``model.rank_score`` with the support as the head's
+    bag. ``users``: each person's user fields (field → (T,) indices); ``catalog``: the
+    items encoded once (``items`` (I, E_i), ``ids`` (I,); ``user`` unused). Pure: the head's
+    parameters may carry a graph (training the head), the adaptation never does."""
+    names = list(fast) if fast is not None else model.fast_names()
+    adapted: Mapping[str, Tensor] = params
+    if steps and support.mask.shape[-1] and bool(support.mask.any()):
+        with torch.no_grad():
+            rating = {k: v.detach() for k, v in params.items() if not k.startswith("rank.")}
+            fitted, _ = adapt(
+                model, rating, support, steps=steps, lr=lr, first_order=True, fast=names,
+                kernel="batched",
+            )  # fmt: skip
+        adapted = {**params, **{k: fitted[k] for k in names}}
+    user = model.encode_user(params, users)  # (T, E_u)
+    if user.dim() == 1:  # no user fields
+        user = user.new_zeros((len(support.mask), 0))
+    bag = None
+    if model.ranking and model.id_field is not None:
+        bag = model.bag(support.inputs[model.id_field], support.ratings, support.mask)
+    return model.rank_score(adapted, Encoded(user, catalog.items, catalog.ids), bag)

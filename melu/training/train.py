@@ -25,6 +25,7 @@ from melu.bundle import save_bundle
 from melu.config import Config
 from melu.errors import BundleError, TrainingDiverged
 from melu.model.estimator import Params
+from melu.model.maml import inner_rates
 from melu.prepare import Prepared
 from melu.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from melu.training.distributed import (
@@ -39,6 +40,7 @@ from melu.training.distributed import (
     shard,
 )
 from melu.training.meta_trainer import MetaTrainer
+from melu.training.rank_train import train_ranking
 
 __all__ = ["MetaTrainer", "TrainResult", "train"]
 
@@ -266,13 +268,25 @@ def train(
         report({"event": "epoch_end", **row, "best_epoch": run.state["best_epoch"]})
     best_row = next((r for r in run.history if r["epoch"] == run.state["best_epoch"]), {})
     metrics = {"best_epoch": run.state["best_epoch"], "epochs_run": run.state["epoch"], **best_row}
+    params = _clone(run.best or trainer.params) or {}
+    if trainer.model.ranking:  # the ranking head, on top of the best rating part
+        ranked = train_ranking(
+            config, trainer.model, params, prepared, ctx.device,
+            inner_rates(config.meta, run.best_lr), report,
+        )  # fmt: skip
+        params.update(ranked.params)
+        best = ranked.history[ranked.best_epoch - 1] if ranked.best_epoch else {}
+        metrics["rank_best_epoch"] = ranked.best_epoch
+        metrics["rank_val_ndcg@10"] = best.get("val_ndcg@10")
+        if ctx.is_main:
+            _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
     bundle = out / "model"
     if ctx.is_main:
         bundle = save_bundle(
             bundle,
             config=config,
             features=prepared.features,
-            params=run.best or trainer.params,
+            params=params,
             catalog=prepared.catalog,
             tables=prepared.tables,
             metrics=metrics,

@@ -1,0 +1,216 @@
+"""Training the ranking head (``melu.model.ranking``) on top of the meta-trained rating part.
+
+Each epoch draws fresh episodes from all training ratings (``training.episodes``: a random
+support of 1..``rank_max_support`` ratings per training user); every other rating of the
+user is a *target*. Per meta-batch the rating part adapts to each support with the one
+``adapt()`` (first order, no graph: the rating part is fixed, so the rating error is
+exactly the meta-trained model's), and the head is trained by the multinomial likelihood
+of the targets over the catalog items seen in training (Mult-VAE's loss; support items
+left out; targets rated below ``rank_threshold`` weigh ``rank_negative_weight``).
+The head kept is the one with the best mean NDCG@10 of the validation users at supports
+of 3, 5 and 10 (``melu.evaluation.topn``'s protocol); test users are never looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from melu.config import Config
+from melu.evaluation.topn import (
+    TopNProtocol,
+    TopNUsers,
+    chunks,
+    rank_users,
+    topn_users,
+    user_metrics,
+)
+from melu.features import FeatureBatch
+from melu.model import ranking
+from melu.model.estimator import Encoded, Params, PreferenceEstimator
+from melu.model.maml import Examples, Lr
+from melu.model.predict import rank_catalog
+from melu.prepare import Prepared
+from melu.training.episodes import episodes, hidden_ids
+
+Progress = Callable[[dict[str, Any]], None]
+VALIDATION_SUPPORTS = (3, 5, 10)
+
+
+@dataclass
+class RankResult:
+    params: Params  # the head's parameters (rank.*) of the best validation epoch
+    best_epoch: int
+    history: list[dict[str, Any]]
+
+
+class CatalogRanker:
+    """A ``melu.evaluation.topn.Ranker`` of a model whose head params are ``params``."""
+
+    def __init__(
+        self, model: PreferenceEstimator, params: Mapping[str, Tensor], prepared: Prepared,
+        steps: int, lr: Lr, device: torch.device,
+    ) -> None:  # fmt: skip
+        self.model, self.params, self.steps, self.lr = model, params, steps, lr
+        self.tables = prepared.tables.to(device)
+        self.device = device
+        rows = torch.arange(len(self.tables.item_ids), device=device)
+        with torch.no_grad():
+            self.catalog = encode_catalog(model, params, self.tables.items, rows)
+
+    def scores(self, supports: Any) -> Tensor:
+        s = supports
+        users = s.user_rows.to(self.device)
+        feats = self.tables.gather(users, s.items.to(self.device))
+        ex = Examples(feats, s.ratings.to(self.device), s.mask.to(self.device))
+        user_feats = {k: v[users] for k, v in self.tables.users.items()}
+        return rank_catalog(
+            self.model, self.params, user_feats, ex, self.catalog, steps=self.steps, lr=self.lr
+        )
+
+
+def encode_catalog(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], items: FeatureBatch, rows: Tensor
+) -> Encoded:
+    """Every catalog row encoded once: items (I, E_i), ids (I,) (user: empty)."""
+    feats = {k: v[rows] for k, v in items.items()}
+    emb = model.encode_items(params, feats)
+    ids = feats[model.id_field] if model.id_field else torch.zeros_like(rows)
+    return Encoded(emb.new_zeros(0), emb, ids.long())
+
+
+def validation_ndcg(ranker: CatalogRanker, users: list[TopNUsers], threshold: float) -> float:
+    """Mean NDCG@10 over the validation settings (users pooled)."""
+    values = [
+        user_metrics(rank_users(ranker, u, 10), u.relevant(threshold), (10,))["ndcg@10"]
+        for u in users
+    ]
+    return float(torch.cat(values).mean())
+
+
+def _targets(
+    prepared: Prepared, user_rows: Tensor, support_items: Tensor, support_mask: Tensor,
+    threshold: float, negative: float, device: torch.device,
+) -> Tensor:  # fmt: skip
+    """(T, I) target weights: each user's training ratings, relevant 1, others
+    ``negative``, the support's items 0."""
+    rows = prepared.train_ratings
+    n_items = len(prepared.tables.item_ids)
+    per_user = torch.full((len(prepared.tables.user_ids),), -1, dtype=torch.long)
+    per_user[user_rows.long().cpu()] = torch.arange(len(user_rows))
+    task = per_user[rows.user_rows.long()]
+    keep = task >= 0
+    weight = torch.where(rows.ratings >= threshold, 1.0, negative)
+    out = torch.zeros(len(user_rows), n_items)
+    out[task[keep], rows.item_rows.long()[keep]] = weight[keep]
+    t = torch.arange(len(user_rows)).unsqueeze(1).expand_as(support_items)
+    out[t[support_mask.cpu()], support_items.long().cpu()[support_mask.cpu()]] = 0.0
+    return out.to(device)
+
+
+def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
+    """Mean over tasks of −Σ_i t_i log softmax(s)_i / Σ_i t_i over ``allowed`` items."""
+    logp = torch.log_softmax(scores.masked_fill(~allowed, -torch.inf), dim=-1)
+    total = targets.sum(-1).clamp(min=1e-9)
+    nll = -(targets * logp.masked_fill(~allowed, 0.0)).sum(-1) / total
+    return nll[targets.sum(-1) > 0].mean()
+
+
+REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight", "rank.content.weight")
+
+
+def _penalty(head: Mapping[str, Tensor]) -> Tensor:
+    """Σ‖θ‖² of the head's weight matrices (not its biases or rating-level weights)."""
+    return sum((head[k] ** 2).sum() for k in REGULARISED)  # type: ignore[return-value]
+
+
+def train_ranking(
+    config: Config,
+    model: PreferenceEstimator,
+    rating_params: Mapping[str, Tensor],
+    prepared: Prepared,
+    device: torch.device,
+    lr: Lr,
+    progress: Progress | None = None,
+) -> RankResult:
+    """Train the head on top of the fixed ``rating_params``; returns the best head."""
+    report = progress or (lambda _e: None)
+    tc, mc = config.train, config.model
+    tables = prepared.tables.to(device)
+    fixed = {k: v.detach().to(device) for k, v in rating_params.items()}
+    field = model.id_field or ""
+    ids = tables.items[field].long()
+    shapes = model.rank_shapes()
+    n_ids = shapes["rank.item_bias"][0]
+    pop = torch.bincount(ids.cpu()[prepared.train_ratings.item_rows.long()], minlength=n_ids)
+    head = {
+        k: v.to(device).requires_grad_() for k, v in ranking.init_head(shapes, pop, tc.seed).items()
+    }
+    opt = torch.optim.Adam(list(head.values()), lr=tc.rank_lr)
+    seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
+    seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
+    protocol = TopNProtocol()
+    val_users = [topn_users(prepared, "validation", n, protocol) for n in VALIDATION_SUPPORTS]
+    rows = torch.arange(len(tables.item_ids), device=device)
+    with torch.no_grad():
+        catalog_all = encode_catalog(model, fixed, tables.items, rows)
+    steps = config.meta.inner_steps
+    data = config.data.replace(max_support=min(config.data.max_support, tc.rank_max_support))
+    best: Params = {k: v.detach().clone() for k, v in head.items()}
+    best_score, best_epoch, bad, history = -1.0, 0, 0, []
+    for epoch in range(1, tc.rank_epochs + 1):
+        seed = tc.seed * 1_000_003 + 7919 * epoch
+        tasks = episodes(prepared.train_ratings, tables.user_ids.cpu(), data, seed)
+        hidden = None
+        if tc.hide_items > 0:
+            hidden = hidden_ids(n_ids, tc.hide_items, seed, device)
+        targets_all = _targets(
+            prepared, tasks.user_rows, tasks.support_items, tasks.support_mask,
+            mc.rank_threshold, tc.rank_negative_weight, torch.device("cpu"),
+        )  # fmt: skip
+        order = torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed))
+        total, count = 0.0, 0
+        for batch in order.split(tc.meta_batch):
+            users = tasks.user_rows[batch].long().to(device)
+            s_items = tasks.support_items[batch].long().to(device)
+            s_mask = tasks.support_mask[batch].to(device)
+            feats = tables.gather(users, s_items)
+            catalog = catalog_all
+            if hidden is not None:
+                feats = {**feats, field: torch.where(hidden[feats[field]], 0, feats[field])}
+                catalog = catalog_all._replace(ids=torch.where(hidden[ids], 0, ids))
+            support = Examples(feats, tasks.support_ratings[batch].float().to(device), s_mask)
+            user_feats = {k: v[users] for k, v in tables.users.items()}
+            scores = rank_catalog(
+                model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr
+            )
+            target = targets_all[batch].to(device)
+            allowed = seen.unsqueeze(0).expand_as(scores).clone()
+            t = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(s_items)
+            allowed[t[s_mask], s_items[s_mask]] = False
+            loss = _loss(scores, target * allowed, allowed) + tc.rank_l2 * _penalty(head)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + float(loss.detach()) * len(batch), count + len(batch)
+        ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device)
+        with torch.no_grad():
+            score = validation_ndcg(ranker, val_users, protocol.threshold)
+        row = {"epoch": epoch, "rank_loss": total / max(count, 1), "val_ndcg@10": score}
+        history.append(row)
+        if score > best_score:
+            best_score, best_epoch, bad = score, epoch, 0
+            best = {k: v.detach().clone() for k, v in head.items()}
+        else:
+            bad += 1
+        report({"event": "rank_epoch_end", **row, "best_epoch": best_epoch})
+        if bad >= tc.rank_patience:
+            break
+    return RankResult(best, best_epoch, history)
+
+
+__all__ = ["CatalogRanker", "RankResult", "chunks", "train_ranking"]
