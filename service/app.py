@@ -18,18 +18,22 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
+from melu.bundle_checks import file_sha256
 from melu.serving import InvalidInput, Recommender, __version__
 from service.deps import Loaded
-from service.errors import BodyLimit, HeadAsGet, invalid_input_handler, validation_handler
-from service.observability import (
-    Observe,
-    configure_logs,
-    model_changed,
-    multiprocess_mode,
-    sample_worker_process,
+from service.errors import (
+    BodyLimit,
+    HeadAsGet,
+    Unavailable,
+    invalid_input_handler,
+    unavailable_handler,
+    validation_handler,
 )
+from service.logs import configure_logs
+from service.observability import Observe, model_changed, multiprocess_mode, sample_worker_process
 from service.routes import ROUTERS
 from service.settings import Settings
 from service.slot import ModelSlot
@@ -37,19 +41,34 @@ from service.slot import ModelSlot
 log = logging.getLogger("melu.service")
 
 
-def weights_digest(recommender: Recommender) -> str:
-    """First 12 hex digits of sha256(weights.safetensors): the served model's version."""
+ANSWERING = (
+    "weights.safetensors",
+    "config.json",
+    "features.json",
+    "catalog.parquet",
+    "catalog.csv",
+)
+
+
+def model_version(recommender: Recommender) -> str:
+    """The served model's version: the first 12 hex digits of a sha256 over every bundle
+    file that changes answers (weights, ``config.json`` with the inner steps and rates,
+    the feature space, the catalog; not ``metrics.json``), each as name and content."""
     path = recommender.bundle.path
     if path is None:
         return "unsaved"
-    return hashlib.sha256((path / "weights.safetensors").read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for name in ANSWERING:
+        if (path / name).is_file():
+            digest.update(f"{name}\0{file_sha256(path / name)}\0".encode())
+    return digest.hexdigest()[:12]
 
 
 def load(settings: Settings) -> Loaded:
     """Load the bundle named by the settings (raises ``BundleError`` if unusable)."""
     recommender = Recommender.from_bundle(settings.model, threads=settings.torch_threads)
     dataset = recommender.bundle.config.data.dataset
-    return Loaded(recommender, weights_digest(recommender), dataset)
+    return Loaded(recommender, model_version(recommender), dataset)
 
 
 def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -> FastAPI:
@@ -85,8 +104,17 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         app.include_router(router)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
     app.add_exception_handler(RequestValidationError, validation_handler)
+    app.add_exception_handler(Unavailable, unavailable_handler)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
+    if settings.cors_origins:  # off by default: the page is same-origin
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list(),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["content-type", "x-request-id"],
+            expose_headers=["x-request-id", "x-model-version"],
+        )
     configure_logs()
     app.add_middleware(  # outermost: sees every response, 413s included
         Observe,

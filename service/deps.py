@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
 from melu.serving import Recommender
+from service.errors import Unavailable
 from service.settings import Settings
 
 
@@ -16,7 +17,7 @@ class Loaded:
     """What the lifespan loads once: the recommender and the model's identity."""
 
     recommender: Recommender
-    version: str  # first 12 hex digits of sha256(weights.safetensors)
+    version: str  # service.app.model_version: a digest of the files that change answers
     dataset: str
 
 
@@ -25,9 +26,21 @@ def get_loaded(request: Request) -> Loaded:
     meanwhile does not change it. 503 while no model is loaded."""
     loaded = request.app.state.slot.current
     if loaded is None:
-        raise HTTPException(503, "the model is not loaded yet (see GET /ready)")
+        raise Unavailable("the model is not loaded yet (see GET /ready)", "model_not_ready")
     request.scope["melu.model"] = loaded.version  # the X-Model-Version of this response
     return loaded  # type: ignore[no-any-return]
+
+
+def get_ready(request: Request) -> Loaded:
+    """As ``get_loaded``, for the routes that compute with the model: 503 naming why until
+    the model has passed its warm-up (finite scores), so a model that cannot answer never
+    does."""
+    loaded = get_loaded(request)
+    slot = request.app.state.slot
+    if not slot.ready:
+        why = slot.failure or "the model is warming up"
+        raise Unavailable(f"not ready: {why} (see GET /ready)", "model_not_ready")
+    return loaded
 
 
 def get_settings(request: Request) -> Settings:
@@ -35,4 +48,5 @@ def get_settings(request: Request) -> Settings:
 
 
 LoadedDep = Annotated[Loaded, Depends(get_loaded)]
+ReadyDep = Annotated[Loaded, Depends(get_ready)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

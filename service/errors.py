@@ -1,7 +1,9 @@
-"""Error responses: library ``InvalidInput`` → 422, oversized bodies → 413.
+"""Error responses: library ``InvalidInput`` → 422, oversized bodies → 413, a model that
+cannot answer → 503.
 
-Every 4xx body has FastAPI's shape, ``{"detail": [{"loc", "msg", "type", "input"}]}``,
-with ``loc`` naming the field (e.g. ``["body", "ratings", 2, "rating"]``).
+Every error body has FastAPI's shape, ``{"detail": [{"loc", "msg", "type", "input"}]}``,
+with ``loc`` naming the field (e.g. ``["body", "ratings", 2, "rating"]``); so do the
+connection-level answers of ``service.protocol`` (400, 408, 431).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melu.serving import InvalidInput
+from service.wire import error_body
 
 MAX_ECHO_TEXT = 200  # characters of a string echoed back in an error
 MAX_ECHO_ITEMS = 10  # elements of a list or keys of an object echoed back
@@ -71,19 +74,23 @@ async def invalid_input_handler(request: Request, exc: Exception) -> JSONRespons
     return JSONResponse({"detail": [detail]}, status_code=422)
 
 
+class Unavailable(Exception):
+    """The served model cannot answer this request (not ready, or non-finite scores): 503."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind  # the error body's "type": model_not_ready, non_finite_scores
+
+
+async def unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unavailable)
+    body = error_body(["model"], str(exc), exc.kind)
+    return JSONResponse(json.loads(body), status_code=503, headers={"retry-after": "5"})
+
+
 def too_large(limit: int) -> bytes:
-    return json.dumps(
-        {
-            "detail": [
-                {
-                    "loc": ["body"],
-                    "msg": f"request body larger than {limit} bytes (MELU_MAX_BODY_BYTES)",
-                    "type": "too_large",
-                    "input": None,
-                }
-            ]
-        }
-    ).encode()
+    msg = f"request body larger than {limit} bytes (MELU_MAX_BODY_BYTES)"
+    return error_body(["body"], msg, "too_large")
 
 
 class BodyLimit:
@@ -135,8 +142,15 @@ class BodyLimit:
 
 
 class HeadAsGet:
-    """ASGI middleware: ``HEAD`` on a GET route answers like GET (status and headers, with
-    the GET body's content-length) but sends no body. FastAPI routes only GET."""
+    """ASGI middleware: ``HEAD`` on a GET route answers like GET, without the body.
+
+    FastAPI routes only GET, so the app is called with a copy of the scope whose method is
+    GET; its status and headers (content-length included) pass through unchanged, every body
+    message is sent empty. The server's own scope still says HEAD, so uvicorn expects no
+    body bytes (it raised "Response content shorter than Content-Length" when the method
+    was rewritten in place). What routing put in the copy (the matched ``route``, the model
+    version) is copied back for the outer middleware.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -148,10 +162,11 @@ class HeadAsGet:
 
         async def headers_only(message: Message) -> None:
             if message["type"] == "http.response.body":
-                if not message.get("more_body", False):
-                    await send({"type": "http.response.body", "body": b""})
-                return
+                message = {**message, "body": b""}
             await send(message)
 
-        scope["method"] = "GET"  # in place: outer middleware sees the matched route
-        await self.app(scope, receive, headers_only)
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:
+            scope.update({k: v for k, v in as_get.items() if k != "method"})

@@ -87,8 +87,19 @@ class Item(BaseModel):
     genres: list[str]
 
 
+class Reason(BaseModel):
+    item_id: int = Field(description="a movie the person rated")
+    title: str
+    rating: float = Field(description="the rating they gave it")
+
+
 class ScoredItem(Item):
     score: float = Field(description="predicted rating, clamped to the scale")
+    because: list[Reason] = Field(
+        default_factory=list,
+        description="the person's rated movies that raised this item's rank most, best first "
+        "(empty without ratings or without a ranking head)",
+    )
 
 
 class Adaptation(BaseModel):
@@ -178,6 +189,11 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, Any]
     info: dict[str, Any]
+    user_values: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="the values the model knows for gender and occupation (others are "
+        "treated as unknown); the onboarding page offers them",
+    )
 
 
 class Health(BaseModel):
@@ -186,7 +202,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str = Field(description="ready, warming up or loading")
+    status: str = Field(description="ready, warming up, warm-up failed or loading")
     model_version: str | None
 
 

@@ -47,10 +47,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, ge=1024, description="larger bodies get 413")
     max_page: int = Field(200, ge=1, description="largest `limit` of GET /v1/items")
     max_batch: int = Field(256, ge=1, description="most users in one batch request")
+    max_batch_items: int = Field(
+        10_000,
+        ge=1,
+        description="most items answered by one batch request: the sum of k over its users",
+    )
     reload_interval: float = Field(
         10.0, ge=0, description="seconds between checks of MELU_MODEL for a new bundle (0: off)"
     )
     access_log: bool = Field(True, description="one JSON line per request on stderr")
+    cors_origins: str = Field(
+        "",
+        description="comma-separated origins allowed to call the API from a browser "
+        "(e.g. https://app.example.org, or * for any); empty: CORS off",
+    )
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 class ConnectionLimits(BaseSettings):

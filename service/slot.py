@@ -79,6 +79,7 @@ class ModelSlot:
         self._load = load
         self.current: Loaded | None = None
         self.ready = False
+        self.failure: str | None = None  # why the start-up model failed its warm-up
         self.seen: Signature | None = None  # the signature last loaded or refused
         self._reloading = threading.Lock()
         self.on_swap: Callable[[Loaded | None, Loaded, str], None] | None = None
@@ -97,8 +98,12 @@ class ModelSlot:
     def warm(self) -> None:
         """Warm the current model up, then mark the slot ready (``GET /ready`` → 200)."""
         assert self.current is not None
-        warm_up(self.current)
-        self.ready = True
+        try:
+            warm_up(self.current)
+        except Exception as exc:
+            self.failure = f"warm-up failed: {type(exc).__name__}: {exc}"
+            raise
+        self.ready, self.failure = True, None
 
     def check(self) -> str:
         """Reload if the bundle changed: returns "unchanged", "swapped" or "refused"."""
@@ -122,7 +127,7 @@ class ModelSlot:
                 return "refused"
             old = self.current.version if self.current else None
             self.install(candidate)
-            self.ready = True
+            self.ready, self.failure = True, None
             log.warning(
                 "model reloaded: %s → %s in %.2f s",
                 old, candidate.version, time.perf_counter() - started,

@@ -11,7 +11,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +25,15 @@ from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import meta_loss, task_examples
 from melu.prepare import Prepared
 from melu.serving import Recommender
+from melu.training.rank_train import train_ranking
 
 _BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}
 
 
 def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 0) -> Path:
-    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam; returns it."""
+    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam and two epochs
+    of the ranking head; returns it."""
     key = (str(out), steps)
     if key in _BUNDLES:
         return _BUNDLES[key]
@@ -54,6 +58,10 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    rating = {k: v.detach() for k, v in params.items() if not k.startswith("rank.")}
+    short = config.replace(train=config.train.replace(rank_epochs=2))  # the ranking head, briefly
+    head = train_ranking(short, model, rating, prepared, torch.device("cpu"), config.meta.inner_lr)
+    params = {**rating, **head.params}
     save_bundle(
         out,
         config=config,
@@ -83,10 +91,27 @@ def recommender(bundle_path: Path) -> Recommender:
     return _RECOMMENDERS[bundle_path]
 
 
+def wait_ready(get: Callable[[str], int], seconds: float = 60) -> None:
+    """Poll ``get("/ready")`` (a status code) until 200: model routes answer 503 before."""
+    deadline = time.monotonic() + seconds
+    while get("/ready") != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not become ready")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 @contextlib.contextmanager
@@ -104,8 +129,10 @@ def serve_in_thread(app: object, port: int | None = None) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        wait_ready(lambda path: _status(url + path))
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

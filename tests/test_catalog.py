@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from melu.errors import InvalidInput, format_loc
 from melu.serving import Catalog, Item, ItemPage
+from melu.serving.search import normalise, title_keys
 
 FRAME = pd.DataFrame(
     {
@@ -67,9 +70,9 @@ def test_rated_locates_the_first_problem(
     assert rows.tolist() == [2, 0] and values == [5.0, 1.0]
 
 
-def test_search_and_browse_in_id_order(catalog: Catalog) -> None:
-    page = catalog.search("STAR", limit=10)
-    assert page == ItemPage(2, 10, 0, [catalog.item(2), catalog.item(0)])  # ids 20, 30
+def test_search_best_first_and_browse_in_id_order(catalog: Catalog) -> None:
+    page = catalog.search("STAR", limit=10)  # a title starting with it, then a word of one
+    assert page == ItemPage(2, 10, 0, [catalog.item(0), catalog.item(2)])  # ids 30, 20
     assert [i.item_id for i in catalog.search(genre="drama").items] == [20, 40]
     assert [i.item_id for i in catalog.search(limit=2, offset=1).items] == [20, 30]
     assert catalog.search("nothing like this").total == 0
@@ -79,3 +82,119 @@ def test_format_loc() -> None:
     assert format_loc(("ratings", 2, "rating")) == "ratings[2].rating"
     assert format_loc(("k",)) == "k"
     assert InvalidInput(("item_ids", 0), 5, "bad").field == "item_ids[0]"
+
+
+# ML-1M's own spelling of these titles (movies.dat), with its rating counts' order of size
+ML1M = pd.DataFrame(
+    {
+        "item_id": [260, 1196, 318, 858, 1221, 2571, 745, 1, 3114, 2064, 29, 6],
+        "title": [
+            "Star Wars: Episode IV - A New Hope (1977)",
+            "Star Wars: Episode V - The Empire Strikes Back (1980)",
+            "Shawshank Redemption, The (1994)",
+            "Godfather, The (1972)",
+            "Godfather: Part II, The (1974)",
+            "Matrix, The (1999)",
+            "Close Shave, A (1995)",
+            "Toy Story (1995)",
+            "Toy Story 2 (1999)",
+            "Roger & Me (1989)",
+            "City of Lost Children, The (Cité des enfants perdus, La) (1995)",
+            "Heat (1995)",
+        ],
+        "year": [1977, 1980, 1994, 1972, 1974, 1999, 1995, 1995, 1999, 1989, 1995, 1995],
+        "genres": [["Sci-Fi"]] * 12,
+        "n_ratings": [2991, 2990, 2227, 2223, 1582, 2590, 657, 2077, 1585, 300, 400, 1000],
+    }
+)
+
+
+@pytest.fixture
+def ml1m() -> Catalog:
+    return Catalog(ML1M)
+
+
+@pytest.mark.parametrize(
+    ("query", "first"),
+    [
+        ("the godfather", 858),  # stored "Godfather, The"
+        ("Godfather", 858),
+        ("GODFATHER, THE", 858),
+        ("starwars", 260),  # spaces ignored; the most rated of the matches first
+        ("star-wars", 260),
+        ("matrix", 2571),
+        ("the matrix", 2571),
+        ("shawshenk", 318),  # a typo
+        ("shawshank redemptoin", 318),
+        ("a close shave", 745),
+        ("cite des enfants", 29),  # accents, and the alternative title in parentheses
+        ("CITÉ DES ENFANTS", 29),
+        ("roger and me", 2064),  # "&"
+        ("heat 1995", 6),  # the year
+    ],
+)
+def test_search_forgives_articles_accents_punctuation_case_and_typos(
+    ml1m: Catalog, query: str, first: int
+) -> None:
+    page = ml1m.search(query, limit=5)
+    assert page.items and page.items[0].item_id == first, (query, page.items)
+
+
+def test_search_ranks_exact_above_typo_matches_and_keeps_the_genre_filter(ml1m: Catalog) -> None:
+    assert [i.item_id for i in ml1m.search("godfather").items] == [858, 1221]
+    assert [i.item_id for i in ml1m.search("star wars").items] == [260, 1196]
+    assert ml1m.search("toy", limit=1).total == 2
+    assert 1196 in [i.item_id for i in ml1m.search("the").items]  # an article alone is a word
+    assert ml1m.search("xyzzy").total == 0
+    assert ml1m.search("hear").total == 0  # 4 letters: exact only, no "Heat" for a typo
+    assert ml1m.search("   ").total == len(ml1m)  # blank is browsing
+    assert ml1m.search("star", genre="drama").total == 0
+
+
+def test_normalised_keys() -> None:
+    assert normalise("Godfather: Part II, The") == "godfather part ii"
+    assert normalise("Schindler's List") == "schindlers list"
+    assert normalise("The") == "the"
+    assert title_keys("City of Lost Children, The (Cité des enfants perdus, La) (1995)") == [
+        "city of lost children",
+        "city of lost children 1995",
+        "cite des enfants perdus",
+    ]
+
+
+def test_find_one_title_or_say_why_not(ml1m: Catalog) -> None:
+    assert ml1m.item_ids[ml1m.find("the godfather", ("--rate",))] == 858  # equal beats prefix
+    assert ml1m.item_ids[ml1m.find("Heat (1995)", ("--rate",))] == 6
+    assert ml1m.item_ids[ml1m.find("shawshenk", ("--rate",))] == 318
+    with pytest.raises(InvalidInput, match="no movie title") as err:
+        ml1m.find("xyzzy", ("--rate", 0))
+    assert err.value.loc == ("--rate", 0)
+    with pytest.raises(InvalidInput, match=r"2 titles match.*\(id 260\).*\(id 1196\)"):
+        ml1m.find("star wars", ("--rate",))
+
+
+def test_search_real_ml1m_titles() -> None:
+    """On the whole ML-1M catalog (3,883 titles): the cases the issue names."""
+    folder = os.environ.get("MELU_DATA_DIR")
+    movies = Path(folder or "", "ml-1m", "movies.dat")
+    if not folder or not movies.is_file():
+        pytest.skip("ML-1M not in $MELU_DATA_DIR")
+    rows = [line.split("::") for line in movies.read_text(encoding="latin-1").splitlines()]
+    frame = pd.DataFrame(
+        {
+            "item_id": [int(r[0]) for r in rows],
+            "title": [r[1] for r in rows],
+            "year": [None] * len(rows),
+            "genres": [[]] * len(rows),
+            "n_ratings": [0] * len(rows),
+        }
+    )
+    catalog = Catalog(frame)
+    first = {q: catalog.search(q, limit=3).items[0].title for q in
+             ("the godfather", "starwars", "matrix", "shawshenk")}  # fmt: skip
+    assert first == {
+        "the godfather": "Godfather, The (1972)",
+        "starwars": "Star Wars: Episode IV - A New Hope (1977)",
+        "matrix": "Matrix, The (1999)",
+        "shawshenk": "Shawshank Redemption, The (1994)",
+    }

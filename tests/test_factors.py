@@ -30,7 +30,7 @@ def factor_model(fast: str, prior: float = 2.0) -> tuple[PreferenceEstimator, Pa
         embedding_dim=3, hidden=(5, 4), fast_params=fast, factors=2, support_prior=prior
     )
     model = PreferenceEstimator(config, space)
-    params = model.init_params(torch.float64)
+    params = model.init_params(torch.float64, head=False)
     gen = torch.Generator().manual_seed(3)
     for name in ("content.weight", "prior.weight", "prior.bias", "item.bias", "item.factor"):
         params[name] = torch.randn(params[name].shape, generator=gen, dtype=torch.float64) * 0.3

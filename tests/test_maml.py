@@ -53,7 +53,9 @@ def tiny_model(fast: str = "mlp", seed: int = 0) -> tuple[PreferenceEstimator, P
         ModelConfig(embedding_dim=3, hidden=(5, 4), fast_params=fast, factors=0, support_prior=0.0),
         space,
     )
-    params = {k: v.requires_grad_() for k, v in model.init_params(torch.float64).items()}
+    params = {
+        k: v.requires_grad_() for k, v in model.init_params(torch.float64, head=False).items()
+    }
     return model, params
 
 
@@ -293,7 +295,9 @@ def test_a_new_model_part_adapts_alike_in_both_kernels() -> None:
         ),
         space,
     )
-    params = {k: v.requires_grad_() for k, v in model.init_params(torch.float64).items()}
+    params = {
+        k: v.requires_grad_() for k, v in model.init_params(torch.float64, head=False).items()
+    }
     params["user_bias"] = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     batched, grads = assert_kernels_agree(model, params, LR)
     assert not torch.allclose(batched["user_bias"], params["user_bias"])

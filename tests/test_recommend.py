@@ -28,7 +28,6 @@ def test_recommend_ranks_unrated_items_with_scores_in_scale(recommender: Recomme
     assert len(ids) == 20 == len(set(ids))
     assert not set(ids) & {r[0] for r in RATINGS}
     assert set(ids) <= set(recommender.catalog.item_ids.tolist())
-    assert scores == sorted(scores, reverse=True)
     assert all(1.0 <= s <= 5.0 for s in scores)
     assert result.items[0].title and isinstance(result.items[0].genres, tuple)
     info = result.adaptation
@@ -36,15 +35,62 @@ def test_recommend_ranks_unrated_items_with_scores_in_scale(recommender: Recomme
     assert info.support_loss_after < info.support_loss_before  # type: ignore[operator]
 
 
-def test_recommend_is_the_top_of_predict_over_the_catalog(recommender: Recommender) -> None:
+def test_recommend_is_the_top_of_the_ranking_head_and_shows_predicted_ratings(
+    recommender: Recommender,
+) -> None:
+    """The order is the ranking head's over the whole catalog (one adapt, then the head on
+    the adapted params and the ratings as a bag); each item shows ``predict``'s rating."""
     top = recommender.recommend(USER, RATINGS, k=10, exclude_rated=False).items
     all_ids = recommender.catalog.item_ids.tolist()
     scores, _ = recommender.predict(USER, RATINGS, all_ids)
-    best = max(scores)
-    assert top[0].score == pytest.approx(best, abs=1e-5)
     by_id = dict(zip(all_ids, scores, strict=True))
     for item in top:
         assert item.score == pytest.approx(by_id[item.item_id], abs=1e-5)
+    assert recommender.model.ranking
+    bundle, model = recommender.bundle, recommender.model
+    user = bundle.features.encode_user(USER)
+    rated = torch.as_tensor(recommender.catalog.rows([r[0] for r in RATINGS], ("ratings",)))
+    values = torch.tensor([r[1] for r in RATINGS])
+    support = Examples(
+        bundle.item_features.with_user(user, rated)[None]
+        if False
+        else {k: v[None] for k, v in bundle.item_features.with_user(user, rated).items()},
+        values[None],
+        torch.ones(1, len(RATINGS), dtype=torch.bool),
+    )
+    params, _ = adapt(
+        model, bundle.params, support, steps=bundle.config.meta.inner_steps,
+        lr=bundle.config.meta.inner_lr, first_order=True, kernel="batched",
+    )  # fmt: skip
+    rows = torch.arange(len(all_ids))
+    encoded = model.encode(
+        params, {k: v[None] for k, v in bundle.item_features.with_user(user, rows).items()}
+    )
+    ids = bundle.item_features.items[model.id_field][rated][None]
+    rank = model.rank_score(params, encoded, model.bag(ids, values[None], support.mask))[0]
+    expected = torch.sort(rank, descending=True, stable=True).indices[:10]
+    assert [i.item_id for i in top] == [all_ids[r] for r in expected.tolist()]
+
+
+def test_each_recommendation_names_the_rated_movies_that_raised_it(
+    recommender: Recommender,
+) -> None:
+    """``because``: rated movies with a positive contribution to the item's rank, best
+    first, at most three; none without ratings."""
+    rated = {i: r for i, r in RATINGS}
+    items = recommender.recommend(USER, RATINGS, k=20).items
+    assert any(item.because for item in items)
+    for item in items:
+        assert len(item.because) <= 3
+        for reason in item.because:
+            assert reason.item_id in rated and reason.rating == rated[reason.item_id]
+            assert (
+                reason.title
+                == recommender.catalog.item(
+                    recommender.catalog.rows([reason.item_id], ("x",))[0]
+                ).title
+            )
+    assert all(not item.because for item in recommender.recommend(USER, [], k=10).items)
 
 
 def test_predict_equals_adapt_then_apply_on_raw_features(recommender: Recommender) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from service_fixtures import wait_ready
 
 from melu.errors import BundleError
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -27,9 +28,10 @@ LIMITS = {"max_ratings": 20, "max_items": 50, "max_body_bytes": 8192, "max_page"
 
 @pytest.fixture(scope="module")
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, **LIMITS), loaded)
     with TestClient(app) as test_client:
+        wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client
 
 
@@ -50,7 +52,7 @@ def test_recommendations_equal_the_library(client: TestClient, recommender: Reco
     assert served["items"][0]["title"] == direct.items[0].title
     assert served["adaptation"]["steps"] == 3
     assert served["adaptation"]["support_loss_after"] == direct.adaptation.support_loss_after
-    assert served["model"] == {"version": weights_digest(recommender), "dataset": "ml-100k"}
+    assert served["model"] == {"version": model_version(recommender), "dataset": "ml-100k"}
 
 
 def test_zero_ratings_and_candidates(client: TestClient) -> None:
@@ -215,8 +217,43 @@ def test_melu_recommend_prints_a_table(
     out = capsys.readouterr().out
     expected = recommender.recommend({"gender": "F", "age": 25}, [(50, 5.0), (181, 4.0)], k=4)
     assert "you rated 5: Star Wars (1977)" in out
+    assert "support MSE" not in out  # jargon only with --verbose
     for item in expected.items:
         assert f"{item.item_id:>6}  {item.title[:47]}" in out and f"{item.score:5.2f}" in out
     assert run_app(["recommend", "--model", str(bundle_path), "--rate", "50:5"]) == 2
     assert run_app(["recommend", "--model", str(bundle_path), "--rate", "99999=5"]) == 2
     assert "99999" in capsys.readouterr().err
+
+
+def test_melu_recommend_rates_by_title(bundle_path: Path, recommender: Recommender) -> None:
+    """``--rate "Star Wars=5"`` finds the title as the page's search does; a title with no
+    match or several equal ones is a usage error naming them; years are the titles'."""
+
+    def melu(*rate: str, verbose: bool = False) -> subprocess.CompletedProcess[str]:
+        argv = ["recommend", "--model", str(bundle_path), "--k", "5"]
+        argv += [a for r in rate for a in ("--rate", r)] + (["--verbose"] if verbose else [])
+        return subprocess.run(
+            [sys.executable, "-m", "melu", *argv], capture_output=True, text=True, timeout=120
+        )
+
+    done = melu("Star Wars=5", "the godfather=4", "close shave=4.5", verbose=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == [
+        "you rated 5: Star Wars (1977)",
+        "you rated 4: Godfather, The (1972)",
+        "you rated 4.5: Close Shave, A (1995)",  # the title's year (released in 1996)
+    ]
+    expected = recommender.recommend({}, [(50, 5.0), (127, 4.0), (408, 4.5)], k=5)
+    table = [line.split()[1] for line in lines[4:9]]  # rank, id, title..., rating
+    assert table == [str(i.item_id) for i in expected.items]
+    assert "year" not in lines[3] and "support MSE" in done.stdout  # --verbose
+    quiet = melu("50=5", "127=4", "408=4.5")
+    assert quiet.returncode == 0 and "support MSE" not in quiet.stdout
+    assert quiet.stdout.splitlines()[4:9] == lines[4:9]  # ids and titles: the same answer
+
+    nothing = melu("xyzzy qwerty=5")
+    assert nothing.returncode == 2 and "'xyzzy qwerty': no movie title matches" in nothing.stderr
+    several = melu("star trek=5")
+    assert several.returncode == 2 and "titles match it equally" in several.stderr
+    assert "Star Trek" in several.stderr and "(id " in several.stderr

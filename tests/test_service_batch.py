@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from service_fixtures import wait_ready
 
 from melu.serving import Recommender, Request
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -41,9 +42,10 @@ USERS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     settings = Settings(model=bundle_path, reload_interval=0, max_batch=8, max_ratings=50)
     with TestClient(create_app(settings, loaded)) as test_client:
+        wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client
 
 
@@ -167,6 +169,7 @@ def test_cli_batch_writes_one_answer_per_line(
         single = recommender.recommend(**_kwargs(body))
         assert [i["item_id"] for i in line["items"]] == [i.item_id for i in single.items]
     assert "users" in done.stderr  # the progress bar
+    assert all("id" not in line for line in lines)  # no key given, none made up
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(USERS[0]) + "\n" + json.dumps({"k": -1}) + "\n")
@@ -186,3 +189,28 @@ def _kwargs(body: dict[str, Any]) -> dict[str, Any]:
         "exclude_rated": request.exclude_rated,
         "candidates": request.candidates,
     }
+
+
+def test_cli_batch_carries_each_users_id_through(
+    bundle_path: Path, recommender: Recommender, tmp_path: Path
+) -> None:
+    keys: list[Any] = ["alice", 7, None, "b-42"]
+    users = tmp_path / "users.jsonl"
+    bodies = [({"id": k} if k is not None else {}) | u for k, u in zip(keys, USERS, strict=False)]
+    users.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    out = tmp_path / "recs.jsonl"
+    done = run_cli("--model", str(bundle_path), "--batch", str(users), "--out", str(out),
+                   "--batch-size", "3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line.get("id") for line in lines] == keys
+    assert "id" not in lines[2]
+    for body, line in zip(bodies, lines, strict=True):
+        body = {k: v for k, v in body.items() if k != "id"}
+        single = recommender.recommend(**_kwargs(body))
+        assert [i["item_id"] for i in line["items"]] == [i.item_id for i in single.items]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": [1], **USERS[0]}) + "\n")
+    done = run_cli("--model", str(bundle_path), "--batch", str(bad), "--out", str(out))
+    assert done.returncode == 2 and "line 1: id: must be a string or an integer" in done.stderr

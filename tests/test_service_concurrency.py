@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -49,7 +49,7 @@ def requests_for_users(recommender: Recommender, count: int, seed: int = 0) -> l
 def base_url(bundle_path: Path, recommender: Recommender) -> Iterator[str]:
     from service_fixtures import serve_in_thread
 
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     with serve_in_thread(create_app(Settings(model=bundle_path), loaded)) as url:
         yield url
 

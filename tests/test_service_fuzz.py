@@ -21,7 +21,7 @@ from schemathesis.checks import (
 from schemathesis.generation import GenerationMode
 
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -40,7 +40,7 @@ CHECKS = [
 def base_url(bundle_path: Path, recommender: Recommender) -> Iterator[str]:
     from service_fixtures import serve_in_thread
 
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, max_body_bytes=16384), loaded)
     with serve_in_thread(app) as url:
         yield url

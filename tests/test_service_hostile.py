@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from service_fixtures import wait_ready
 
 from melu.serving import Recommender
 from service.app import create_app
@@ -21,6 +22,7 @@ pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
     app = create_app(Settings(model=bundle_path), Loaded(recommender, "test", "ml-100k"))
     with TestClient(app, raise_server_exceptions=False) as c:
+        wait_ready(lambda path: c.get(path).status_code)
         yield c
 
 

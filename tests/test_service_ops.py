@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import service.slot
 from melu.bundle import file_sha256
 from melu.serving import Recommender
-from service.app import create_app, weights_digest
+from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
@@ -37,7 +37,7 @@ def wait_ready(client: TestClient, seconds: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, reload_interval=0), loaded)
     with TestClient(app) as test_client:
         wait_ready(test_client)
@@ -68,7 +68,7 @@ def access_lines() -> Iterator[list[dict[str, Any]]]:
 def test_ready_is_503_until_loaded_and_warmed_up_health_is_live(
     bundle_path: Path, recommender: Recommender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loaded = Loaded(recommender, weights_digest(recommender), "ml-100k")
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
     app = create_app(Settings(model=bundle_path, reload_interval=0), loaded)
     before = TestClient(app)  # no lifespan: nothing loaded yet
     assert before.get("/health").json() == {"status": "ok", "n_items": None}
@@ -92,7 +92,7 @@ def test_ready_is_503_until_loaded_and_warmed_up_health_is_live(
         wait_ready(client)
         assert client.get("/ready").json() == {
             "status": "ready",
-            "model_version": weights_digest(recommender),
+            "model_version": model_version(recommender),
         }
 
 
@@ -100,7 +100,7 @@ def test_ready_is_503_until_loaded_and_warmed_up_health_is_live(
 def test_request_id_is_kept_or_made_and_model_version_on_every_response(
     client: TestClient, recommender: Recommender
 ) -> None:
-    version = weights_digest(recommender)
+    version = model_version(recommender)
     given = client.post("/v1/recommendations", json=BODY, headers={"X-Request-ID": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
     made = client.get("/v1/items?limit=1")
@@ -158,7 +158,7 @@ def test_metrics_in_prometheus_format(client: TestClient, recommender: Recommend
     assert f'melu_http_request_duration_seconds_bucket{{le="0.01",{route}}}' in text
     assert 'melu_adaptation_seconds_count{route="recommendations"}' in text
     assert 'melu_request_ratings_bucket{le="1.0",route="recommendations"}' in text
-    version = weights_digest(recommender)
+    version = model_version(recommender)
     assert f'melu_model_info{{dataset="ml-100k",version="{version}"}} 1.0' in text
     assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
 
@@ -274,64 +274,3 @@ def test_reload_is_polled(reloadable: tuple[Path, Path, Path]) -> None:
             assert time.monotonic() < deadline, "the new bundle was not picked up"
             time.sleep(0.05)
         assert client.get("/ready").status_code == 200
-
-
-def test_metrics_add_up_over_workers(bundle_path: Path) -> None:
-    """`melu serve --workers 2`: whichever worker answers /metrics reports both workers'."""
-    import http.client
-    import os
-    import subprocess
-    import sys
-
-    from service_fixtures import free_port
-
-    port = free_port()
-    env = {**os.environ, "MELU_RELOAD_INTERVAL": "0", "MELU_TORCH_THREADS": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [sys.executable, "-m", "melu", "serve", "--model", str(bundle_path)]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-    def workers_up() -> int:
-        """How many workers have loaded their model (one melu_model_info per pid)."""
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        connection.request("GET", "/metrics")
-        text = connection.getresponse().read().decode()
-        return sum(x.startswith("melu_model_info{") for x in text.splitlines())
-
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "workers not up"
-            try:
-                if workers_up() == 2:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        for _ in range(12):  # new connections: spread over the workers
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            connection.request("GET", "/v1/items?limit=1")
-            assert connection.getresponse().status == 200
-        texts = []
-        for _ in range(4):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            connection.request("GET", "/metrics")
-            texts.append(connection.getresponse().read().decode())
-        for text in texts:
-            line = next(
-                x for x in text.splitlines()
-                if x.startswith('melu_http_requests_total{method="GET",route="/v1/items"')
-            )  # fmt: skip
-            assert float(line.split()[-1]) == 12.0, line  # the sum over both workers
-            memory = 'melu_worker_process{metric="process_resident_memory_bytes",pid="'
-            assert text.count(memory) == 2  # process metrics per worker
-    finally:
-        server.terminate()
-        server.wait(30)

@@ -1,8 +1,9 @@
 """``melu recommend --batch users.jsonl --out recs.jsonl``: many users, adapted together.
 
 Each input line is a ``POST /v1/recommendations`` body (``user``, ``ratings``, ``k``,
-``exclude_rated``, ``candidate_ids``), checked by the service's own schema; each output line
-is that user's answer (``items``, ``adaptation``), in input order. Users are recommended
+``exclude_rated``, ``candidate_ids``), checked by the service's own schema, plus an optional
+``id`` (a string or an integer: the caller's key for that user); each output line is that
+user's answer (``id`` when given, ``items``, ``adaptation``), in input order. Users are recommended
 ``--batch-size`` at a time with ``Recommender.recommend_many`` (one batched adaptation per
 chunk). Every line is checked before any work; a bad line stops the run with its line
 number and field, and the output file is written only when every user is answered.
@@ -24,44 +25,64 @@ from melu.atomic import disk_full, no_space
 from melu.errors import InvalidInput, format_loc
 from melu.serving import Recommendations, Recommender, Request
 
+Key = str | int | None  # the caller's key for one user (an input line's "id")
 
-def read_requests(path: Path) -> list[Request]:
-    """Every line of ``path`` as a checked request; a bad line is a usage error naming it."""
-    from service.schemas import RecommendationRequest  # the HTTP API's own checks
 
+def read_requests(path: Path) -> list[tuple[Key, Request]]:
+    """Every line of ``path`` as (its ``id``, a checked request); a bad line is a usage
+    error naming it."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise typer.BadParameter(f"{path}: cannot read it ({exc})", param_hint="--batch") from None
     requests = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            body = RecommendationRequest.model_validate_json(line)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = format_loc(tuple(first["loc"])) or "line"
-            raise typer.BadParameter(
-                f"{path} line {number}: {where}: {first['msg']}", param_hint="--batch"
-            ) from None
-        ratings = [(r.item_id, r.rating) for r in body.ratings]
-        user = body.user.model_dump(exclude_none=True)
-        requests.append(Request(user, ratings, body.k, body.exclude_rated, body.candidate_ids))
+        if line.strip():
+            try:
+                requests.append(read_line(line))
+            except ValueError as exc:
+                raise typer.BadParameter(
+                    f"{path} line {number}: {exc}", param_hint="--batch"
+                ) from None
     return requests
 
 
-def answer(result: Recommendations) -> dict[str, object]:
-    """One output line: the ranked items and how adaptation went."""
+def read_line(line: str) -> tuple[Key, Request]:
+    """One JSON line → (its ``id``, the request); ``ValueError`` names the field at fault."""
+    from service.schemas import RecommendationRequest  # the HTTP API's own checks
+
+    try:
+        body = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
+    key = body.pop("id", None) if isinstance(body, dict) else None
+    if key is not None and (isinstance(key, bool) or not isinstance(key, str | int)):
+        raise ValueError(f"id: must be a string or an integer (got {key!r})")
+    try:
+        checked = RecommendationRequest.model_validate_json(json.dumps(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{format_loc(tuple(first['loc'])) or 'line'}: {first['msg']}") from None
+    ratings = [(r.item_id, r.rating) for r in checked.ratings]
+    user = checked.user.model_dump(exclude_none=True)
+    request = Request(user, ratings, checked.k, checked.exclude_rated, checked.candidate_ids)
+    return key, request
+
+
+def answer(result: Recommendations, key: Key = None) -> dict[str, object]:
+    """One output line: the user's ``id`` (when the input line had one), the ranked items
+    and how adaptation went."""
     adaptation = asdict(result.adaptation)
     adaptation.pop("seconds")
     items = [{**asdict(item), "genres": list(item.genres)} for item in result.items]
-    return {"items": items, "adaptation": adaptation}
+    line: dict[str, object] = {} if key is None else {"id": key}
+    return {**line, "items": items, "adaptation": adaptation}
 
 
 def recommend_file(recommender: Recommender, source: Path, out: Path, batch_size: int) -> int:
     """Answer every user of ``source`` into ``out`` (written atomically); returns the count."""
-    requests = read_requests(source)
+    keyed = read_requests(source)
+    keys, requests = [k for k, _ in keyed], [r for _, r in keyed]
     lines = [
         number for number, line in enumerate(source.read_text().splitlines(), 1) if line.strip()
     ]
@@ -83,8 +104,8 @@ def recommend_file(recommender: Recommender, source: Path, out: Path, batch_size
                         f"{exc.reason} (got {exc.value!r})",
                         param_hint="--batch",
                     ) from None
-                for result in results:
-                    file.write(json.dumps(answer(result)) + "\n")
+                for key, result in zip(keys[lo : lo + batch_size], results, strict=True):
+                    file.write(json.dumps(answer(result, key)) + "\n")
                 bar.update(len(chunk))
         os.replace(tmp, out)
     except BaseException as exc:

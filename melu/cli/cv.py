@@ -28,6 +28,7 @@ def run_study(
     n_boot: int = 1000,
     pooled_epochs: int | None = None,
     show_progress: bool = True,
+    topn: bool = True,
 ) -> Report:
     """Run (or resume) the study, write ``out/report``, print the pooled summary."""
     from melu.evaluation.baselines import BaselineConfig
@@ -39,7 +40,9 @@ def run_study(
     baselines = (
         BaselineConfig() if pooled_epochs is None else BaselineConfig(pooled_epochs=pooled_epochs)
     )
-    options = CVOptions(folds=folds, seeds=tuple(range(seeds)), n_boot=n_boot, baselines=baselines)
+    options = CVOptions(
+        folds=folds, seeds=tuple(range(seeds)), n_boot=n_boot, baselines=baselines, topn=topn
+    )
     with tqdm(total=folds * seeds, desc="folds", disable=not show_progress) as bar:
 
         def step(message: str) -> None:
@@ -52,6 +55,10 @@ def run_study(
     target = write_cv_report(report, out / "report")
     echo("pooled per-user query MAE over folds (lower is better); MAML − best with a paired CI")
     echo(summary_table(report))
+    if report.topn is not None:
+        from melu.evaluation.topn_report import topn_verdict
+
+        echo(topn_verdict(report.topn))
     echo(f"report: {target / 'report.md'}")
     return report
 
@@ -71,6 +78,9 @@ def cv(
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help="Torch CPU threads (0: all).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    topn: Annotated[
+        bool, typer.Option(help="Also rank the whole catalog for new users (top-N, pooled).")
+    ] = True,
 ) -> None:
     """K-fold study: train and evaluate per fold and seed, pool per-user paired differences.
 
@@ -80,5 +90,5 @@ def cv(
         torch.set_num_threads(threads)
     run_study(
         config, folds=folds, seeds=seeds, out=out, data_dir=data_dir, cache_dir=cache_dir,
-        n_boot=n_boot, pooled_epochs=pooled_epochs, show_progress=progress,
+        n_boot=n_boot, pooled_epochs=pooled_epochs, show_progress=progress, topn=topn,
     )  # fmt: skip

@@ -141,7 +141,7 @@ def fit_pooled(
     """
     torch.manual_seed(options.seed)
     model = PreferenceEstimator(config.model, space)
-    params = {k: v.requires_grad_() for k, v in model.init_params().items()}
+    params = {k: v.requires_grad_() for k, v in model.init_params(head=False).items()}
     opt = torch.optim.Adam(params.values(), lr=options.pooled_lr)
     rows = training_rows(train)
     gen = torch.Generator().manual_seed(options.seed)

@@ -83,7 +83,7 @@ class PreferenceEstimator:
         # item ids; trained after the rating part, never adapted per user
         self.ranking = config.ranking and bool(self.factors) and self.id_field is not None
         low, high = space.rating_scale
-        self.rating_levels = int(round((high - low) / space.rating_step)) + 1
+        self.rating_levels = round((high - low) / space.rating_step) + 1
 
     @property
     def embedding_width(self) -> int:
@@ -103,9 +103,8 @@ class PreferenceEstimator:
             return {}
         ids = next(f.size for f in self.space.fields if f.name == self.id_field)
         return ranking.head_shapes(
-            ids, self.rating_levels, self.embedding_width - self.user_width, self.user_width,
-            self.factors, self.config.rank_factors,
-        )  # fmt: skip
+            ids, self.rating_levels, self.user_width, self.factors, self.config.rank_factors
+        )
 
     def rating_names(self) -> list[str]:
         """The parameters of the rating part (everything but the ranking head)."""
@@ -129,13 +128,19 @@ class PreferenceEstimator:
         return out
 
     def init_params(
-        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+        self,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        *,
+        head: bool = True,
     ) -> Params:
         """Fresh initial parameters, drawn from torch's global RNG.
 
         Draws exactly what ``nn.Embedding`` / ``nn.EmbeddingBag`` / ``nn.Linear`` draw, in
         the order of ``shapes()`` (so a seeded run reproduces the historic module's values);
-        the output bias starts at the rating scale's midpoint.
+        the output bias starts at the rating scale's midpoint. ``head``: include the ranking
+        head's starting values (``rank.*``, trained after the rating part; off for the
+        meta-training of the rating part, which never touches them).
         """
         dim = self.config.embedding_dim
         template = nn.Module()
@@ -160,6 +165,10 @@ class PreferenceEstimator:
             params[name] = (torch.randn(shape) * scale).to(device=device, dtype=dtype)
         if self.factors:  # the network starts as a constant: the interaction is learned
             params[self.head_prefix + "weight"].zero_()
+        if head and self.ranking:  # its own generator: the draws above never change
+            ids = self.rank_shapes()["rank.item_bias"][0]
+            start = ranking.init_head(self.rank_shapes(), torch.zeros(ids), seed=0)
+            params.update({k: v.to(device=device, dtype=dtype) for k, v in start.items()})
         return params
 
     def encode_user(self, params: Mapping[str, Tensor], user: FeatureBatch) -> Tensor:
@@ -210,16 +219,23 @@ class PreferenceEstimator:
         First layer: W₁·[u; xᵢ] + b₁ = (W₁ᵤ·u + b₁) + W₁ᵢ·xᵢ, the user's share once per task
         (the matmul layouts are those of the historic module, so seeded runs reproduce).
         """
+        return self.with_parts(params, encoded, self.network(params, encoded))
+
+    def with_parts(self, params: Mapping[str, Tensor], encoded: Encoded, out: Tensor) -> Tensor:
+        """The network's output ``out`` (..., N) plus the additive ``parts``."""
+        for part in self.parts:
+            out = out + part(params, encoded)
+        return out
+
+    def network(self, params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
+        """The MLP's output (..., N) alone (no parts); see ``score``."""
         (w0, b0), *rest = self.linears
         weight, width = params[w0], self.user_width
         user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]
         h = encoded.items @ weight[..., width:].mT + user.unsqueeze(-2)  # (..., N, H)
         for w, b in rest:
             h = h.relu() @ params[w].mT + params[b].unsqueeze(-2)
-        out = h.squeeze(-1)  # (..., N)
-        for part in self.parts:
-            out = out + part(params, encoded)
-        return out
+        return h.squeeze(-1)  # (..., N)
 
     def user_state(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
         """The rating part's user bias and factor (..., 1 + k): prior of the user's
@@ -235,12 +251,18 @@ class PreferenceEstimator:
         return Bag(ids, levels, mask)
 
     def rank_score(
-        self, params: Mapping[str, Tensor], encoded: Encoded, bag: Bag | None = None
+        self,
+        params: Mapping[str, Tensor],
+        encoded: Encoded,
+        bag: Bag | None = None,
+        network: Tensor | None = None,
     ) -> Tensor:
         """Ranking scores (T, N) of encoded rows, higher first: what orders a person's
         recommendations. With a ranking head: its scores given the (adapted) ``params`` and
         the support ``bag`` (none: an empty bag); without one, the predicted rating.
-        ``encoded``: user (T, E_u), items (T, N, E_i) or shared (N, E_i) with ids (N,)."""
+        ``encoded``: user (T, E_u), items (T, N, E_i) or shared (N, E_i) with ids (N,).
+        ``network``: the MLP's output (T, N) when the caller has it (it does not depend on
+        the fast user parameters, so it is the same before and after adaptation)."""
         if not self.ranking or not any(k.startswith(ranking.PREFIX) for k in params):
             if encoded.items.dim() == 2:  # shared candidate rows: broadcast over users
                 t = encoded.user.shape[0]
@@ -251,10 +273,10 @@ class PreferenceEstimator:
         if bag is None:
             empty = encoded.ids.new_zeros((encoded.user.shape[0], 0))
             bag = Bag(empty, empty, empty.bool())
-        rating = self.score(params, encoded)  # (T, N), broadcasting shared candidate rows
-        return ranking.head_scores(
-            params, encoded.user, state, encoded.items, encoded.ids, bag, rating
-        )
+        if network is None:  # (T, N), broadcasting shared candidate rows
+            network = self.network(params, encoded)
+        rating = self.with_parts(params, encoded, network)
+        return ranking.head_scores(params, encoded.user, state, encoded.ids, bag, rating)
 
     def predict(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
         """The model: ``score ∘ encode``, predicted ratings (..., N)."""

@@ -7,12 +7,13 @@ terms, each a function of ``(params, rows)`` like every other part:
 
     s_i = β_i  +  Σ_{j ∈ support} w(r_j) · B[j, i]  +  a_u · q_i
 
-- β_i, q_i (k_r): the item's ranking bias and factor — its own id rows plus a content
-  estimate from its feature embeddings (new items, and ids hidden in training, take the
-  content alone);
+- β_i, q_i (k_r): the item's ranking bias and factor, its id's own rows (new items, and
+  ids hidden in training, share one learned bias);
 - the support-set part: the user's rated items as a bag, each weighted by a learned weight
   of its rating level w(r) (a 1★ film counts against its neighbours), scored against every
   item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
+- c·log(ε + mean_j P(i | j)): how often the raters of the user's movies also rated i,
+  counted from the training ratings (leaving the episode's user out while training);
 - a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
   factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking.
 
@@ -38,26 +39,32 @@ class Bag(NamedTuple):
 
     ``ids`` (T, L) item-id feature indices (0: unknown/new, ignored); ``levels`` (T, L)
     rating-level indices (0 = the lowest rating); ``mask`` (T, L) bool, false on padding.
+    ``rated``: only while training on a training user's episode, the ids of all their
+    training ratings, so the co-occurrence statistics leave that user out (see
+    ``cooccurrence_scores``); never at serving or evaluation (those users are not in them).
     """
 
     ids: Tensor
     levels: Tensor
     mask: Tensor
+    rated: Tensor | None = None  # (T, V) 1 on every id the user rated in training (or None)
 
 
 def head_shapes(
-    n_ids: int, n_levels: int, item_width: int, user_width: int, factors: int, rank: int
+    n_ids: int, n_levels: int, user_width: int, factors: int, rank: int
 ) -> dict[str, torch.Size]:
     """The head's parameters: ``n_ids`` item-id vocabulary (0 unknown), ``n_levels``
-    rating levels, item/user embedding widths, the rating part's ``factors``, head rank."""
+    rating levels, the user embedding width, the rating part's ``factors``, head rank."""
     return {
         "rank.item_item": torch.Size((n_ids, n_ids)),
         "rank.level_weight": torch.Size((n_levels,)),
         "rank.rating_weight": torch.Size((1,)),
         "rank.item_bias": torch.Size((n_ids,)),
         "rank.item_factor": torch.Size((n_ids, rank)),
-        "rank.content.weight": torch.Size((rank + 1, item_width)),
-        "rank.content.bias": torch.Size((1,)),
+        "rank.unknown_bias": torch.Size((1,)),
+        "rank.cooccurrence": torch.Size((n_ids, n_ids)),
+        "rank.item_count": torch.Size((n_ids,)),
+        "rank.cooc_weight": torch.Size((1,)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -70,6 +77,7 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     gen = torch.Generator().manual_seed(seed)
     out = {name: torch.zeros(shape) for name, shape in shapes.items()}
     out["rank.level_weight"].fill_(1.0)
+    out["rank.cooc_weight"].fill_(1.0)
     out["rank.item_bias"] = torch.log1p(popularity.float())
     for name in ("rank.item_factor", "rank.user.weight"):
         out[name] = torch.randn(shapes[name], generator=gen) * 0.01
@@ -83,17 +91,17 @@ def user_vector(params: Mapping[str, Tensor], user: Tensor, state: Tensor) -> Te
     return x @ params["rank.user.weight"].mT + params["rank.user.bias"]
 
 
-def item_terms(params: Mapping[str, Tensor], items: Tensor, ids: Tensor) -> Tensor:
-    """(β_i, q_i) (..., N, 1 + k_r) of items with embeddings ``items`` (..., N, E_i) and id
-    indices ``ids`` (..., N): a known id's own rows; for unknown ids (0: new items, and ids
-    hidden in training) a content estimate from the item's feature embeddings."""
-    content = items @ params["rank.content.weight"].mT  # (..., N, 1 + k_r)
-    bias = torch.cat([params["rank.content.bias"], content.new_zeros(content.shape[-1] - 1)])
-    known = (ids != 0).unsqueeze(-1)
+def item_terms(params: Mapping[str, Tensor], ids: Tensor) -> Tensor:
+    """(β_i, q_i) (..., N, 1 + k_r) of items with id indices ``ids`` (..., N): a known id's
+    own rows; unknown ids (0: new items, and ids hidden in training) share one learned
+    bias and no factor. (A content estimate for them, trained on hidden ids, ranked the
+    validation users' new items below chance, so the head has none; new items are ordered
+    by the rating part's predicted rating, which does use their content.)"""
     own = torch.cat(
         [params["rank.item_bias"][ids].unsqueeze(-1), params["rank.item_factor"][ids]], dim=-1
     )
-    return torch.where(known, own, content + bias)
+    unknown = torch.cat([params["rank.unknown_bias"], own.new_zeros(own.shape[-1] - 1)])
+    return torch.where((ids != 0).unsqueeze(-1), own, unknown)
 
 
 def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
@@ -112,26 +120,73 @@ def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     return per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
 
 
+def contributions(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """What each bag item adds to each item's score, w(r_j)·B[j, i] (T, N, L), for items
+    ``ids`` (T, N): the reasons behind a recommendation (0 for unknown ids and padding)."""
+    weight = params["rank.level_weight"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
+    table = params["rank.item_item"]
+    pairs = table[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
+    same = bag.ids.unsqueeze(-2) == ids.unsqueeze(-1)
+    known = (ids != 0).unsqueeze(-1)
+    return torch.where(same | ~known, 0.0, pairs * weight.unsqueeze(-2))
+
+
 def head_scores(
     params: Mapping[str, Tensor],
     user: Tensor,
     state: Tensor,
-    items: Tensor,
     ids: Tensor,
     bag: Bag,
     rating: Tensor,
 ) -> Tensor:
-    """Ranking scores s (T, N): ``user`` (T, E_u), ``state`` (T, 1 + k), item embeddings
-    ``items`` (T, N, E_i) or (N, E_i) with ids (T, N) or (N,), the supports ``bag`` and
+    """Ranking scores s (T, N): ``user`` (T, E_u), ``state`` (T, 1 + k), the items' ids
+    (T, N) or (N,), the supports ``bag`` and
     the rating part's predicted ratings ``rating`` (T, N) after adaptation (γ·r̂ joins)."""
-    terms = item_terms(params, items, ids)  # (T|-, N, 1 + k_r)
+    terms = item_terms(params, ids)  # (T|-, N, 1 + k_r)
     a = user_vector(params, user, state)  # (T, k_r)
     if terms.dim() == 3:
         interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1)
     else:
         interaction = a @ terms[:, 1:].mT
     liked = params["rank.rating_weight"] * rating
-    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids)
+    together = cooccurrence_scores(params, bag, ids)
+    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids) + together
+
+
+STATISTICS = ("rank.cooccurrence", "rank.item_count")  # counted from training data, not trained
+EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
+
+
+def cooccurrence(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> tuple[Tensor, Tensor]:
+    """From rated (user, item id) pairs (N,) each: P (n_ids, n_ids), P[j, i] = the share of
+    the users who rated j that also rated i (diagonal and unknown id 0: 0), and the count of
+    raters of each id (n_ids,)."""
+    x = torch.zeros(n_users, n_ids)
+    x[users, ids] = 1.0
+    x[:, 0] = 0.0
+    gram = x.T @ x  # (V, V) co-rating counts
+    count = gram.diagonal().clone()
+    share = gram / count.clamp(min=1.0).unsqueeze(1)
+    share.fill_diagonal_(0.0)
+    return share, count
+
+
+def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c · log(ε + mean_{j ∈ bag} P[j, i]) (T, N): how often the raters of the user's movies
+    also rated item i ("people who rated j also rated i", item-kNN's and a heavily
+    regularised EASE's signal), its weight c learned. With ``bag.rated`` the counts leave
+    the user out: P'[j, i] = (n_j·P[j, i] − x_i) / (n_j − 1). An empty bag gives 0."""
+    share, count = params["rank.cooccurrence"], params["rank.item_count"]
+    keep = (bag.mask & (bag.ids != 0)).to(share.dtype)  # (T, L)
+    rows = share[bag.ids]  # (T, L, V)
+    if bag.rated is not None:
+        n = count[bag.ids].unsqueeze(-1)  # (T, L, 1)
+        rows = ((rows * n - bag.rated.unsqueeze(-2)) / (n - 1).clamp(min=1.0)).clamp(min=0.0)
+    mean = (rows * keep.unsqueeze(-1)).sum(-2) / keep.sum(-1, keepdim=True).clamp(min=1.0)
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(mean), -1)
+    value = torch.log(EPSILON + mean.gather(-1, targets)) - torch.log(torch.tensor(EPSILON))
+    has_bag = (keep.sum(-1, keepdim=True) > 0).to(share.dtype)
+    return params["rank.cooc_weight"] * value * has_bag * (targets != 0).to(share.dtype)
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

@@ -23,6 +23,8 @@ from torch import Tensor
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
 from melu.model.maml import Examples
+from melu.model.ranking import Bag
+from melu.serving.rows import Scores
 from melu.serving.types import Adaptation, Recommendations, Request
 
 if TYPE_CHECKING:
@@ -100,8 +102,8 @@ def _adapt(
 
 def _rank_catalog(
     recommender: Recommender, chunk: Sequence[Checked], catalog: Tensor
-) -> list[tuple[Tensor, Tensor]]:
-    """Each person's top k of the whole catalog from its scores (C, I) in one sort: rated
+) -> list[Tensor]:
+    """Each person's top k catalog rows from their ranking scores (C, I) in one sort: rated
     rows (when excluded) go to the end as -inf and are cut, so the order is ``_top``'s
     (stable, ties by catalog order) over the remaining rows."""
     scores = catalog.clone()
@@ -113,9 +115,22 @@ def _rank_catalog(
     out = []
     for c, person in enumerate(chunk):
         excluded = len(person.rated) if person.request.exclude_rated else 0
-        top = order[c, : min(person.request.k, recommender.n_items - excluded)]
-        out.append((top, catalog[c, top]))
+        out.append(order[c, : min(person.request.k, recommender.n_items - excluded)])
     return out
+
+
+def _bags(recommender: Recommender, chunk: Sequence[Checked]) -> Bag:
+    """The chunk's rated items as one padded ranking bag (C, L)."""
+    n = max(len(p.rated) for p in chunk)
+    device = recommender.device
+    rows = torch.zeros(len(chunk), n, dtype=torch.long, device=device)
+    values = torch.zeros(len(chunk), n, device=device)
+    mask = torch.zeros(len(chunk), n, dtype=torch.bool, device=device)
+    for c, person in enumerate(chunk):
+        r = len(person.rated)
+        rows[c, :r], values[c, :r], mask[c, :r] = person.rated, person.values, True
+    ids = recommender.encoder.bag(rows.flatten(), values.flatten()).ids.reshape(rows.shape)
+    return recommender.model.bag(ids, values, mask)
 
 
 def recommend_many(recommender: Recommender, requests: Sequence[Request]) -> list[Recommendations]:
@@ -129,22 +144,37 @@ def recommend_many(recommender: Recommender, requests: Sequence[Request]) -> lis
         out = []
         for lo in range(0, len(people), SCORE_CHUNK):
             chunk = people[lo : lo + SCORE_CHUNK]
-            params = {**rec.params, **{k: v[lo : lo + len(chunk)] for k, v in fast.items()}}
-            users = {k: torch.stack([p.user[k] for p in chunk]) for k in chunk[0].user}
+            out.extend(_answer(rec, chunk, fast, infos, lo))
+    return out
+
+
+def _answer(
+    rec: Recommender, chunk: Sequence[Checked], fast: dict[str, Tensor],
+    infos: Sequence[Adaptation], lo: int,
+) -> list[Recommendations]:  # fmt: skip
+    """A chunk's answers: the whole catalog ranked for all of them at once (each person's
+    candidates, or per-person encodings when embeddings adapt, taken from there)."""
+    params = {**rec.params, **{k: v[lo : lo + len(chunk)] for k, v in fast.items()}}
+    users = {k: torch.stack([p.user[k] for p in chunk]) for k in chunk[0].user}
+    with torch.no_grad():
+        both = rec.encoder.catalog_rankings(params, users, _bags(rec, chunk))  # or None
+    ranked = _rank_catalog(rec, chunk, both[1]) if both is not None else None
+    out = []
+    for c, person in enumerate(chunk):
+        info = infos[lo + c]
+        mine = {**rec.params, **{k: v[lo + c] for k, v in fast.items()}}
+        bag = rec.encoder.bag(person.rated, person.values)
+        if both is not None:
+            rows = ranked[c] if ranked is not None and person.request.candidates is None else None
+            pick = rows if rows is not None else person.rows
+            rating, rank = both[0][c, pick], both[1][c, pick]
+        else:  # embeddings adapt: each person's rows are encoded with their tables
+            rows, pick = None, person.rows
             with torch.no_grad():
-                catalog = rec.encoder.catalog_scores(params, users)  # (C, I) or None
-            ranked = _rank_catalog(rec, chunk, catalog) if catalog is not None else None
-            for c, person in enumerate(chunk):
-                info = infos[lo + c]
-                if ranked is not None and person.request.candidates is None:
-                    rows, scores = ranked[c]
-                    out.append(Recommendations(rec._describe(rows, scores), info))
-                    continue
-                if catalog is not None:
-                    scores = catalog[c, person.rows]
-                else:  # embeddings adapt: each person's rows are encoded with their tables
-                    mine = {**rec.params, **{k: v[lo + c] for k, v in fast.items()}}
-                    with torch.no_grad():
-                        scores = rec.encoder.scores(mine, person.user, person.rows)
-                out.append(rec._top(person.request, person.rows, scores, person.rated, info))
+                rating, rank = rec.encoder.rankings(mine, person.user, pick, bag)
+        scores = Scores(pick, rating, rank, person.rated, person.values, mine, bag)
+        if rows is not None:  # already the top k in order
+            out.append(Recommendations(rec._describe(rows, rating, scores), info))
+        else:
+            out.append(rec._top(person.request, scores, info))
     return out

@@ -1,8 +1,9 @@
 """Catalog: the items a bundle can recommend, addressed by catalog row.
 
 Looks data set item ids up and checks a person's ratings of them (unknown or repeated
-ids, ratings off the scale raise ``InvalidInput`` at their location), describes rows as typed items, and searches/browses titles and genres for
-``GET /v1/items``. Knows nothing about the model.
+ids, ratings off the scale raise ``InvalidInput`` at their location), describes rows as
+typed items, and searches (``melu.serving.search``) and browses titles and genres for
+``GET /v1/items`` and ``melu recommend --rate TITLE=5``. Knows nothing about the model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from melu.errors import InvalidInput, Loc
+from melu.serving.search import TitleIndex
 from melu.serving.types import Item, ItemPage, Ratings
 
 
@@ -29,7 +31,7 @@ class Catalog:
         self.n_ratings = frame["n_ratings"].to_numpy(dtype=np.int64)  # (I,)
         order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.item_ids[order], order
-        self._folded = [t.casefold() for t in self.titles]
+        self._titles = TitleIndex(self.titles, self.n_ratings)  # search keys, built once
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -82,6 +84,19 @@ class Catalog:
                 raise InvalidInput(("ratings", i, "rating"), rating, reason)
         return rows, [float(r[1]) for r in ratings]
 
+    def find(self, text: str, loc: Loc) -> int:
+        """The one row whose title ``text`` names (``"Star Wars"``, ``"the godfather"``,
+        ``"Shaft (2000)"``, a typo), by :meth:`TitleIndex.best`; no match or several equally
+        good ones raise ``InvalidInput`` at ``loc``, naming up to five candidates."""
+        rows = self._titles.best(text)
+        if len(rows) == 1:
+            return int(rows[0])
+        if not len(rows):
+            raise InvalidInput(loc, text, "no movie title matches it")
+        named = "; ".join(f"{self.titles[r]} (id {self.item_ids[r]})" for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise InvalidInput(loc, text, f"{len(rows)} titles match it equally: {named}{more}")
+
     def search(
         self,
         text: str | None = None,
@@ -90,18 +105,23 @@ class Catalog:
         limit: int = 20,
         offset: int = 0,
     ) -> ItemPage:
-        """Items in id order whose title contains ``text`` and whose genres include
-        ``genre`` (both case-insensitive); the page of ``limit`` from ``offset``."""
+        """Items whose title matches ``text`` and whose genres include ``genre``
+        (case-insensitive); the page of ``limit`` from ``offset``.
+
+        With ``text`` the best matches come first (:class:`melu.serving.search.TitleIndex`:
+        articles, accents, punctuation and case ignored, typos tolerated); without it, in
+        item id order.
+        """
         keep = np.ones(len(self), dtype=bool)
-        if text:
-            needle = text.casefold()
-            keep &= np.array([needle in t for t in self._folded], dtype=bool)
         if genre:
             wanted = genre.casefold()
             keep &= np.array(
                 [any(g.casefold() == wanted for g in gs) for gs in self.genres], dtype=bool
             )
-        rows = np.flatnonzero(keep)
-        rows = rows[np.argsort(self.item_ids[rows], kind="stable")]
+        if text and text.strip():
+            rows = self._titles.match(text, keep)
+        else:
+            rows = np.flatnonzero(keep)
+            rows = rows[np.argsort(self.item_ids[rows], kind="stable")]
         page: Sequence[int] = rows[offset : offset + limit].tolist()
         return ItemPage(len(rows), limit, offset, [self.item(r) for r in page])

@@ -29,16 +29,19 @@ from melu.model.maml import Examples, adapt, inner_rates
 from melu.serving import batch
 from melu.serving.catalog import Catalog
 from melu.serving.onboarding import evidence_scores, rank
-from melu.serving.rows import RowEncoder
+from melu.serving.rows import RowEncoder, Scores
 from melu.serving.types import (
     Adaptation,
     OnboardingItem,
     Ratings,
+    Reason,
     Recommendations,
     Request,
     Scored,
     User,
 )
+
+REASONS = 3  # rated items named per recommendation, at most
 
 
 class Recommender:
@@ -191,20 +194,19 @@ class Recommender:
 
     def _score(
         self, user: User | None, ratings: Ratings, rows: Tensor
-    ) -> tuple[Tensor, Tensor, Adaptation]:
-        """Adapt to the person, then unclamped predicted ratings (N,) of catalog ``rows``.
-
-        Also returns the rated catalog rows (R,) and how adaptation went.
-        """
+    ) -> tuple[Scores, Adaptation]:
+        """Adapt to the person, then the predicted ratings and ranking scores of catalog
+        ``rows`` (N,), the rated catalog rows (R,) as a bag, and how adaptation went."""
         with self._threads():
             features = self.encoder.user(user)
             found, checked = self.catalog.rated(ratings, self.scale)
             rated = torch.as_tensor(found, device=self.device)
             values = torch.tensor(checked, device=self.device)
             params, info = self._adapt_to(features, rated, values)
+            bag = self.encoder.bag(rated, values)
             with torch.no_grad():
-                scores = self.encoder.scores(params, features, rows)
-        return scores, rated, info
+                rating, rank = self.encoder.rankings(params, features, rows, bag)
+        return Scores(rows, rating, rank, rated, values, params, bag), info
 
     # ----------------------------------------------------------------- public API
     def predict(
@@ -212,8 +214,8 @@ class Recommender:
     ) -> tuple[list[float], Adaptation]:
         """Predicted ratings (clamped to the scale) of ``item_ids`` after adapting."""
         rows = self.catalog.rows(item_ids, ("item_ids",), unique=True)
-        scores, _, info = self._score(user, ratings, torch.as_tensor(rows, device=self.device))
-        return scores.clamp(*self.scale).cpu().tolist(), info
+        scores, info = self._score(user, ratings, torch.as_tensor(rows, device=self.device))
+        return scores.rating.clamp(*self.scale).cpu().tolist(), info
 
     def recommend(
         self,
@@ -225,14 +227,16 @@ class Recommender:
     ) -> Recommendations:
         """Top-``k`` of the candidates (default: the whole catalog) after adapting.
 
-        Ranked by predicted rating (ties by catalog order); reported scores are clamped to
-        the rating scale. Rated items are left out when ``exclude_rated``; fewer than ``k``
-        items come back only when fewer candidates remain.
+        Ranked by the model's ranking score (its ranking head; the predicted rating for a
+        model without one), ties by catalog order; each item shows its predicted rating,
+        clamped to the scale, and the rated items that raised it most (``because``). Rated
+        items are left out when ``exclude_rated``; fewer than ``k`` items come back only
+        when fewer candidates remain.
         """
         request = Request(user, ratings, k, exclude_rated, candidates)
         rows = self._candidates(request)
-        scores, rated, info = self._score(user, ratings, rows)
-        return self._top(request, rows, scores, rated, info)
+        scores, info = self._score(user, ratings, rows)
+        return self._top(request, scores, info)
 
     def recommend_many(self, requests: Sequence[Request]) -> list[Recommendations]:
         """``recommend`` for many people at once: every request is checked first (a bad one
@@ -252,25 +256,44 @@ class Recommender:
             raise InvalidInput(("candidate_ids",), [], "must not be empty (omit it for all)")
         return torch.as_tensor(found, device=self.device)
 
-    def _top(
-        self, request: Request, rows: Tensor, scores: Tensor, rated: Tensor, info: Adaptation
-    ) -> Recommendations:
-        """The top ``k`` of candidate ``rows`` (N,) by ``scores`` (N,), rated ones left out
-        when the request says so (ties by catalog order)."""
-        if request.exclude_rated and len(rated):
-            keep = ~torch.isin(rows, rated)
-            rows, scores = rows[keep], scores[keep]
-        order = torch.sort(scores, descending=True, stable=True).indices[: request.k]
-        return Recommendations(self._describe(rows[order], scores[order]), info)
+    def _top(self, request: Request, scores: Scores, info: Adaptation) -> Recommendations:
+        """The top ``k`` of the candidates by ranking score, rated ones left out when the
+        request says so (ties by catalog order)."""
+        rows, rating, rank = scores.rows, scores.rating, scores.rank
+        if request.exclude_rated and len(scores.rated):
+            keep = ~torch.isin(rows, scores.rated)
+            rows, rating, rank = rows[keep], rating[keep], rank[keep]
+        order = torch.sort(rank, descending=True, stable=True).indices[: request.k]
+        return Recommendations(self._describe(rows[order], rating[order], scores), info)
 
-    def _describe(self, rows: Tensor, scores: Tensor) -> list[Scored]:
-        """Catalog rows (N,) and raw scores (N,) → ``Scored`` items (scores clamped)."""
-        clamped = scores.clamp(*self.scale).cpu().tolist()
+    def _describe(self, rows: Tensor, ratings: Tensor, scores: Scores) -> list[Scored]:
+        """Catalog rows (N,) and predicted ratings (N,) → ``Scored`` items (ratings clamped),
+        each with the rated items that added most to its ranking score (best first)."""
+        clamped = ratings.clamp(*self.scale).cpu().tolist()
         items = (self.catalog.item(row) for row in rows.cpu().tolist())
+        reasons = self._reasons(rows, scores)
         return [
-            Scored(item.item_id, item.title, item.year, item.genres, float(score))
-            for item, score in zip(items, clamped, strict=True)
+            Scored(item.item_id, item.title, item.year, item.genres, float(score), why)
+            for item, score, why in zip(items, clamped, reasons, strict=True)
         ]
+
+    def _reasons(self, rows: Tensor, scores: Scores) -> list[tuple[Reason, ...]]:
+        """Up to ``REASONS`` rated items per row whose contribution is positive."""
+        if not len(scores.rated):
+            return [()] * len(rows)
+        with torch.no_grad():
+            added = self.encoder.reasons(scores.params, rows, scores.bag)  # (N, R)
+        top = added.topk(min(REASONS, added.shape[-1]), dim=-1)
+        rated, values = scores.rated.cpu().tolist(), scores.values.cpu().tolist()
+        out = []
+        for gains, picks in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            why = []
+            for gain, j in zip(gains, picks, strict=True):
+                if gain > 0:
+                    item = self.catalog.item(rated[j])
+                    why.append(Reason(item.item_id, item.title, float(values[j])))
+            out.append(tuple(why))
+        return out
 
     def onboarding_items(self, n: int = 10) -> list[OnboardingItem]:
         """The ``n`` items to ask a new user to rate first: MeLU-style evidence candidates.

@@ -46,10 +46,21 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Reason:
+    """A rated item behind a recommendation: "because you rated <title> <rating>★"."""
+
+    item_id: int
+    title: str
+    rating: float
+
+
+@dataclass(frozen=True)
 class Scored(Item):
-    """A ranked item with its predicted rating (clamped to the scale)."""
+    """A ranked item with its predicted rating (clamped to the scale) and the person's
+    rated items that raised its rank most (best first; empty without a ranking head)."""
 
     score: float
+    because: tuple[Reason, ...] = ()
 
 
 @dataclass(frozen=True)

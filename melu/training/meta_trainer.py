@@ -56,7 +56,8 @@ class MetaTrainer:
         self.model = PreferenceEstimator(config.model, prepared.features)
         self.fast = self.model.fast_names()
         self.params: Params = {
-            k: v.requires_grad_() for k, v in self.model.init_params(device=device).items()
+            k: v.requires_grad_()
+            for k, v in self.model.init_params(device=device, head=False).items()
         }
         self.inner_lr: Params | None = None
         if config.meta.learn_inner_lr:

@@ -53,9 +53,11 @@ class CatalogRanker:
 
     def __init__(
         self, model: PreferenceEstimator, params: Mapping[str, Tensor], prepared: Prepared,
-        steps: int, lr: Lr, device: torch.device,
+        steps: int, lr: Lr, device: torch.device, network: Tensor | None = None,
     ) -> None:  # fmt: skip
+        """``network``: the MLP's output (users, I) for every user row, if cached."""
         self.model, self.params, self.steps, self.lr = model, params, steps, lr
+        self.network = network
         self.tables = prepared.tables.to(device)
         self.device = device
         rows = torch.arange(len(self.tables.item_ids), device=device)
@@ -68,9 +70,29 @@ class CatalogRanker:
         feats = self.tables.gather(users, s.items.to(self.device))
         ex = Examples(feats, s.ratings.to(self.device), s.mask.to(self.device))
         user_feats = {k: v[users] for k, v in self.tables.users.items()}
+        net = self.network[users] if self.network is not None else None
         return rank_catalog(
-            self.model, self.params, user_feats, ex, self.catalog, steps=self.steps, lr=self.lr
-        )
+            self.model, self.params, user_feats, ex, self.catalog, steps=self.steps, lr=self.lr,
+            network=net,
+        )  # fmt: skip
+
+
+def network_table(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], prepared: Prepared,
+    catalog: Encoded, device: torch.device, chunk: int = 256,
+) -> Tensor:  # fmt: skip
+    """The MLP's output (users, I) of every user row × catalog item (no graph): it does not
+    depend on the fast parameters, so with the rating part fixed it is computed once."""
+    tables = prepared.tables.to(device)
+    out = []
+    with torch.no_grad():
+        for part in chunks(len(tables.user_ids), chunk):
+            feats = {k: v[part] for k, v in tables.users.items()}
+            user = model.encode_user(params, feats)
+            if user.dim() == 1:
+                user = user.new_zeros((part.stop - part.start, 0))
+            out.append(model.network(params, Encoded(user, catalog.items, catalog.ids)))
+    return torch.cat(out)
 
 
 def encode_catalog(
@@ -95,9 +117,9 @@ def validation_ndcg(ranker: CatalogRanker, users: list[TopNUsers], threshold: fl
 def _targets(
     prepared: Prepared, user_rows: Tensor, support_items: Tensor, support_mask: Tensor,
     threshold: float, negative: float, device: torch.device,
-) -> Tensor:  # fmt: skip
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(T, I) target weights: each user's training ratings, relevant 1, others
-    ``negative``, the support's items 0."""
+    ``negative``, the support's items 0; and (T, I) bool: every item the user rated."""
     rows = prepared.train_ratings
     n_items = len(prepared.tables.item_ids)
     per_user = torch.full((len(prepared.tables.user_ids),), -1, dtype=torch.long)
@@ -107,9 +129,11 @@ def _targets(
     weight = torch.where(rows.ratings >= threshold, 1.0, negative)
     out = torch.zeros(len(user_rows), n_items)
     out[task[keep], rows.item_rows.long()[keep]] = weight[keep]
+    rated = torch.zeros(len(user_rows), n_items, dtype=torch.bool)
+    rated[task[keep], rows.item_rows.long()[keep]] = True
     t = torch.arange(len(user_rows)).unsqueeze(1).expand_as(support_items)
     out[t[support_mask.cpu()], support_items.long().cpu()[support_mask.cpu()]] = 0.0
-    return out.to(device)
+    return out.to(device), rated
 
 
 def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
@@ -120,7 +144,7 @@ def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
     return nll[targets.sum(-1) > 0].mean()
 
 
-REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight", "rank.content.weight")
+REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight")
 
 
 def _penalty(head: Mapping[str, Tensor]) -> Tensor:
@@ -147,10 +171,13 @@ def train_ranking(
     shapes = model.rank_shapes()
     n_ids = shapes["rank.item_bias"][0]
     pop = torch.bincount(ids.cpu()[prepared.train_ratings.item_rows.long()], minlength=n_ids)
-    head = {
-        k: v.to(device).requires_grad_() for k, v in ranking.init_head(shapes, pop, tc.seed).items()
-    }
-    opt = torch.optim.Adam(list(head.values()), lr=tc.rank_lr)
+    start = ranking.init_head(shapes, pop, tc.seed)
+    start["rank.cooccurrence"], start["rank.item_count"] = ranking.cooccurrence(
+        ids.cpu()[prepared.train_ratings.item_rows.long()],
+        prepared.train_ratings.user_rows.long(), n_ids, len(prepared.tables.user_ids),
+    )  # fmt: skip
+    head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
+    opt = torch.optim.Adam([v for v in head.values() if v.requires_grad], lr=tc.rank_lr)
     seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
     seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
     protocol = TopNProtocol()
@@ -158,6 +185,7 @@ def train_ranking(
     rows = torch.arange(len(tables.item_ids), device=device)
     with torch.no_grad():
         catalog_all = encode_catalog(model, fixed, tables.items, rows)
+    network = network_table(model, fixed, prepared, catalog_all, device)
     steps = config.meta.inner_steps
     data = config.data.replace(max_support=min(config.data.max_support, tc.rank_max_support))
     best: Params = {k: v.detach().clone() for k, v in head.items()}
@@ -168,7 +196,7 @@ def train_ranking(
         hidden = None
         if tc.hide_items > 0:
             hidden = hidden_ids(n_ids, tc.hide_items, seed, device)
-        targets_all = _targets(
+        targets_all, rated_all = _targets(
             prepared, tasks.user_rows, tasks.support_items, tasks.support_mask,
             mc.rank_threshold, tc.rank_negative_weight, torch.device("cpu"),
         )  # fmt: skip
@@ -185,9 +213,13 @@ def train_ranking(
                 catalog = catalog_all._replace(ids=torch.where(hidden[ids], 0, ids))
             support = Examples(feats, tasks.support_ratings[batch].float().to(device), s_mask)
             user_feats = {k: v[users] for k, v in tables.users.items()}
+            rated = torch.zeros(len(batch), n_ids, device=device)
+            rated[:, ids] = rated_all[batch].to(device=device, dtype=rated.dtype)
+            rated[:, 0] = 0.0
             scores = rank_catalog(
-                model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr
-            )
+                model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr,
+                network=network[users], rated=rated,
+            )  # fmt: skip
             target = targets_all[batch].to(device)
             allowed = seen.unsqueeze(0).expand_as(scores).clone()
             t = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(s_items)
@@ -197,7 +229,7 @@ def train_ranking(
             loss.backward()
             opt.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
-        ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device)
+        ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device, network)
         with torch.no_grad():
             score = validation_ndcg(ranker, val_users, protocol.threshold)
         row = {"epoch": epoch, "rank_loss": total / max(count, 1), "val_ndcg@10": score}

@@ -35,6 +35,8 @@ def ready(request: Request) -> Response:
     version = slot.current.version if slot.current else None
     if slot.current is None:
         body = Readiness(status="loading", model_version=None)
+    elif slot.failure:
+        body = Readiness(status="warm-up failed", model_version=version)
     elif not slot.ready:
         body = Readiness(status="warming up", model_version=version)
     else:

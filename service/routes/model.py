@@ -26,4 +26,9 @@ def model(loaded: LoadedDep) -> ModelInfo:
         config=bundle.config.to_dict(),
         metrics=bundle.metrics,
         info=info,
+        user_values={
+            f.name: list(f.vocab)
+            for f in bundle.features.user_fields
+            if f.name in ("gender", "occupation")
+        },
     )

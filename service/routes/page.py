@@ -27,6 +27,11 @@ def page() -> Response:
     return Response(asset("index.html"), media_type="text/html; charset=utf-8")
 
 
+@router.get("/static/app.css")
+def style() -> Response:
+    return Response(asset("app.css"), media_type="text/css; charset=utf-8")
+
+
 @router.get("/static/app.js")
 def script() -> Response:
     return Response(asset("app.js"), media_type="text/javascript; charset=utf-8")

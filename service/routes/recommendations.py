@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from melu.serving import InvalidInput
 from melu.serving import Request as Wanted
-from service.deps import LoadedDep, SettingsDep
+from service.deps import ReadyDep, SettingsDep
 from service.observability import observe_request
 from service.routes.common import adaptation, check_size, model_ref, pairs, scored, user_dict
 from service.schemas import (
@@ -35,7 +35,7 @@ def _checked(body: RecommendationRequest, settings: Settings) -> Wanted:
 
 @router.post("/recommendations", response_model=RecommendationResponse, responses=ERRORS)
 def recommend(
-    body: RecommendationRequest, loaded: LoadedDep, settings: SettingsDep, request: Request
+    body: RecommendationRequest, loaded: ReadyDep, settings: SettingsDep, request: Request
 ) -> RecommendationResponse:
     """Rank the catalog (or `candidate_ids`) for a new user after adapting to `ratings`.
 
@@ -49,17 +49,18 @@ def recommend(
         request.scope, "recommendations", [len(body.ratings)], result.adaptation.seconds
     )
     return RecommendationResponse(
-        items=scored(result.items),
-        adaptation=adaptation(result.adaptation),
+        items=scored(result.items, loaded),
+        adaptation=adaptation(result.adaptation, loaded),
         model=model_ref(loaded),
     )
 
 
 @router.post("/recommendations/batch", response_model=BatchResponse, responses=ERRORS)
 def recommend_batch(
-    body: BatchRequest, loaded: LoadedDep, settings: SettingsDep, request: Request
+    body: BatchRequest, loaded: ReadyDep, settings: SettingsDep, request: Request
 ) -> BatchResponse:
-    """Recommendations for up to MELU_MAX_BATCH users, adapted together in one batched pass.
+    """Recommendations for up to MELU_MAX_BATCH users, adapted together in one batched pass,
+    answering at most MELU_MAX_BATCH_ITEMS items in all (the sum of k over the users).
 
     Each entry of `users` is a POST /v1/recommendations body; `results` has one answer per
     user, in order, equal to that user's single answer (up to float rounding). If any user
@@ -67,6 +68,14 @@ def recommend_batch(
     (`["body", "users", 3, "ratings", 0, "rating"]`); nothing is answered.
     """
     check_size("users", body.users, settings.max_batch, "MELU_MAX_BATCH")
+    asked = sum(one.k for one in body.users)
+    if asked > settings.max_batch_items:
+        raise InvalidInput(
+            ("users",),
+            f"{len(body.users)} users, k summing to {asked}",
+            f"a batch answers at most {settings.max_batch_items} items in all (the sum of k"
+            f" over its users; MELU_MAX_BATCH_ITEMS): ask for fewer users or a smaller k",
+        )
     wanted = []
     for i, one in enumerate(body.users):
         try:
@@ -83,7 +92,8 @@ def recommend_batch(
     )
     return BatchResponse(
         results=[
-            BatchResult(items=scored(r.items), adaptation=adaptation(r.adaptation)) for r in results
+            BatchResult(items=scored(r.items, loaded), adaptation=adaptation(r.adaptation, loaded))
+            for r in results
         ],
         model=model_ref(loaded),
     )
