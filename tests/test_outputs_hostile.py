@@ -83,9 +83,8 @@ def test_a_model_that_does_not_fit_leaves_the_whole_checkpoint_only(
     argv = ["train", "--data-dir", str(data_dir), "--cache-dir", str(ml100k.path.parent)]
     assert run_app([*argv, "--out", str(out), "--epochs", "1", "--max-tasks-per-epoch", "32"]) == 1
     assert f"{out / 'model'}: no space left on device" in capsys.readouterr().err
-    assert files_under(small_disk) == [
-        "run/checkpoint/state.json", "run/checkpoint/tensors.safetensors", "run/metrics.jsonl"
-    ]  # fmt: skip
+    whole = ["run/checkpoint/state.json", "run/checkpoint/tensors.safetensors"]
+    assert [f for f in files_under(small_disk) if not f.endswith("metrics.jsonl")] == whole
     load_checkpoint(out / "checkpoint")  # whole: --resume can go on from it
 
 
