@@ -9,7 +9,7 @@ import torch
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
 from melu.cli.settings import config_options
 from melu.config import Config
 
@@ -36,6 +36,7 @@ def run_study(
     from melu.evaluation.cv import CVOptions, run_cv
     from melu.evaluation.cv_report import summary_table, write_cv_report
 
+    writable_folder(out, "--out")
     config = config.replace(data=config.data.replace(user_split="random"))
     baselines = (
         BaselineConfig() if pooled_epochs is None else BaselineConfig(pooled_epochs=pooled_epochs)

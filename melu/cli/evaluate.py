@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from tqdm import tqdm
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
 from melu.cli.settings import config_overrides
 from melu.tasks import EVAL_SCENARIOS, SCENARIOS
 
@@ -62,13 +62,13 @@ def run_evaluation(
     from melu.prepare import prepare
 
     bundle_dir, run_dir = resolve_model(model)
+    target = writable_folder(out if out is not None else run_dir / "eval", "--out")
     bundle = load_bundle(bundle_dir)
     overrides = {"inner_steps": inner_steps, "inner_lr": inner_lr}
     meta = bundle.config.meta.replace(**{k: v for k, v in overrides.items() if v is not None})
     bundle.config = bundle.config.replace(meta=meta)
     if inner_lr is not None:
         bundle.inner_lr = None  # a fixed rate replaces learned (Meta-SGD) rates
-    target = out if out is not None else run_dir / "eval"
     prepared = prepare(bundle.config.data, resolve_data_dir(data_dir), cache_dir)
     names = scenarios or EVAL_SCENARIOS
     sizes = (1, 3, 5, 10, 20)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
 from melu.cli.settings import config_options
 from melu.config import Config
+from melu.config_fields import check_threads
 from melu.training.distributed import DistContext, barrier, init_distributed, shutdown
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def run_training(
     """
     writable_folder(out, "--out")
     if threads > 0:
+        check_threads(threads, "--threads")
         torch.set_num_threads(threads)
     if float64:
         torch.set_default_dtype(torch.float64)
