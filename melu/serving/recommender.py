@@ -113,8 +113,9 @@ class Recommender:
 
     def warm_up(self) -> None:
         """The probe request every bundle must answer before it serves (~ms): the whole
-        catalog scored from features only, and again after adapting to one rating (the
-        top of the scale on the most-rated item). A non-finite score or support loss is a
+        catalog scored (predicted ratings and ranking scores) from features only, and again
+        after adapting to one rating (the top of the scale on the most-rated item). A
+        non-finite score or support loss is a
         ``BundleError`` (finite weights can still overflow: huge values, or an in-bounds
         ``inner_lr`` of 1e30 in config.json), so NaN is refused at load, never served."""
         with self._threads(), torch.no_grad():
@@ -124,9 +125,14 @@ class Recommender:
             rating = torch.tensor([self.scale[1]], device=self.device)
             adapted, info = self._adapt_to(user, top, rating)
             losses = [info.support_loss_before or 0.0, info.support_loss_after or 0.0]
-            for params, when in ((self.params, "without ratings"), (adapted, "after one rating")):
-                scores = self.encoder.scores(params, user, rows)
-                finite = bool(torch.isfinite(scores).all())
+            bags = (self.encoder.bag(top[:0], rating[:0]), self.encoder.bag(top, rating))
+            probes = (
+                (self.params, "without ratings", bags[0]),
+                (adapted, "after one rating", bags[1]),
+            )
+            for params, when, bag in probes:
+                scores, ranks = self.encoder.rankings(params, user, rows, bag)
+                finite = bool(torch.isfinite(scores).all() and torch.isfinite(ranks).all())
                 if not finite or (params is adapted and not all(map(math.isfinite, losses))):
                     raise BundleError(
                         f"{self.bundle.path or 'bundle'}: the model gives non-finite scores "

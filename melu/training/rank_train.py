@@ -228,16 +228,14 @@ def train_ranking(
     start["rank.ease"], start["rank.ease_weight"] = prec, torch.tensor([scale])
     report({"event": "rank_ease", "lambda": lam, "validation": grid})
     head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
-    opt = torch.optim.Adam(
-        [
-            {"params": [v for k, v in head.items() if v.requires_grad and v.numel() > 16]},
-            {  # the scalar mixing weights move ×10 faster
-                "params": [v for k, v in head.items() if v.requires_grad and v.numel() <= 16],
-                "lr": 10 * tc.rank_lr,
-            },
-        ],
-        lr=tc.rank_lr,
-    )
+    groups: list[dict[str, Any]] = [
+        {"params": [v for k, v in head.items() if v.requires_grad and v.numel() > 16]},
+        {  # the scalar mixing weights move ×10 faster
+            "params": [v for k, v in head.items() if v.requires_grad and v.numel() <= 16],
+            "lr": 10 * tc.rank_lr,
+        },
+    ]
+    opt = torch.optim.Adam(groups, lr=tc.rank_lr)
     seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
     seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
     rows = torch.arange(len(tables.item_ids), device=device)
