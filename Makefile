@@ -12,7 +12,7 @@ TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 DATASET ?= ml-100k
 RUN ?= runs/quickstart
 
-.PHONY: quickstart test venv install install-dev lint clean browser
+.PHONY: quickstart notebook test venv install install-dev lint clean browser
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ install-dev: $(VENV)/.installed-dev
 
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/melu quickstart --dataset $(DATASET) --out $(RUN)
+
+# the evaluation notebook end to end on the quickstart report (or MELU_REPORT=...); the
+# executed copy lands beside the run (git-ignored): $(RUN)/evaluation.executed.ipynb
+notebook: $(VENV)/.installed-dev
+	MELU_REPORT="$${MELU_REPORT:-$(abspath $(RUN))/eval/report.json}" \
+		$(PY) notebooks/execute.py notebooks/evaluation.ipynb $(RUN)/evaluation.executed.ipynb
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check melu service tests benchmarks

@@ -26,13 +26,13 @@ from safetensors.torch import load_file, save_file
 from melu import __version__
 from melu.atomic import atomic_directory, recover
 from melu.bundle_checks import (
-    DIGESTED,
     INNER_LR_PREFIX,
     check_catalog,
     check_digests,
     check_metrics,
     check_weights,
-    file_sha256,
+    digests_of,
+    file_sha256,  # noqa: F401 - re-exported (tests, tools)
     item_tables,
     read_json,
     unreadable,
@@ -112,7 +112,7 @@ def save_bundle(
         (tmp / "metrics.json").write_text(
             json.dumps(metrics or {}, indent=1, sort_keys=True, allow_nan=False) + "\n"
         )
-        info["digests"] = {name: file_sha256(tmp / name) for name in DIGESTED}
+        info["digests"] = digests_of(tmp)
         (tmp / "config.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return path
 

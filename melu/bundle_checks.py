@@ -45,13 +45,22 @@ def unreadable(path: Path, exc: BaseException) -> BundleError:
     return BundleError(f"{path}: unreadable ({exc})")
 
 
+def digests_of(path: Path) -> dict[str, str]:
+    """The sha256 of each digested file of the bundle folder ``path`` (config.json's record)."""
+    return {name: file_sha256(path / name) for name in DIGESTED}
+
+
 def check_digests(path: Path, info: dict[str, Any]) -> None:
-    """Each file's sha256 against config.json's record (a bundle written before digests
-    existed has none and is accepted): flipped bytes or a file from another bundle are
-    refused, naming the file."""
+    """Each file's sha256 against config.json's record: flipped bytes or a file from
+    another bundle are refused, naming the file. A bundle without the record is refused
+    too (its files could not be checked); there is no way around that: re-save it with
+    ``melu.bundle.save_bundle`` from a trusted copy, which records the digests."""
     digests = info.get("digests")
     if digests is None:
-        return
+        raise BundleError(
+            f"{path}/config.json: no 'digests' record, so the bundle's files cannot be "
+            "checked; refusing it (re-save it with this melu from a trusted copy)"
+        )
     if not isinstance(digests, dict) or set(digests) != set(DIGESTED):
         raise BundleError(f"{path}/config.json: 'digests' must list {', '.join(DIGESTED)}")
     for name in DIGESTED:
@@ -120,12 +129,22 @@ def check_catalog(file: Path, catalog: pd.DataFrame) -> None:
             isinstance(v, list | tuple | np.ndarray) and all(isinstance(g, str) for g in v)
         ),
         "n_ratings": lambda v: isinstance(v, int | np.integer) and v >= 0,
-        "year": lambda v: v is None or v is pd.NA or (isinstance(v, int | float | np.number)),
+        "year": _year_ok,
     }
     for column, ok in checks.items():
         for row, value in enumerate(catalog[column].tolist()):
             if not ok(value):
                 raise BundleError(f"{file}: row {row} has an invalid {column} {value!r:.80}")
+
+
+def _year_ok(value: Any) -> bool:
+    """A year: missing (None, NA, NaN) or a whole number 0..9999 (never inf)."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return False
+    number = float(value)
+    return np.isnan(number) or (number.is_integer() and 0 <= number <= 9999)
 
 
 def check_metrics(file: Path, metrics: Any) -> dict[str, Any]:

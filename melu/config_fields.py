@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 import types
 import typing
 from dataclasses import field
@@ -18,6 +19,32 @@ from typing import Any, ClassVar, Literal, TypeVar
 from melu.errors import ConfigError
 
 T = TypeVar("T")
+
+# every int setting fits the int64 that torch and numpy compute with; a seed (a field named
+# ``seed`` or ``*_seed``) also the 32 bits every generator takes, whatever it is mixed with
+INT_RANGE = (-(2**63), 2**63 - 1)
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def int_range(name: str) -> tuple[int, int]:
+    """The range every int setting called ``name`` must lie in (before its own checks)."""
+    return SEED_RANGE if name == "seed" or name.endswith("_seed") else INT_RANGE
+
+
+def max_threads() -> int:
+    """The most torch threads any setting may ask for: 4 per CPU (at least 4). More only
+    thrashes: 10,000 threads took ~45 s to start and a load average above 80."""
+    return 4 * max(os.cpu_count() or 1, 1)
+
+
+def check_threads(value: int, name: str) -> int:
+    """``value`` if it is a thread count in 1..max_threads(), else a ``ConfigError`` naming
+    the setting ``name`` (a flag or an environment variable)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_threads():
+        raise ConfigError(
+            f"{name}={value!r}: torch threads must be 1..{max_threads()} (4 per CPU)", field=name
+        )
+    return value
 
 
 def setting(default: Any, help: str) -> Any:
@@ -93,7 +120,13 @@ class _Config:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             ok, converted = _coerce(hints[f.name], value)
-            self._require(ok, f.name, f"must be {describe(hints[f.name])} (got {value!r})")
+            self._require(ok, f.name, f"must be {describe(hints[f.name])} (got {value!r:.80})")
+            low, high = int_range(f.name)
+            for number in converted if isinstance(converted, tuple) else (converted,):
+                if isinstance(number, int) and not isinstance(number, bool):
+                    self._require(
+                        low <= number <= high, f.name, f"must be in {low}..{high} (got {number})"
+                    )
             object.__setattr__(self, f.name, converted)
         self._validate()
 

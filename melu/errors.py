@@ -33,6 +33,11 @@ class TrainingDiverged(MeluError):
     """Meta-training produced a non-finite loss or weights; nothing was saved from it."""
 
 
+class StorageError(MeluError):
+    """An output cannot be written: its path is taken by a file, or the disk is full
+    (nothing half-written is left behind)."""
+
+
 class BundleError(MeluError):
     """A model bundle or checkpoint is missing, truncated or does not match."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -13,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from melu.bundle import load_bundle, save_bundle
+from melu.bundle import Bundle, load_bundle, save_bundle
+from melu.bundle_checks import DIGESTED, file_sha256
 from melu.config import Config, ModelConfig
 from melu.errors import BundleError
 from melu.model.estimator import PreferenceEstimator
@@ -44,14 +46,27 @@ def saved(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def copy(saved: Path, tmp_path: Path, *, digests: bool = False) -> Path:
-    """A copy to damage; without its digests (as a bundle from before they existed), so
-    the checks behind the digest check are what a damaged file meets."""
-    path = Path(shutil.copytree(saved, tmp_path / "model"))
-    if not digests:
+    """A copy to damage (``digests=True``: the digest check is what damage meets; else
+    call ``load`` after the damage, which records the damaged files' digests first, so
+    the checks behind the digest check are what a damaged file meets)."""
+    return Path(shutil.copytree(saved, tmp_path / "model"))
+
+
+def redigest(path: Path) -> None:
+    """Record the present files' digests in config.json (as a forger would)."""
+    try:
         info = json.loads((path / "config.json").read_text())
-        del info["digests"]
+    except ValueError:
+        return
+    if isinstance(info, dict):
+        present = [n for n in DIGESTED if os.access(path / n, os.R_OK)]
+        info["digests"] = {n: file_sha256(path / n) for n in present}
         (path / "config.json").write_text(json.dumps(info))
-    return path
+
+
+def load(path: Path) -> Bundle:
+    redigest(path)
+    return load_bundle(path)
 
 
 def item_features(tables: FeatureTables, user: int, item_rows: torch.Tensor) -> dict:
@@ -103,14 +118,14 @@ def test_truncated_weights_are_refused(saved: Path, tmp_path: Path) -> None:
     weights = path / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(BundleError, match=r"weights\.safetensors: unreadable or truncated"):
-        load_bundle(path)
+        load(path)
 
 
 def test_missing_file_is_named(saved: Path, tmp_path: Path) -> None:
     path = copy(saved, tmp_path)
     (path / "features.json").unlink()
     with pytest.raises(BundleError, match=r"incomplete bundle, missing features\.json"):
-        load_bundle(path)
+        load(path)
     with pytest.raises(BundleError, match="no model bundle here"):
         load_bundle(tmp_path / "nothing")
 
@@ -123,7 +138,7 @@ def test_mismatched_shapes_are_named(saved: Path, tmp_path: Path) -> None:
     with pytest.raises(
         BundleError, match=r"mlp\.2\.weight has shape \(64, 64\), expected \(32, 64\)"
     ):
-        load_bundle(path)
+        load(path)
 
 
 def test_wrong_schema_and_corrupt_json_are_refused(saved: Path, tmp_path: Path) -> None:
@@ -131,20 +146,20 @@ def test_wrong_schema_and_corrupt_json_are_refused(saved: Path, tmp_path: Path) 
     info = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**info, "schema_version": 99}))
     with pytest.raises(BundleError, match="schema version 99"):
-        load_bundle(path)
+        load(path)
     (path / "config.json").write_text('{"schema_version": 1, "config": {')
     with pytest.raises(BundleError, match=r"config\.json: unreadable"):
-        load_bundle(path)
+        load(path)
     (path / "config.json").write_text(json.dumps({**info, "config": {"model": {"size": 3}}}))
     with pytest.raises(BundleError, match="unknown field"):
-        load_bundle(path)
+        load(path)
 
 
 def test_corrupt_catalog_is_refused(saved: Path, tmp_path: Path) -> None:
     path = copy(saved, tmp_path)
     (path / "catalog.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(BundleError, match=r"catalog\.parquet: unreadable"):
-        load_bundle(path)
+        load(path)
 
 
 def test_a_failed_save_leaves_the_old_bundle_and_no_debris(
@@ -163,7 +178,7 @@ def test_a_failed_save_leaves_the_old_bundle_and_no_debris(
             tables=ml100k.tables,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert load_bundle(path).config == Config()
+    assert load(path).config == Config()
 
 
 def _rewrite_weights(bundle: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:
@@ -195,7 +210,7 @@ def test_weights_that_do_not_fit_the_model_are_named(
     bundle = copy(saved, tmp_path)
     _rewrite_weights(bundle, damage)  # type: ignore[arg-type]
     with pytest.raises(BundleError, match=re.escape(message)):
-        load_bundle(bundle)
+        load(bundle)
 
 
 @pytest.mark.parametrize(
@@ -213,7 +228,7 @@ def test_catalogs_that_do_not_fit_the_features_are_named(
     bundle = copy(saved, tmp_path)
     _rewrite_catalog(bundle, damage)
     with pytest.raises(BundleError, match=re.escape(message)):
-        load_bundle(bundle)
+        load(bundle)
 
 
 @pytest.mark.parametrize("name", ["weights.safetensors", "features.json", "catalog.parquet"])
@@ -244,11 +259,11 @@ def test_catalog_and_metrics_the_service_uses_are_validated_at_load(
     catalog.loc[3, "title"] = None
     catalog.to_parquet(path / "catalog.parquet", index=False)
     with pytest.raises(BundleError, match=r"row 3 has an invalid title (None|nan)"):
-        load_bundle(path)
+        load(path)
     path = copy(saved, tmp_path / "b")
     (path / "metrics.json").write_text('[1, 2, {"a": 3}]')
     with pytest.raises(BundleError, match=r"metrics.json: must be a JSON object"):
-        load_bundle(path)
+        load(path)
 
 
 def test_an_unreadable_file_says_permission_denied(
@@ -267,7 +282,7 @@ def test_an_unreadable_file_says_permission_denied(
 
         monkeypatch.setattr(melu.bundle, "load_file", denied)
     with pytest.raises(BundleError, match=r"weights\.safetensors: permission denied"):
-        load_bundle(path)
+        load(path)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +302,7 @@ def test_config_values_that_would_hang_or_exhaust_are_refused_at_load(
     info["config"][section][field] = value
     (path / "config.json").write_text(json.dumps(info))
     with pytest.raises(BundleError, match=rf"config\.json: .*{section}\.{field}"):
-        load_bundle(path)
+        load(path)
 
 
 @pytest.mark.parametrize(
@@ -308,4 +323,4 @@ def test_a_malformed_feature_space_is_refused(
     edit(features)
     (path / "features.json").write_text(json.dumps(features))
     with pytest.raises(BundleError, match=message):
-        load_bundle(path)
+        load(path)

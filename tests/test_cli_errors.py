@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from melu import __version__
+from melu.bundle_checks import digests_of
 from melu.cli.app import run_app
 
 
@@ -39,9 +41,11 @@ def test_out_that_cannot_be_written_fails_before_training(
 ) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for out in (a_file, a_file / "under"):
-        assert run_app(["train", "--out", str(out), "--data-dir", str(tmp_path)]) == 2
-        assert f"--out: {out}: cannot write there" in one_line_error(capsys)
+    assert run_app(["train", "--out", str(a_file), "--data-dir", str(tmp_path)]) == 2
+    assert f"--out: {a_file}: exists and is not a folder" in one_line_error(capsys)
+    under = a_file / "under"
+    assert run_app(["train", "--out", str(under), "--data-dir", str(tmp_path)]) == 2
+    assert f"--out: {under}: cannot write there" in one_line_error(capsys)
 
 
 def test_broken_model_paths_are_one_line_and_exit_1(
@@ -55,8 +59,9 @@ def test_broken_model_paths_are_one_line_and_exit_1(
     bundle.mkdir()
     for name in ("weights.safetensors", "catalog.parquet", "metrics.json"):
         (bundle / name).write_bytes(b"")
-    (bundle / "config.json").write_bytes(b'{"schema_version": 1, "config": {}}')
     (bundle / "features.json").write_bytes(b"\xff\xfe not utf-8")
+    info = {"schema_version": 1, "config": {}, "digests": digests_of(bundle)}
+    (bundle / "config.json").write_text(json.dumps(info))
     assert run_app(["recommend", "--model", str(bundle)]) == 1
     assert "features.json" in one_line_error(capsys)
 

@@ -120,7 +120,7 @@ def test_cli_cv_writes_the_report_and_resumes_without_retraining(
     out = tmp_path / "cv"
     args = ["cv", "--dataset", "ml-100k", "--folds", "2", "--seeds", "1", "--out", str(out),
             "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
-            "--max-tasks-per-epoch", "32", "--pooled-epochs", "1", "--n-boot", "50",
+            "--max-tasks-per-epoch", "32", "--rank-epochs", "1", "--pooled-epochs", "1", "--n-boot", "50",
             "--device", "cpu", "--no-progress"]  # fmt: skip
     assert run_app(args) == 0
     printed = capsys.readouterr().out
@@ -136,6 +136,20 @@ def test_cli_cv_writes_the_report_and_resumes_without_retraining(
     tested = [set(r["scenarios"]["user_cold"]["per_user"]["user_ids"]) for r in results]
     assert len(tested) == 2 and not tested[0] & tested[1]
     assert cold["n_users"] == len(tested[0]) + len(tested[1])
+    # top-N: per fold per user, pooled over the folds (disjoint test users), paired CIs
+    points = report["topn"]["scenarios"]["user_cold"]["all"]
+    for point in points:
+        fold_users = [
+            set(next(p for p in r["topn"]["scenarios"]["user_cold"]["all"] if p["n"] == point["n"])
+                ["per_user"]["user_ids"]) for r in results
+        ]  # fmt: skip
+        assert not fold_users[0] & fold_users[1]
+        assert point["n_users"] == len(fold_users[0] | fold_users[1]) and point["n_runs"] == 2
+        assert set(point["comparison"]) == set(report["topn"]["rankers"]) - {"model"}
+    text = (out / "report" / "report.md").read_text()
+    assert text.split("\n")[2].startswith("**Verdict.**") and "```" not in text
+    assert "## Full-catalog top-N for new users" in text and "| Recall@10 | n = 0 |" in text
+    assert (out / "report" / "topn.png").stat().st_size > 0
 
     def no_training(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("a finished fold was trained again")
@@ -143,4 +157,36 @@ def test_cli_cv_writes_the_report_and_resumes_without_retraining(
     monkeypatch.setattr(cv, "train", no_training)
     assert run_app(args) == 0
     again = json.loads((out / "report" / "report.json").read_text())
-    assert again["scenarios"] == report["scenarios"]
+    assert again["scenarios"] == report["scenarios"] and again["topn"] == report["topn"]
+
+
+def fake_topn(users: list[int], model: list[float], pop: list[float]) -> dict[str, Any]:
+    """One run's top-N result: a single setting (user_cold, all, n = 3), recall@10 only."""
+    per_user = {"user_ids": users, "methods": {"model": {"recall@10": model},
+                                               "popularity": {"recall@10": pop}}}  # fmt: skip
+    methods = {r: {"coverage": c} for r, c in (("model", 0.2), ("popularity", 0.1))}
+    point = {"n": 3, "n_candidates": 100, "methods": methods, "per_user": per_user}
+    return {
+        "protocol": {"ks": [10]},
+        "k_lists": 10,
+        "sizes": [3],
+        "rankers": ["model", "popularity"],
+        "scenarios": {"user_cold": {"all": [point]}},
+    }
+
+
+def test_pool_topn_counts_each_user_once_and_pairs_the_differences(monkeypatch) -> None:
+    monkeypatch.setattr("melu.evaluation.topn_eval.metric_names", lambda ks: ["recall@10"])
+    runs = [
+        fake_topn([1, 2], [0.2, 0.4], [0.1, 0.1]),
+        fake_topn([3], [0.0], [0.3]),
+        fake_topn([3], [0.2], [0.3]),
+    ]  # user 3 twice (two seeds): averaged first
+    point = cv.pool_topn(runs, 200, 0)["scenarios"]["user_cold"]["all"][0]
+    assert point["n_users"] == 3 and point["n_runs"] == 3
+    assert point["methods"]["model"]["recall@10"] == pytest.approx((0.2 + 0.4 + 0.1) / 3)
+    diff = point["comparison"]["popularity"]["recall@10"]
+    assert diff["difference"] == pytest.approx((0.1 + 0.3 - 0.2) / 3)
+    assert diff["ci"][0] <= diff["difference"] <= diff["ci"][1]
+    assert point["methods"]["model"]["coverage"] == pytest.approx(0.2)
+    assert point["best_baseline"] == "popularity"

@@ -28,7 +28,13 @@ from melu.training.distributed import FAIL_RANK_ENV, DistContext, contiguous_ran
 from melu.training.train import MetaTrainer, train
 
 # 65 tasks at B = 32: batches of 32, 32 and 1 — rank 1's shard of the last one is empty
-SMALL: dict[str, Any] = {"meta_batch": 32, "max_tasks_per_epoch": 65, "patience": 5, "seed": 3}
+SMALL: dict[str, Any] = {
+    "meta_batch": 32,
+    "max_tasks_per_epoch": 65,
+    "patience": 5,
+    "seed": 3,
+    "rank_epochs": 1,
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +79,7 @@ def cli_args(prepared: Prepared, out: Path, epochs: int) -> list[str]:
         *("--cache-dir", str(prepared.path.parent), "--out", str(out)),
         *("--epochs", str(epochs), "--meta-batch", str(SMALL["meta_batch"])),
         *("--max-tasks-per-epoch", str(SMALL["max_tasks_per_epoch"]), "--seed", str(SMALL["seed"])),
+        *("--rank-epochs", str(SMALL["rank_epochs"])),
         "--learn-inner-lr",  # Meta-SGD: the inner rates are reduced across ranks too
         "--float64",
     ]
@@ -102,7 +109,12 @@ def test_two_ranks_resumed_match_one_process(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed after epoch 1" in resumed.stdout
     # rank 0 alone wrote; nothing half-written was left behind
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoint", "metrics.jsonl", "model"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "checkpoint",
+        "metrics.jsonl",
+        "model",
+        "rank_metrics.jsonl",
+    ]
     assert_close(
         weights(one.bundle / "weights.safetensors"),
         weights(two / "model/weights.safetensors"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from functools import partial
@@ -11,6 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cli_process import melu, one_line
 
 from melu.data.download import (
     download_dataset,
@@ -141,3 +144,54 @@ def test_git_blob_id_matches_the_published_blob(data_dir: Path) -> None:
     assert (
         git_blob_id(data_dir / "ml-100k" / "u.data") == "16ef21ed827cae1a3f71e89e23cffb5a8f44baae"
     )
+
+
+class _Dribble(_Quiet):
+    """Answers ``.md5`` at once, then the zip one byte every 0.2 s (``/stall``: never)."""
+
+    def do_GET(self) -> None:
+        if self.path.endswith(".md5"):
+            body = b"MD5 (ml-100k.zip) = " + b"0" * 32 + b"\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                if "/stall/" not in self.path:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                time.sleep(0.2)
+
+
+@pytest.fixture
+def dribbling() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Dribble)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "needle"),
+    [("", "not complete within the 2 s deadline"), ("/stall", "stalled, no data for 1 s")],
+)
+def test_a_dribbling_or_stalled_server_is_one_line_naming_the_url(
+    dribbling: str, tmp_path: Path, path: str, needle: str
+) -> None:
+    url = dribbling + path
+    start = time.monotonic()
+    done = melu(
+        "data", "download", "ml-100k", "--data-dir", str(tmp_path), "--url-base", url,
+        "--timeout", "2", "--stall-timeout", "1", timeout=60,
+    )  # fmt: skip
+    error = one_line(done, 1)
+    assert f"download failed: {url}/ml-100k.zip: {needle}" in error, error
+    assert time.monotonic() - start < 40 and leftovers(tmp_path) == []

@@ -16,7 +16,7 @@ from melu.cli.evaluate import resolve_model
 from melu.errors import BundleError, DataError
 from melu.evaluation.evaluate import BASELINES, METHODS, Report, evaluate
 from melu.evaluation.metrics import user_mae
-from melu.evaluation.report import PLOTS, summary_table, write_report
+from melu.evaluation.report import PLOTS, TOPN_PLOT, write_report
 from melu.model.maml import adapt, task_examples
 from melu.model.predict import predict_queries
 from melu.prepare import Prepared
@@ -96,12 +96,21 @@ def test_adaptation_lowers_the_error_of_the_initialisation(report: Report) -> No
 
 def test_written_report_round_trips(report: Report, tmp_path: Path) -> None:
     out = write_report(report, tmp_path / "eval")
-    assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", "report.md", *PLOTS])
+    files = ["report.json", "report.md", *PLOTS, TOPN_PLOT]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     assert Report.load(out).to_dict() == json.loads(json.dumps(report.to_dict()))
     text = (out / "report.md").read_text()
     for name in EVAL_SCENARIOS:
         assert f"## {name}" in text
-    assert summary_table(report) in text
+    # read by people: a verdict first, tables rather than code blocks or JSON dumps
+    assert text.split("\n")[2].startswith("**Verdict.**")
+    assert "```" not in text and '{"' not in text
+    assert "| baseline setting | value |" in text and "| scenario | users |" in text
+    order = "first" if report.meta["config"]["meta"]["first_order"] else "second"
+    assert f"meta-trained {order}-order" in text
+    for name in ("item_cold", "user_item_cold"):  # new items: item mean = global mean
+        section = text.split(f"## {name} (")[1].split("\n## ")[0]
+        assert "Note: identical predictions here (global mean = item mean (shrunk)" in section
     assert (out / "methods.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]  # no temp folder left behind
 
@@ -151,3 +160,26 @@ def test_cli_rejects_unknown_scenarios(tmp_path: Path, capsys) -> None:
     assert run_app(["evaluate", "--model", str(tmp_path), "--scenarios", "warm,train"]) == 2
     assert "train" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_evaluate_writes_the_top_n_tables(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """``melu evaluate`` end to end (one scenario to keep it short): the top-N section with
+    every ranker's tables, the paired differences, the list statistics and the plot."""
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(run_dir), "--out", str(out), "--scenarios", "user_cold",
+            "--no-progress"]  # fmt: skip
+    assert run_app(args) == 0
+    text = (out / "report.md").read_text()
+    section = text.split("## Full-catalog top-N for new users")[1]
+    assert "### user_cold, all candidates" in section
+    assert "### user_cold, only items seen in training" in section
+    assert "user_item_cold" not in section  # only the scenarios asked for
+    for head in ("| Recall@10 | n = 0 | n = 1 | n = 3 | n = 5 | n = 10 | n = 20 |",
+                 "| NDCG@10 |", "| Precision@20 |", "| melu − baseline |",
+                 "| method | catalog coverage | mean training popularity |"):  # fmt: skip
+        assert head in section
+    assert "| **melu (adapted)** |" in section and "| popularity |" in section
+    assert (out / TOPN_PLOT).read_bytes()[:4] == b"\x89PNG"
+    report = Report.load(out)
+    assert report.topn is not None and list(report.topn["scenarios"]) == ["user_cold"]
+    assert "Top-N on user_cold" in capsys.readouterr().out

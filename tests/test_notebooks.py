@@ -33,6 +33,17 @@ def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "notebooks/*.ipynb missing"
 
 
+def test_the_evaluation_notebook_reads_the_quickstart_report_by_default() -> None:
+    """``make quickstart`` writes runs/quickstart/eval; ``make notebook`` runs the notebook on it."""
+    source = (NOTEBOOKS[0].parent / "evaluation.ipynb").read_text()
+    assert "../runs/quickstart/eval/report.json" in source
+    makefile = (NOTEBOOKS[0].parent.parent / "Makefile").read_text()
+    assert (
+        "notebooks/execute.py notebooks/evaluation.ipynb $(RUN)/evaluation.executed.ipynb"
+        in makefile
+    )
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(
     path: Path,
@@ -54,7 +65,12 @@ def test_notebook_runs(
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 5  # three plots of the evaluation, diffs and support curves of the cv
+    assert len(images) >= 6  # 3 plots + top-N of the evaluation, diffs and support of the cv
+    markdown = "".join(
+        o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})
+    )
+    assert "**Verdict.**" in markdown and "| baseline setting | value |" in markdown
+    assert "Full-catalog top-N for new users" in markdown and "| Recall@10 | n = 0 |" in markdown
     text = "".join(o.get("text", "") for o in outputs)
     assert "data set: ml-100k" in text
     assert "K-fold study on ml-100k: 2 folds" in text

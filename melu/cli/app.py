@@ -63,7 +63,13 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 
 def writable_folder(path: Path, flag: str) -> Path:
     """``path`` created if needed and checked writable, before any long work starts;
-    otherwise a usage error naming ``flag``."""
+    otherwise a usage error naming ``flag``. Every command's output folder goes through
+    here: an existing file there is refused and left untouched (never moved aside)."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise typer.BadParameter(
+            f"{path}: exists and is not a folder (left untouched; choose another path)",
+            param_hint=flag,
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -96,7 +102,9 @@ def use_threads(threads: int) -> None:
     if threads > 0:
         import torch
 
-        torch.set_num_threads(threads)
+        from melu.config_fields import check_threads
+
+        torch.set_num_threads(check_threads(threads, "--threads"))
 
 
 def echo(message: str = "") -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
+from melu.atomic import disk_full, no_space
 from melu.cli.progress import Steps
 from melu.errors import InvalidInput, format_loc
 from melu.serving import Recommendations, Recommender, Request
@@ -111,7 +112,10 @@ def recommend_file(
                     file.write(json.dumps(answer(result, key)) + "\n")
                 bar.update(len(chunk))
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(exc, out.parent)  # before the cleanup frees the space again
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise no_space(out) from exc
         raise
     return len(requests)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from melu.cli.app import DataDir, app, echo, resolve_data_dir
+from melu.cli.app import DataDir, app, echo, resolve_data_dir, writable_folder
 from melu.cli.progress import bar as progress_bar
 from melu.cli.settings import config_options
 from melu.config import Config
@@ -55,6 +55,12 @@ def download(
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Download again even if present.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=86400, help="Seconds the whole download may take.")
+    ] = 3600.0,
+    stall_timeout: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Seconds without a byte before giving up.")
+    ] = 60.0,
 ) -> None:
     """Fetch the official GroupLens zip, verify it (published MD5; SHA-256 of ML-100K/ML-1M files) and unpack it atomically into <data-dir>/<dataset>/.
 
@@ -66,7 +72,10 @@ def download(
         return
     bar = _Bar(f"{dataset}.zip")
     try:
-        folder = download_dataset(dataset, root, url_base=url_base, progress=bar, force=force)
+        folder = download_dataset(
+            dataset, root, url_base=url_base, progress=bar, force=force,
+            deadline_s=timeout, stall_s=stall_timeout,
+        )  # fmt: skip
     finally:
         bar.bar.close()
     echo(f"{dataset}: verified and unpacked into {folder}")
@@ -135,6 +144,8 @@ def prepare(
 
     The cache is keyed by the data files' SHA-256 and these settings; a change rebuilds it.
     """
+    if out is not None:
+        writable_folder(out, "--out")
     prepared = prepare_tasks(
         config.data, resolve_data_dir(data_dir), out, rebuild=rebuild, progress=echo
     )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from melu.cli.app import DataDir, Threads, app, echo, resolve_data_dir, use_threads
+from melu.cli.app import DataDir, Threads, app, echo, resolve_data_dir, use_threads, writable_folder
 from melu.cli.progress import Steps
 from melu.cli.settings import config_overrides
 from melu.tasks import EVAL_SCENARIOS, SCENARIOS
@@ -30,6 +30,10 @@ def print_summary(report: Report) -> None:
 
     echo("per-user query MAE (lower is better); MAML − best baseline with a paired 95% CI")
     echo(summary_table(report))
+    if report.topn is not None:
+        from melu.evaluation.topn_report import topn_verdict
+
+        echo(topn_verdict(report.topn))
 
 
 def run_evaluation(
@@ -43,36 +47,41 @@ def run_evaluation(
     scenarios: tuple[str, ...] | None = None,
     inner_steps: int | None = None,
     inner_lr: float | None = None,
+    topn: bool = True,
 ) -> Report:
     """Load the bundle, prepare its data protocol, evaluate, write ``out``, print the summary.
 
     ``inner_steps`` / ``inner_lr`` override the trained inner loop (for tuning on the
-    ``validation`` scenario); ``scenarios`` defaults to the four test scenarios.
+    ``validation`` scenario); ``scenarios`` defaults to the four test scenarios; ``topn``
+    adds the full-catalog top-N study of new users (``melu.evaluation.topn_eval``).
     """
     from melu.bundle import load_bundle
     from melu.evaluation.evaluate import count_stages, evaluate
     from melu.evaluation.report import write_report
+    from melu.evaluation.topn import TopNProtocol
     from melu.prepare import prepare
 
     bundle_dir, run_dir = resolve_model(model)
+    target = writable_folder(out if out is not None else run_dir / "eval", "--out")
     bundle = load_bundle(bundle_dir)
     overrides = {"inner_steps": inner_steps, "inner_lr": inner_lr}
     meta = bundle.config.meta.replace(**{k: v for k, v in overrides.items() if v is not None})
     bundle.config = bundle.config.replace(meta=meta)
     if inner_lr is not None:
         bundle.inner_lr = None  # a fixed rate replaces learned (Meta-SGD) rates
-    target = out if out is not None else run_dir / "eval"
     prepared = prepare(bundle.config.data, resolve_data_dir(data_dir), cache_dir)
     names = scenarios or EVAL_SCENARIOS
     sizes = (1, 3, 5, 10, 20)
-    with Steps(count_stages(names, sizes), "evaluate", enabled=show_progress) as bar:
+    total = count_stages(names, sizes, topn)
+    with Steps(total, "evaluate", enabled=show_progress) as bar:
 
         def step(message: str) -> None:
             bar.update(1, message)
 
         report = evaluate(
-            bundle, prepared, support_sizes=sizes, seed=seed, scenarios=names, progress=step
-        )
+            bundle, prepared, support_sizes=sizes, seed=seed, scenarios=names, progress=step,
+            topn=TopNProtocol(supports=sizes, seed=seed) if topn else None,
+        )  # fmt: skip
     write_report(report, target)
     print_summary(report)
     echo(f"report: {target / 'report.md'}")
@@ -100,6 +109,10 @@ def evaluate(
         str,
         typer.Option(help="Comma-separated scenarios (validation: for tuning, never test)."),
     ] = ",".join(EVAL_SCENARIOS),
+    topn: Annotated[
+        bool,
+        typer.Option(help="Also rank the whole catalog for new users (top-N vs baselines)."),
+    ] = True,
 ) -> None:
     """Evaluate a model on warm, user-cold, item-cold and user-item-cold tasks.
 
@@ -123,4 +136,5 @@ def evaluate(
         scenarios=names,
         inner_steps=overrides.get("meta.inner_steps"),
         inner_lr=overrides.get("meta.inner_lr"),
+        topn=topn,
     )

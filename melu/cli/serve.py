@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,11 +15,13 @@ from typing import Annotated, Any
 import typer
 
 from melu.bundle import find_bundle
-from melu.cli.app import Threads, app, echo, use_threads
+from melu.cli.app import Threads, app, echo, fail, use_threads
+from melu.data.parsing import ID_MAX
 from melu.errors import BundleError, MeluError
 from melu.serving import InvalidInput, Item, Recommendations, Recommender
 
 TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")  # MovieLens titles end with their year
+
 
 ModelOpt = Annotated[
     Path,
@@ -31,12 +35,15 @@ def parse_rating(text: str) -> tuple[int | str, float]:
     item, sep, value = text.rpartition("=")
     item = item.strip()
     try:
-        if not sep or not item:
+        if not sep or not item or not math.isfinite(rating := float(value)):
             raise ValueError
-        return (int(item) if item.isdigit() else item), float(value)
+        if item.isdigit() and int(item) > ID_MAX:  # ids are stored as int32
+            raise ValueError
+        return (int(item) if item.isdigit() else item), rating
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r} is not ITEM=RATING with an id or a title (e.g. 50=5, 'Star Wars=5')",
+            f"{text[:80]!r} is not ITEM=RATING with an id 0..{ID_MAX} or a title and a "
+            "finite rating (e.g. 50=5, 'Star Wars=5')",
             param_hint="--rate",
         ) from None
 
@@ -226,6 +233,7 @@ def serve(
     from service.protocol import limits
     from service.settings import Settings, from_env
 
+    check_listen(host, port)
     folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)
@@ -249,6 +257,23 @@ def serve(
         sys.executable,
         [sys.executable, "-m", "service.supervise", json.dumps({**options, "log": log_format})],
     )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail in one line (exit 1) unless ``host:port`` can be listened on now: an address
+    that does not resolve or is not this machine's, or a port in use, would otherwise end
+    uvicorn with its own lines and exit 3 (checked with a socket bound as uvicorn binds
+    it, then closed)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise fail(f"cannot listen on {host}:{port} ({reason})") from None
 
 
 def _run_uvicorn(

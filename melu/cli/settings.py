@@ -154,7 +154,11 @@ def load_config_file(path: Path) -> Config:
             return Config.from_saved(data["config"])  # a model bundle's config.json
         return Config.from_dict(data)
     except (OSError, ValueError) as exc:  # ConfigError and JSONDecodeError are ValueErrors
-        raise typer.BadParameter(f"{path}: {exc}", param_hint="'--config'") from None
+        raise typer.BadParameter(f"{path}: {str(exc)[:300]}", param_hint="'--config'") from None
+    except RecursionError:  # json.loads of thousands of nested brackets
+        raise typer.BadParameter(
+            f"{path}: nested too deeply to be a settings file", param_hint="'--config'"
+        ) from None
 
 
 def _given(ctx: typer.Context | None) -> Callable[[str], bool]:

@@ -16,6 +16,8 @@ from melu.errors import DataError
 def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
     """``ratings.csv`` in chunks with compact dtypes (bounded peak memory at 25M+ rows)."""
     dtypes = {"userId": "int32", "movieId": "int32", "rating": "float32", "timestamp": "int64"}
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (no rows)")
     try:
         with pd.read_csv(path, dtype=dtypes, chunksize=chunksize, engine="c") as reader:
             chunks = list(reader)
@@ -28,6 +30,8 @@ def _read_csv_ratings(path: Path, chunksize: int = 5_000_000) -> pd.DataFrame:
             f"{path}:1: expected header userId,movieId,rating,timestamp, "
             f"got {','.join(map(str, frame.columns))}"
         )
+    if frame.empty:
+        raise DataError(f"{path}: no ratings (only a header)")
     if frame.isna().any().any():
         raise line_error(path, read_text(path, "utf-8"), list(dtypes.values()))
     return frame.rename(columns={"userId": "user_id", "movieId": "item_id"})

@@ -7,6 +7,10 @@ temporary folder inside ``data_dir``, checks every extracted file listed in
 then renames the folder to ``data_dir/ml-100k``. Any failure, a checksum mismatch or an
 interrupt removes the temporary folder: nothing half-extracted is ever left behind.
 
+Two clocks bound a download: no byte for ``stall_s`` seconds, or no complete answer
+within ``deadline_s`` seconds overall (a server that dribbles a byte every few seconds
+never stalls), is a ``DataError`` naming the URL.
+
 The base URL is ``url_base`` if given, else ``$MELU_DOWNLOAD_URL``, else GroupLens. The
 library never prints: progress is reported through a ``(bytes_done, bytes_total)`` callback.
 """
@@ -19,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -65,42 +70,73 @@ def is_present(name: str, data_dir: Path | str) -> bool:
     return all((root / f).is_file() for f in required_files(name))
 
 
-def _open(url: str) -> Any:
+class _Clock:
+    """The two bounds of a download: ``stall_s`` without a byte, ``deadline_s`` overall."""
+
+    def __init__(self, deadline_s: float, stall_s: float) -> None:
+        self.deadline_s, self.stall_s = deadline_s, stall_s
+        self.end = time.monotonic() + deadline_s
+
+    def check(self, url: str, done: int) -> None:
+        if time.monotonic() > self.end:
+            raise DataError(
+                f"download failed: {url}: not complete within the {self.deadline_s:g} s "
+                f"deadline ({done} bytes so far; a stalled or very slow server)"
+            )
+
+
+def _read(response: Any, url: str, clock: _Clock, done: int, size: int = _CHUNK) -> bytes:
+    """At most ``size`` bytes, as soon as some arrive (``read1``: a dribbling server cannot
+    hold one call for long); a stall past ``clock.stall_s`` or the deadline is a DataError."""
+    clock.check(url, done)
     try:
-        return urllib.request.urlopen(url, timeout=60)  # http(s) only: checked by the caller
+        block: bytes = response.read1(size)
+    except TimeoutError as exc:
+        raise DataError(
+            f"download failed: {url}: stalled, no data for {clock.stall_s:g} s after {done} bytes"
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"download failed: {url}: interrupted after {done} bytes") from exc
+    clock.check(url, done + len(block))
+    return block
+
+
+def _open(url: str, clock: _Clock) -> Any:
+    try:  # http(s) only: checked by the caller; the timeout bounds every socket wait
+        return urllib.request.urlopen(url, timeout=min(clock.stall_s, clock.deadline_s))
     except urllib.error.HTTPError as exc:
         raise DataError(f"download failed: {url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise DataError(f"download failed: {url}: {getattr(exc, 'reason', exc)}") from exc
 
 
-def _published_md5(url: str) -> str:
-    with _open(url) as response:
-        text = response.read(4096).decode("ascii", errors="replace")
+def _published_md5(url: str, clock: _Clock) -> str:
+    data = b""
+    with _open(url, clock) as response:
+        while len(data) < 4096 and (block := _read(response, url, clock, len(data), 4096)):
+            data += block
+    text = data[:4096].decode("ascii", errors="replace")
     found = _MD5.search(text)
     if not found:
         raise DataError(f"{url}: no MD5 checksum in {text[:80]!r}")
     return found.group(1).lower()
 
 
-def _fetch(url: str, target: Path, progress: ByteProgress | None) -> str:
+def _fetch(url: str, target: Path, progress: ByteProgress | None, clock: _Clock) -> str:
     """Stream ``url`` into ``target``; return the MD5 of the bytes written."""
     md5 = hashlib.md5(usedforsecurity=False)
-    with _open(url) as response, open(target, "wb") as out:
+    with _open(url, clock) as response, open(target, "wb") as out:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         done = 0
         if progress:
             progress(0, total)
-        try:
-            while block := response.read(_CHUNK):
-                out.write(block)
-                md5.update(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-        except OSError as exc:
-            raise DataError(f"download failed: {url}: interrupted after {done} bytes") from exc
+        while block := _read(response, url, clock, done):
+            out.write(block)
+            md5.update(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
     if total is not None and done != total:
         raise DataError(f"download failed: {url}: got {done} of {total} bytes")
     return md5.hexdigest()
@@ -165,12 +201,19 @@ def download_dataset(
     url_base: str | None = None,
     progress: ByteProgress | None = None,
     force: bool = False,
+    deadline_s: float = 3600.0,
+    stall_s: float = 60.0,
 ) -> Path:
     """Download, verify and unpack ``name`` into ``data_dir/name``; return that folder.
 
     An existing complete folder is kept unless ``force``. Raises ``DataError`` naming the
-    URL or the file whose checksum does not match; nothing is left behind on failure.
+    URL or the file whose checksum does not match, or when the answer stalls for
+    ``stall_s`` seconds or is not complete within ``deadline_s`` (both requests together);
+    nothing is left behind on failure.
     """
+    if not (0 < deadline_s < float("inf") and 0 < stall_s < float("inf")):
+        raise DataError(f"download timeouts must be positive seconds ({deadline_s}, {stall_s})")
+    clock = _Clock(deadline_s, stall_s)
     _entry(name)
     data_dir = Path(data_dir)
     target = dataset_dir(name, data_dir)
@@ -183,8 +226,8 @@ def download_dataset(
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.download.", dir=data_dir))
     try:
-        want = _published_md5(url + ".md5")
-        got = _fetch(url, tmp / f"{name}.zip", progress)
+        want = _published_md5(url + ".md5", clock)
+        got = _fetch(url, tmp / f"{name}.zip", progress, clock)
         if got != want:
             raise DataError(f"{url}: md5 mismatch: got {got}, published {want} ({url}.md5)")
         folder = _extract(tmp / f"{name}.zip", tmp / "unpacked", name)

@@ -109,7 +109,8 @@ def clean(
     else:
         users = pd.DataFrame({"user_id": np.sort(ratings["user_id"].unique())})
     if ratings.empty:
-        raise DataError(f"{name}: no ratings left after cleaning ({dropped})")
+        where = ", ".join(map(str, files))
+        raise DataError(f"{name}: no ratings left after cleaning ({dropped}) in {where}")
     ratings = ratings.astype(
         {"user_id": "int32", "item_id": "int32", "rating": "float32", "timestamp": "int64"}
     ).reset_index(drop=True)

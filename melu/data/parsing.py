@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +19,17 @@ from melu.errors import DataError
 
 SEP = "\x1f"  # single-byte stand-in for "::" so pandas' C parser can read ml-1m
 ID_MAX = 2**31 - 1  # ids are stored as int32: larger ones would silently wrap around
+INTEGER = r"-?[0-9]+"  # an int field's text: plain digits (pandas alone takes 1e3, 1.0, +5, " 5")
+_INTEGER = re.compile(INTEGER)
+_LOOSE = re.compile(r"[eE.+ ]")  # in a token pandas would still read as an integer
 
 
 def _field_ok(part: str, dtype: str) -> bool:
-    """Whether ``part`` is a finite number of ``dtype`` (int fields: an integer in range)."""
+    """Whether ``part`` is a finite number of ``dtype`` (int fields: plain digits in range)."""
     try:
         if dtype.startswith("int"):
+            if not _INTEGER.fullmatch(part):
+                return False
             value = int(part)
             bits = int(dtype[3:] or 64)
             return -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
@@ -40,10 +46,8 @@ def first_bad_line(path: Path, text: str, check: Callable[[str], bool]) -> DataE
     return DataError(f"{path}: could not be parsed")
 
 
-def read_table(
-    path: Path, text: str, sep: str, names: list[str], dtypes: dict[str, str], header: bool = False
-) -> pd.DataFrame:
-    """Parse ``text`` strictly: every row has ``len(names)`` fields of the given dtypes."""
+def _ok_row(sep: str, names: list[str], dtypes: dict[str, str]) -> Callable[[str], bool]:
+    """The strict check of one row: ``len(names)`` fields, numbers where ``dtypes`` says."""
 
     def ok(line: str) -> bool:
         parts = line.split(sep)
@@ -55,31 +59,62 @@ def read_table(
             if dtypes.get(name, "str").startswith(("int", "float"))
         )
 
+    return ok
+
+
+def read_table(
+    path: Path, text: str, sep: str, names: list[str], dtypes: dict[str, str], header: bool = False
+) -> pd.DataFrame:
+    """Parse ``text`` strictly: every row has ``len(names)`` fields of the given dtypes
+    (int fields plain digits: ``1e3`` or a short row is a ``file:line`` error, not a value);
+    an empty file is an error naming it."""
+    if not text.strip():
+        raise DataError(f"{path}: empty file (no rows)")
+    ok = _ok_row(sep, names, dtypes)
+    ints = [n for n in names if dtypes.get(n, "str").startswith("int")]
+    if _numbers_only(names, dtypes) and _LOOSE.search(text) is None:
+        ints = []  # pandas' own int parsing is strict enough here (the fast path)
+    as_read = {n: (str if n in ints else t) for n, t in dtypes.items()}
     try:
         frame = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            names=names,
-            header=0 if header else None,
-            dtype=dtypes,
-            quoting=3 if sep != "," else 0,
-            keep_default_na=False,
-            na_values=[],
-            engine="c",
-        )
+            io.StringIO(text), sep=sep, names=names, header=0 if header else None,
+            dtype=as_read, quoting=3 if sep != "," else 0, keep_default_na=False,
+            na_values=[], engine="c",
+        )  # fmt: skip
+        if len(frame.columns) != len(names) or not _whole_rows(text, frame, sep, header):
+            raise ValueError("a row has too few fields")
+        for name in ints:
+            if not frame[name].str.fullmatch(INTEGER).all():
+                raise ValueError(f"{name} is not an integer")
+            frame[name] = frame[name].astype(dtypes[name])
     except (ValueError, OverflowError, pd.errors.ParserError) as exc:
-        body = text.split("\n", 1)[1] if header else text
-        error = first_bad_line(path, body, ok)
-        if header and error.args[0].startswith(f"{path}:"):
-            line_no, rest = error.args[0][len(str(path)) + 1 :].split(":", 1)
-            error = DataError(f"{path}:{int(line_no) + 1}:{rest}")
-        raise error from exc
-    if len(frame.columns) != len(names) or (not header and frame.isna().any().any()):
-        raise first_bad_line(path, text, ok)
+        raise _bad_line(path, text, ok, header) from exc
     floats = [n for n in names if dtypes.get(n, "str").startswith("float")]
     if floats and not np.isfinite(frame[floats].to_numpy(dtype=np.float64)).all():
         raise first_bad_line(path, text, ok)
     return frame
+
+
+def _numbers_only(names: list[str], dtypes: dict[str, str]) -> bool:
+    return all(dtypes.get(n, "str").startswith(("int", "float")) for n in names)
+
+
+def _whole_rows(text: str, frame: pd.DataFrame, sep: str, header: bool) -> bool:
+    """Whether every row had all its fields: without quoting, the separators in ``text``
+    number (fields - 1) per row (pandas fills a short row's last fields with '')."""
+    if sep == "," or len(sep) != 1:
+        return not frame.isna().any().any()
+    return text.count(sep) == (len(frame) + int(header)) * (len(frame.columns) - 1)
+
+
+def _bad_line(path: Path, text: str, ok: Callable[[str], bool], header: bool) -> DataError:
+    """The ``file:line`` error of the first malformed row (line numbers count a header)."""
+    body = text.split("\n", 1)[1] if header else text
+    error = first_bad_line(path, body, ok)
+    if header and error.args[0].startswith(f"{path}:"):
+        line_no, rest = error.args[0][len(str(path)) + 1 :].split(":", 1)
+        error = DataError(f"{path}:{int(line_no) + 1}:{rest}")
+    return error
 
 
 def check_values(

@@ -13,7 +13,9 @@ Pooling (``pool``): per scenario, each user's per-user MAE is averaged over the 
 user is a training user in several folds), so each user counts once. Pooled MAE of a
 method = the mean over users; paired difference model − baseline = the mean over users of
 the per-user differences; 95% CIs from one seeded bootstrap over users per scenario,
-shared by all methods (paired).
+shared by all methods (paired). The top-N figures (``melu.evaluation.topn_eval``) are
+pooled the same way per setting (``pool_topn``): per-user rows of every fold, each user
+averaged over the seeds, paired CIs over the pooled users.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from melu.config import Config
 from melu.evaluation.baselines import BaselineConfig
 from melu.evaluation.evaluate import BASELINES, METHODS, Report, evaluate
 from melu.evaluation.metrics import bootstrap_ci, bootstrap_indices
+from melu.evaluation.topn import TopNProtocol
+from melu.evaluation.topn_eval import pool_topn
 from melu.prepare import prepare
 from melu.tasks import EVAL_SCENARIOS
 from melu.training.train import train
@@ -52,6 +56,8 @@ class CVOptions:
     n_boot: int = 1000
     eval_seed: int = 0  # support subsets and pooled-baseline seed, the same in every run
     baselines: BaselineConfig | None = None
+    topn: bool = True  # also the full-catalog top-N study, pooled per user over the folds
+    only_folds: tuple[int, ...] | None = None  # run and pool just these folds (a part study)
 
 
 def fold_config(config: Config, fold: int, folds: int, seed: int) -> Config:
@@ -77,6 +83,8 @@ def run_fold(
     report = evaluate(
         bundle, prepared, steps_curve=(0,), support_sizes=options.support_sizes,
         seed=options.eval_seed, n_boot=100, baselines=baselines, keep_per_user=True,
+        topn=TopNProtocol(supports=options.support_sizes, seed=options.eval_seed)
+        if options.topn else None,
     )  # fmt: skip
     return {"best_epoch": result.best_epoch, **report.to_dict()}
 
@@ -96,7 +104,8 @@ def run_cv(
     say = progress or (lambda _msg: None)
     out = Path(out)
     results = []
-    for fold in range(options.folds):
+    chosen = options.only_folds if options.only_folds is not None else range(options.folds)
+    for fold in chosen:
         for seed in options.seeds:
             folder = out / "folds" / f"fold{fold}-seed{seed}"
             path = folder / "result" / "result.json"
@@ -115,6 +124,7 @@ def run_cv(
         "study": "k-fold over users",
         "dataset": config.data.dataset,
         "folds": options.folds,
+        "folds_pooled": list(chosen),
         "seeds": list(options.seeds),
         "n_boot": options.n_boot,
         "config": config.to_dict(),
@@ -122,7 +132,17 @@ def run_cv(
         "best_epochs": [r["best_epoch"] for r in results],
         "headline": "mae: per-user query MAE, each user averaged over seeds and folds first",
     }
-    return pool(results, meta, options.n_boot, options.eval_seed)
+    report = pool(results, meta, options.n_boot, options.eval_seed)
+    if results and all(r.get("topn") for r in results):
+        report.topn = pool_topn([r["topn"] for r in results], options.n_boot, options.eval_seed)
+        report.topn["settings"] = _run_settings([r["topn"]["settings"] for r in results])
+    return report
+
+
+def _run_settings(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each top-N baseline setting as the values picked in the runs, in run order."""
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    return {f"{k} (per run)": ", ".join(str(r.get(k, "-")) for r in runs) for k in keys}
 
 
 def _frame(results: Sequence[dict[str, Any]], name: str, key: str) -> pd.DataFrame:

@@ -17,11 +17,20 @@ from matplotlib.figure import Figure
 
 from melu.atomic import atomic_directory
 from melu.evaluation.evaluate import BASELINES, METHODS, Report
-from melu.evaluation.report import CURVES, LABELS, figure_png, plot_methods
+from melu.evaluation.report import (
+    CURVES,
+    LABELS,
+    METHOD_COLORS,
+    TOPN_PLOT,
+    figure_png,
+    legend_below,
+    plot_methods,
+)
+from melu.evaluation.report_tables import identical_methods, identical_note
+from melu.evaluation.topn_report import plot_topn, topn_markdown, topn_verdict
 
 PLOTS = ("methods.png", "diffs.png", "support_curve.png")
 FLAT = ("global_mean", "item_mean", "pooled")  # baselines that never see the user's support
-FLAT_COLORS = {"global_mean": "C4", "item_mean": "k", "pooled": "grey"}
 
 
 def _ci(value: float, ci: list[float]) -> str:
@@ -59,6 +68,7 @@ def scenario_markdown(name: str, sc: dict[str, Any]) -> list[str]:
     parts = [
         f"## {name} ({sc['n_users']} users, {sc['n_runs']} fold × seed runs)",
         "",
+        *identical_note(sc),
         "| method | pooled MAE [95% CI] | MAML adapted − method [95% CI] | verdict |",
         "|---|---|---|---|",
     ]
@@ -78,10 +88,40 @@ def scenario_markdown(name: str, sc: dict[str, Any]) -> list[str]:
     return [*parts, ""]
 
 
+def summary_markdown(report: Report) -> list[str]:
+    """The pooled summary as a Markdown table: one row per scenario."""
+    head = ("scenario", "users", "MAML", *(LABELS[b] for b in BASELINES), "best",
+            "MAML − best [95% CI]", "verdict")  # fmt: skip
+    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, sc in report.scenarios.items():
+        best, m = sc["best_baseline"], sc["methods"]
+        cmp = sc["comparison"][best]
+        cells = (name, str(sc["n_users"]), f"{m['maml_after']['mae']:.3f}",
+                 *(f"{m[b]['mae']:.3f}" for b in BASELINES), LABELS[best],
+                 _signed(cmp["difference"], cmp["ci"]), _verdict(cmp))  # fmt: skip
+        out.append("| " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def verdict(report: Report) -> str:
+    """One paragraph: pooled MAE against the best baseline per scenario, then top-N."""
+    verdicts = {n: _verdict(sc["comparison"][sc["best_baseline"]])
+                for n, sc in report.scenarios.items()}  # fmt: skip
+    better = [n for n, v in verdicts.items() if v == "MAML better"]
+    worse = [n for n, v in verdicts.items() if v == "MAML worse"]
+    text = (f"**Verdict.** Pooled per-user MAE against the best baseline of each scenario"
+            f" (paired 95% CI): MAML is better in {len(better)} of {len(verdicts)} scenarios"
+            f" ({', '.join(better) or 'none'}) and worse in {len(worse)}"
+            f" ({', '.join(worse) or 'none'}).")  # fmt: skip
+    return text + (" " + topn_verdict(report.topn) if report.topn is not None else "")
+
+
 def to_markdown(report: Report) -> str:
     meta = report.meta
     parts = [
         f"# K-fold study on {meta['dataset']}: {meta['folds']} folds × seeds {meta['seeds']}",
+        "",
+        verdict(report),
         "",
         "Random user folds with disjoint test users (every user a test user once); model and"
         " baselines refit on each fold's training users, settings picked on its validation"
@@ -89,14 +129,15 @@ def to_markdown(report: Report) -> str:
         f" user counts once); 95% CIs from {meta['n_boot']} bootstrap resamples of the users,"
         " paired across methods. Best epochs per run: " + str(meta["best_epochs"]) + ".",
         "",
-        "```",
-        summary_table(report),
-        "```",
-        "",
+        *summary_markdown(report),
     ]
     for name, sc in report.scenarios.items():
         parts += scenario_markdown(name, sc)
-    parts += ["Plots: " + ", ".join(f"![{p}]({p})" for p in PLOTS), ""]
+    plots = list(PLOTS)
+    if report.topn is not None:
+        parts += topn_markdown(report.topn)
+        plots.append(TOPN_PLOT)
+    parts += ["Plots: " + ", ".join(f"![{p}]({p})" for p in plots), ""]
     return "\n".join(parts)
 
 
@@ -162,15 +203,19 @@ def plot_support_curves(report: Report) -> Figure:
     for ax, name in zip(axes, names, strict=True):
         sc = report.scenarios[name]
         curve, sizes = sc["support_curve"], sc["support_curve"]["sizes"]
+        same = {b: a for a, b in identical_methods(sc)}
         for key in (k for k in CURVES if k in curve):
-            color = f"C{CURVES.index(key)}"
+            color = METHOD_COLORS["maml_after" if key == "maml" else key]
             ys = [p["mae"] for p in curve[key]]
-            ax.plot(sizes, ys, marker="o", color=color, label=_curve_label(key))
+            name_, style = _curve_label(key), ("-", "o")
+            if key in same:  # drawn dotted over its twin, named as equal
+                name_, style = f"{name_} (= {LABELS[same[key]]} here)", (":", "x")
+            ax.plot(sizes, ys, ls=style[0], marker=style[1], color=color, label=name_)
             ax.fill_between(sizes, [p["mae_ci"][0] for p in curve[key]],
                             [p["mae_ci"][1] for p in curve[key]], color=color, alpha=0.15,
                             lw=0)  # fmt: skip
         for m in (m for m in FLAT if m in sc["methods"]):
-            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color=FLAT_COLORS[m],
+            ax.axhline(sc["methods"][m]["mae"], ls="--", lw=1, color=METHOD_COLORS[m],
                        label=LABELS[m])  # fmt: skip
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -178,15 +223,15 @@ def plot_support_curves(report: Report) -> Figure:
         ax.set_title(f"{name} ({sc.get('n_users', sc.get('n_tasks'))} users)")
         ax.set_xlabel("support ratings")
         ax.set_ylabel("MAE")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle("Pooled query MAE with n support ratings per user (95% CI bands)")
+    legend_below(fig)
     return fig
 
 
 def plot_diffs(report: Report) -> Figure:
     """Paired MAML − baseline MAE differences with 95% CIs, per scenario and baseline."""
     names = list(report.scenarios)
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4.8))
     ax = fig.subplots()
     width = 0.8 / len(BASELINES)
     for j, base in enumerate(BASELINES):
@@ -195,12 +240,14 @@ def plot_diffs(report: Report) -> Figure:
         err = [[v - c["ci"][0] for v, c in zip(vals, cmps, strict=True)],
                [c["ci"][1] - v for v, c in zip(vals, cmps, strict=True)]]  # fmt: skip
         xs = [i + (j - len(BASELINES) / 2 + 0.5) * width for i in range(len(names))]
-        ax.bar(xs, vals, width, yerr=err, label=LABELS[base], capsize=2)
+        ax.bar(xs, vals, width, yerr=err, label=LABELS[base], capsize=2,
+               color=METHOD_COLORS[base])  # fmt: skip
     ax.axhline(0.0, color="k", lw=1)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("MAML adapted − baseline (MAE)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.set_title("Paired per-user MAE differences, MAML − baseline (95% CI; < 0: MAML better)",
+                 fontsize=10)  # fmt: skip
+    legend_below(fig)
     return fig
 
 
@@ -213,4 +260,6 @@ def write_cv_report(report: Report, out: Path | str) -> Path:
         (tmp / "methods.png").write_bytes(figure_png(plot_methods(report, ("mae",))))
         (tmp / "diffs.png").write_bytes(figure_png(plot_diffs(report)))
         (tmp / "support_curve.png").write_bytes(figure_png(plot_support_curves(report)))
+        if report.topn is not None:
+            (tmp / TOPN_PLOT).write_bytes(figure_png(plot_topn(report.topn)))
     return out

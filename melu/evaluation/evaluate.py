@@ -36,6 +36,8 @@ from melu.evaluation.metrics import (
     summarize,
 )
 from melu.evaluation.support import SUPPORT_BASELINES, per_user_mae, support_predictions
+from melu.evaluation.topn import TopNProtocol, TopNScenario
+from melu.evaluation.topn_eval import CANDIDATES, TOPN_SCENARIOS, topn_study
 from melu.model.maml import inner_rates
 from melu.model.predict import predict_queries
 from melu.prepare import Prepared
@@ -51,13 +53,16 @@ HEADLINE = "mae"
 @dataclass
 class Report:
     """All figures of one evaluation. ``scenarios[name]`` holds ``methods`` (method →
-    summary), ``steps_curve``, ``support_curve``, ``comparison`` and task counts."""
+    summary), ``steps_curve``, ``support_curve``, ``comparison`` and task counts; ``topn``
+    the full-catalog top-N figures (``melu.evaluation.topn_eval``), when evaluated."""
 
     meta: dict[str, Any]
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    topn: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "scenarios": self.scenarios}
+        out = {"meta": self.meta, "scenarios": self.scenarios}
+        return out if self.topn is None else {**out, "topn": self.topn}
 
     @classmethod
     def load(cls, path: Path | str) -> Report:
@@ -66,7 +71,7 @@ class Report:
             path = path / "report.json"
         try:
             data = json.loads(path.read_text())
-            return cls(data["meta"], data["scenarios"])
+            return cls(data["meta"], data["scenarios"], data.get("topn"))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: not a melu evaluation report ({exc})") from exc
 
@@ -205,10 +210,16 @@ def evaluate_scenario(
     }
 
 
-def count_stages(scenarios: Sequence[str], support_sizes: Sequence[int]) -> int:
+def count_stages(scenarios: Sequence[str], support_sizes: Sequence[int], topn: bool = False) -> int:
     """How many times ``evaluate`` calls ``progress`` (for a progress bar's total);
     ``support_sizes`` is kept for callers (the curves report once per scenario)."""
-    return 1 + len(scenarios) * 2
+    ranked = len(topn_scenarios(scenarios)) if topn else 0
+    return 1 + len(scenarios) * 2 + (1 + ranked * len(CANDIDATES) if ranked else 0)
+
+
+def topn_scenarios(scenarios: Sequence[str]) -> list[TopNScenario]:
+    """The top-N scenarios among the evaluated ones (top-N ranks test users only)."""
+    return [s for s in TOPN_SCENARIOS if s in scenarios]
 
 
 def _report_meta(
@@ -229,7 +240,8 @@ def _report_meta(
             "steps": meta_cfg.inner_steps,
             "lr": "learned (Meta-SGD)" if bundle.inner_lr is not None else meta_cfg.inner_lr,
             "fast_params": bundle.config.model.fast_params,
-            "first_order": True,
+            "first_order": True,  # evaluation adapts without a meta-gradient
+            "trained_first_order": meta_cfg.first_order,  # the meta-training's order
         },
         "baselines": {
             "global_mean": fitted.mu,
@@ -259,10 +271,12 @@ def evaluate(
     baselines: BaselineConfig | None = None,
     progress: Progress | None = None,
     keep_per_user: bool = False,
+    topn: TopNProtocol | None = TopNProtocol(),
 ) -> Report:
     """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol).
 
-    ``keep_per_user``: each scenario also holds ``per_user`` (see ``per_user_mae``)."""
+    ``keep_per_user``: each scenario also holds ``per_user`` (see ``per_user_mae``), and
+    the top-N settings theirs. ``topn``: the top-N protocol (``None``: no top-N figures)."""
     say = progress or (lambda _msg: None)
     check_compatible(bundle, prepared)
     check_tasks(prepared, ("train", "validation", *scenarios))
@@ -275,5 +289,10 @@ def evaluate(
         report.scenarios[name] = evaluate_scenario(
             bundle, prepared, fitted, name, steps_curve=steps, support_sizes=support_sizes,
             seed=seed, n_boot=n_boot, progress=say, keep_per_user=keep_per_user,
+        )  # fmt: skip
+    if topn is not None and topn_scenarios(scenarios):
+        report.topn = topn_study(
+            bundle, prepared, topn, scenarios=topn_scenarios(scenarios), n_boot=n_boot,
+            seed=seed, keep_per_user=keep_per_user, progress=say,
         )  # fmt: skip
     return report

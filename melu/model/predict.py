@@ -99,6 +99,7 @@ def rank_catalog(
     lr: Lr,
     fast: Sequence[str] | None = None,
     network: Tensor | None = None,
+    rated: Tensor | None = None,
 ) -> Tensor:
     """Ranking scores (T, I) of every catalog item for T people after adapting to their
     supports: the one ``adapt`` (first order, no graph) on ``support`` (T, N) — skipped
@@ -106,7 +107,8 @@ def rank_catalog(
     bag. ``users``: each person's user fields (field → (T,) indices); ``catalog``: the
     items encoded once (``items`` (I, E_i), ``ids`` (I,); ``user`` unused). Pure: the head's
     parameters may carry a graph (training the head), the adaptation never does.
-    ``network``: the MLP's output (T, I) if the caller has it cached (``rank_score``)."""
+    ``network``: the MLP's output (T, I) if the caller has it cached (``rank_score``).
+    ``rated`` (T, V): training only, the ids each user rated (``melu.model.ranking.Bag``)."""
     names = list(fast) if fast is not None else model.fast_names()
     adapted: Mapping[str, Tensor] = params
     if steps and support.mask.shape[-1] and bool(support.mask.any()):
@@ -123,5 +125,6 @@ def rank_catalog(
     bag = None
     if model.ranking and model.id_field is not None:
         bag = model.bag(support.inputs[model.id_field], support.ratings, support.mask)
+        bag = bag._replace(rated=rated)
     encoded = Encoded(user, catalog.items, catalog.ids)
     return model.rank_score(adapted, encoded, bag, network)

@@ -12,6 +12,10 @@ terms, each a function of ``(params, rows)`` like every other part:
 - the support-set part: the user's rated items as a bag, each weighted by a learned weight
   of its rating level w(r) (a 1★ film counts against its neighbours), scored against every
   item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
+- c·log(ε + mean_j P(i | j)): how often the raters of the user's movies also rated i,
+  counted from the training ratings (leaving the episode's user out while training);
+- c_e·Σ_j w_e(r_j)·B_EASE[j, i]: EASE^R's closed-form item–item weights (λ chosen on the
+  validation users), the user left out exactly while training (Sherman–Morrison);
 - a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
   factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking.
 
@@ -37,11 +41,15 @@ class Bag(NamedTuple):
 
     ``ids`` (T, L) item-id feature indices (0: unknown/new, ignored); ``levels`` (T, L)
     rating-level indices (0 = the lowest rating); ``mask`` (T, L) bool, false on padding.
+    ``rated``: only while training on a training user's episode, the ids of all their
+    training ratings, so the co-occurrence statistics leave that user out (see
+    ``cooccurrence_scores``); never at serving or evaluation (those users are not in them).
     """
 
     ids: Tensor
     levels: Tensor
     mask: Tensor
+    rated: Tensor | None = None  # (T, V) 1 on every id the user rated in training (or None)
 
 
 def head_shapes(
@@ -56,6 +64,12 @@ def head_shapes(
         "rank.item_bias": torch.Size((n_ids,)),
         "rank.item_factor": torch.Size((n_ids, rank)),
         "rank.unknown_bias": torch.Size((1,)),
+        "rank.cooccurrence": torch.Size((n_ids, n_ids)),
+        "rank.item_count": torch.Size((n_ids,)),
+        "rank.cooc_weight": torch.Size((1,)),
+        "rank.ease": torch.Size((n_ids, n_ids)),
+        "rank.ease_level": torch.Size((n_levels,)),
+        "rank.ease_weight": torch.Size((1,)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -68,6 +82,8 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     gen = torch.Generator().manual_seed(seed)
     out = {name: torch.zeros(shape) for name, shape in shapes.items()}
     out["rank.level_weight"].fill_(1.0)
+    out["rank.cooc_weight"].fill_(1.0)
+    out["rank.ease_level"].fill_(1.0)
     out["rank.item_bias"] = torch.log1p(popularity.float())
     for name in ("rank.item_factor", "rank.user.weight"):
         out[name] = torch.randn(shapes[name], generator=gen) * 0.01
@@ -139,7 +155,82 @@ def head_scores(
     else:
         interaction = a @ terms[:, 1:].mT
     liked = params["rank.rating_weight"] * rating
-    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids)
+    together = cooccurrence_scores(params, bag, ids) + ease_scores(params, bag, ids)
+    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids) + together
+
+
+# counted or solved from the training ratings, never trained
+STATISTICS = ("rank.cooccurrence", "rank.item_count", "rank.ease")
+EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
+
+
+def co_ratings(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> Tensor:
+    """G (n_ids, n_ids): how many users rated both ids, from rated (user, id) pairs (N,)
+    each (the unknown id 0 left out)."""
+    x = torch.zeros(n_users, n_ids)
+    x[users, ids] = 1.0
+    x[:, 0] = 0.0
+    return x.T @ x
+
+
+def cooccurrence(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> tuple[Tensor, Tensor]:
+    """From rated (user, item id) pairs (N,) each: P (n_ids, n_ids), P[j, i] = the share of
+    the users who rated j that also rated i (diagonal and unknown id 0: 0), and the count of
+    raters of each id (n_ids,)."""
+    gram = co_ratings(ids, users, n_ids, n_users)
+    count = gram.diagonal().clone()
+    share = gram / count.clamp(min=1.0).unsqueeze(1)
+    share.fill_diagonal_(0.0)
+    return share, count
+
+
+def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c · log(ε + mean_{j ∈ bag} P[j, i]) (T, N): how often the raters of the user's movies
+    also rated item i ("people who rated j also rated i", item-kNN's and a heavily
+    regularised EASE's signal), its weight c learned. With ``bag.rated`` the counts leave
+    the user out: P'[j, i] = (n_j·P[j, i] − x_i) / (n_j − 1). An empty bag gives 0."""
+    share, count = params["rank.cooccurrence"], params["rank.item_count"]
+    keep = (bag.mask & (bag.ids != 0)).to(share.dtype)  # (T, L)
+    rows = share[bag.ids]  # (T, L, V)
+    if bag.rated is not None:
+        n = count[bag.ids].unsqueeze(-1)  # (T, L, 1)
+        rows = ((rows * n - bag.rated.unsqueeze(-2)) / (n - 1).clamp(min=1.0)).clamp(min=0.0)
+    mean = (rows * keep.unsqueeze(-1)).sum(-2) / keep.sum(-1, keepdim=True).clamp(min=1.0)
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(mean), -1)
+    value = torch.log(EPSILON + mean.gather(-1, targets)) - torch.log(torch.tensor(EPSILON))
+    has_bag = (keep.sum(-1, keepdim=True) > 0).to(share.dtype)
+    return params["rank.cooc_weight"] * value * has_bag * (targets != 0).to(share.dtype)
+
+
+def ease_precision(gram: Tensor, lam: float) -> Tensor:
+    """P = (G + λI)⁻¹ (V, V) of a co-rating Gram matrix: EASE^R (Steck 2019) is
+    B = I − P·diag(1/diag(P)); the head keeps P so it can leave a user out exactly."""
+    eye = torch.eye(len(gram), dtype=torch.float64)
+    return torch.linalg.inv(gram.double() + lam * eye).float()
+
+
+def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c_e · Σ_j w_e(r_j)·B[j, i] (T, N): EASE^R's item–item weights B from the training
+    ratings, the support weighted by learned rating-level weights, scaled by learned c_e.
+
+    B[j, i] = −P[j, i] / P[i, i] (j ≠ i). With ``bag.rated`` (x, a training user's ids)
+    the solve leaves that user out exactly: G − xxᵀ is a rank-one change, so by
+    Sherman–Morrison P' = P + yyᵀ / (1 − xᵀy) with y = P x."""
+    prec = params["rank.ease"]
+    weight = params["rank.ease_level"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
+    mixed = (weight.unsqueeze(-1) * prec[bag.ids]).sum(-2)  # (T, V): Σ_j w_j P[j, :]
+    diag = prec.diagonal().expand_as(mixed)
+    if bag.rated is not None:
+        y = bag.rated @ prec  # (T, V)
+        denom = 1.0 - (bag.rated * y).sum(-1, keepdim=True)  # (T, 1) > 0
+        wy = (weight * y.gather(-1, bag.ids)).sum(-1, keepdim=True)  # (T, 1)
+        mixed = mixed + wy * y / denom
+        diag = diag + y * y / denom
+    scores = -mixed / diag
+    scores = scores.scatter_add(-1, bag.ids, weight)  # B's diagonal is 0: undo j = i
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(scores), -1)
+    value = scores.gather(-1, targets) * (targets != 0).to(scores.dtype)
+    return params["rank.ease_weight"] * value
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

@@ -11,6 +11,7 @@ parameters are a new dict per request, so concurrent requests share nothing muta
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from melu.bundle import Bundle, find_bundle, load_bundle
+from melu.config_fields import check_threads
 from melu.errors import BundleError, InvalidInput, MeluError
 from melu.features import FeatureBatch
 from melu.model.estimator import Params
@@ -64,7 +66,9 @@ class Recommender:
         """
         self.bundle = bundle
         self.device = torch.device(device or "cpu")
-        self.threads = threads
+        self.threads = (
+            threads if threads is None else check_threads(threads, "threads (MELU_TORCH_THREADS)")
+        )
         self.catalog = Catalog(bundle.catalog)
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
         meta = bundle.config.meta
@@ -78,6 +82,7 @@ class Recommender:
             precompute=precompute_items, device=self.device,
         )  # fmt: skip
         self._lock = threading.Lock()
+        self.warm_up()
         self._onboarding = self._rank_onboarding() if onboarding else None
 
     @classmethod
@@ -105,6 +110,36 @@ class Recommender:
             raise BundleError(
                 f"{path}: bundle cannot be served ({type(exc).__name__}: {exc})"
             ) from exc
+
+    def warm_up(self) -> None:
+        """The probe request every bundle must answer before it serves (~ms): the whole
+        catalog scored (predicted ratings and ranking scores) from features only, and again
+        after adapting to one rating (the top of the scale on the most-rated item). A
+        non-finite score or support loss is a
+        ``BundleError`` (finite weights can still overflow: huge values, or an in-bounds
+        ``inner_lr`` of 1e30 in config.json), so NaN is refused at load, never served."""
+        with self._threads(), torch.no_grad():
+            user = self.encoder.user(None)
+            rows = torch.arange(self.n_items, device=self.device)
+            top = torch.tensor([int(self.catalog.n_ratings.argmax())], device=self.device)
+            rating = torch.tensor([self.scale[1]], device=self.device)
+            adapted, info = self._adapt_to(user, top, rating)
+            losses = [info.support_loss_before or 0.0, info.support_loss_after or 0.0]
+            bags = (self.encoder.bag(top[:0], rating[:0]), self.encoder.bag(top, rating))
+            probes = (
+                (self.params, "without ratings", bags[0]),
+                (adapted, "after one rating", bags[1]),
+            )
+            for params, when, bag in probes:
+                scores, ranks = self.encoder.rankings(params, user, rows, bag)
+                finite = bool(torch.isfinite(scores).all() and torch.isfinite(ranks).all())
+                if not finite or (params is adapted and not all(map(math.isfinite, losses))):
+                    raise BundleError(
+                        f"{self.bundle.path or 'bundle'}: the model gives non-finite scores "
+                        f"({when}, a probe request at load); its weights or config.json's "
+                        f"inner loop (inner_lr {self.bundle.config.meta.inner_lr:g}, "
+                        f"{self.steps} steps) make it overflow, so it is not served"
+                    )
 
     @property
     def n_items(self) -> int:

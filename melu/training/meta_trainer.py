@@ -26,6 +26,7 @@ from melu.model.maml import Examples, Lr, inner_rates, meta_loss, task_examples,
 from melu.model.predict import predict_examples
 from melu.prepare import Prepared
 from melu.tasks import TaskSet
+from melu.training.checkpoint import adam_state
 from melu.training.distributed import (
     DistContext,
     all_reduce_sum,
@@ -236,7 +237,9 @@ class MetaTrainer:
         return out
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Inverse of ``state_tensors`` (``BundleError`` if names or shapes differ)."""
+        """Inverse of ``state_tensors`` (``BundleError`` if names or shapes differ; checked
+        before anything is copied)."""
+        adam = adam_state(tensors, self.trainable)
         with torch.no_grad():
             for prefix, group in (("param.", self.params), ("inner_lr.", self.inner_lr or {})):
                 for k, v in group.items():
@@ -244,13 +247,10 @@ class MetaTrainer:
                     if saved is None or saved.shape != v.shape:
                         raise BundleError(f"checkpoint: {prefix}{k} is missing or misshapen")
                     v.copy_(saved)
-        state: dict[int, dict[str, Tensor]] = {}
-        for name, value in tensors.items():
-            if name.startswith("adam."):
-                _, i, key = name.split(".", 2)
-                state.setdefault(int(i), {})[key] = (
-                    value.to(self.device) if key != "step" else value
-                )
+        state = {
+            i: {k: v.to(self.device) if k != "step" else v for k, v in entry.items()}
+            for i, entry in adam.items()
+        }
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 

@@ -46,6 +46,7 @@ class RankResult:
     params: Params  # the head's parameters (rank.*) of the best validation epoch
     best_epoch: int
     history: list[dict[str, Any]]
+    settings: dict[str, Any]  # what was chosen on the validation users before training
 
 
 class CatalogRanker:
@@ -105,7 +106,7 @@ def encode_catalog(
     return Encoded(emb.new_zeros(0), emb, ids.long())
 
 
-def validation_ndcg(ranker: CatalogRanker, users: list[TopNUsers], threshold: float) -> float:
+def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> float:
     """Mean NDCG@10 over the validation settings (users pooled)."""
     values = [
         user_metrics(rank_users(ranker, u, 10), u.relevant(threshold), (10,))["ndcg@10"]
@@ -117,9 +118,9 @@ def validation_ndcg(ranker: CatalogRanker, users: list[TopNUsers], threshold: fl
 def _targets(
     prepared: Prepared, user_rows: Tensor, support_items: Tensor, support_mask: Tensor,
     threshold: float, negative: float, device: torch.device,
-) -> Tensor:  # fmt: skip
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(T, I) target weights: each user's training ratings, relevant 1, others
-    ``negative``, the support's items 0."""
+    ``negative``, the support's items 0; and (T, I) bool: every item the user rated."""
     rows = prepared.train_ratings
     n_items = len(prepared.tables.item_ids)
     per_user = torch.full((len(prepared.tables.user_ids),), -1, dtype=torch.long)
@@ -129,9 +130,11 @@ def _targets(
     weight = torch.where(rows.ratings >= threshold, 1.0, negative)
     out = torch.zeros(len(user_rows), n_items)
     out[task[keep], rows.item_rows.long()[keep]] = weight[keep]
+    rated = torch.zeros(len(user_rows), n_items, dtype=torch.bool)
+    rated[task[keep], rows.item_rows.long()[keep]] = True
     t = torch.arange(len(user_rows)).unsqueeze(1).expand_as(support_items)
     out[t[support_mask.cpu()], support_items.long().cpu()[support_mask.cpu()]] = 0.0
-    return out.to(device)
+    return out.to(device), rated
 
 
 def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
@@ -140,6 +143,48 @@ def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
     total = targets.sum(-1).clamp(min=1e-9)
     nll = -(targets * logp.masked_fill(~allowed, 0.0)).sum(-1) / total
     return nll[targets.sum(-1) > 0].mean()
+
+
+class EaseRanker:
+    """EASE^R alone from a precision matrix over item ids (a binary support): what picks λ."""
+
+    def __init__(self, prec: Tensor, ids: Tensor, levels: int) -> None:
+        self.params = {
+            "rank.ease": prec, "rank.ease_level": torch.ones(levels),
+            "rank.ease_weight": torch.ones(1),
+        }  # fmt: skip
+        self.ids = ids
+
+    def scores(self, supports: Any) -> Tensor:
+        levels = torch.zeros_like(supports.items)
+        bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
+        return ranking.ease_scores(self.params, bag, self.ids)
+
+
+EASE_LAMBDAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5)
+
+
+def pick_ease(
+    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, tc: Any
+) -> tuple[float, Tensor, float, dict[str, float]]:
+    """EASE^R's λ with the best validation NDCG@10 (the grid ``EASE_LAMBDAS``); returns λ,
+    its precision matrix, the scale where the head's weight c_e starts (1 / the mean of
+    each validation user's largest score at 5 ratings: the top item gains 1 in the logits)
+    and the validation score of every λ."""
+    grid: dict[str, float] = {}
+    best: tuple[float, float, Tensor] | None = None
+    for lam in EASE_LAMBDAS:
+        prec = ranking.ease_precision(gram, lam)
+        ranker = EaseRanker(prec, ids, 1)
+        score = validation_ndcg(ranker, users, threshold)  # type: ignore[arg-type]
+        grid[f"{lam:g}"] = score
+        if best is None or score > best[0]:
+            best = (score, lam, prec)
+    assert best is not None
+    _, lam, prec = best
+    middle = users[len(users) // 2].supports
+    top = float(EaseRanker(prec, ids, 1).scores(middle).max(-1).values.mean())
+    return lam, prec, 1.0 / max(top, 1e-9), grid
 
 
 REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight")
@@ -169,14 +214,30 @@ def train_ranking(
     shapes = model.rank_shapes()
     n_ids = shapes["rank.item_bias"][0]
     pop = torch.bincount(ids.cpu()[prepared.train_ratings.item_rows.long()], minlength=n_ids)
-    head = {
-        k: v.to(device).requires_grad_() for k, v in ranking.init_head(shapes, pop, tc.seed).items()
-    }
-    opt = torch.optim.Adam(list(head.values()), lr=tc.rank_lr)
-    seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
-    seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
+    start = ranking.init_head(shapes, pop, tc.seed)
+    rated_ids = ids.cpu()[prepared.train_ratings.item_rows.long()]
+    raters = prepared.train_ratings.user_rows.long()
+    n_users = len(prepared.tables.user_ids)
+    start["rank.cooccurrence"], start["rank.item_count"] = ranking.cooccurrence(
+        rated_ids, raters, n_ids, n_users
+    )
     protocol = TopNProtocol()
     val_users = [topn_users(prepared, "validation", n, protocol) for n in VALIDATION_SUPPORTS]
+    gram = ranking.co_ratings(rated_ids, raters, n_ids, n_users)
+    lam, prec, scale, grid = pick_ease(gram, ids.cpu(), val_users, protocol.threshold, tc)
+    start["rank.ease"], start["rank.ease_weight"] = prec, torch.tensor([scale])
+    report({"event": "rank_ease", "lambda": lam, "validation": grid})
+    head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
+    groups: list[dict[str, Any]] = [
+        {"params": [v for k, v in head.items() if v.requires_grad and v.numel() > 16]},
+        {  # the scalar mixing weights move ×10 faster
+            "params": [v for k, v in head.items() if v.requires_grad and v.numel() <= 16],
+            "lr": 10 * tc.rank_lr,
+        },
+    ]
+    opt = torch.optim.Adam(groups, lr=tc.rank_lr)
+    seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
+    seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
     rows = torch.arange(len(tables.item_ids), device=device)
     with torch.no_grad():
         catalog_all = encode_catalog(model, fixed, tables.items, rows)
@@ -191,7 +252,7 @@ def train_ranking(
         hidden = None
         if tc.hide_items > 0:
             hidden = hidden_ids(n_ids, tc.hide_items, seed, device)
-        targets_all = _targets(
+        targets_all, rated_all = _targets(
             prepared, tasks.user_rows, tasks.support_items, tasks.support_mask,
             mc.rank_threshold, tc.rank_negative_weight, torch.device("cpu"),
         )  # fmt: skip
@@ -208,9 +269,12 @@ def train_ranking(
                 catalog = catalog_all._replace(ids=torch.where(hidden[ids], 0, ids))
             support = Examples(feats, tasks.support_ratings[batch].float().to(device), s_mask)
             user_feats = {k: v[users] for k, v in tables.users.items()}
+            rated = torch.zeros(len(batch), n_ids, device=device)
+            rated[:, ids] = rated_all[batch].to(device=device, dtype=rated.dtype)
+            rated[:, 0] = 0.0
             scores = rank_catalog(
                 model, {**fixed, **head}, user_feats, support, catalog, steps=steps, lr=lr,
-                network=network[users],
+                network=network[users], rated=rated,
             )  # fmt: skip
             target = targets_all[batch].to(device)
             allowed = seen.unsqueeze(0).expand_as(scores).clone()
@@ -234,7 +298,7 @@ def train_ranking(
         report({"event": "rank_epoch_end", **row, "best_epoch": best_epoch})
         if bad >= tc.rank_patience:
             break
-    return RankResult(best, best_epoch, history)
+    return RankResult(best, best_epoch, history, {"ease_lambda": lam, "ease_validation": grid})
 
 
 __all__ = ["CatalogRanker", "RankResult", "chunks", "train_ranking"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from melu.atomic import recover
+from melu.atomic import recover, write_text_atomic
 from melu.bundle import save_bundle
 from melu.config import Config
 from melu.errors import BundleError, TrainingDiverged
@@ -64,9 +63,9 @@ def _clone(params: Params | None) -> Params | None:
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Strict JSON lines (``allow_nan=False``: a bare NaN is not JSON), replaced atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(
+        path, "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
+    )
 
 
 def _run_epoch(
@@ -162,6 +161,12 @@ def _check_resumable(ckpt: Path, saved: dict[str, Any], config: Config, fingerpr
         raise BundleError(f"{ckpt}: cannot resume: the data files changed since this checkpoint")
 
 
+def _check_best(best: Params, params: Params, prefix: str) -> None:
+    """The best-so-far weights name and shape exactly the model's (or are absent)."""
+    if best and (set(best) != set(params) or any(best[k].shape != params[k].shape for k in best)):
+        raise BundleError(f"{prefix}* do not match the model's parameters")
+
+
 def _resume(
     trainer: MetaTrainer, ckpt: Path, config: Config, ctx: DistContext, fingerprint: str
 ) -> _RunState:
@@ -174,25 +179,19 @@ def _resume(
         raise BundleError(
             f"{ckpt}: nothing to resume (no checkpoint here); run without --resume to start over"
         )
-    tensors, saved = load_checkpoint(ckpt)
-    missing = [
-        k for k in ("train_state", "history", "config", "rng", "data_fingerprint") if k not in saved
-    ]
-    if (
-        missing
-        or not isinstance(saved.get("train_state"), dict)
-        or "epoch" not in saved["train_state"]
-    ):
-        raise BundleError(
-            f"{ckpt}/state.json: incomplete checkpoint (missing {', '.join(missing) or 'train_state.epoch'})"
-        )
+    tensors, saved = load_checkpoint(ckpt)  # digests and every field checked
     _check_resumable(ckpt, saved, config, fingerprint)
     if not all_agree(int(saved["train_state"]["epoch"]), ctx):
         raise BundleError(f"{ckpt}: ranks read checkpoints of different epochs")
-    trainer.load_state_tensors(tensors)
     dev = trainer.device
     best = {k[5:]: v.to(dev) for k, v in tensors.items() if k.startswith("best.")}
     best_lr = {k[14:]: v.to(dev) for k, v in tensors.items() if k.startswith("best_inner_lr.")}
+    try:
+        _check_best(best, trainer.params, "best.")
+        _check_best(best_lr, trainer.inner_lr or {}, "best_inner_lr.")
+        trainer.load_state_tensors(tensors)
+    except BundleError as exc:
+        raise BundleError(f"{ckpt}/tensors.safetensors: {exc}") from exc
     try:
         set_rng_state(saved["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -279,6 +278,7 @@ def train(
         best = ranked.history[ranked.best_epoch - 1] if ranked.best_epoch else {}
         metrics["rank_best_epoch"] = ranked.best_epoch
         metrics["rank_val_ndcg@10"] = best.get("val_ndcg@10")
+        metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
     bundle = out / "model"

@@ -1,0 +1,87 @@
+"""The meta-learned model as a top-N ``Ranker``: adapt to each support, score the catalog.
+
+``ModelRanker(bundle, tables)`` ranks for a batch of C supports through
+``melu.model.predict.rank_catalog``: the one inner loop (``adapt(..., kernel="batched",
+first_order=True)``, the bundle's steps and rates, as ``Recommender.adapt_tasks`` serves
+them; a support of 0 ratings is not adapted: the meta-learned prior from the user's
+features), then ``model.rank_score`` of every catalog item with the support as the ranking
+head's bag. The items are encoded once; a chunk of users × all items is scored in one
+broadcast pass (as ``RowEncoder.catalog_scores``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from melu.bundle import Bundle
+from melu.errors import BundleError
+from melu.evaluation.topn import Supports, chunks
+from melu.features import UNKNOWN, FeatureTables
+from melu.model.estimator import Encoded, is_embedding
+from melu.model.maml import Examples, inner_rates
+from melu.model.predict import rank_catalog
+
+SCORE_CHUNK = 32  # users scored together: (32, I, H) activations
+
+
+class ModelRanker:
+    """Rank the catalog for new users with a model bundle (a ``topn.Ranker``)."""
+
+    def __init__(
+        self, bundle: Bundle, tables: FeatureTables, device: torch.device | str | None = None
+    ) -> None:
+        """``tables``: the prepared data's feature tables (``Supports.user_rows`` index their
+        users, ``Supports.items`` their items, which must be the bundle's catalog rows)."""
+        if not torch.equal(tables.item_ids, bundle.item_features.item_ids):
+            raise BundleError(
+                f"{bundle.path or 'model bundle'}: catalog rows differ from the data's"
+            )
+        self.device = torch.device(device or "cpu")
+        self.model = bundle.model
+        self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
+        self.steps = bundle.config.meta.inner_steps
+        learned = {k: v.to(self.device) for k, v in (bundle.inner_lr or {}).items()}
+        self.lr = inner_rates(bundle.config.meta, learned)
+        self.fast = self.model.fast_names()
+        self.tables = tables.to(self.device)
+        if any(is_embedding(k) for k in self.fast):
+            raise BundleError(
+                f"{bundle.path or 'model bundle'}: fast group {bundle.config.model.fast_params!r}"
+                " adapts embeddings; top-N ranking needs item encodings shared by all users"
+            )
+        n_items = len(tables.item_ids)
+        rows = torch.arange(n_items, device=self.device)
+        user_fields = self.model.user_field_names
+        unknown = {n: torch.tensor(UNKNOWN, device=self.device) for n in user_fields}
+        ids = (
+            self.tables.items[self.model.id_field]
+            if self.model.id_field
+            else torch.zeros(n_items, dtype=torch.long, device=self.device)
+        )
+        with torch.no_grad():  # the catalog encoded once: items (I, E_i), ids (I,)
+            items = self.model.encode_items(self.params, self.tables.with_user(unknown, rows))
+        self._catalog = Encoded(items.new_zeros(0), items, ids)
+
+    def scores(self, supports: Supports) -> Tensor:
+        """(C, I) ranking scores of every catalog item after adapting to each support:
+        ``rank_catalog`` (the one batched adapt, then ``rank_score`` with the support as
+        the ranking head's bag) for chunks of users over the items encoded once."""
+        user_rows = supports.user_rows.to(self.device).long()
+        out = []
+        for part in chunks(len(user_rows), SCORE_CHUNK):
+            rows, items = user_rows[part], supports.items[part].to(self.device).long()
+            support = Examples(
+                self.tables.gather(rows, items),
+                supports.ratings[part].to(self.device).float(),
+                supports.mask[part].to(self.device),
+            )
+            users = {k: v[rows] for k, v in self.tables.users.items()}  # field → (c,)
+            with torch.inference_mode(False), torch.no_grad():
+                out.append(rank_catalog(
+                    self.model, self.params, users, support, self._catalog, steps=self.steps,
+                    lr=self.lr, fast=self.fast,
+                ))  # fmt: skip
+        if not out:
+            return torch.zeros(0, len(self.tables.item_ids), device=self.device)
+        return torch.cat(out)

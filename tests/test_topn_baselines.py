@@ -1,0 +1,211 @@
+"""Top-N baselines: EASE^R against a direct constrained solve, item-kNN by hand, popularity,
+implicit ALS fold-in, settings picked on validation users only, and on real ML-100K."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from melu.config import DataConfig
+from melu.evaluation.baselines import BaselineConfig
+from melu.evaluation.mf import MFConfig
+from melu.evaluation.topn import Supports, TopNProtocol, training_popularity
+from melu.evaluation.topn_als import ALSSettings, fit_implicit_als
+from melu.evaluation.topn_baselines import (
+    NAMES,
+    PopularityRanker,
+    TopNBaselineConfig,
+    Validation,
+    fit_topn_baselines,
+)
+from melu.evaluation.topn_item_item import (
+    ItemItemRanker,
+    cosine,
+    ease,
+    gram,
+    keep_neighbours,
+)
+from melu.prepare import Prepared, RatingRows, prepare
+
+FAST_RATING = BaselineConfig(mf=MFConfig(ranks=(4,), regs=(5.0,), iterations=3))
+SMALL = TopNBaselineConfig(
+    knn_neighbours=(0, 5), ease_lambdas=(10.0, 100.0), als_factors=(4,),
+    als_regularization=(1.0,), als_alpha=(1.0, 10.0), als_iterations=(5,), rating=FAST_RATING,
+)  # fmt: skip
+PROTOCOL = TopNProtocol(min_ratings=15, min_heldout=5)
+
+
+def rows_of(pairs: list[tuple[int, int]], ratings: list[float] | None = None) -> RatingRows:
+    users, items = zip(*pairs, strict=True)
+    values = ratings if ratings is not None else [4.0] * len(pairs)
+    return RatingRows(
+        torch.tensor(users, dtype=torch.int32), torch.tensor(items, dtype=torch.int32),
+        torch.tensor(values),
+    )  # fmt: skip
+
+
+def supports(items: list[list[int]], ratings: list[list[float]] | None = None) -> Supports:
+    it = torch.tensor(items, dtype=torch.long).reshape(len(items), -1)
+    r = (
+        torch.tensor(ratings).reshape(it.shape)
+        if ratings is not None
+        else torch.full(it.shape, 4.0)
+    )
+    return Supports(torch.arange(len(items)), it, r, torch.ones(it.shape, dtype=torch.bool))
+
+
+def test_ease_equals_a_direct_constrained_solve() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(12, 6, generator=gen) < 0.4).double()  # binary users × items
+    x[:, 5] = 0  # an item nobody rated
+    pairs = [(int(u), int(i)) for u, i in x.nonzero()]
+    g, lam = gram(rows_of(pairs), 6), 1.5
+    assert torch.equal(g, x.T @ x)
+    b = ease(g, lam)
+    for j in range(6):  # column j: ridge regression of X_j on the other columns, B_jj = 0
+        rest = [i for i in range(6) if i != j]
+        a = x[:, rest].T @ x[:, rest] + lam * torch.eye(5, dtype=torch.float64)
+        direct = torch.linalg.solve(a, x[:, rest].T @ x[:, j])
+        assert b[rest, j].numpy() == pytest.approx(direct.numpy(), abs=1e-12)
+        assert b[j, j] == 0
+    assert b[5].abs().max() == 0 and b[:, 5].abs().max() == 0
+
+
+def test_item_knn_cosine_by_hand() -> None:
+    rows = rows_of([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 3)])
+    sim = cosine(gram(rows, 5))
+    c01, c02, c12 = 2 / np.sqrt(2 * 3), 1 / np.sqrt(2 * 2), 2 / np.sqrt(3 * 2)
+    expected = [[0, c01, c02, 0, 0], [c01, 0, c12, 0, 0], [c02, c12, 0, 0, 0],
+                [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]  # fmt: skip
+    assert sim.numpy() == pytest.approx(np.array(expected), abs=1e-12)
+    popularity = training_popularity(rows, 5)
+    binary = ItemItemRanker(sim.float(), "binary", popularity)
+    s = binary.scores(supports([[0]]))[0]
+    assert s[1].item() == pytest.approx(c01, rel=1e-5) and s[2].item() == pytest.approx(
+        c02, rel=1e-5
+    )
+    assert s[3] > s[4]  # no co-rating with the support: popularity breaks the tie
+    weighted = ItemItemRanker(sim.float(), "rating", popularity).scores(
+        supports([[0, 2]], [[5, 2]])
+    )
+    assert weighted[0, 1].item() == pytest.approx(5 * c01 + 2 * c12, rel=1e-5)
+    top1 = ItemItemRanker(keep_neighbours(sim, 1).float(), "binary", popularity)
+    assert top1.scores(supports([[0]]))[0, 2].item() == pytest.approx(0.0, abs=1e-5)  # cut
+
+
+def test_popularity_ranks_by_training_count() -> None:
+    rows = rows_of([(0, 2), (1, 2), (2, 2), (0, 0), (1, 0), (2, 3)])
+    ranker = PopularityRanker(training_popularity(rows, 4))
+    scores = ranker.scores(supports([[1], [3]]))
+    assert scores.shape == (2, 4) and torch.equal(scores[0], scores[1])
+    assert torch.argsort(scores[0], descending=True, stable=True).tolist() == [2, 0, 3, 1]
+
+
+def test_implicit_als_folds_in_and_ranks_co_rated_items_up() -> None:
+    block = [(u, i) for u in range(20) for i in range(10)]  # users 0..19 rate items 0..9
+    block += [(u, i) for u in range(20, 40) for i in range(10, 20)]  # the others 10..19
+    rows = rows_of(block)
+    ranker = fit_implicit_als(
+        rows, 21, ALSSettings(4, 1.0, 10.0, 10), training_popularity(rows, 21)
+    )
+    scores = ranker.scores(supports([[0, 1, 2], [12, 15, 17]]))  # item 20: never rated
+    assert scores.shape == (2, 21) and torch.isfinite(scores).all()
+    assert scores[0, 3:10].min() > scores[0, 10:].max()
+    assert scores[1, [10, 11, 13, 14, 16, 18, 19]].min() > scores[1, :10].max()
+    empty = ranker.scores(supports([[]]))  # the no-ratings list
+    assert torch.isfinite(empty).all()
+
+
+def write_ml100k(root: Path, n_users: int = 60, n_items: int = 50) -> Path:
+    """A small ml-100k folder: two taste groups over the items, users joining over time."""
+    rng = np.random.default_rng(0)
+    folder = root / "ml-100k"
+    folder.mkdir()
+    users = [f"{u}|{20 + u % 40}|{'MF'[u % 2]}|other|{10000 + u}" for u in range(1, n_users + 1)]
+    (folder / "u.user").write_text("\n".join(users) + "\n")
+    flags = "|".join(["0"] * 18)
+    items = [f"{i}|Movie {i} ({1990 + i // 10})|01-Jan-{1990 + i // 10}||url|1|{flags}"
+             for i in range(1, n_items + 1)]  # fmt: skip
+    (folder / "u.item").write_text("\n".join(items) + "\n")
+    lines = []
+    for u in range(1, n_users + 1):
+        own = np.arange(1, n_items + 1)[(np.arange(n_items) % 2) == u % 2]
+        other = np.setdiff1d(np.arange(1, n_items + 1), own)
+        picked = [*rng.choice(own, 20, replace=False), *rng.choice(other, 6, replace=False)]
+        for k, item in enumerate(picked):
+            rating = int(rng.integers(4, 6)) if k < 20 else int(rng.integers(1, 4))
+            lines.append(f"{u}\t{item}\t{rating}\t{880000000 + 1000 * u + k}")
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    root = write_ml100k(tmp_path_factory.mktemp("data"))
+    return prepare(DataConfig(dataset="ml-100k"), root, root / "cache")
+
+
+def _changed(rows: RatingRows, n_items: int) -> RatingRows:
+    """Other items (every row moved by 7 items, duplicates dropped) and flipped ratings."""
+    items = (rows.item_rows.long() + 7) % n_items
+    pair = rows.user_rows.long() * n_items + items
+    keep = torch.from_numpy(np.unique(pair.numpy(), return_index=True)[1])
+    return RatingRows(rows.user_rows[keep], items[keep].int(), 6.0 - rows.ratings[keep])
+
+
+def _changed_tasks(prepared: Prepared) -> dict:
+    """The test scenarios' tasks with flipped ratings and moved items."""
+    n_items, out = len(prepared.tables.item_ids), dict(prepared.tasks)
+    for name in ("user_cold", "user_item_cold"):
+        t = prepared.tasks[name]
+        out[name] = dataclasses.replace(
+            t, support_items=(t.support_items + 7) % n_items, support_ratings=6.0 - t.support_ratings,
+            query_items=(t.query_items + 7) % n_items, query_ratings=6.0 - t.query_ratings,
+        )  # fmt: skip
+    return out
+
+
+def _scores(rankers: dict, batch: Supports) -> dict[str, torch.Tensor]:
+    return {name: ranker.scores(batch) for name, ranker in rankers.items()}
+
+
+def test_fit_uses_validation_users_and_never_test_users(small: Prepared) -> None:
+    rankers, info = fit_topn_baselines(small, PROTOCOL, config=SMALL)
+    assert tuple(rankers) == NAMES and tuple(info) == NAMES
+    assert info["ease"]["chosen"]["lambda"] in SMALL.ease_lambdas and len(info["ease"]["grid"]) == 4
+    n_items = len(small.tables.item_ids)
+    batch = supports([[0, 2, 4], [1, 3, 5]], [[5, 4, 5], [2, 5, 4]])
+    before = _scores(rankers, batch)
+    for scores in [*before.values(), *_scores(rankers, supports([[], []])).values()]:
+        assert scores.shape == (2, n_items) and torch.isfinite(scores).all()
+    test = _changed(small.user_ratings["test"], n_items)
+    assert len(test) > 100 and not torch.equal(test.item_rows, small.user_ratings["test"].item_rows)
+    test_changed = dataclasses.replace(
+        small, user_ratings={**small.user_ratings, "test": test}, tasks=_changed_tasks(small)
+    )
+    rankers2, info2 = fit_topn_baselines(test_changed, PROTOCOL, config=SMALL)
+    assert info2 == info
+    for name, scores in _scores(rankers2, batch).items():
+        assert torch.equal(scores, before[name]), name
+    val = small.user_ratings["validation"]
+    val_changed = dataclasses.replace(
+        small, user_ratings={**small.user_ratings, "validation": _changed(val, n_items)}
+    )
+    _, info3 = fit_topn_baselines(val_changed, PROTOCOL, config=SMALL)
+    assert info3["ease"]["grid"] != info["ease"]["grid"]  # the validation users do count
+
+
+def test_real_ml100k_ease_and_item_knn_beat_popularity(ml100k: Prepared) -> None:
+    config = dataclasses.replace(
+        SMALL, ease_lambdas=(500.0, 5000.0), knn_neighbours=(0, 100), als_factors=(32,),
+        als_regularization=(30.0,), als_alpha=(1.0,), als_iterations=(5,),
+    )  # fmt: skip
+    rankers, _info = fit_topn_baselines(ml100k, config=config)
+    at5 = Validation.build(ml100k, TopNProtocol(), (5,), 10)
+    score = {name: at5.score(rankers[name]) for name in ("popularity", "item_knn", "ease")}
+    assert score["ease"] > score["popularity"] + 0.03
+    assert score["item_knn"] > score["popularity"] + 0.02
