@@ -226,7 +226,7 @@ def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
         wy = (weight * y.gather(-1, bag.ids)).sum(-1, keepdim=True)  # (T, 1)
         mixed = mixed + wy * y / denom
         diag = diag + y * y / denom
-    scores = -mixed / diag
+    scores = -mixed / torch.where(diag > 0, diag, 1.0)  # P is positive definite (0: unfit)
     scores = scores.scatter_add(-1, bag.ids, weight)  # B's diagonal is 0: undo j = i
     targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(scores), -1)
     value = scores.gather(-1, targets) * (targets != 0).to(scores.dtype)
