@@ -31,6 +31,7 @@ ItemStats = Literal["tasks", "all"]
 UserSplit = Literal["time", "random"]
 QueryOrder = Literal["random", "time"]
 Amp = Literal["none", "bf16"]
+RankStart = Literal["ease", "popularity"]
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,11 @@ class TrainConfig(_Config):
     )
     rank_epochs: int = setting(40, "Most epochs of the ranking head (after the rating part).")
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
+    rank_start: RankStart = setting(
+        "ease",
+        "Where the ranking head starts: ease (EASE^R alone, λ picked on validation users) or "
+        "popularity (log training counts).",
+    )
     rank_l2: float = setting(0.0, "L2 penalty of the ranking head's weight matrices.")
     rank_patience: int = setting(5, "Ranking epochs without a better validation NDCG@10.")
     rank_max_support: int = setting(

@@ -44,8 +44,10 @@ class _Bar:
                 f"({event['seconds']:.1f}s, {event['tasks_per_s']:.0f} tasks/s)"
             )
         elif kind == "rank_epoch_end":  # the ranking head, trained after the rating part
+            loss = event["rank_loss"]
+            shown = f"loss {loss:.4f}" if loss is not None else "(its start)"
             echo(
-                f"ranking epoch {event['epoch']:>3}  loss {event['rank_loss']:.4f}  "
+                f"ranking epoch {event['epoch']:>3}  {shown}  "
                 f"val NDCG@10 {event['val_ndcg@10']:.4f}"
             )
         elif kind == "resumed":

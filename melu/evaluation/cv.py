@@ -140,9 +140,22 @@ def run_cv(
 
 
 def _run_settings(runs: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Each top-N baseline setting as the values picked in the runs, in run order."""
+    """Each top-N baseline's settings as picked in the runs, in run order ("; " between
+    runs): the chosen values and their validation NDCG@10, not the whole grid."""
     keys = list(dict.fromkeys(k for r in runs for k in r))
-    return {f"{k} (per run)": ", ".join(str(r.get(k, "-")) for r in runs) for k in keys}
+    return {f"{k} (per run)": "; ".join(_chosen(r.get(k, "-")) for r in runs) for k in keys}
+
+
+def _chosen(info: Any) -> str:
+    """``{"chosen": {...}, "validation_ndcg@10": x, ...}`` → "a=1, b=2 (validation 0.412)"."""
+    if not isinstance(info, dict) or "chosen" not in info:
+        return str(info)
+    picked = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["chosen"].items()
+    )
+    score = info.get("validation_ndcg@10")
+    tail = f" (validation NDCG@10 {score:.3f})" if isinstance(score, float) else ""
+    return (picked or "no setting") + tail
 
 
 def _frame(results: Sequence[dict[str, Any]], name: str, key: str) -> pd.DataFrame:

@@ -8,7 +8,9 @@ exactly the meta-trained model's), and the head is trained by the multinomial li
 of the targets over the catalog items seen in training (Mult-VAE's loss; support items
 left out; targets rated below ``rank_threshold`` weigh ``rank_negative_weight``).
 The head kept is the one with the best mean NDCG@10 of the validation users at supports
-of 3, 5 and 10 (``melu.evaluation.topn``'s protocol); test users are never looked at.
+of 3, 5 and 10 (``melu.evaluation.topn``'s protocol), its start (epoch 0) included; test
+users are never looked at. ``train.rank_start="ease"`` starts it as EASE^R alone (λ picked
+on the same validation users), so the kept head is never worse there than EASE^R.
 """
 
 from __future__ import annotations
@@ -146,45 +148,61 @@ def _loss(scores: Tensor, targets: Tensor, allowed: Tensor) -> Tensor:
 
 
 class EaseRanker:
-    """EASE^R alone from a precision matrix over item ids (a binary support): what picks λ."""
+    """EASE^R alone from a precision matrix over item ids, the support weighted by
+    ``level_weight`` (per rating level; ones: binary): what picks λ and the weighting."""
 
-    def __init__(self, prec: Tensor, ids: Tensor, levels: int) -> None:
+    def __init__(self, prec: Tensor, ids: Tensor, level_weight: Tensor, space: Any) -> None:
         self.params = {
-            "rank.ease": prec, "rank.ease_level": torch.ones(levels),
+            "rank.ease": prec, "rank.ease_level": level_weight,
             "rank.ease_weight": torch.ones(1),
         }  # fmt: skip
-        self.ids = ids
+        self.ids, self.space = ids, space
 
     def scores(self, supports: Any) -> Tensor:
-        levels = torch.zeros_like(supports.items)
+        low, step = self.space.rating_scale[0], self.space.rating_step
+        levels = ranking.rating_levels(
+            supports.ratings, low, step, len(self.params["rank.ease_level"])
+        )
         bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
         return ranking.ease_scores(self.params, bag, self.ids)
 
 
-EASE_LAMBDAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5)
+EASE_LAMBDAS = (1e3, 3e3, 1e4, 2e4, 5e4, 1e5, 3e5)
+
+
+@dataclass
+class EaseChoice:
+    """EASE^R as picked on the validation users: λ, its precision matrix, the support's
+    level weights (binary or the rating itself, scaled to mean 1), the scale at which its
+    top validation score is 1, and the validation NDCG@10 of every (λ, weighting)."""
+
+    lam: float
+    prec: Tensor
+    level_weight: Tensor
+    scale: float
+    grid: dict[str, float]
 
 
 def pick_ease(
-    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, tc: Any
-) -> tuple[float, Tensor, float, dict[str, float]]:
-    """EASE^R's λ with the best validation NDCG@10 (the grid ``EASE_LAMBDAS``); returns λ,
-    its precision matrix, the scale where the head's weight c_e starts (1 / the mean of
-    each validation user's largest score at 5 ratings: the top item gains 1 in the logits)
-    and the validation score of every λ."""
+    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, space: Any, levels: int
+) -> EaseChoice:
+    """EASE^R's λ (``EASE_LAMBDAS``) and support weighting with the best validation NDCG@10."""
+    values = torch.arange(1, levels + 1, dtype=torch.float32)
+    weightings = {"binary": torch.ones(levels), "rating": values / values.mean()}
     grid: dict[str, float] = {}
-    best: tuple[float, float, Tensor] | None = None
+    best: tuple[float, float, Tensor, Tensor] | None = None
     for lam in EASE_LAMBDAS:
         prec = ranking.ease_precision(gram, lam)
-        ranker = EaseRanker(prec, ids, 1)
-        score = validation_ndcg(ranker, users, threshold)  # type: ignore[arg-type]
-        grid[f"{lam:g}"] = score
-        if best is None or score > best[0]:
-            best = (score, lam, prec)
+        for name, weight in weightings.items():
+            score = validation_ndcg(EaseRanker(prec, ids, weight, space), users, threshold)
+            grid[f"{lam:g}/{name}"] = score
+            if best is None or score > best[0]:
+                best = (score, lam, prec, weight)
     assert best is not None
-    _, lam, prec = best
+    _, lam, prec, weight = best
     middle = users[len(users) // 2].supports
-    top = float(EaseRanker(prec, ids, 1).scores(middle).max(-1).values.mean())
-    return lam, prec, 1.0 / max(top, 1e-9), grid
+    top = float(EaseRanker(prec, ids, weight, space).scores(middle).max(-1).values.mean())
+    return EaseChoice(lam, prec, weight, 1.0 / max(top, 1e-9), grid)
 
 
 REGULARISED = ("rank.item_item", "rank.item_factor", "rank.user.weight")
@@ -224,8 +242,15 @@ def train_ranking(
     protocol = TopNProtocol()
     val_users = [topn_users(prepared, "validation", n, protocol) for n in VALIDATION_SUPPORTS]
     gram = ranking.co_ratings(rated_ids, raters, n_ids, n_users)
-    lam, prec, scale, grid = pick_ease(gram, ids.cpu(), val_users, protocol.threshold, tc)
-    start["rank.ease"], start["rank.ease_weight"] = prec, torch.tensor([scale])
+    levels = shapes["rank.ease_level"][0]
+    ease = pick_ease(gram, ids.cpu(), val_users, protocol.threshold, prepared.features, levels)
+    lam, grid = ease.lam, ease.grid
+    start["rank.ease"], start["rank.ease_weight"] = ease.prec, torch.tensor([ease.scale])
+    start["rank.ease_level"] = ease.level_weight.clone()
+    if tc.rank_start == "ease":  # start as EASE^R alone (top item +5 logits); learn the rest
+        start["rank.ease_weight"] = torch.tensor([5.0 * ease.scale])
+        start["rank.item_bias"] = 1e-3 * start["rank.item_bias"]  # popularity breaks ties
+        start["rank.cooc_weight"] = torch.zeros_like(start["rank.cooc_weight"])
     report({"event": "rank_ease", "lambda": lam, "validation": grid})
     head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
     groups: list[dict[str, Any]] = [
@@ -245,7 +270,12 @@ def train_ranking(
     steps = config.meta.inner_steps
     data = config.data.replace(max_support=min(config.data.max_support, tc.rank_max_support))
     best: Params = {k: v.detach().clone() for k, v in head.items()}
-    best_score, best_epoch, bad, history = -1.0, 0, 0, []
+    with torch.no_grad():  # the start is a candidate too (epoch 0)
+        start_ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device, network)
+        best_score = validation_ndcg(start_ranker, val_users, protocol.threshold)
+    history: list[dict[str, Any]] = [{"epoch": 0, "rank_loss": None, "val_ndcg@10": best_score}]
+    best_epoch, bad = 0, 0
+    report({"event": "rank_epoch_end", **history[0], "best_epoch": 0})
     for epoch in range(1, tc.rank_epochs + 1):
         seed = tc.seed * 1_000_003 + 7919 * epoch
         tasks = episodes(prepared.train_ratings, tables.user_ids.cpu(), data, seed)

@@ -275,7 +275,7 @@ def train(
             inner_rates(config.meta, run.best_lr), report,
         )  # fmt: skip
         params.update(ranked.params)
-        best = ranked.history[ranked.best_epoch - 1] if ranked.best_epoch else {}
+        best = next(r for r in ranked.history if r["epoch"] == ranked.best_epoch)
         metrics["rank_best_epoch"] = ranked.best_epoch
         metrics["rank_val_ndcg@10"] = best.get("val_ndcg@10")
         metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
