@@ -44,6 +44,13 @@ def test_contributions_are_the_bag_score_split_by_rated_item() -> None:
     )
     ids = torch.tensor([[1, 2, 3, 4, 0]])
     parts = ranking.contributions(params, bag, ids)  # (1, 5, 3)
+    params_ease = {**params, "rank.ease": torch.eye(V, dtype=torch.float64) * 2.0}
+    ease_parts = ranking.contributions(params_ease, bag, ids) - ranking.contributions(
+        {**params, "rank.ease": torch.zeros(V, V, dtype=torch.float64)}, bag, ids
+    )
+    assert float(ease_parts.abs().sum()) == 0.0  # a diagonal P: B_EASE is 0 off the diagonal
+    no_ease = {**params, "rank.ease": torch.zeros(V, V, dtype=torch.float64)}
+    parts = ranking.contributions(no_ease, bag, ids)
     assert parts.sum(-1) == pytest.approx(ranking.bag_scores(params, bag, ids), abs=1e-12)
     assert float(parts[0, 1, 0]) == 0.0  # item 2 never explains itself
     assert float(parts[0, :, 2].abs().sum()) == 0.0  # padding slot
@@ -114,7 +121,7 @@ def test_the_trained_head_beats_popularity_on_validation_users(ml100k, bundle_pa
 
     bundle = load_bundle(bundle_path)
     model, params = bundle.model, bundle.params
-    assert model.ranking and float(params["rank.item_item"].abs().sum()) > 0
+    assert model.ranking and float(params["rank.ease"].abs().sum()) > 0  # EASE^R fit
     users = topn_users(ml100k, "validation", 5)
     ranker = CatalogRanker(model, params, ml100k, 3, Config().meta.inner_lr, torch.device("cpu"))
     pop = training_popularity(ml100k.train_ratings, len(ml100k.catalog)).float()
@@ -142,3 +149,18 @@ def test_head_training_returns_only_the_head(ml100k, bundle_path) -> None:  # ty
     assert set(result.params) == set(bundle.model.rank_shapes())
     for k, v in rating.items():
         assert torch.equal(v, bundle.params[k])
+
+
+def test_ease_contributions_sum_to_the_ease_part() -> None:
+    """With the learned pairs at 0, the reasons split ``ease_scores`` by rated item."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(V, V, generator=gen, dtype=torch.float64)
+    params = {
+        **head_params(3),
+        "rank.item_item": torch.zeros(V, V, dtype=torch.float64),
+        "rank.ease": torch.linalg.inv(a @ a.T + V * torch.eye(V, dtype=torch.float64)),
+    }
+    bag = Bag(torch.tensor([[2, 4]]), torch.tensor([[4, 1]]), torch.tensor([[True, True]]))
+    ids = torch.tensor([[1, 3, 5]])  # not in the bag
+    parts = ranking.contributions(params, bag, ids)
+    assert parts.sum(-1) == pytest.approx(ranking.ease_scores(params, bag, ids), abs=1e-12)

@@ -127,14 +127,20 @@ def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
 
 
 def contributions(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
-    """What each bag item adds to each item's score, w(r_j)·B[j, i] (T, N, L), for items
-    ``ids`` (T, N): the reasons behind a recommendation (0 for unknown ids and padding)."""
-    weight = params["rank.level_weight"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
-    table = params["rank.item_item"]
-    pairs = table[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
+    """What each bag item adds to each item's score through the head's item–item parts,
+    w(r_j)·B[j, i] + c_e·w_e(r_j)·B_EASE[j, i] (T, N, L), for items ``ids`` (T, N): the
+    reasons behind a recommendation (0 for unknown ids, padding and the item itself)."""
+    known_bag = bag.mask & (bag.ids != 0)
+    weight = params["rank.level_weight"][bag.levels] * known_bag  # (T, L)
+    pairs = params["rank.item_item"][bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
+    prec = params["rank.ease"]
+    diag = prec.diagonal()[ids].unsqueeze(-1)  # (T, N, 1)
+    ease = -prec[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)] / torch.where(diag > 0, diag, 1.0)
+    ease_weight = params["rank.ease_weight"] * params["rank.ease_level"][bag.levels] * known_bag
+    added = pairs * weight.unsqueeze(-2) + ease * ease_weight.unsqueeze(-2)
     same = bag.ids.unsqueeze(-2) == ids.unsqueeze(-1)
     known = (ids != 0).unsqueeze(-1)
-    return torch.where(same | ~known, 0.0, pairs * weight.unsqueeze(-2))
+    return torch.where(same | ~known, 0.0, added)
 
 
 def head_scores(
