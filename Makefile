@@ -47,16 +47,16 @@ notebook: $(VENV)/.installed-dev
 		$(PY) notebooks/execute.py notebooks/evaluation.ipynb $(RUN)/evaluation.executed.ipynb
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check melu service tests benchmarks
-	$(VENV)/bin/ruff format --check melu service tests benchmarks
+	$(VENV)/bin/ruff check melu service tests benchmarks studies
+	$(VENV)/bin/ruff format --check melu service tests benchmarks studies
 
 # headless Chromium + chromedriver for the onboarding page's browser test (apt, when missing)
 browser:
 	sh .ci/install-browser
 
 test: $(VENV)/.installed-dev browser
-	$(VENV)/bin/ruff check melu service tests benchmarks
-	$(VENV)/bin/ruff format --check melu service tests benchmarks
+	$(VENV)/bin/ruff check melu service tests benchmarks studies
+	$(VENV)/bin/ruff format --check melu service tests benchmarks studies
 	$(VENV)/bin/mypy melu service
 	$(VENV)/bin/pytest -q
 

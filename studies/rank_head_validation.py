@@ -1,0 +1,62 @@
+"""The ranking head's validation study (RESULTS.md, "What was tried for the head").
+
+Retrains only the ranking head of each fold of a finished ``melu cv`` study (its rating part
+read from the fold's checkpoint) under the settings given, and prints each fold's best
+validation NDCG@10 (mean over supports of 3, 5 and 10) and their mean. Only validation
+users are scored; test users are never looked at.
+
+    python studies/rank_head_validation.py --study runs/cv-ml-100k
+    python studies/rank_head_validation.py --study runs/cv-ml-100k --set rank_lr=1e-4
+    python studies/rank_head_validation.py --study runs/cv-ml-100k --set rank_start=popularity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from melu.config import Config
+from melu.model.estimator import PreferenceEstimator
+from melu.prepare import prepare
+from melu.training.rank_train import train_ranking
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", type=Path, required=True, help="a melu cv --out folder")
+    parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE of TrainConfig")
+    parser.add_argument("--data-dir", default=os.environ.get("MELU_DATA_DIR", "data"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    changes = {
+        k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
+        for k, v in (item.split("=", 1) for item in args.set)
+    }  # numbers, booleans as JSON
+    scores = []
+    for folder in sorted((args.study / "folds").glob("fold*-seed*")):
+        checkpoint = folder / "run" / "checkpoint"
+        state = json.loads((checkpoint / "state.json").read_text())
+        saved = state["config"]
+        saved["train"] = {**saved["train"], **changes}
+        config = Config.from_dict(saved)
+        prepared = prepare(config.data, args.data_dir)
+        model = PreferenceEstimator(config.model, prepared.features)
+        tensors = load_file(checkpoint / "tensors.safetensors")
+        rating = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+        result = train_ranking(
+            config, model, rating, prepared, torch.device("cpu"), config.meta.inner_lr
+        )
+        best = next(r for r in result.history if r["epoch"] == result.best_epoch)
+        scores.append(best["val_ndcg@10"])
+        print(f"{folder.name}: best epoch {result.best_epoch}, validation NDCG@10 {scores[-1]:.4f}")
+    if scores:
+        print(f"mean over {len(scores)} folds: {sum(scores) / len(scores):.4f}")
+
+
+if __name__ == "__main__":
+    main()
