@@ -42,6 +42,7 @@ from melu.serving.types import (
 )
 
 REASONS = 3  # rated items named per recommendation, at most
+REASON_SHARE = 0.3  # ... and only those adding at least this share of the strongest one's gain
 
 
 class Recommender:
@@ -284,7 +285,8 @@ class Recommender:
         ]
 
     def _reasons(self, rows: Tensor, scores: Scores) -> list[tuple[Reason, ...]]:
-        """Up to ``REASONS`` rated items per row whose contribution is positive."""
+        """Up to ``REASONS`` rated items per row whose contribution is positive and at least
+        ``REASON_SHARE`` of the row's strongest."""
         if not len(scores.rated):
             return [()] * len(rows)
         with torch.no_grad():
@@ -295,7 +297,7 @@ class Recommender:
         for gains, picks in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             why = []
             for gain, j in zip(gains, picks, strict=True):
-                if gain > 0:
+                if gain > 0 and gain >= REASON_SHARE * gains[0]:
                     item = self.catalog.item(rated[j])
                     why.append(Reason(item.item_id, item.title, float(values[j])))
             out.append(tuple(why))
