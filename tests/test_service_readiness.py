@@ -17,6 +17,7 @@ from service_fixtures import wait_ready
 
 import service.slot
 from melu.errors import MeluError
+from melu.serving import Recommender
 from service.app import create_app
 from service.settings import Settings
 
@@ -97,8 +98,11 @@ def test_a_model_that_fails_its_warm_up_is_never_served(exploding: Path) -> None
 def test_non_finite_scores_are_never_answered(
     exploding: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A model that passed its warm-up but gives NaN for some request: that request 503s."""
+    """A model that passed its warm-up but gives NaN for some request: that request 503s
+    (both probes skipped: the service's warm-up and the Recommender's load-time probe, which
+    would refuse this bundle at load; tests/test_bundle_hostile.py covers that refusal)."""
     monkeypatch.setattr(service.slot, "warm_up", lambda loaded: None)
+    monkeypatch.setattr(Recommender, "warm_up", lambda self: None)
     app = create_app(Settings(model=exploding, reload_interval=0))
     with TestClient(app) as client:
         wait_ready(lambda path: client.get(path).status_code)

@@ -62,17 +62,23 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 
 
 def writable_folder(path: Path, flag: str) -> Path:
-    """``path`` created if needed and checked writable, before any long work starts;
-    otherwise a usage error naming ``flag``. Every command's output folder goes through
-    here: an existing file there is refused and left untouched (never moved aside)."""
+    """``path`` checked writable before any long work starts (the folder itself, or the
+    nearest existing folder above it when it does not exist yet: nothing is created here,
+    so a command that fails later leaves nothing behind); otherwise a usage error naming
+    ``flag``. Every command's output folder goes through here: an existing file there is
+    refused and left untouched (never moved aside)."""
     if (path.exists() or path.is_symlink()) and not path.is_dir():
         raise typer.BadParameter(
             f"{path}: exists and is not a folder (left untouched; choose another path)",
             param_hint=flag,
         )
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        if not probe.is_dir():
+            raise NotADirectoryError(20, f"{probe} is not a folder")
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__

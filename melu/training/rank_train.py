@@ -252,7 +252,11 @@ def train_ranking(
         start["rank.item_bias"] = 1e-3 * start["rank.item_bias"]  # popularity breaks ties
         start["rank.cooc_weight"] = torch.zeros_like(start["rank.cooc_weight"])
     report({"event": "rank_ease", "lambda": lam, "validation": grid})
-    head = {k: v.to(device).requires_grad_(k not in ranking.STATISTICS) for k, v in start.items()}
+    dtype = next(iter(fixed.values())).dtype  # the rating part's (float64 in some tests)
+    head = {
+        k: v.to(device=device, dtype=dtype).requires_grad_(k not in ranking.STATISTICS)
+        for k, v in start.items()
+    }
     groups: list[dict[str, Any]] = [
         {"params": [v for k, v in head.items() if v.requires_grad and v.numel() > 16]},
         {  # the scalar mixing weights move ×10 faster
