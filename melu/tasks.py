@@ -112,6 +112,20 @@ class TaskSet:
         return h.hexdigest()
 
 
+def scatter_padded(
+    task: np.ndarray, slot: np.ndarray, take: np.ndarray, items: np.ndarray, ratings: np.ndarray,
+    n_tasks: int, width: int, item_dtype: type = np.int32,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Scatter the ``take`` rows of flat (task, slot, item, rating) arrays into padded
+    (n_tasks, width) item rows, ratings (float32) and mask (padding: item 0, rating 0)."""
+    item_arr: np.ndarray = np.zeros((n_tasks, width), dtype=item_dtype)
+    rating_arr = np.zeros((n_tasks, width), dtype=np.float32)
+    mask_arr = np.zeros((n_tasks, width), dtype=bool)
+    t, s = task[take], slot[take]
+    item_arr[t, s], rating_arr[t, s], mask_arr[t, s] = items[take], ratings[take], True
+    return torch.from_numpy(item_arr), torch.from_numpy(rating_arr), torch.from_numpy(mask_arr)
+
+
 def _order_within_users(rows: pd.DataFrame, config: DataConfig, salt: int) -> pd.DataFrame:
     """Rows sorted by user, then by query priority; adds ``pos`` (0 = first query row)."""
     rows = rows.sort_values(["user_id", "item_id"], kind="stable")

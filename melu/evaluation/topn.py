@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from melu.prepare import Prepared, RatingRows
+from melu.tasks import scatter_padded
 
 TopNScenario = Literal["user_cold", "user_item_cold", "validation"]
 Candidates = Literal["all", "seen"]
@@ -152,9 +153,11 @@ def topn_users(
     task = np.repeat(np.cumsum(eligible) - 1, count)
     kept = np.repeat(eligible, count)
     n_users = int(eligible.sum())
-    support = _pad(task, pos, kept & (pos < n), item_rows, ratings, n_users, n)
+    support = scatter_padded(task, pos, kept & (pos < n), item_rows, ratings, n_users, n, np.int64)
     width = int((count[eligible] - n).max()) if n_users else 0
-    held = _pad(task, pos - n, kept & (pos >= n), item_rows, ratings, n_users, width)
+    held = scatter_padded(
+        task, pos - n, kept & (pos >= n), item_rows, ratings, n_users, width, np.int64
+    )
     user_rows = torch.from_numpy(unique[eligible])
     return TopNUsers(
         scenario, n, Supports(user_rows, *support), *held, items,
@@ -171,19 +174,6 @@ def _pair_keys(user_ids: np.ndarray, item_rows: np.ndarray, seed: int) -> np.nda
     x *= np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(29)
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def _pad(
-    task: np.ndarray, slot: np.ndarray, take: np.ndarray, items: np.ndarray,
-    ratings: np.ndarray, n_tasks: int, width: int,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Scatter the ``take`` rows into padded (T, width) item rows, ratings and mask."""
-    item_arr = np.zeros((n_tasks, width), dtype=np.int64)
-    rating_arr = np.zeros((n_tasks, width), dtype=np.float32)
-    mask_arr = np.zeros((n_tasks, width), dtype=bool)
-    t, s = task[take], slot[take]
-    item_arr[t, s], rating_arr[t, s], mask_arr[t, s] = items[take], ratings[take], True
-    return torch.from_numpy(item_arr), torch.from_numpy(rating_arr), torch.from_numpy(mask_arr)
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:

@@ -61,9 +61,9 @@ def check(recommender: Recommender, requests: Sequence[Request]) -> list[Checked
     return out
 
 
-def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples:
-    """The people's rated rows as one padded meta-batch (T, N): padding is catalog row 0,
-    masked out."""
+def _padded(recommender: Recommender, people: Sequence[Checked]) -> tuple[Tensor, Tensor, Tensor]:
+    """The people's rated catalog rows, ratings and mask, padded to the longest (T, N):
+    padding is catalog row 0, masked out."""
     n = max(len(p.rated) for p in people)
     device = recommender.device
     rows = torch.zeros(len(people), n, dtype=torch.long, device=device)
@@ -72,6 +72,12 @@ def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples:
     for t, person in enumerate(people):
         r = len(person.rated)
         rows[t, :r], ratings[t, :r], mask[t, :r] = person.rated, person.values, True
+    return rows, ratings, mask
+
+
+def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples:
+    """The people's rated rows as one padded meta-batch (T, N) of model inputs."""
+    rows, ratings, mask = _padded(recommender, people)
     encoded = [recommender.encoder(p.user, rows[t]) for t, p in enumerate(people)]
     inputs = {k: torch.stack([e[k] for e in encoded]) for k in encoded[0]}
     return Examples(inputs, ratings, mask)
@@ -121,14 +127,7 @@ def _rank_catalog(
 
 def _bags(recommender: Recommender, chunk: Sequence[Checked]) -> Bag:
     """The chunk's rated items as one padded ranking bag (C, L)."""
-    n = max(len(p.rated) for p in chunk)
-    device = recommender.device
-    rows = torch.zeros(len(chunk), n, dtype=torch.long, device=device)
-    values = torch.zeros(len(chunk), n, device=device)
-    mask = torch.zeros(len(chunk), n, dtype=torch.bool, device=device)
-    for c, person in enumerate(chunk):
-        r = len(person.rated)
-        rows[c, :r], values[c, :r], mask[c, :r] = person.rated, person.values, True
+    rows, values, mask = _padded(recommender, chunk)
     ids = recommender.encoder.bag(rows.flatten(), values.flatten()).ids.reshape(rows.shape)
     return recommender.model.bag(ids, values, mask)
 

@@ -18,20 +18,7 @@ from torch import Tensor
 from melu.config import DataConfig
 from melu.features import UNKNOWN, FeatureBatch
 from melu.prepare import RatingRows
-from melu.tasks import TaskSet
-
-
-def _pack(
-    task: np.ndarray, slot: np.ndarray, take: np.ndarray, items: np.ndarray, ratings: np.ndarray,
-    n_tasks: int, width: int,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Scatter the ``take`` rows into padded (T, width) item rows, ratings and mask."""
-    item_arr = np.zeros((n_tasks, width), dtype=np.int32)
-    rating_arr = np.zeros((n_tasks, width), dtype=np.float32)
-    mask_arr = np.zeros((n_tasks, width), dtype=bool)
-    t, s = task[take], slot[take]
-    item_arr[t, s], rating_arr[t, s], mask_arr[t, s] = items[take], ratings[take], True
-    return torch.from_numpy(item_arr), torch.from_numpy(rating_arr), torch.from_numpy(mask_arr)
+from melu.tasks import TaskSet, scatter_padded
 
 
 def episodes(rows: RatingRows, user_ids: Tensor, config: DataConfig, seed: int) -> TaskSet:
@@ -57,8 +44,10 @@ def episodes(rows: RatingRows, user_ids: Tensor, config: DataConfig, seed: int) 
     is_support = kept & (pos >= q) & (pos < q + s)
     n_tasks = int(keep.sum())
     width = int(support[keep].max()) if n_tasks else 1
-    s_items, s_ratings, s_mask = _pack(task, pos - q, is_support, items, ratings, n_tasks, width)
-    q_items, q_ratings, q_mask = _pack(
+    s_items, s_ratings, s_mask = scatter_padded(
+        task, pos - q, is_support, items, ratings, n_tasks, width
+    )
+    q_items, q_ratings, q_mask = scatter_padded(
         task, pos, is_query, items, ratings, n_tasks, config.query_size
     )
     user_rows = torch.from_numpy(unique[keep].astype(np.int32))

@@ -1,0 +1,86 @@
+"""EASE^R inside the ranking head: its λ and support weighting picked on validation users.
+
+The head (``melu.model.ranking``) keeps EASE^R's precision matrix P = (G + λI)⁻¹ over item
+ids; ``pick_ease`` tries each λ of ``EASE_LAMBDAS`` with a binary and a rating-weighted
+support and keeps the best validation NDCG@10 (the top-N protocol's validation users at
+supports of 3, 5 and 10), so the head can start as the best EASE^R the validation users
+allow (``train.rank_start="ease"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from melu.evaluation.topn import TopNUsers, rank_users, user_metrics
+from melu.model import ranking
+
+
+def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> float:
+    """Mean NDCG@10 over the validation settings (users pooled)."""
+    values = [
+        user_metrics(rank_users(ranker, u, 10), u.relevant(threshold), (10,))["ndcg@10"]
+        for u in users
+    ]
+    return float(torch.cat(values).mean())
+
+
+class EaseRanker:
+    """EASE^R alone from a precision matrix over item ids, the support weighted by
+    ``level_weight`` (per rating level; ones: binary): what picks λ and the weighting."""
+
+    def __init__(self, prec: Tensor, ids: Tensor, level_weight: Tensor, space: Any) -> None:
+        self.params = {
+            "rank.ease": prec, "rank.ease_level": level_weight,
+            "rank.ease_weight": torch.ones(1),
+        }  # fmt: skip
+        self.ids, self.space = ids, space
+
+    def scores(self, supports: Any) -> Tensor:
+        low, step = self.space.rating_scale[0], self.space.rating_step
+        levels = ranking.rating_levels(
+            supports.ratings, low, step, len(self.params["rank.ease_level"])
+        )
+        bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
+        return ranking.ease_scores(self.params, bag, self.ids)
+
+
+EASE_LAMBDAS = (1e3, 3e3, 1e4, 2e4, 5e4, 1e5, 3e5)
+
+
+@dataclass
+class EaseChoice:
+    """EASE^R as picked on the validation users: λ, its precision matrix, the support's
+    level weights (binary or the rating itself, scaled to mean 1), the scale at which its
+    top validation score is 1, and the validation NDCG@10 of every (λ, weighting)."""
+
+    lam: float
+    prec: Tensor
+    level_weight: Tensor
+    scale: float
+    grid: dict[str, float]
+
+
+def pick_ease(
+    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, space: Any, levels: int
+) -> EaseChoice:
+    """EASE^R's λ (``EASE_LAMBDAS``) and support weighting with the best validation NDCG@10."""
+    values = torch.arange(1, levels + 1, dtype=torch.float32)
+    weightings = {"binary": torch.ones(levels), "rating": values / values.mean()}
+    grid: dict[str, float] = {}
+    best: tuple[float, float, Tensor, Tensor] | None = None
+    for lam in EASE_LAMBDAS:
+        prec = ranking.ease_precision(gram, lam)
+        for name, weight in weightings.items():
+            score = validation_ndcg(EaseRanker(prec, ids, weight, space), users, threshold)
+            grid[f"{lam:g}/{name}"] = score
+            if best is None or score > best[0]:
+                best = (score, lam, prec, weight)
+    assert best is not None
+    _, lam, prec, weight = best
+    middle = users[len(users) // 2].supports
+    top = float(EaseRanker(prec, ids, weight, space).scores(middle).max(-1).values.mean())
+    return EaseChoice(lam, prec, weight, 1.0 / max(top, 1e-9), grid)
