@@ -117,13 +117,13 @@ def test_the_trained_head_beats_popularity_on_validation_users(ml100k, bundle_pa
     """The service tests' bundle (a briefly meta-trained rating part, two head epochs):
     validation users' NDCG@10 at 5 ratings beats popularity's."""
     from melu.bundle import load_bundle
-    from melu.training.rank_train import CatalogRanker
+    from melu.evaluation.topn_model import ModelRanker
 
     bundle = load_bundle(bundle_path)
     model, params = bundle.model, bundle.params
     assert model.ranking and float(params["rank.ease"].abs().sum()) > 0  # EASE^R fit
     users = topn_users(ml100k, "validation", 5)
-    ranker = CatalogRanker(model, params, ml100k, 3, Config().meta.inner_lr, torch.device("cpu"))
+    ranker = ModelRanker(model, params, ml100k.tables, steps=3, lr=Config().meta.inner_lr)
     pop = training_popularity(ml100k.train_ratings, len(ml100k.catalog)).float()
 
     class Popularity:

@@ -122,9 +122,11 @@ def test_no_test_user_rating_reaches_any_fit(ml100k: Prepared, bundle: Bundle) -
     assert set(fitted) == set(refitted)
     for name, ranker in fitted.items():
         torch.testing.assert_close(ranker.scores(supports), refitted[name].scores(supports))
-    model = ModelRanker(bundle, ml100k.tables).scores(supports)
+    model = ModelRanker.from_bundle(bundle, ml100k.tables).scores(supports)
     changed = _with_test_ratings_changed(ml100k)
-    torch.testing.assert_close(ModelRanker(bundle, changed.tables).scores(supports), model)
+    torch.testing.assert_close(
+        ModelRanker.from_bundle(bundle, changed.tables).scores(supports), model
+    )
 
 
 def _one_user_scores(bundle: Bundle, params: dict, rows: dict, bag: Any) -> torch.Tensor:
@@ -138,7 +140,7 @@ def test_model_ranker_without_ratings_is_the_unadapted_model(
     ml100k: Prepared, bundle: Bundle
 ) -> None:
     users = topn_users(ml100k, "user_cold", 0).supports.select(slice(0, 5))
-    scores = ModelRanker(bundle, ml100k.tables).scores(users)
+    scores = ModelRanker.from_bundle(bundle, ml100k.tables).scores(users)
     items = torch.arange(len(ml100k.tables.item_ids))
     for c in range(len(users)):
         rows = ml100k.tables.gather(users.user_rows[c].long(), items)
@@ -150,7 +152,7 @@ def test_model_ranker_adapts_each_user_as_the_generic_inner_loop(
     ml100k: Prepared, bundle: Bundle
 ) -> None:
     supports = topn_users(ml100k, "user_cold", 5).supports.select(slice(0, 4))
-    scores = ModelRanker(bundle, ml100k.tables).scores(supports)
+    scores = ModelRanker.from_bundle(bundle, ml100k.tables).scores(supports)
     model, meta = bundle.model, bundle.config.meta
     items = torch.arange(len(ml100k.tables.item_ids))
     for c in range(len(supports)):
@@ -167,7 +169,7 @@ def test_model_ranker_adapts_each_user_as_the_generic_inner_loop(
         torch.testing.assert_close(scores[c], ref, rtol=1e-4, atol=1e-4)
     empty = Supports(supports.user_rows, supports.items[:, :0], supports.ratings[:, :0],
                      supports.mask[:, :0])  # fmt: skip
-    assert not torch.allclose(scores, ModelRanker(bundle, ml100k.tables).scores(empty))
+    assert not torch.allclose(scores, ModelRanker.from_bundle(bundle, ml100k.tables).scores(empty))
 
 
 def test_evaluate_topn_pairs_every_baseline_and_counts_users(
@@ -175,7 +177,7 @@ def test_evaluate_topn_pairs_every_baseline_and_counts_users(
 ) -> None:
     protocol = TopNProtocol(supports=(1, 5))
     baselines, _ = fit_topn_baselines(ml100k, protocol, None)
-    rankers = {MODEL: ModelRanker(bundle, ml100k.tables), **baselines}
+    rankers = {MODEL: ModelRanker.from_bundle(bundle, ml100k.tables), **baselines}
     out = evaluate_topn(ml100k, rankers, protocol, scenarios=("user_cold",), n_boot=50,
                         keep_per_user=True)  # fmt: skip
     points = out["scenarios"]["user_cold"]["all"]

@@ -241,7 +241,10 @@ def topn_study(
     say = progress or (lambda _msg: None)
     baselines, picked = fit_topn_baselines(prepared, protocol, lambda _msg: None)
     say("top-N baselines fitted")
-    rankers: dict[str, Ranker] = {MODEL: ModelRanker(bundle, prepared.tables), **baselines}
+    rankers: dict[str, Ranker] = {
+        MODEL: ModelRanker.from_bundle(bundle, prepared.tables),
+        **baselines,
+    }
     out = evaluate_topn(
         prepared, rankers, protocol, scenarios=scenarios, n_boot=n_boot, seed=seed,
         keep_per_user=keep_per_user, progress=say,

@@ -1,6 +1,6 @@
 """The meta-learned model as a top-N ``Ranker``: adapt to each support, score the catalog.
 
-``ModelRanker(bundle, tables)`` ranks for a batch of C supports through
+``ModelRanker.from_bundle(bundle, tables)`` ranks for a batch of C supports through
 ``melu.model.predict.rank_catalog``: the one inner loop (``adapt(..., kernel="batched",
 first_order=True)``, the bundle's steps and rates, as ``Recommender.adapt_tasks`` serves
 them; a support of 0 ratings is not adapted: the meta-learned prior from the user's
@@ -11,6 +11,8 @@ broadcast pass (as ``RowEncoder.catalog_scores``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -18,50 +20,71 @@ from melu.bundle import Bundle
 from melu.errors import BundleError
 from melu.evaluation.topn import Supports, chunks
 from melu.features import UNKNOWN, FeatureTables
-from melu.model.estimator import Encoded, is_embedding
-from melu.model.maml import Examples, inner_rates
+from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
+from melu.model.maml import Examples, Lr, inner_rates
 from melu.model.predict import rank_catalog
 
 SCORE_CHUNK = 32  # users scored together: (32, I, H) activations
 
 
 class ModelRanker:
-    """Rank the catalog for new users with a model bundle (a ``topn.Ranker``)."""
+    """Rank the catalog for new users with a model's weights (a ``topn.Ranker``)."""
 
     def __init__(
-        self, bundle: Bundle, tables: FeatureTables, device: torch.device | str | None = None
+        self,
+        model: PreferenceEstimator,
+        params: Mapping[str, Tensor],
+        tables: FeatureTables,
+        *,
+        steps: int,
+        lr: Lr,
+        device: torch.device | str | None = None,
+        network: Tensor | None = None,
     ) -> None:
         """``tables``: the prepared data's feature tables (``Supports.user_rows`` index their
-        users, ``Supports.items`` their items, which must be the bundle's catalog rows)."""
+        users, ``Supports.items`` their items = the catalog rows). ``network``: the MLP's
+        output (users, I) of every user row, when the caller has it cached (training the
+        head with the rating part fixed)."""
+        self.device = torch.device(device or "cpu")
+        self.model, self.steps, self.lr, self.network = model, steps, lr, network
+        self.params = {k: v.to(self.device) for k, v in params.items()}
+        self.fast = model.fast_names()
+        if any(is_embedding(k) for k in self.fast):
+            raise BundleError(
+                f"fast group {model.config.fast_params!r} adapts embeddings; top-N ranking "
+                "needs item encodings shared by all users"
+            )
+        self.tables = tables.to(self.device)
+        n_items = len(tables.item_ids)
+        rows = torch.arange(n_items, device=self.device)
+        unknown = {n: torch.tensor(UNKNOWN, device=self.device) for n in model.user_field_names}
+        ids = (
+            self.tables.items[model.id_field]
+            if model.id_field
+            else torch.zeros(n_items, dtype=torch.long, device=self.device)
+        )
+        with torch.no_grad():  # the catalog encoded once: items (I, E_i), ids (I,)
+            items = model.encode_items(self.params, self.tables.with_user(unknown, rows))
+        self.catalog = Encoded(items.new_zeros(0), items, ids.long())
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, tables: FeatureTables, device: torch.device | str | None = None
+    ) -> ModelRanker:
+        """The bundle's model, weights, inner steps and rates (as ``Recommender`` serves
+        them) on the prepared data's ``tables``, whose item rows must be its catalog's."""
         if not torch.equal(tables.item_ids, bundle.item_features.item_ids):
             raise BundleError(
                 f"{bundle.path or 'model bundle'}: catalog rows differ from the data's"
             )
-        self.device = torch.device(device or "cpu")
-        self.model = bundle.model
-        self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
-        self.steps = bundle.config.meta.inner_steps
-        learned = {k: v.to(self.device) for k, v in (bundle.inner_lr or {}).items()}
-        self.lr = inner_rates(bundle.config.meta, learned)
-        self.fast = self.model.fast_names()
-        self.tables = tables.to(self.device)
-        if any(is_embedding(k) for k in self.fast):
-            raise BundleError(
-                f"{bundle.path or 'model bundle'}: fast group {bundle.config.model.fast_params!r}"
-                " adapts embeddings; top-N ranking needs item encodings shared by all users"
-            )
-        n_items = len(tables.item_ids)
-        rows = torch.arange(n_items, device=self.device)
-        user_fields = self.model.user_field_names
-        unknown = {n: torch.tensor(UNKNOWN, device=self.device) for n in user_fields}
-        ids = (
-            self.tables.items[self.model.id_field]
-            if self.model.id_field
-            else torch.zeros(n_items, dtype=torch.long, device=self.device)
-        )
-        with torch.no_grad():  # the catalog encoded once: items (I, E_i), ids (I,)
-            items = self.model.encode_items(self.params, self.tables.with_user(unknown, rows))
-        self._catalog = Encoded(items.new_zeros(0), items, ids)
+        learned = {k: v.to(device or "cpu") for k, v in (bundle.inner_lr or {}).items()}
+        try:
+            return cls(
+                bundle.model, bundle.params, tables, steps=bundle.config.meta.inner_steps,
+                lr=inner_rates(bundle.config.meta, learned), device=device,
+            )  # fmt: skip
+        except BundleError as exc:
+            raise BundleError(f"{bundle.path or 'model bundle'}: {exc}") from None
 
     def scores(self, supports: Supports) -> Tensor:
         """(C, I) ranking scores of every catalog item after adapting to each support:
@@ -77,10 +100,11 @@ class ModelRanker:
                 supports.mask[part].to(self.device),
             )
             users = {k: v[rows] for k, v in self.tables.users.items()}  # field → (c,)
+            network = self.network[rows] if self.network is not None else None
             with torch.inference_mode(False), torch.no_grad():
                 out.append(rank_catalog(
-                    self.model, self.params, users, support, self._catalog, steps=self.steps,
-                    lr=self.lr, fast=self.fast,
+                    self.model, self.params, users, support, self.catalog, steps=self.steps,
+                    lr=self.lr, fast=self.fast, network=network,
                 ))  # fmt: skip
         if not out:
             return torch.zeros(0, len(self.tables.item_ids), device=self.device)

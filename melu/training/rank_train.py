@@ -28,7 +28,8 @@ from melu.evaluation.topn import (
     chunks,
     topn_users,
 )
-from melu.features import FeatureBatch
+from melu.evaluation.topn_model import ModelRanker
+from melu.features import FeatureTables
 from melu.model import ranking
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
 from melu.model.maml import Examples, Lr
@@ -49,33 +50,12 @@ class RankResult:
     settings: dict[str, Any]  # what was chosen on the validation users before training
 
 
-class CatalogRanker:
-    """A ``melu.evaluation.topn.Ranker`` of a model whose head params are ``params``."""
-
-    def __init__(
-        self, model: PreferenceEstimator, params: Mapping[str, Tensor], prepared: Prepared,
-        steps: int, lr: Lr, device: torch.device, network: Tensor | None = None,
-    ) -> None:  # fmt: skip
-        """``network``: the MLP's output (users, I) for every user row, if cached."""
-        self.model, self.params, self.steps, self.lr = model, params, steps, lr
-        self.network = network
-        self.tables = prepared.tables.to(device)
-        self.device = device
-        rows = torch.arange(len(self.tables.item_ids), device=device)
-        with torch.no_grad():
-            self.catalog = encode_catalog(model, params, self.tables.items, rows)
-
-    def scores(self, supports: Any) -> Tensor:
-        s = supports
-        users = s.user_rows.to(self.device)
-        feats = self.tables.gather(users, s.items.to(self.device))
-        ex = Examples(feats, s.ratings.to(self.device), s.mask.to(self.device))
-        user_feats = {k: v[users] for k, v in self.tables.users.items()}
-        net = self.network[users] if self.network is not None else None
-        return rank_catalog(
-            self.model, self.params, user_feats, ex, self.catalog, steps=self.steps, lr=self.lr,
-            network=net,
-        )  # fmt: skip
+def _ranker(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], tables: FeatureTables,
+    steps: int, lr: Lr, device: torch.device, network: Tensor,
+) -> ModelRanker:  # fmt: skip
+    """The model with the head as it stands, as a top-N ranker (the MLP's output cached)."""
+    return ModelRanker(model, params, tables, steps=steps, lr=lr, device=device, network=network)
 
 
 def network_table(
@@ -94,16 +74,6 @@ def network_table(
                 user = user.new_zeros((part.stop - part.start, 0))
             out.append(model.network(params, Encoded(user, catalog.items, catalog.ids)))
     return torch.cat(out)
-
-
-def encode_catalog(
-    model: PreferenceEstimator, params: Mapping[str, Tensor], items: FeatureBatch, rows: Tensor
-) -> Encoded:
-    """Every catalog row encoded once: items (I, E_i), ids (I,) (user: empty)."""
-    feats = {k: v[rows] for k, v in items.items()}
-    emb = model.encode_items(params, feats)
-    ids = feats[model.id_field] if model.id_field else torch.zeros_like(rows)
-    return Encoded(emb.new_zeros(0), emb, ids.long())
 
 
 def _targets(
@@ -198,15 +168,13 @@ def train_ranking(
     opt = torch.optim.Adam(groups, lr=tc.rank_lr)
     seen = torch.as_tensor(prepared.catalog["n_ratings"].to_numpy() > 0, device=device)
     seen &= ~torch.from_numpy(prepared.catalog["is_new"].to_numpy(dtype=bool, copy=True)).to(device)
-    rows = torch.arange(len(tables.item_ids), device=device)
-    with torch.no_grad():
-        catalog_all = encode_catalog(model, fixed, tables.items, rows)
+    catalog_all = ModelRanker(model, fixed, tables, steps=0, lr=lr, device=device).catalog
     network = network_table(model, fixed, prepared, catalog_all, device)
     steps = config.meta.inner_steps
     data = config.data.replace(max_support=min(config.data.max_support, tc.rank_max_support))
     best: Params = {k: v.detach().clone() for k, v in head.items()}
     with torch.no_grad():  # the start is a candidate too (epoch 0)
-        start_ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device, network)
+        start_ranker = _ranker(model, {**fixed, **head}, tables, steps, lr, device, network)
         best_score = validation_ndcg(start_ranker, val_users, protocol.threshold)
     history: list[dict[str, Any]] = [{"epoch": 0, "rank_loss": None, "val_ndcg@10": best_score}]
     best_epoch, bad = 0, 0
@@ -250,7 +218,7 @@ def train_ranking(
             loss.backward()
             opt.step()
             total, count = total + float(loss.detach()) * len(batch), count + len(batch)
-        ranker = CatalogRanker(model, {**fixed, **head}, prepared, steps, lr, device, network)
+        ranker = _ranker(model, {**fixed, **head}, tables, steps, lr, device, network)
         with torch.no_grad():
             score = validation_ndcg(ranker, val_users, protocol.threshold)
         row = {"epoch": epoch, "rank_loss": total / max(count, 1), "val_ndcg@10": score}
@@ -266,4 +234,4 @@ def train_ranking(
     return RankResult(best, best_epoch, history, {"ease_lambda": lam, "ease_validation": grid})
 
 
-__all__ = ["CatalogRanker", "RankResult", "chunks", "train_ranking"]
+__all__ = ["RankResult", "train_ranking"]
