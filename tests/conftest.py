@@ -38,3 +38,20 @@ def data_dir() -> Path:
 def ml100k(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     """ml-100k tasks with the default protocol, built once per test session."""
     return prepare(DataConfig(dataset="ml-100k"), data_dir, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def untrained_bundle(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid ML-100K bundle of the default model's initial weights (seed 0), one per
+    test module: what the hostile tests damage copies of or feed to the CLI."""
+    from melu.bundle import save_bundle
+    from melu.config import Config
+    from melu.model.estimator import PreferenceEstimator
+
+    torch.manual_seed(0)
+    config = Config()
+    params = PreferenceEstimator(config.model, ml100k.features).init_params()
+    return save_bundle(
+        tmp_path_factory.mktemp("run") / "model", config=config, features=ml100k.features,
+        params=params, catalog=ml100k.catalog, tables=ml100k.tables,
+    )  # fmt: skip

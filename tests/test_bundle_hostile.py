@@ -13,25 +13,16 @@ import torch
 from cli_process import melu, one_line
 from safetensors.torch import load_file, save_file
 
-from melu.bundle import load_bundle, save_bundle
+from melu.bundle import load_bundle
 from melu.bundle_checks import digests_of
 from melu.cli.app import run_app
-from melu.config import Config
 from melu.errors import BundleError
-from melu.model.estimator import PreferenceEstimator
-from melu.prepare import Prepared
 from melu.serving import Recommender
 
 
 @pytest.fixture(scope="module")
-def saved(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = Config()
-    params = PreferenceEstimator(config.model, ml100k.features).init_params()
-    return save_bundle(
-        tmp_path_factory.mktemp("bundle") / "model", config=config, features=ml100k.features,
-        params=params, catalog=ml100k.catalog, tables=ml100k.tables,
-    )  # fmt: skip
+def saved(untrained_bundle: Path) -> Path:
+    return untrained_bundle
 
 
 def forged(saved: Path, tmp_path: Path) -> Path:

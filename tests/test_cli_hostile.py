@@ -9,26 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from cli_process import melu, one_line
 
-from melu.bundle import save_bundle
-from melu.config import Config, DataConfig, TrainConfig
+from melu.config import DataConfig, TrainConfig
 from melu.config_fields import max_threads
 from melu.errors import ConfigError
-from melu.model.estimator import PreferenceEstimator
-from melu.prepare import Prepared
 
 
 @pytest.fixture(scope="module")
-def bundle(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = Config()
-    params = PreferenceEstimator(config.model, ml100k.features).init_params()
-    return save_bundle(
-        tmp_path_factory.mktemp("run") / "model", config=config, features=ml100k.features,
-        params=params, catalog=ml100k.catalog, tables=ml100k.tables,
-    )  # fmt: skip
+def bundle(untrained_bundle: Path) -> Path:
+    return untrained_bundle
 
 
 @pytest.fixture

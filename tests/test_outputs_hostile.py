@@ -11,15 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from cli_process import melu, one_line
 
 from melu.atomic import atomic_directory, write_text_atomic
-from melu.bundle import save_bundle
 from melu.cli.app import run_app
-from melu.config import Config
 from melu.errors import StorageError
-from melu.model.estimator import PreferenceEstimator
 from melu.prepare import Prepared
 from melu.training.checkpoint import load_checkpoint
 
@@ -101,14 +97,8 @@ def test_library_writes_on_a_full_disk_raise_storage_error_and_clean_up(
 
 
 @pytest.fixture(scope="module")
-def bundle(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    config = Config()
-    params = PreferenceEstimator(config.model, ml100k.features).init_params()
-    return save_bundle(
-        tmp_path_factory.mktemp("run") / "model", config=config, features=ml100k.features,
-        params=params, catalog=ml100k.catalog, tables=ml100k.tables,
-    )  # fmt: skip
+def bundle(untrained_bundle: Path) -> Path:
+    return untrained_bundle
 
 
 def test_evaluate_out_an_existing_file_is_refused_and_untouched(
