@@ -100,6 +100,13 @@ def wait_ready(get: Callable[[str], int], seconds: float = 60) -> None:
         time.sleep(0.02)
 
 
+def point(link: Path, target: Path) -> None:
+    """Swap the symlink ``link`` to ``target`` atomically (as an operator would)."""
+    tmp = link.with_name(link.name + ".next")
+    tmp.symlink_to(target)
+    tmp.replace(link)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
+from service_fixtures import point
+from service_fixtures import wait_ready as wait_until_ready
 
 import service.slot
 from melu.bundle import file_sha256
@@ -28,11 +30,8 @@ pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
 BODY = {"user": {"gender": "F"}, "ratings": [{"item_id": 50, "rating": 5}], "k": 3}
 
 
-def wait_ready(client: TestClient, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, "not ready in time"
-        time.sleep(0.02)
+def wait_ready(client: TestClient) -> None:
+    wait_until_ready(lambda path: client.get(path).status_code)
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +175,6 @@ def new_version(source: Path, target: Path, shift: float) -> Path:
     info["digests"]["weights.safetensors"] = file_sha256(target / "weights.safetensors")
     (target / "config.json").write_text(json.dumps(info))
     return target
-
-
-def point(link: Path, target: Path) -> None:
-    """Swap the symlink ``link`` to ``target`` atomically (as an operator would)."""
-    tmp = link.with_name(link.name + ".next")
-    tmp.symlink_to(target)
-    tmp.replace(link)
 
 
 @pytest.fixture

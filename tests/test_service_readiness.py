@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import wait_ready
+from service_fixtures import point, wait_ready
 
 import service.slot
 from melu.errors import MeluError
@@ -39,12 +39,6 @@ def with_meta(source: Path, target: Path, **meta: float) -> Path:
     info["config"]["meta"].update(meta)
     (target / "config.json").write_text(json.dumps(info))
     return target
-
-
-def point(link: Path, target: Path) -> None:
-    tmp = link.with_name(link.name + ".next")
-    tmp.symlink_to(target)
-    tmp.replace(link)
 
 
 def call(client: TestClient, method: str, path: str, body: object) -> object:
