@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureBatch, FeatureSpace
 from melu.model import ranking
+from melu.model.collaborative import collaborative
 from melu.model.ranking import Bag
 
 Params = dict[str, Tensor]
@@ -227,15 +228,24 @@ class PreferenceEstimator:
             out = out + part(params, encoded)
         return out
 
-    def network(self, params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
-        """The MLP's output (..., N) alone (no parts); see ``score``."""
+    def network(
+        self, params: Mapping[str, Tensor], encoded: Encoded, first: Tensor | None = None
+    ) -> Tensor:
+        """The MLP's output (..., N) alone (no parts); see ``score``. ``first``: the rows'
+        ``first_items`` (N, H) when the caller has them cached (a catalog's, at load)."""
         (w0, b0), *rest = self.linears
         weight, width = params[w0], self.user_width
         user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]
-        h = encoded.items @ weight[..., width:].mT + user.unsqueeze(-2)  # (..., N, H)
+        if first is None:
+            first = self.first_items(params, encoded.items)
+        h = first + user.unsqueeze(-2)  # (..., N, H)
         for w, b in rest:
             h = h.relu() @ params[w].mT + params[b].unsqueeze(-2)
         return h.squeeze(-1)  # (..., N)
+
+    def first_items(self, params: Mapping[str, Tensor], items: Tensor) -> Tensor:
+        """The first layer's item half W₁ᵢ·xᵢ (..., N, H) of item encodings (..., N, E_i)."""
+        return items @ params[self.linears[0][0]][..., self.user_width :].mT
 
     def user_state(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
         """The rating part's user bias and factor (..., 1 + k): prior of the user's
@@ -295,24 +305,3 @@ class PreferenceEstimator:
             return user
         mlp = [n for n in names if n.startswith("mlp.")]
         return mlp + user if group == "user_mlp" else mlp
-
-
-def collaborative(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
-    """b_i + b_u + p_u·q_i (..., N): the model part that ``ModelConfig.factors`` adds.
-
-    Item side: ``content.weight`` (k+1, E_i) maps an item's feature embeddings to a content
-    estimate of (b_i, q_i), to which known items add their own ``item.bias`` / ``item.factor``
-    rows (index 0, unknown or new items, is one shared row). User side: ``prior`` maps the
-    user's feature embeddings to a prior (b_u⁰, p_u⁰); the fast ``user.bias`` (1,) and
-    ``user.factor`` (k,) — per task (T, ...) in the batched kernel — are offsets from it.
-    """
-    item = encoded.items @ params["content.weight"].mT  # (..., N, k+1)
-    if "item.bias" in params:
-        item = item + torch.cat(
-            [params["item.bias"][encoded.ids].unsqueeze(-1), params["item.factor"][encoded.ids]],
-            dim=-1,
-        )
-    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
-    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
-    factor = user[..., 1:] + params["user.factor"]  # (..., k)
-    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)

@@ -9,7 +9,9 @@ to the original MeLU, whose ``load_state_dict`` fast weights silently cut the gr
 How each step's gradient is computed is the caller's explicit ``kernel`` choice:
 ``"generic"`` — one task, ``torch.func.grad`` (the reference; batch it with ``vmap``);
 ``"batched"`` — T tasks at once with per-task fast parameters, the MLP's gradient written
-out by hand (``melu.model.kernel``). tests/test_maml.py pins the two to each other (float64)
+out by hand (``melu.model.kernel``); ``"linear"`` — T tasks at once when the fast
+parameters enter the prediction linearly (the default ``user`` group), their gradient in
+closed form (``melu.model.linear``). tests/test_maml.py pins them to each other (float64)
 and the meta-gradient to finite differences. The defaults (5 steps at lr 0.05 on the MLP)
 and why they differ from MeLU's are in RESULTS.md.
 """
@@ -27,9 +29,10 @@ from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
+from melu.model.linear import LinearStep, applies
 from melu.tasks import TaskSet
 
-Kernel = Literal["generic", "batched"]
+Kernel = Literal["generic", "batched", "linear"]
 Lr = float | Mapping[str, Tensor]  # one rate, or per-parameter rates (Meta-SGD)
 
 
@@ -41,6 +44,15 @@ class Examples(NamedTuple):
     """
 
     inputs: FeatureBatch
+    ratings: Tensor
+    mask: Tensor
+
+
+class EncodedExamples(NamedTuple):
+    """``Examples`` whose rows are already ``Encoded`` (e.g. from a catalog's cached item
+    encodings, ``melu.model.items``): what ``adapt`` takes when no embedding adapts."""
+
+    inputs: Encoded
     ratings: Tensor
     mask: Tensor
 
@@ -64,7 +76,7 @@ def inner_rates(meta: MetaConfig, learned: Mapping[str, Tensor] | None) -> Lr:
 def adapt(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
-    support: Examples,
+    support: Examples | EncodedExamples,
     *,
     steps: int,
     lr: Lr,
@@ -81,7 +93,9 @@ def adapt(
     (N,); returns the adapted params and the support loss before each step and after the
     last (steps + 1,). ``kernel="batched"``: ``support`` is T tasks (T, N); the fast
     params come back per task (T, ...) (shared or per-task ones go in), losses
-    (T, steps + 1). ``anchor_at``: where the inner loss's ridge term pulls the model's
+    (T, steps + 1); ``kernel="linear"`` likewise, for fast parameters that enter the
+    prediction linearly (``melu.model.linear.applies``), given encoded rows or features.
+    ``support`` may be ``EncodedExamples`` when no embedding adapts. ``anchor_at``: where the inner loss's ridge term pulls the model's
     anchored parameters (default: their values in ``params``; a caller continuing an
     adaptation in several calls passes the values it started from). Never mutates ``params``.
     """
@@ -89,12 +103,17 @@ def adapt(
     frozen = {k: v for k, v in params.items() if k not in names}
     fast_params = {k: params[k] for k in names}
     rows: Encoded | FeatureBatch = support.inputs
-    if not any(is_embedding(k) for k in names):
-        rows = model.encode(params, support.inputs)
+    if not any(is_embedding(k) for k in names) and not isinstance(rows, Encoded):
+        rows = model.encode(params, rows)
     step: Step
-    if kernel == "batched":
+    if kernel != "generic":
         shapes, tasks = model.shapes(), support.mask.shape[0]
         fast_params = {k: v.expand(tasks, *shapes[k]) for k, v in fast_params.items()}
+    if kernel == "linear":
+        if not applies(model, names) or not isinstance(rows, Encoded):
+            raise ValueError(f"kernel 'linear' needs linear fast parameters, not {names}")
+        step = LinearStep(model, frozen, rows, support.ratings, support.mask)
+    elif kernel == "batched":
         step = batched_step(model, frozen, rows, support.ratings, support.mask)
     else:
         step = _generic_step(model, frozen, rows, support)
@@ -111,8 +130,11 @@ def adapt(
         }
         losses.append(loss)
     adapted = {**frozen, **fast_params}
-    pred = _predict(model, adapted, rows, names if kernel == "batched" else ())
-    loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
+    if isinstance(step, LinearStep):
+        loss = step.loss(fast_params)
+    else:
+        pred = _predict(model, adapted, rows, names if kernel == "batched" else ())
+        loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
     losses.append(loss + anchor.penalty(fast_params))
     return {k: adapted[k] for k in params}, torch.stack(losses, dim=-1)
 
@@ -174,7 +196,10 @@ def _predict(
 
 
 def _generic_step(
-    model: PreferenceEstimator, frozen: Params, rows: Encoded | FeatureBatch, support: Examples
+    model: PreferenceEstimator,
+    frozen: Params,
+    rows: Encoded | FeatureBatch,
+    support: Examples | EncodedExamples,
 ) -> Step:
     """One task's gradient step by ``torch.func.grad`` of the support MSE."""
 
@@ -231,16 +256,17 @@ def meta_loss(
     """Mean post-adaptation query loss over a meta-batch of T tasks.
 
     ``support`` / ``query`` have a leading task dim T (padded rows masked). ``kernel``:
-    ``"batched"`` adapts the tasks together (``melu.model.kernel``); ``"generic"`` runs
+    ``"batched"`` / ``"linear"`` adapt the tasks together (``melu.model.kernel`` /
+    ``melu.model.linear``); ``"generic"`` runs
     ``task_query_loss`` under ``vmap``. Returns (loss (), per-task query losses (T,), inner
     losses (T, steps + 1)). Differentiable w.r.t. ``params`` (and a tensor ``lr``) to
     second order unless ``first_order``.
     """
     names = list(fast) if fast is not None else model.fast_names()
-    if kernel == "batched":
+    if kernel != "generic":
         adapted, inner = adapt(
             model, params, support, steps=steps, lr=lr, first_order=first_order, fast=names,
-            kernel="batched",
+            kernel=kernel,
         )  # fmt: skip
         pred = task_predictions(model, adapted, query.inputs, names)
         per_task = masked_mse(pred, query.ratings, query.mask)

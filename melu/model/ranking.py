@@ -150,11 +150,14 @@ def head_scores(
     ids: Tensor,
     bag: Bag,
     rating: Tensor,
+    terms: Tensor | None = None,
 ) -> Tensor:
     """Ranking scores s (T, N): ``user`` (T, E_u), ``state`` (T, 1 + k), the items' ids
     (T, N) or (N,), the supports ``bag`` and
-    the rating part's predicted ratings ``rating`` (T, N) after adaptation (γ·r̂ joins)."""
-    terms = item_terms(params, ids)  # (T|-, N, 1 + k_r)
+    the rating part's predicted ratings ``rating`` (T, N) after adaptation (γ·r̂ joins).
+    ``terms``: the items' ``item_terms`` when the caller has them cached (a catalog's)."""
+    if terms is None:
+        terms = item_terms(params, ids)  # (T|-, N, 1 + k_r)
     a = user_vector(params, user, state)  # (T, k_r)
     if terms.dim() == 3:
         interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1)
