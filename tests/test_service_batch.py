@@ -66,10 +66,9 @@ def same_ranking(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> None
     assert len(a) == len(b)
     for (_, x), (_, y) in zip(a, b, strict=True):
         assert x == pytest.approx(y, abs=1e-5)
-    cut = min(s for _, s in a) + 1e-5  # a tie group at the end may be cut differently
-    assert sorted((round(s, 4), i) for i, s in a if s > cut) == sorted(
-        (round(s, 4), i) for i, s in b if s > cut
-    )
+    cut = min(s for _, s in a) + 2e-5  # a tie group at the end may be cut differently
+    for mine, other in ((a, b), (b, a)):  # (no rounding to digits: 2.95905 rounds both ways)
+        assert {i for i, s in mine if s > cut} <= {i for i, _ in other}
 
 
 def assert_same(batch: Any, single: Any) -> None:

@@ -5,8 +5,9 @@
 first_order=True)``, the bundle's steps and rates, as ``Recommender.adapt_tasks`` serves
 them; a support of 0 ratings is not adapted: the meta-learned prior from the user's
 features), then ``model.rank_score`` of every catalog item with the support as the ranking
-head's bag. The items are encoded once; a chunk of users × all items is scored in one
-broadcast pass (as ``RowEncoder.catalog_scores``).
+head's bag. The catalog's user-independent parts are computed once
+(``melu.model.items.cache_items``, as the recommender's); a chunk of users × all items is
+scored in one broadcast pass over them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from torch import Tensor
 from melu.bundle import Bundle
 from melu.errors import BundleError
 from melu.evaluation.topn import Supports, chunks
-from melu.features import UNKNOWN, FeatureTables
-from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
+from melu.features import FeatureTables
+from melu.model.estimator import PreferenceEstimator, is_embedding
+from melu.model.items import cache_items
 from melu.model.maml import Examples, Lr, inner_rates
 from melu.model.predict import rank_catalog
 
@@ -55,17 +57,9 @@ class ModelRanker:
                 "needs item encodings shared by all users"
             )
         self.tables = tables.to(self.device)
-        n_items = len(tables.item_ids)
-        rows = torch.arange(n_items, device=self.device)
-        unknown = {n: torch.tensor(UNKNOWN, device=self.device) for n in model.user_field_names}
-        ids = (
-            self.tables.items[model.id_field]
-            if model.id_field
-            else torch.zeros(n_items, dtype=torch.long, device=self.device)
-        )
-        with torch.no_grad():  # the catalog encoded once: items (I, E_i), ids (I,)
-            items = model.encode_items(self.params, self.tables.with_user(unknown, rows))
-        self.catalog = Encoded(items.new_zeros(0), items, ids.long())
+        # the catalog's user-independent parts, once (as ``Recommender`` serves them)
+        self.items = cache_items(model, self.params, self.tables, self.fast)
+        self.catalog = self.items.encoded  # items (I, E_i), ids (I,)
 
     @classmethod
     def from_bundle(
@@ -103,7 +97,7 @@ class ModelRanker:
             network = self.network[rows] if self.network is not None else None
             with torch.inference_mode(False), torch.no_grad():
                 out.append(rank_catalog(
-                    self.model, self.params, users, support, self.catalog, steps=self.steps,
+                    self.model, self.params, users, support, self.items, steps=self.steps,
                     lr=self.lr, fast=self.fast, network=network,
                 ))  # fmt: skip
         if not out:

@@ -50,15 +50,18 @@ def collaborative(
     return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)
 
 
-def linear_terms(params: Mapping[str, Tensor], encoded: Encoded) -> tuple[Tensor, Tensor]:
+def linear_terms(
+    params: Mapping[str, Tensor], encoded: Encoded, items: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The part as a linear function of the fast offsets (b, f) = (``user.bias``,
     ``user.factor``): ``collaborative = offset + b + q·f`` with ``offset`` (..., N), the
-    part at b = f = 0, and ``q`` (..., N, k), each row's item factor (its gradient in f)."""
+    part at b = f = 0, and ``q`` (..., N, k), each row's item factor (its gradient in f).
+    ``items``: the rows' ``item_terms`` when the caller has them cached."""
     prior = params["prior.bias"]  # (k+1,): the offsets' shapes are (1,) and (k,)
     zero = {
         **params,
         "user.bias": prior.new_zeros(1),
         "user.factor": prior.new_zeros(len(prior) - 1),
     }
-    item = item_terms(params, encoded)
+    item = item_terms(params, encoded) if items is None else items
     return collaborative(zero, encoded, item), item[..., 1:]

@@ -14,11 +14,22 @@ tests/test_maml.py pins it to the generic path in float64.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from torch import Tensor
 
 from melu.model.collaborative import LINEAR, collaborative, linear_terms
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
+
+
+class _Cached(Protocol):
+    """What a caller may already have of the support rows (``maml.EncodedExamples``)."""
+
+    @property
+    def network(self) -> Tensor | None: ...
+
+    @property
+    def items(self) -> Tensor | None: ...
 
 
 def applies(model: PreferenceEstimator, fast: Sequence[str]) -> bool:
@@ -31,7 +42,8 @@ class LinearStep:
     """The closed-form gradient of T tasks' support losses (a ``kernel.Step``).
 
     ``frozen``: the parameters that do not adapt; ``rows``: the support encoded
-    (``Encoded`` user (T, E_u), items (T, N, E_i)); ``ratings``, ``mask`` (T, N). The fast
+    (``Encoded`` user (T, E_u), items (T, N, E_i)); ``ratings``, ``mask`` (T, N);
+    ``cached``: the rows' MLP output and item terms, if the caller has them. The fast
     parameters come per task ((T, 1), (T, k)); everything stays differentiable (second
     order) in ``frozen`` through c and q."""
 
@@ -42,10 +54,14 @@ class LinearStep:
         rows: Encoded,
         ratings: Tensor,
         mask: Tensor,
+        cached: _Cached | None = None,
     ) -> None:
         self.frozen = {k: frozen[k] for k in LINEAR if k in frozen}
-        offset, self.q = linear_terms(frozen, rows)  # (T, N), (T, N, k)
-        self.base = model.network(frozen, rows) + offset  # (T, N): fixed while adapting
+        items, network = (cached.items, cached.network) if cached is not None else (None, None)
+        offset, self.q = linear_terms(frozen, rows, items)  # (T, N), (T, N, k)
+        if network is None:
+            network = model.network(frozen, rows)
+        self.base = network + offset  # (T, N): fixed while adapting
         self.ratings, self.m = ratings, mask.to(ratings.dtype)
         # (T, 1) real rows (+ the inner loss's prior λ, as ``masked_mse``)
         self.count = (self.m.sum(-1, keepdim=True) + model.config.support_prior).clamp(min=1.0)

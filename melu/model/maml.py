@@ -50,11 +50,17 @@ class Examples(NamedTuple):
 
 class EncodedExamples(NamedTuple):
     """``Examples`` whose rows are already ``Encoded`` (e.g. from a catalog's cached item
-    encodings, ``melu.model.items``): what ``adapt`` takes when no embedding adapts."""
+    encodings, ``melu.model.items``): what ``adapt`` takes when no embedding adapts.
+
+    ``network`` (…, N) and ``items`` (…, N, 1 + k): the rows' MLP output and collaborative
+    item terms when the caller has them (a catalog pass); ``kernel="linear"`` reads them
+    instead of recomputing them (no MLP or item parameter adapts there)."""
 
     inputs: Encoded
     ratings: Tensor
     mask: Tensor
+    network: Tensor | None = None
+    items: Tensor | None = None
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, prior: float = 0.0) -> Tensor:
@@ -112,7 +118,8 @@ def adapt(
     if kernel == "linear":
         if not applies(model, names) or not isinstance(rows, Encoded):
             raise ValueError(f"kernel 'linear' needs linear fast parameters, not {names}")
-        step = LinearStep(model, frozen, rows, support.ratings, support.mask)
+        cached = support if isinstance(support, EncodedExamples) else None
+        step = LinearStep(model, frozen, rows, support.ratings, support.mask, cached)
     elif kernel == "batched":
         step = batched_step(model, frozen, rows, support.ratings, support.mask)
     else:

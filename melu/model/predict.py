@@ -16,6 +16,7 @@ from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, PreferenceEstimator
+from melu.model.items import ItemCache, catalog_rankings
 from melu.model.kernel import task_predictions
 from melu.model.maml import Examples, Lr, adapt, task_examples, trim
 from melu.tasks import TaskSet
@@ -93,7 +94,7 @@ def rank_catalog(
     params: Mapping[str, Tensor],
     users: FeatureBatch,
     support: Examples,
-    catalog: Encoded,
+    catalog: Encoded | ItemCache,
     *,
     steps: int,
     lr: Lr,
@@ -105,8 +106,10 @@ def rank_catalog(
     supports: the one ``adapt`` (first order, no graph) on ``support`` (T, N) — skipped
     when N = 0 or ``steps`` = 0 — then ``model.rank_score`` with the support as the head's
     bag. ``users``: each person's user fields (field → (T,) indices); ``catalog``: the
-    items encoded once (``items`` (I, E_i), ``ids`` (I,); ``user`` unused). Pure: the head's
-    parameters may carry a graph (training the head), the adaptation never does.
+    items encoded once (``items`` (I, E_i), ``ids`` (I,); ``user`` unused), or their
+    ``ItemCache`` (the same scores, its user-independent parts read, not recomputed).
+    Pure: the head's parameters may carry a graph (training the head), the adaptation
+    never does.
     ``network``: the MLP's output (T, I) if the caller has it cached (``rank_score``).
     ``rated`` (T, V): training only, the ids each user rated (``melu.model.ranking.Bag``)."""
     names = list(fast) if fast is not None else model.fast_names()
@@ -126,5 +129,7 @@ def rank_catalog(
     if model.ranking and model.id_field is not None:
         bag = model.bag(support.inputs[model.id_field], support.ratings, support.mask)
         bag = bag._replace(rated=rated)
+    if isinstance(catalog, ItemCache):  # the catalog's user-independent parts, cached
+        return catalog_rankings(model, adapted, catalog, user, bag, network)[1]
     encoded = Encoded(user, catalog.items, catalog.ids)
     return model.rank_score(adapted, encoded, bag, network)

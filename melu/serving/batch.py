@@ -22,7 +22,7 @@ from torch import Tensor
 
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
-from melu.model.maml import Examples
+from melu.model.maml import EncodedExamples, Examples
 from melu.model.ranking import Bag
 from melu.serving.rows import Scores
 from melu.serving.types import Adaptation, Recommendations, Request
@@ -41,7 +41,7 @@ class Checked:
     user: FeatureBatch
     rated: Tensor
     values: Tensor
-    rows: Tensor
+    rows: Tensor | None  # None: the whole catalog
 
 
 def check(recommender: Recommender, requests: Sequence[Request]) -> list[Checked]:
@@ -75,9 +75,17 @@ def _padded(recommender: Recommender, people: Sequence[Checked]) -> tuple[Tensor
     return rows, ratings, mask
 
 
-def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples:
-    """The people's rated rows as one padded meta-batch (T, N) of model inputs."""
+def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples | EncodedExamples:
+    """The people's rated rows as one padded meta-batch (T, N) of model inputs: their
+    cached item encodings when the recommender has them, else their features."""
     rows, ratings, mask = _padded(recommender, people)
+    cache = recommender.encoder.cache
+    if cache is not None:
+        users = {k: torch.stack([p.user[k] for p in people]) for k in people[0].user}
+        user = recommender.model.encode_user(recommender.params, users)  # (T, E_u)
+        if user.dim() == 1:  # no user fields
+            user = user.expand(len(people), 0)
+        return EncodedExamples(cache.support(user, rows), ratings, mask)
     encoded = [recommender.encoder(p.user, rows[t]) for t, p in enumerate(people)]
     inputs = {k: torch.stack([e[k] for e in encoded]) for k in encoded[0]}
     return Examples(inputs, ratings, mask)
@@ -170,7 +178,8 @@ def _answer(
         else:  # embeddings adapt: each person's rows are encoded with their tables
             rows, pick = None, person.rows
             with torch.no_grad():
-                rating, rank = rec.encoder.rankings(mine, person.user, pick, bag)
+                who = rec.encoder.person(rec.params, person.request.user, catalog=False)
+                rating, rank = rec.encoder.rankings(mine, who, pick, bag)
         scores = Scores(pick, rating, rank, person.rated, person.values, mine, bag)
         if rows is not None:  # already the top k in order
             out.append(Recommendations(rec._describe(rows, rating, scores), info))

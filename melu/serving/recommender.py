@@ -23,13 +23,14 @@ from torch import Tensor
 from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.config_fields import check_threads
 from melu.errors import BundleError, InvalidInput, MeluError
-from melu.features import FeatureBatch
 from melu.model.estimator import Params
-from melu.model.maml import Examples, adapt, inner_rates
+from melu.model.linear import applies
+from melu.model.maml import EncodedExamples, Examples, Kernel, adapt, inner_rates
 from melu.serving import batch
 from melu.serving.catalog import Catalog
 from melu.serving.onboarding import evidence_scores, rank
-from melu.serving.rows import RowEncoder, Scores
+from melu.serving.rows import Person, RowEncoder, Scores
+from melu.serving.topk import top_rows
 from melu.serving.types import (
     Adaptation,
     OnboardingItem,
@@ -63,7 +64,8 @@ class Recommender:
         first ``onboarding_items`` call. ``threads``: torch threads applied in each thread
         that calls the recommender (default: that thread's current setting); with a fixed
         count, answers are bit-identical whichever thread computes them.
-        ``precompute_items=False`` embeds every candidate per request (the slow reference).
+        ``precompute_items=False`` embeds every candidate per request and adapts by the
+        batched kernel's autograd (the plain path, the reference of tests and benchmarks).
         """
         self.bundle = bundle
         self.device = torch.device(device or "cpu")
@@ -78,6 +80,10 @@ class Recommender:
         self.lr = inner_rates(meta, learned)
         self.model = bundle.model  # a pure function of (params, features): shared by all threads
         self.fast = self.model.fast_names()
+        # the fast user offsets enter linearly: their inner step in closed form (the slow
+        # reference keeps autograd's, the batched kernel)
+        linear = precompute_items and applies(self.model, self.fast)
+        self.kernel: Kernel = "linear" if linear else "batched"
         self.encoder = RowEncoder(
             self.model, self.params, bundle.features, bundle.item_features,
             precompute=precompute_items, device=self.device,
@@ -120,8 +126,7 @@ class Recommender:
         ``BundleError`` (finite weights can still overflow: huge values, or an in-bounds
         ``inner_lr`` of 1e30 in config.json), so NaN is refused at load, never served."""
         with self._threads(), torch.no_grad():
-            user = self.encoder.user(None)
-            rows = torch.arange(self.n_items, device=self.device)
+            user = self.encoder.person(self.params, None, catalog=True)
             top = torch.tensor([int(self.catalog.n_ratings.argmax())], device=self.device)
             rating = torch.tensor([self.scale[1]], device=self.device)
             adapted, info = self._adapt_to(user, top, rating)
@@ -132,7 +137,7 @@ class Recommender:
                 (adapted, "after one rating", bags[1]),
             )
             for params, when, bag in probes:
-                scores, ranks = self.encoder.rankings(params, user, rows, bag)
+                scores, ranks = self.encoder.rankings(params, user, None, bag)
                 finite = bool(torch.isfinite(scores).all() and torch.isfinite(ranks).all())
                 if not finite or (params is adapted and not all(map(math.isfinite, losses))):
                     raise BundleError(
@@ -169,44 +174,45 @@ class Recommender:
             torch.set_num_threads(previous)
 
     # ----------------------------------------------------------------- adaptation
-    def adapt_tasks(self, support: Examples) -> tuple[Params, Tensor]:
+    def adapt_tasks(self, support: Examples | EncodedExamples) -> tuple[Params, Tensor]:
         """The one call of the inner loop in serving: T people's supports (T, N) adapted
-        together, first order, the bundle's steps and rates. Returns the params with the
-        fast ones per person (T, ...) and the support losses (T, steps + 1)."""
+        together, first order, the bundle's steps and rates (the closed-form kernel when
+        the fast parameters enter linearly, else the batched one). Returns the params with
+        the fast ones per person (T, ...) and the support losses (T, steps + 1)."""
         # adapt may differentiate with torch.func: it must see autograd even when the
         # caller runs under inference_mode; no_grad alone is fine for function transforms.
         with torch.inference_mode(False), torch.no_grad():
             return adapt(
                 self.model, self.params, support, steps=self.steps, lr=self.lr,
-                first_order=True, fast=self.fast, kernel="batched",
+                first_order=True, fast=self.fast, kernel=self.kernel,
             )  # fmt: skip
 
     def _adapt_to(
-        self, user: FeatureBatch, rows: Tensor, values: Tensor
+        self, user: Person, rows: Tensor, values: Tensor
     ) -> tuple[Mapping[str, Tensor], Adaptation]:
         """Parameters adapted to a person (``user``) who rated catalog ``rows`` (N,) ``values``:
         the one call of the inner loop, first order, the bundle's steps and rates."""
         if len(rows) == 0 or self.steps == 0:
             return self.params, Adaptation(0, None, None)
-        # a batch of one task: adapt's batched kernel (pinned to the generic path by
-        # tests/test_maml.py) skips torch.func's per-call tracing
+        # a batch of one task: adapt's batched kernels (pinned to the generic path by
+        # tests) skip torch.func's per-call tracing
         start = time.perf_counter()
-        features = {k: v[None] for k, v in self.encoder(user, rows).items()}
-        mask = torch.ones_like(values, dtype=torch.bool)
-        params, losses = self.adapt_tasks(Examples(features, values[None], mask[None]))
+        params, losses = self.adapt_tasks(self.encoder.support(user, rows, values))
         fast = set(self.fast)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
         before, after = losses[0, 0].item(), losses[0, -1].item()
         return adapted, Adaptation(self.steps, before, after, time.perf_counter() - start)
 
     def _score(
-        self, user: User | None, ratings: Ratings, rows: Tensor
+        self, user: User | None, ratings: Ratings, rows: Tensor | None
     ) -> tuple[Scores, Adaptation]:
         """Adapt to the person, then the predicted ratings and ranking scores of catalog
-        ``rows`` (N,), the rated catalog rows (R,) as a bag, and how adaptation went."""
+        ``rows`` (N,) (``None``: the whole catalog), the rated catalog rows (R,) as a bag,
+        and how adaptation went."""
         with self._threads():
-            features = self.encoder.user(user)
             found, checked = self.catalog.rated(ratings, self.scale)
+            with torch.no_grad():
+                features = self.encoder.person(self.params, user, catalog=rows is None)
             rated = torch.as_tensor(found, device=self.device)
             values = torch.tensor(checked, device=self.device)
             params, info = self._adapt_to(features, rated, values)
@@ -251,13 +257,13 @@ class Recommender:
         in one batched ``adapt`` and the catalog is scored in chunks of users."""
         return batch.recommend_many(self, requests)
 
-    def _candidates(self, request: Request) -> Tensor:
-        """Checked ``k`` and the candidate catalog rows (N,) of a request."""
+    def _candidates(self, request: Request) -> Tensor | None:
+        """Checked ``k`` and the candidate catalog rows (N,) of a request (``None``: all)."""
         k, candidates = request.k, request.candidates
         if not 1 <= k <= self.n_items:
             raise InvalidInput(("k",), k, f"must be between 1 and the catalog size {self.n_items}")
         if candidates is None:
-            return torch.arange(self.n_items, device=self.device)
+            return None
         found = self.catalog.rows(candidates, ("candidate_ids",), unique=True)
         if len(candidates) == 0:
             raise InvalidInput(("candidate_ids",), [], "must not be empty (omit it for all)")
@@ -267,7 +273,12 @@ class Recommender:
         """The top ``k`` of the candidates by ranking score, rated ones left out when the
         request says so (ties by catalog order)."""
         rows, rating, rank = scores.rows, scores.rating, scores.rank
-        if request.exclude_rated and len(scores.rated):
+        excluded = scores.rated if request.exclude_rated and len(scores.rated) else None
+        if rows is None:  # the whole catalog: rows are positions
+            mine = rank.clone() if rank is rating else rank  # top_rows overwrites it
+            top = top_rows(mine, request.k, excluded)
+            return Recommendations(self._describe(top, rating[top], scores), info)
+        if excluded is not None:
             keep = ~torch.isin(rows, scores.rated)
             rows, rating, rank = rows[keep], rating[keep], rank[keep]
         order = torch.sort(rank, descending=True, stable=True).indices[: request.k]

@@ -1,38 +1,56 @@
 """Model inputs of a request: one person's features paired with catalog rows.
 
-Features are the model's one input form. When no embedding adapts (fast group ``mlp`` or
-``head``) the item half of every encoded row (I, E_i) is computed once at load, so scoring
-a request only encodes its user and runs ``score``; otherwise rows are encoded per request.
+Features are the model's one input form. When no embedding adapts (fast groups ``user``,
+``mlp``, ``head``) everything about the catalog that does not depend on the person is
+computed once at load (``melu.model.items.ItemCache``: item encodings, the first layer's
+item half, the collaborative and ranking item terms), so a request only encodes its user,
+adapts on its rated rows' cached encodings and scores the whole catalog in one pass over
+the cache (no per-request copy of catalog rows); otherwise rows are encoded per request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from melu.features import UNKNOWN, FeatureBatch, FeatureSpace, FeatureTables
+from melu.features import FeatureBatch, FeatureSpace, FeatureTables
 from melu.model import ranking
 from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
+from melu.model.items import ItemCache, cache_items, catalog_rankings
+from melu.model.maml import EncodedExamples, Examples
 from melu.model.ranking import Bag
 from melu.serving.types import User
 
 
 @dataclass(frozen=True)
 class Scores:
-    """One person's scored candidates: catalog ``rows`` (N,), predicted ``rating`` (N,),
-    ranking score ``rank`` (N,); their rated rows (R,), ``values`` (R,), adapted ``params``
-    and the rated items as the ranking head's ``bag`` (1, R)."""
+    """One person's scored candidates: catalog ``rows`` (N,) (``None``: the whole catalog
+    in row order), predicted ``rating`` (N,), ranking score ``rank`` (N,); their rated
+    rows (R,), ``values`` (R,), adapted ``params`` and the rated items as the ranking
+    head's ``bag`` (1, R)."""
 
-    rows: Tensor
+    rows: Tensor | None
     rating: Tensor
     rank: Tensor
     rated: Tensor
     values: Tensor
     params: Mapping[str, Tensor]
     bag: Bag
+
+
+class Person(NamedTuple):
+    """One person's inputs for a request: ``features`` (field → () index); with the cache,
+    their user embedding ``user`` (E_u,) and, when no MLP parameter adapts, the MLP's
+    output over the whole catalog ``network`` (I,) (the same before and after adapting:
+    the support rows read theirs from it)."""
+
+    features: FeatureBatch
+    user: Tensor | None = None
+    network: Tensor | None = None
 
 
 class RowEncoder:
@@ -52,20 +70,17 @@ class RowEncoder:
         encodes every row per request (the slow reference)."""
         self.model, self.features, self.device = model, features, device
         self.items = items.to(device)
-        self.shared = precompute and not any(is_embedding(k) for k in model.fast_names())
-        self._item_encoding: Tensor | None = None
+        fast = model.fast_names()
+        self.shared = precompute and not any(is_embedding(k) for k in fast)
+        self.cache: ItemCache | None = (
+            cache_items(model, params, self.items, fast) if self.shared else None
+        )
+        self._fixed_mlp = not any(k.startswith("mlp.") for k in fast)
         self._ids = (
-            self.items.items[model.id_field]
+            self.items.items[model.id_field].long()
             if model.id_field
             else torch.zeros(len(self.items.item_ids), dtype=torch.long, device=device)
         )
-        if self.shared:
-            rows = torch.arange(len(self.items.item_ids), device=device)
-            unknown = {f.name: torch.tensor(UNKNOWN, device=device) for f in features.user_fields}
-            with torch.no_grad():
-                self._item_encoding = model.encode_items(
-                    params, self.items.with_user(unknown, rows)
-                )
 
     def user(self, values: User | None) -> FeatureBatch:
         """Raw demographics → field → () index on the device (``FeatureSpace.encode_user``)."""
@@ -75,17 +90,38 @@ class RowEncoder:
         """Features (N, ...) of ``user`` paired with catalog ``rows`` (N,)."""
         return self.items.with_user(user, rows)
 
+    def person(self, params: Mapping[str, Tensor], values: User | None, *, catalog: bool) -> Person:
+        """A person's ``Person`` from raw demographics; ``catalog``: the whole catalog will
+        be scored (so the MLP's pass over it is done here, once)."""
+        features = self.user(values)
+        if self.cache is None:
+            return Person(features)
+        user = self.model.encode_user(params, features)  # (E_u,)
+        network = None
+        if catalog and self._fixed_mlp:
+            encoded = Encoded(user, self.cache.encoded.items, self.cache.encoded.ids)
+            network = self.model.network(params, encoded, self.cache.first)  # (I,)
+        return Person(features, user, network)
+
+    def support(self, person: Person, rated: Tensor, values: Tensor) -> Examples | EncodedExamples:
+        """A person's rated catalog rows (R,) and ratings (R,) as a batch of one task (1, R)
+        for ``adapt``: their cached encodings (and MLP outputs and item terms, when known)
+        when there are any, else their features."""
+        mask = torch.ones(1, len(rated), dtype=torch.bool, device=self.device)
+        if self.cache is None or person.user is None:
+            features = self(person.features, rated)
+            return Examples({k: v[None] for k, v in features.items()}, values[None], mask)
+        rows = rated[None]
+        network = None if person.network is None else person.network[rows]
+        items = None if self.cache.collab is None else self.cache.collab[rows]
+        encoded = self.cache.support(person.user[None], rows)  # no user fields: (1, 0)
+        return EncodedExamples(encoded, values[None], mask, network, items)
+
     def encoded(self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor) -> Encoded:
         """``user`` (E_u,) with catalog ``rows`` (N, E_i), ids (N,), encoded."""
-        if self._item_encoding is None:
+        if self.cache is None:
             return self.model.encode(params, self(user, rows))
-        return Encoded(
-            self.model.encode_user(params, user), self._item_encoding[rows], self._ids[rows]
-        )
-
-    def scores(self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor) -> Tensor:
-        """Unclamped predicted ratings (N,) of catalog ``rows`` for ``user`` under ``params``."""
-        return self.model.score(params, self.encoded(params, user, rows))
+        return self.cache.take(rows).encoded._replace(user=self.model.encode_user(params, user))
 
     def bag(self, rated: Tensor, values: Tensor) -> Bag:
         """A person's rated catalog rows (R,) and ratings (R,) as the ranking head's bag (1, R)."""
@@ -93,11 +129,20 @@ class RowEncoder:
         return self.model.bag(self._ids[rated][None], values[None], mask[None])
 
     def rankings(
-        self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor, bag: Bag
+        self, params: Mapping[str, Tensor], person: Person, rows: Tensor | None, bag: Bag
     ) -> tuple[Tensor, Tensor]:
-        """(predicted ratings (N,), ranking scores (N,)) of catalog ``rows`` for ``user``:
-        the rating is what is shown, the ranking score what orders (the same without a
-        ranking head)."""
+        """(predicted ratings (N,), ranking scores (N,)) of catalog ``rows`` (``None``: the
+        whole catalog, (I,)) for ``person``: the rating is what is shown, the ranking score
+        what orders (the same without a ranking head)."""
+        user = person.features
+        if self.cache is not None and person.user is not None:
+            if rows is None:
+                return catalog_rankings(
+                    self.model, params, self.cache, person.user, bag, person.network
+                )
+            return catalog_rankings(self.model, params, self.cache.take(rows), person.user, bag)
+        if rows is None:
+            rows = torch.arange(len(self._ids), device=self.device)
         encoded = self.encoded(params, user, rows)
         network = self.model.network(params, encoded)  # computed once, used by both
         rating = self.model.with_parts(params, encoded, network)
@@ -112,31 +157,15 @@ class RowEncoder:
             return torch.zeros(len(rows), bag.ids.shape[-1], device=rows.device)
         return ranking.contributions(params, bag, self._ids[rows][None])[0]
 
-    def catalog_scores(self, params: Mapping[str, Tensor], users: FeatureBatch) -> Tensor | None:
-        """Unclamped predicted ratings (T, I) of the whole catalog for T users (field → (T,))
-        whose adapted (MLP) params may carry a leading dim T; ``None`` when the item encodings are
-        not precomputed (then score each user with ``scores``)."""
-        if self._item_encoding is None:
-            return None
-        user = self.model.encode_user(params, users)  # (T, E_u)
-        if user.dim() == 1:  # no user fields: (0,) → (T, 0)
-            user = user.expand(next(iter(users.values())).shape[0], 0)
-        # shared MLP weights (H, W) and per-user ones (T, H, W) broadcast alike in ``score``
-        return self.model.score(params, Encoded(user, self._item_encoding, self._ids))  # (T, I)
-
     def catalog_rankings(
         self, params: Mapping[str, Tensor], users: FeatureBatch, bag: Bag
     ) -> tuple[Tensor, Tensor] | None:
         """(predicted ratings (T, I), ranking scores (T, I)) of the whole catalog for T
-        users with their bags (T, L); ``None`` without precomputed item encodings."""
-        if self._item_encoding is None:
+        users (field → (T,)) whose adapted params may carry a leading dim T, with their
+        bags (T, L); ``None`` without the cache (then score each user with ``rankings``)."""
+        if self.cache is None:
             return None
-        user = self.model.encode_user(params, users)
-        if user.dim() == 1:
+        user = self.model.encode_user(params, users)  # (T, E_u)
+        if user.dim() == 1:  # no user fields: (0,) → (T, 0)
             user = user.expand(next(iter(users.values())).shape[0], 0)
-        encoded = Encoded(user, self._item_encoding, self._ids)
-        network = self.model.network(params, encoded)  # (T, I)
-        rating = self.model.with_parts(params, encoded, network)
-        if not self.model.ranking:
-            return rating, rating
-        return rating, self.model.rank_score(params, encoded, bag, network)
+        return catalog_rankings(self.model, params, self.cache, user, bag)
