@@ -62,29 +62,30 @@ class LinearStep:
         if network is None:
             network = model.network(frozen, rows)
         self.base = network + offset  # (T, N): fixed while adapting
-        self.ratings, self.m = ratings, mask.to(ratings.dtype)
+        self.ratings, m = ratings, mask.to(ratings.dtype)
         # (T, 1) real rows (+ the inner loss's prior λ, as ``masked_mse``)
-        self.count = (self.m.sum(-1, keepdim=True) + model.config.support_prior).clamp(min=1.0)
+        count = (m.sum(-1, keepdim=True) + model.config.support_prior).clamp(min=1.0)
+        self.coef = 2 * m / count  # (T, N): d loss / d pred per unit of residual
 
     def _residual(self, fast: Mapping[str, Tensor]) -> Tensor:
         """r̂ − r (T, N) at the fast values ``fast``."""
         p = {**self.frozen, **fast}
-        pred = self.base + p["user.bias"] + (self.q * p["user.factor"].unsqueeze(-2)).sum(-1)
+        pred = self.base + p["user.bias"] + (self.q @ p["user.factor"].unsqueeze(-1)).squeeze(-1)
         return pred - self.ratings
 
     def loss(self, fast: Mapping[str, Tensor]) -> Tensor:
-        """The support losses (T,) at ``fast`` (no gradient)."""
+        """The support losses (T,) at ``fast``: Σ m·(r̂ − r)² / (n + λ) = Σ g·(r̂ − r) / 2."""
         residual = self._residual(fast)
-        return (residual * residual * self.m).sum(-1) / self.count.squeeze(-1)
+        return (residual * self.coef * residual).sum(-1) * 0.5
 
     def __call__(self, fast: Params) -> tuple[Params, Tensor]:
         """(d loss / d each fast parameter (T, ...), losses (T,)) at ``fast``."""
         residual = self._residual(fast)
-        losses = (residual * residual * self.m).sum(-1) / self.count.squeeze(-1)
-        cotangent = residual * (2 * self.m / self.count)  # (T, N): d loss / d pred
+        cotangent = residual * self.coef  # (T, N): d loss / d pred
+        losses = (cotangent * residual).sum(-1) * 0.5
         grads: Params = {}
         if "user.bias" in fast:
             grads["user.bias"] = cotangent.sum(-1, keepdim=True)  # (T, 1)
         if "user.factor" in fast:
-            grads["user.factor"] = (cotangent.unsqueeze(-1) * self.q).sum(-2)  # (T, k)
+            grads["user.factor"] = (cotangent.unsqueeze(-2) @ self.q).squeeze(-2)  # (T, k)
         return grads, losses
