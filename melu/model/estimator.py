@@ -239,8 +239,10 @@ class PreferenceEstimator:
         if first is None:
             first = self.first_items(params, encoded.items)
         h = first + user.unsqueeze(-2)  # (..., N, H)
+        reuse = not torch.is_grad_enabled()  # no graph: each layer's buffer is reused
         for w, b in rest:
-            h = h.relu() @ params[w].mT + params[b].unsqueeze(-2)
+            h = (h.relu_() if reuse else h.relu()) @ params[w].mT
+            h = h.add_(params[b].unsqueeze(-2)) if reuse else h + params[b].unsqueeze(-2)
         return h.squeeze(-1)  # (..., N)
 
     def first_items(self, params: Mapping[str, Tensor], items: Tensor) -> Tensor:

@@ -129,7 +129,7 @@ def adapt(
     losses = []
     for _ in range(steps):
         grads, loss = anchor(*step(fast_params), fast_params)
-        if first_order:
+        if first_order and torch.is_grad_enabled():  # no graph to cut under no_grad
             grads = {k: g.detach() for k, g in grads.items()}
         fast_params = {
             k: p - (lr[k] if isinstance(lr, Mapping) else lr) * grads[k]

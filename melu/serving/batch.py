@@ -25,6 +25,7 @@ from melu.features import FeatureBatch
 from melu.model.maml import EncodedExamples, Examples
 from melu.model.ranking import Bag
 from melu.serving.rows import Scores
+from melu.serving.topk import top_rows
 from melu.serving.types import Adaptation, Recommendations, Request
 
 if TYPE_CHECKING:
@@ -117,19 +118,13 @@ def _adapt(
 def _rank_catalog(
     recommender: Recommender, chunk: Sequence[Checked], catalog: Tensor
 ) -> list[Tensor]:
-    """Each person's top k catalog rows from their ranking scores (C, I) in one sort: rated
-    rows (when excluded) go to the end as -inf and are cut, so the order is ``_top``'s
-    (stable, ties by catalog order) over the remaining rows."""
-    scores = catalog.clone()
-    for c, person in enumerate(chunk):
-        if person.request.exclude_rated and len(person.rated):
-            scores[c, person.rated] = float("-inf")
-    k = max(p.request.k for p in chunk)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    """Each person's top k catalog rows from their ranking scores (C, I), in ``_top``'s
+    order (``top_rows``: stable, ties by catalog order, rated rows left out when excluded)."""
+    scores = catalog.clone()  # top_rows writes -inf over the excluded rows
     out = []
     for c, person in enumerate(chunk):
-        excluded = len(person.rated) if person.request.exclude_rated else 0
-        out.append(order[c, : min(person.request.k, recommender.n_items - excluded)])
+        excluded = person.rated if person.request.exclude_rated and len(person.rated) else None
+        out.append(top_rows(scores[c], person.request.k, excluded))
     return out
 
 
