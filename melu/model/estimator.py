@@ -85,6 +85,7 @@ class PreferenceEstimator:
         self.ranking = config.ranking and bool(self.factors) and self.id_field is not None
         low, high = space.rating_scale
         self.rating_levels = round((high - low) / space.rating_step) + 1
+        self._shapes: dict[str, torch.Size] | None = None
 
     @property
     def embedding_width(self) -> int:
@@ -92,6 +93,11 @@ class PreferenceEstimator:
 
     def shapes(self) -> dict[str, torch.Size]:
         """Every parameter's name → shape, in the model's (and the bundle's) order."""
+        if self._shapes is None:  # adapt asks per call: built once (config and space fixed)
+            self._shapes = self._all_shapes()
+        return dict(self._shapes)
+
+    def _all_shapes(self) -> dict[str, torch.Size]:
         dim = self.config.embedding_dim
         out = {f"embeddings.{f.name}.weight": torch.Size((f.size, dim)) for f in self.space.fields}
         for (w, b), (n_in, n_out) in zip(self.linears, self.widths, strict=True):

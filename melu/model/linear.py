@@ -70,7 +70,7 @@ class LinearStep:
     def _residual(self, fast: Mapping[str, Tensor]) -> Tensor:
         """r̂ − r (T, N) at the fast values ``fast``."""
         p = {**self.frozen, **fast}
-        pred = self.base + p["user.bias"] + (self.q @ p["user.factor"].unsqueeze(-1)).squeeze(-1)
+        pred = self.base + p["user.bias"] + (self.q * p["user.factor"].unsqueeze(-2)).sum(-1)
         return pred - self.ratings
 
     def loss(self, fast: Mapping[str, Tensor]) -> Tensor:
@@ -87,5 +87,5 @@ class LinearStep:
         if "user.bias" in fast:
             grads["user.bias"] = cotangent.sum(-1, keepdim=True)  # (T, 1)
         if "user.factor" in fast:
-            grads["user.factor"] = (cotangent.unsqueeze(-2) @ self.q).squeeze(-2)  # (T, k)
+            grads["user.factor"] = (cotangent.unsqueeze(-1) * self.q).sum(-2)  # (T, k)
         return grads, losses

@@ -182,8 +182,8 @@ class _Anchor:
         return self._terms(fast)[1] if self.start else 0.0
 
     def __call__(self, grads: Params, loss: Tensor, fast: Params) -> tuple[Params, Tensor]:
-        if not self.start:
-            return grads, loss
+        if not self.start or all(fast[k] is p0 for k, p0 in self.start.items()):
+            return grads, loss  # no term (or θ is θ₀ itself, the first step: it is 0)
         extra, value = self._terms(fast)
         return {k: g + extra[k] if k in extra else g for k, g in grads.items()}, loss + value
 
