@@ -129,3 +129,17 @@ def test_top_rows_is_the_stable_sort_without_the_excluded() -> None:
         want = rows[torch.sort(scores[keep], descending=True, stable=True).indices[:k]]
         got = top_rows(scores.clone(), k, excluded)
         assert got.tolist() == want.tolist()
+
+
+def test_batch_answers_and_reasons_equal_one_at_a_time(recommender: Recommender) -> None:
+    """``recommend_many`` (closed-form step for all, reasons computed per chunk) gives each
+    person the single call's items, ratings and reasons."""
+    from melu.serving import Request
+
+    requests = [Request(user, ratings, 20) for user, ratings in PEOPLE * 3]
+    for request, got in zip(requests, recommender.recommend_many(requests), strict=True):
+        want = recommender.recommend(request.user, request.ratings, request.k)
+        assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
+        for a, b in zip(got.items, want.items, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+            assert [r.item_id for r in a.because] == [r.item_id for r in b.because]

@@ -150,6 +150,16 @@ def recommend_many(recommender: Recommender, requests: Sequence[Request]) -> lis
     return out
 
 
+def _contributions(rec: Recommender, ranked: list[Tensor], bags: Bag) -> Tensor:
+    """What each rated item adds to each person's top rows, (C, K, L) for the chunk at once
+    (rows padded to the longest top list K with row 0, bags to L; both pads add 0)."""
+    rows = torch.zeros(len(ranked), max(len(r) for r in ranked), dtype=torch.long)
+    for c, top in enumerate(ranked):
+        rows[c, : len(top)] = top
+    with torch.no_grad():
+        return rec.encoder.reasons(rec.params, rows.to(rec.device), bags)
+
+
 def _answer(
     rec: Recommender, chunk: Sequence[Checked], fast: dict[str, Tensor],
     infos: Sequence[Adaptation], lo: int,
@@ -158,9 +168,11 @@ def _answer(
     candidates, or per-person encodings when embeddings adapt, taken from there)."""
     params = {**rec.params, **{k: v[lo : lo + len(chunk)] for k, v in fast.items()}}
     users = {k: torch.stack([p.user[k] for p in chunk]) for k in chunk[0].user}
+    bags = _bags(rec, chunk)
     with torch.no_grad():
-        both = rec.encoder.catalog_rankings(params, users, _bags(rec, chunk))  # or None
+        both = rec.encoder.catalog_rankings(params, users, bags)  # or None
     ranked = _rank_catalog(rec, chunk, both[1]) if both is not None else None
+    added = _contributions(rec, ranked, bags) if ranked is not None else None
     out = []
     for c, person in enumerate(chunk):
         info = infos[lo + c]
@@ -177,7 +189,8 @@ def _answer(
                 rating, rank = rec.encoder.rankings(mine, who, pick, bag)
         scores = Scores(pick, rating, rank, person.rated, person.values, mine, bag)
         if rows is not None:  # already the top k in order
-            out.append(Recommendations(rec._describe(rows, rating, scores), info))
+            mine_added = None if added is None else added[c, : len(rows)]
+            out.append(Recommendations(rec._describe(rows, rating, scores, mine_added), info))
         else:
             out.append(rec._top(person.request, scores, info))
     return out

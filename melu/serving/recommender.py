@@ -284,24 +284,31 @@ class Recommender:
         order = torch.sort(rank, descending=True, stable=True).indices[: request.k]
         return Recommendations(self._describe(rows[order], rating[order], scores), info)
 
-    def _describe(self, rows: Tensor, ratings: Tensor, scores: Scores) -> list[Scored]:
+    def _describe(
+        self, rows: Tensor, ratings: Tensor, scores: Scores, added: Tensor | None = None
+    ) -> list[Scored]:
         """Catalog rows (N,) and predicted ratings (N,) → ``Scored`` items (ratings clamped),
-        each with the rated items that added most to its ranking score (best first)."""
+        each with the rated items that added most to its ranking score (best first);
+        ``added``: their contributions (N, ≥ R) if the caller has them (``_reasons``)."""
         clamped = ratings.clamp(*self.scale).cpu().tolist()
         items = (self.catalog.item(row) for row in rows.cpu().tolist())
-        reasons = self._reasons(rows, scores)
+        reasons = self._reasons(rows, scores, added)
         return [
             Scored(item.item_id, item.title, item.year, item.genres, float(score), why)
             for item, score, why in zip(items, clamped, reasons, strict=True)
         ]
 
-    def _reasons(self, rows: Tensor, scores: Scores) -> list[tuple[Reason, ...]]:
+    def _reasons(
+        self, rows: Tensor, scores: Scores, added: Tensor | None = None
+    ) -> list[tuple[Reason, ...]]:
         """Up to ``REASONS`` rated items per row whose contribution is positive and at least
-        ``REASON_SHARE`` of the row's strongest."""
+        ``REASON_SHARE`` of the row's strongest. ``added`` (N, L ≥ R): the contributions,
+        the rated items first and 0 on padding (a batch's), when the caller has them."""
         if not len(scores.rated):
             return [()] * len(rows)
-        with torch.no_grad():
-            added = self.encoder.reasons(scores.params, rows, scores.bag)  # (N, R)
+        if added is None:
+            with torch.no_grad():
+                added = self.encoder.reasons(scores.params, rows, scores.bag)  # (N, R)
         top = added.topk(min(REASONS, added.shape[-1]), dim=-1)
         rated, values = scores.rated.cpu().tolist(), scores.values.cpu().tolist()
         out = []

@@ -152,10 +152,14 @@ class RowEncoder:
         return rating, self.model.rank_score(params, one, bag, network[None])[0]
 
     def reasons(self, params: Mapping[str, Tensor], rows: Tensor, bag: Bag) -> Tensor:
-        """(N, L) what each bag item adds to the ranking score of catalog ``rows`` (N,)."""
+        """(N, L) what each bag item adds to the ranking score of catalog ``rows`` (N,)
+        (bag (1, L)); or (C, K, L) for C people's ``rows`` (C, K) and bags (C, L)."""
         if not self.model.ranking:
-            return torch.zeros(len(rows), bag.ids.shape[-1], device=rows.device)
-        return ranking.contributions(params, bag, self._ids[rows][None])[0]
+            return torch.zeros(*rows.shape, bag.ids.shape[-1], device=rows.device)
+        ids = self._ids[rows]
+        if rows.dim() == 1:
+            return ranking.contributions(params, bag, ids[None])[0]
+        return ranking.contributions(params, bag, ids)
 
     def catalog_rankings(
         self, params: Mapping[str, Tensor], users: FeatureBatch, bag: Bag
