@@ -229,11 +229,21 @@ class PreferenceEstimator:
 
     def network(self, params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
         """The MLP's output (..., N) alone (no parts); see ``score``."""
-        (w0, b0), *rest = self.linears
-        weight, width = params[w0], self.user_width
-        user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]
-        h = encoded.items @ weight[..., width:].mT + user.unsqueeze(-2)  # (..., N, H)
-        for w, b in rest:
+        user = self.user_layer(params, encoded.user).unsqueeze(-2)  # (..., 1, H)
+        return self.network_rows(params, user, encoded.items)
+
+    def user_layer(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
+        """The first layer's user share W₁ᵤ·u + b₁ (..., H) of user embeddings (..., E_u)."""
+        w0, b0 = self.linears[0]
+        weight = params[w0][..., : self.user_width]
+        return (user.unsqueeze(-2) @ weight.mT).squeeze(-2) + params[b0]
+
+    def network_rows(self, params: Mapping[str, Tensor], user: Tensor, items: Tensor) -> Tensor:
+        """The MLP's output (..., N) of item embeddings ``items`` (..., N, E_i), given the
+        first layer's user share ``user`` broadcasting against (..., N, H) (``user_layer``;
+        per row, (N, H), for rows of many users packed together)."""
+        h = items @ params[self.linears[0][0]][..., self.user_width :].mT + user  # (..., N, H)
+        for w, b in self.linears[1:]:
             h = h.relu() @ params[w].mT + params[b].unsqueeze(-2)
         return h.squeeze(-1)  # (..., N)
 
@@ -306,13 +316,20 @@ def collaborative(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
     user's feature embeddings to a prior (b_u⁰, p_u⁰); the fast ``user.bias`` (1,) and
     ``user.factor`` (k,) — per task (T, ...) in the batched kernel — are offsets from it.
     """
+    item = item_terms(params, encoded)  # (..., N, k+1)
+    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
+    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
+    factor = user[..., 1:] + params["user.factor"]  # (..., k)
+    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)
+
+
+def item_terms(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
+    """The collaborative part's item side (b_i, q_i) per row (..., N, k+1): the content
+    estimate from the item's feature embeddings plus the known item's own rows."""
     item = encoded.items @ params["content.weight"].mT  # (..., N, k+1)
     if "item.bias" in params:
         item = item + torch.cat(
             [params["item.bias"][encoded.ids].unsqueeze(-1), params["item.factor"][encoded.ids]],
             dim=-1,
         )
-    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
-    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
-    factor = user[..., 1:] + params["user.factor"]  # (..., k)
-    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)
+    return item
