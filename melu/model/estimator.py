@@ -181,12 +181,21 @@ class PreferenceEstimator:
         some = next(iter(params.values()))
         return some.new_zeros(0)
 
-    def encode_items(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
-        """Item fields → (..., N) or (..., N, L) indices  →  (..., N, E_i) embeddings."""
+    def encode_items(
+        self, params: Mapping[str, Tensor], features: FeatureBatch, *, bags: bool = False
+    ) -> Tensor:
+        """Item fields → (..., N) or (..., N, L) indices  →  (..., N, E_i) embeddings.
+
+        ``bags``: multi-valued fields of (R, L) indices by ``F.embedding_bag`` (one fused op
+        each way, the same mean; not vmappable or twice differentiable, so only for callers
+        that need neither, as the packed training rows)."""
         parts = []
         for name in self.item_field_names:
-            idx = features[name]
-            rows = F.embedding(idx, params[f"embeddings.{name}.weight"])  # (..., N[, L], D)
+            idx, weight = features[name], params[f"embeddings.{name}.weight"]
+            if bags and name in self.multi and idx.dim() == 2:
+                parts.append(F.embedding_bag(idx, weight, mode="mean", padding_idx=0))
+                continue
+            rows = F.embedding(idx, weight)  # (..., N[, L], D)
             if name in self.multi:
                 # EmbeddingBag(mode="mean", padding_idx=0), written out so vmap and double
                 # backward apply: mean over the non-padding entries, 0 if none.

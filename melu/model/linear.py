@@ -4,10 +4,10 @@ When the fast parameters are only the collaborative part's per-user offsets (``u
 ``user.factor``; the default model's ``fast_params="user"``) and that part is the model's
 only one, a task's prediction is affine in them:
 
-    pred_n = fixed_n + (b⁰ + b_u) + q_n · (p⁰ + p_u),   fixed_n = network(x_n) + b_i(n)
+    pred_n = base_n + b_u + q_n · p_u,   base_n = network(x_n) + b_i(n) + b⁰ + q_n · p⁰
 
-with ``fixed`` (T, N), the item factors ``q`` (T, N, k) and the user prior (b⁰, p⁰) (T, 1 + k)
-independent of the fast parameters. ``Affine`` holds them, computed once per adaptation (from the
+with ``base`` (T, N) and the item factors ``q`` (T, N, k) independent of the fast parameters
+(b⁰, p⁰: the user's prior bias and factor from their features). ``Affine`` holds them, computed once per adaptation (from the
 shared parameters, so the meta-gradient flows into them; ``affine`` from encoded rows, or
 by the caller from rows packed without padding, ``melu.training.packed``), and each inner
 step of ``linear_step`` is then a few (T, N)-sized ops: d loss / d b_u = Σ_n c_n, d loss / d p_u = Σ_n c_n q_n, with
@@ -28,15 +28,11 @@ from melu.model.kernel import Step
 
 
 class Affine(NamedTuple):
-    """Rows of T tasks whose prediction is affine in the user offsets (see the module doc).
+    """Rows of T tasks whose prediction is affine in the user offsets (see the module doc):
+    ``base`` (T, N), the prediction at zero offsets; ``factors`` (T, N, k), the item factors."""
 
-    ``fixed`` (T, N): the network's output plus the item bias; ``factors`` (T, N, k): the
-    item factors q; ``prior`` (T, 1 + k): the user's prior bias and factor (b⁰, p⁰).
-    """
-
-    fixed: Tensor
+    base: Tensor
     factors: Tensor
-    prior: Tensor
 
 
 class AffineExamples(NamedTuple):
@@ -62,15 +58,22 @@ def user_prior(params: Mapping[str, Tensor], user: Tensor) -> Tensor:
 def affine(model: PreferenceEstimator, params: Mapping[str, Tensor], encoded: Encoded) -> Affine:
     """The affine form of encoded rows (user (T, E_u), items (T, N, E_i)) under ``params``."""
     item = item_terms(params, encoded)  # (T, N, k+1)
-    fixed = model.network(params, encoded) + item[..., 0]
-    return Affine(fixed, item[..., 1:], user_prior(params, encoded.user))
+    prior = user_prior(params, encoded.user).unsqueeze(-2)  # (T, 1, k+1)
+    return at_prior(model.network(params, encoded), item, prior)
+
+
+def at_prior(network: Tensor, item: Tensor, prior: Tensor) -> Affine:
+    """``Affine`` of rows from the network's output (..., N), the item terms (b_i, q_i)
+    (..., N, 1 + k) and the user prior (b⁰, p⁰) broadcasting against them."""
+    factors = item[..., 1:]
+    base = network + item[..., 0] + prior[..., 0] + (factors * prior[..., 1:]).sum(-1)
+    return Affine(base, factors)
 
 
 def affine_predict(params: Mapping[str, Tensor], rows: Affine) -> Tensor:
     """Predictions (T, N) of ``rows`` at the user offsets in ``params`` (shared or (T, ...))."""
-    bias = rows.prior[..., 0] + params["user.bias"][..., 0]  # (T,)
-    factor = rows.prior[..., 1:] + params["user.factor"]  # (T, k)
-    return rows.fixed + bias.unsqueeze(-1) + (rows.factors @ factor.unsqueeze(-1)).squeeze(-1)
+    offset = (rows.factors @ params["user.factor"].unsqueeze(-1)).squeeze(-1)  # (T, N)
+    return rows.base + params["user.bias"] + offset
 
 
 def linear_step(

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from melu.features import FeatureBatch
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, item_terms
-from melu.model.linear import Affine, AffineExamples, user_prior
+from melu.model.linear import Affine, AffineExamples, at_prior, user_prior
 from melu.tables import FeatureTables
 from melu.tasks import TaskSet
 from melu.training.episodes import hide_items
@@ -66,7 +66,7 @@ def packed_examples(
     field = model.id_field
     if hidden is not None and field is not None:
         items = hide_items(items, field, hidden)
-    rows = model.encode_items(params, items)  # (R, E_i)
+    rows = model.encode_items(params, items, bags=True)  # (R, E_i)
     users = sel.user_rows.long()
     if model.user_field_names:
         user = model.encode_user(
@@ -77,20 +77,17 @@ def packed_examples(
     ids = items[field] if field is not None else torch.zeros_like(rows[:, 0], dtype=torch.long)
     task = torch.cat([support.task, query.task])  # (R,) the task of each row
     item = item_terms(params, Encoded(user, rows, ids))  # (R, k+1)
-    fixed = model.network_rows(params, model.user_layer(params, user)[task], rows) + item[:, 0]
-    terms = torch.cat([fixed.unsqueeze(-1), item[:, 1:]], dim=-1)  # (R, k+1)
-    prior = user_prior(params, user)  # (T, k+1)
+    network = model.network_rows(params, model.user_layer(params, user)[task], rows)  # (R,)
+    form = at_prior(network, item, user_prior(params, user)[task])
+    terms = torch.cat([form.base.unsqueeze(-1), form.factors], dim=-1)  # (R, 1+k)
     split = len(support.task)
-    return (
-        _affine_examples(terms[:split], support, prior),
-        _affine_examples(terms[split:], query, prior),
-    )
+    return _affine_examples(terms[:split], support), _affine_examples(terms[split:], query)
 
 
-def _affine_examples(terms: Tensor, slots: _Slots, prior: Tensor) -> AffineExamples:
+def _affine_examples(terms: Tensor, slots: _Slots) -> AffineExamples:
     """Packed (R, 1 + k) terms placed into their (T, n) slots (padding: zeros, masked)."""
     tasks, width = slots.mask.shape
     padded = terms.new_zeros(tasks, width, terms.shape[-1])
     padded = padded.index_put((slots.task, slots.slot), terms)  # (T, n, k+1)
-    rows = Affine(padded[..., 0], padded[..., 1:], prior)
+    rows = Affine(padded[..., 0], padded[..., 1:])
     return AffineExamples(rows, slots.ratings, slots.mask)
