@@ -72,7 +72,7 @@ def at_prior(network: Tensor, item: Tensor, prior: Tensor) -> Affine:
 
 def affine_predict(params: Mapping[str, Tensor], rows: Affine) -> Tensor:
     """Predictions (T, N) of ``rows`` at the user offsets in ``params`` (shared or (T, ...))."""
-    offset = (rows.factors @ params["user.factor"].unsqueeze(-1)).squeeze(-1)  # (T, N)
+    offset = (rows.factors * params["user.factor"].unsqueeze(-2)).sum(-1)  # (T, N)
     return rows.base + params["user.bias"] + offset
 
 
@@ -102,7 +102,7 @@ def linear_step(
         if "user.bias" in fast:
             grads["user.bias"] = cotangent.sum(-1, keepdim=True)  # (T, 1)
         if "user.factor" in fast:
-            grads["user.factor"] = (cotangent.unsqueeze(-2) @ rows.factors).squeeze(-2)  # (T, k)
+            grads["user.factor"] = (cotangent.unsqueeze(-1) * rows.factors).sum(-2)  # (T, k)
         return grads, losses
 
     return step
