@@ -275,9 +275,8 @@ def train(
             inner_rates(config.meta, run.best_lr), report,
         )  # fmt: skip
         params.update(ranked.params)
-        best = next(r for r in ranked.history if r["epoch"] == ranked.best_epoch)
         metrics["rank_best_epoch"] = ranked.best_epoch
-        metrics["rank_val_ndcg@10"] = best.get("val_ndcg@10")
+        metrics["rank_val_ndcg@10"] = ranked.settings["kept"]["val_ndcg@10"]
         metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
