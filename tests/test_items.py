@@ -80,8 +80,8 @@ def test_closed_form_adaptation_equals_autograd_on_the_bundle(recommender: Recom
         found, values = recommender.catalog.rated(ratings, recommender.scale)
         rated, values_t = torch.as_tensor(found), torch.tensor(values)
         person = enc.person(recommender.params, user, catalog=True)
-        served = enc.support(person, rated, values_t)
-        features = enc.support(person._replace(user=None), rated, values_t)
+        served = enc.support(recommender.params, person, rated, values_t)
+        features = enc.support(recommender.params, person._replace(user=None), rated, values_t)
         fast, losses = recommender.adapt_tasks(served)
         recommender.kernel = "batched"
         try:

@@ -57,7 +57,8 @@ class ModelRanker:
                 "needs item encodings shared by all users"
             )
         self.tables = tables.to(self.device)
-        # the catalog's user-independent parts, once (as ``Recommender`` serves them)
+        # the catalog's user-independent parts, once (as ``Recommender`` serves them), from
+        # the params given here: later swaps of other params (part weights) are fine
         self.items = cache_items(model, self.params, self.tables, self.fast)
         self.catalog = self.items.encoded  # items (I, E_i), ids (I,)
 

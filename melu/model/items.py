@@ -21,8 +21,13 @@ from torch import Tensor
 
 from melu.features import UNKNOWN, FeatureTables
 from melu.model import ranking
-from melu.model.collaborative import collaborative, item_terms
-from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
+from melu.model.estimator import (
+    Encoded,
+    PreferenceEstimator,
+    collaborative,
+    is_embedding,
+    item_terms,
+)
 from melu.model.ranking import Bag
 
 _ITEM_PARAMS = ("content.weight", "item.bias", "item.factor")
@@ -51,11 +56,6 @@ class ItemCache(NamedTuple):
             Encoded(enc.user, enc.items[rows], enc.ids[rows]),
             *(None if t is None else t[rows] for t in (self.first, self.collab, self.head)),
         )
-
-    def support(self, user: Tensor, rows: Tensor) -> Encoded:
-        """T people's rated catalog ``rows`` (T, N) encoded with their ``user`` embeddings
-        (T, E_u): the support rows ``adapt`` takes (gathers of the N rows only)."""
-        return Encoded(user, self.encoded.items[rows], self.encoded.ids[rows])
 
 
 def cache_items(
@@ -90,6 +90,15 @@ def cache_items(
     return ItemCache(encoded, first, collab, head)
 
 
+def catalog_network(
+    model: PreferenceEstimator, params: Mapping[str, Tensor], cache: ItemCache, user: Tensor
+) -> Tensor:
+    """The MLP's output over the cached items for ``user`` (E_u,) → (I,) or (T, E_u) →
+    (T, I): ``model.network`` with the first layer's item half read from the cache."""
+    share = model.user_layer(params, user).unsqueeze(-2)  # (..., 1, H)
+    return model.network_rows(params, share, cache.encoded.items, cache.first)
+
+
 def catalog_rankings(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
@@ -105,7 +114,7 @@ def catalog_rankings(
     the fast user parameters). The same ops as ``model.rank_score`` on uncached rows."""
     encoded = Encoded(user, cache.encoded.items, cache.encoded.ids)
     if network is None:
-        network = model.network(params, encoded, cache.first)
+        network = catalog_network(model, params, cache, user)
     rating = network
     for part in model.parts:
         cached = part is collaborative and cache.collab is not None

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
-from melu.model.maml import EncodedExamples, Examples
+from melu.model.linear import AffineExamples
+from melu.model.maml import Examples
 from melu.model.ranking import Bag
 from melu.serving.rows import Scores
 from melu.serving.topk import top_rows
@@ -76,18 +77,18 @@ def _padded(recommender: Recommender, people: Sequence[Checked]) -> tuple[Tensor
     return rows, ratings, mask
 
 
-def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples | EncodedExamples:
-    """The people's rated rows as one padded meta-batch (T, N) of model inputs: their
-    cached item encodings when the recommender has them, else their features."""
+def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples | AffineExamples:
+    """The people's rated rows as one padded meta-batch (T, N) of model inputs: in the
+    linear kernel's affine form from the cache when it applies, else their features."""
     rows, ratings, mask = _padded(recommender, people)
-    cache = recommender.encoder.cache
-    if cache is not None:
+    encoder = recommender.encoder
+    if encoder.linear:
         users = {k: torch.stack([p.user[k] for p in people]) for k in people[0].user}
         user = recommender.model.encode_user(recommender.params, users)  # (T, E_u)
         if user.dim() == 1:  # no user fields
             user = user.expand(len(people), 0)
-        return EncodedExamples(cache.support(user, rows), ratings, mask)
-    encoded = [recommender.encoder(p.user, rows[t]) for t, p in enumerate(people)]
+        return encoder.affine(recommender.params, user, rows, ratings, mask)
+    encoded = [encoder(p.user, rows[t]) for t, p in enumerate(people)]
     inputs = {k: torch.stack([e[k] for e in encoded]) for k in encoded[0]}
     return Examples(inputs, ratings, mask)
 

@@ -24,8 +24,8 @@ from melu.bundle import Bundle, find_bundle, load_bundle
 from melu.config_fields import check_threads
 from melu.errors import BundleError, InvalidInput, MeluError
 from melu.model.estimator import Params
-from melu.model.linear import applies
-from melu.model.maml import EncodedExamples, Examples, Kernel, adapt, inner_rates
+from melu.model.linear import AffineExamples
+from melu.model.maml import Examples, Kernel, adapt, inner_rates
 from melu.serving import batch
 from melu.serving.catalog import Catalog
 from melu.serving.onboarding import evidence_scores, rank
@@ -80,14 +80,13 @@ class Recommender:
         self.lr = inner_rates(meta, learned)
         self.model = bundle.model  # a pure function of (params, features): shared by all threads
         self.fast = self.model.fast_names()
-        # the fast user offsets enter linearly: their inner step in closed form (the slow
-        # reference keeps autograd's, the batched kernel)
-        linear = precompute_items and applies(self.model, self.fast)
-        self.kernel: Kernel = "linear" if linear else "batched"
         self.encoder = RowEncoder(
             self.model, self.params, bundle.features, bundle.item_features,
             precompute=precompute_items, device=self.device,
         )  # fmt: skip
+        # the fast user offsets enter linearly: their inner step in closed form (the slow
+        # reference keeps autograd's, the batched kernel)
+        self.kernel: Kernel = "linear" if self.encoder.linear else "batched"
         self._lock = threading.Lock()
         self.warm_up()
         self._onboarding = self._rank_onboarding() if onboarding else None
@@ -174,7 +173,7 @@ class Recommender:
             torch.set_num_threads(previous)
 
     # ----------------------------------------------------------------- adaptation
-    def adapt_tasks(self, support: Examples | EncodedExamples) -> tuple[Params, Tensor]:
+    def adapt_tasks(self, support: Examples | AffineExamples) -> tuple[Params, Tensor]:
         """The one call of the inner loop in serving: T people's supports (T, N) adapted
         together, first order, the bundle's steps and rates (the closed-form kernel when
         the fast parameters enter linearly, else the batched one). Returns the params with
@@ -197,7 +196,7 @@ class Recommender:
         # a batch of one task: adapt's batched kernels (pinned to the generic path by
         # tests) skip torch.func's per-call tracing
         start = time.perf_counter()
-        params, losses = self.adapt_tasks(self.encoder.support(user, rows, values))
+        params, losses = self.adapt_tasks(self.encoder.support(self.params, user, rows, values))
         fast = set(self.fast)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
         before, after = losses[0, 0].item(), losses[0, -1].item()

@@ -20,8 +20,9 @@ from torch import Tensor
 from melu.features import FeatureBatch, FeatureSpace, FeatureTables
 from melu.model import ranking
 from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
-from melu.model.items import ItemCache, cache_items, catalog_rankings
-from melu.model.maml import EncodedExamples, Examples
+from melu.model.items import ItemCache, cache_items, catalog_network, catalog_rankings
+from melu.model.linear import AffineExamples, at_prior, linear_applies, user_prior
+from melu.model.maml import Examples
 from melu.model.ranking import Bag
 from melu.serving.types import User
 
@@ -76,6 +77,8 @@ class RowEncoder:
             cache_items(model, params, self.items, fast) if self.shared else None
         )
         self._fixed_mlp = not any(k.startswith("mlp.") for k in fast)
+        # the user offsets alone adapt: the support goes to the linear kernel in affine form
+        self.linear = self.shared and linear_applies(model, fast)
         self._ids = (
             self.items.items[model.id_field].long()
             if model.id_field
@@ -99,23 +102,43 @@ class RowEncoder:
         user = self.model.encode_user(params, features)  # (E_u,)
         network = None
         if catalog and self._fixed_mlp:
-            encoded = Encoded(user, self.cache.encoded.items, self.cache.encoded.ids)
-            network = self.model.network(params, encoded, self.cache.first)  # (I,)
+            network = catalog_network(self.model, params, self.cache, user)  # (I,)
         return Person(features, user, network)
 
-    def support(self, person: Person, rated: Tensor, values: Tensor) -> Examples | EncodedExamples:
+    def support(
+        self, params: Mapping[str, Tensor], person: Person, rated: Tensor, values: Tensor
+    ) -> Examples | AffineExamples:
         """A person's rated catalog rows (R,) and ratings (R,) as a batch of one task (1, R)
-        for ``adapt``: their cached encodings (and MLP outputs and item terms, when known)
-        when there are any, else their features."""
+        for ``adapt``: in affine form from the cache (their MLP outputs read from the
+        catalog pass) for the linear kernel, else their features."""
         mask = torch.ones(1, len(rated), dtype=torch.bool, device=self.device)
-        if self.cache is None or person.user is None:
+        if not self.linear or person.user is None:
             features = self(person.features, rated)
             return Examples({k: v[None] for k, v in features.items()}, values[None], mask)
         rows = rated[None]
         network = None if person.network is None else person.network[rows]
-        items = None if self.cache.collab is None else self.cache.collab[rows]
-        encoded = self.cache.support(person.user[None], rows)  # no user fields: (1, 0)
-        return EncodedExamples(encoded, values[None], mask, network, items)
+        return self.affine(params, person.user[None], rows, values[None], mask, network)
+
+    def affine(
+        self,
+        params: Mapping[str, Tensor],
+        user: Tensor,
+        rows: Tensor,
+        ratings: Tensor,
+        mask: Tensor,
+        network: Tensor | None = None,
+    ) -> AffineExamples:
+        """T people's rated catalog ``rows`` (T, N) in the linear kernel's affine form from
+        the cache: ``user`` embeddings (T, E_u), ``ratings`` / ``mask`` (T, N), ``network``
+        the rows' MLP outputs (T, N) if known (else computed over their cached halves)."""
+        cache, model = self.cache, self.model
+        assert cache is not None and cache.collab is not None  # the linear kernel's case
+        if network is None:
+            first = None if cache.first is None else cache.first[rows]
+            share = model.user_layer(params, user).unsqueeze(-2)  # (T, 1, H)
+            network = model.network_rows(params, share, cache.encoded.items[rows], first)
+        prior = user_prior(params, user).unsqueeze(-2)  # (T, 1, 1 + k)
+        return AffineExamples(at_prior(network, cache.collab[rows], prior), ratings, mask)
 
     def encoded(self, params: Mapping[str, Tensor], user: FeatureBatch, rows: Tensor) -> Encoded:
         """``user`` (E_u,) with catalog ``rows`` (N, E_i), ids (N,), encoded."""
