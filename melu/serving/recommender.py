@@ -199,7 +199,8 @@ class Recommender:
         params, losses = self.adapt_tasks(self.encoder.support(self.params, user, rows, values))
         fast = set(self.fast)
         adapted = {k: v[0] if k in fast else v for k, v in params.items()}
-        before, after = losses[0, 0].item(), losses[0, -1].item()
+        curve = losses[0].tolist()  # one copy out: (steps + 1,)
+        before, after = curve[0], curve[-1]
         return adapted, Adaptation(self.steps, before, after, time.perf_counter() - start)
 
     def _score(
