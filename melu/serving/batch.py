@@ -178,7 +178,8 @@ def _answer(
     for c, person in enumerate(chunk):
         info = infos[lo + c]
         mine = {**rec.params, **{k: v[lo + c] for k, v in fast.items()}}
-        bag = rec.encoder.bag(person.rated, person.values)
+        r = len(person.rated)  # the person's own bag: the first r slots of the chunk's
+        bag = Bag(bags.ids[c : c + 1, :r], bags.levels[c : c + 1, :r], bags.mask[c : c + 1, :r])
         if both is not None:
             rows = ranked[c] if ranked is not None and person.request.candidates is None else None
             pick = rows if rows is not None else person.rows
