@@ -33,9 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from meta_refs import Reference, gather_tasks, higher_available, higher_loop, plain_loop
 from torch import Tensor
-
-from meta_refs import Reference, gather_tasks, higher_available, higher_loop, plain_loop  # noqa: I001
 
 from melu.config import Config
 from melu.prepare import prepare
