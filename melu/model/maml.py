@@ -9,7 +9,8 @@ to the original MeLU, whose ``load_state_dict`` fast weights silently cut the gr
 How each step's gradient is computed is the caller's explicit ``kernel`` choice:
 ``"generic"`` — one task, ``torch.func.grad`` (the reference; batch it with ``vmap``);
 ``"batched"`` — T tasks at once with per-task fast parameters, the MLP's gradient written
-out by hand (``melu.model.kernel``). tests/test_maml.py pins the two to each other (float64)
+out by hand (``melu.model.kernel``; MeLU's recipe, where exactly the MLP adapts, moves its
+first layer in row space: ``melu.model.kernel_mlp``). tests/test_maml.py pins the two to each other (float64)
 and the meta-gradient to finite differences. The defaults (5 steps at lr 0.05 on the MLP)
 and why they differ from MeLU's are in RESULTS.md.
 """
@@ -27,6 +28,7 @@ from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
+from melu.model.kernel_mlp import adapts_whole_mlp, mlp_adapt
 from melu.tasks import TaskSet
 
 Kernel = Literal["generic", "batched"]
@@ -91,6 +93,13 @@ def adapt(
     rows: Encoded | FeatureBatch = support.inputs
     if not any(is_embedding(k) for k in names):
         rows = model.encode(params, support.inputs)
+    if kernel == "batched" and adapts_whole_mlp(model, names, rows, lr):
+        assert isinstance(rows, Encoded) and not isinstance(lr, Mapping)  # for mypy
+        whole, losses = mlp_adapt(
+            model, params, rows, support.ratings, support.mask,
+            steps=steps, lr=lr, first_order=first_order,
+        )  # fmt: skip
+        return {k: whole.get(k, v) for k, v in params.items()}, losses
     step: Step
     if kernel == "batched":
         shapes, tasks = model.shapes(), support.mask.shape[0]
