@@ -95,11 +95,11 @@ def adapt(
         rows = model.encode(params, support.inputs)
     if kernel == "batched" and adapts_whole_mlp(model, names, rows, lr):
         assert isinstance(rows, Encoded) and not isinstance(lr, Mapping)  # for mypy
-        whole, losses = mlp_adapt(
+        whole, inner = mlp_adapt(
             model, params, rows, support.ratings, support.mask,
             steps=steps, lr=lr, first_order=first_order,
         )  # fmt: skip
-        return {k: whole.get(k, v) for k, v in params.items()}, losses
+        return {k: whole.get(k, v) for k, v in params.items()}, inner
     step: Step
     if kernel == "batched":
         shapes, tasks = model.shapes(), support.mask.shape[0]
