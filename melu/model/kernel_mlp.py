@@ -72,34 +72,47 @@ def mlp_adapt(
     a = (user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]  # (T, H)
     share = items @ weight[..., width:].mT  # (T, N, H)
     later = {k: params[k] for pair in rest for k in pair}
-    sum_g: Tensor | float = 0.0  # Σ over steps of G (T, N, H)
+    first = share + a.unsqueeze(-2)  # (T, N, H): the first layer's pre-activations
+    sum_g: Tensor | None = None  # Σ over steps of G (T, N, H)
     losses = []
     for step in range(steps + 1):
-        pre = [share + a.unsqueeze(-2)]  # pre-activations of the hidden layers
-        hidden = [pre[0].relu()]
-        for w, b in rest:
-            pre.append(hidden[-1] @ later[w].mT + later[b].unsqueeze(-2))
-            hidden.append(pre[-1].relu())
+        pre, hidden = _forward(model, later, first)
         residual = pre[-1].squeeze(-1) - ratings  # (T, N)
         losses.append((residual * residual * m).sum(-1) / count)
         if step == steps:
             break
-        grads, g = _backward(model, later, pre[:-1], hidden[:-1], residual.unsqueeze(-1) * coef)
+        grads, g = _backward(model, later, pre[:-1], hidden, residual.unsqueeze(-1) * coef)
         if first_order:
             grads, g = {k: v.detach() for k, v in grads.items()}, g.detach()
-        later = {k: v - lr * grads[k] for k, v in later.items()}
-        a = a - lr * g.sum(-2) * spread
-        share = share - lr * (gram @ g)
-        sum_g = sum_g + g
+        later = {k: torch.add(v, grads[k], alpha=-lr) for k, v in later.items()}
+        moved = (g.sum(-2) * spread).unsqueeze(-2)  # (T, 1, H): the user share's move
+        first = torch.baddbmm(torch.add(first, moved, alpha=-lr), gram, g, alpha=-lr)
+        sum_g = g if sum_g is None else sum_g + g
     shapes = model.shapes()
     adapted = {k: _per_task(v, shapes[k], tasks) for k, v in later.items()}
     adapted[w0] = _per_task(weight, shapes[w0], tasks)
     adapted[b0] = _per_task(params[b0], shapes[b0], tasks)
-    if isinstance(sum_g, Tensor):
+    if sum_g is not None:
         g_user = sum_g.sum(-2).unsqueeze(-1) * fixed_user.unsqueeze(-2)  # (T, H, E_u)
         adapted[w0] = weight - lr * torch.cat([g_user, sum_g.mT @ fixed_items], dim=-1)
         adapted[b0] = params[b0] - lr * sum_g.sum(-2)
     return adapted, torch.stack(losses, dim=-1)
+
+
+def _forward(
+    model: PreferenceEstimator, later: Params, first: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The layers after the first, from its pre-activations ``first`` (T, N, H): every
+    pre-activation (the last one the predictions (T, N, 1)) and the hidden ReLU outputs."""
+    pre, hidden = [first], []
+    for w, b in model.linears[1:]:
+        hidden.append(pre[-1].relu())
+        weight, bias = later[w], later[b].unsqueeze(-2)
+        if weight.dim() == 3:  # per task: the bias add fused into the batched matmul
+            pre.append(torch.baddbmm(bias, hidden[-1], weight.mT))
+        else:  # shared (before the first step): one matmul over all rows
+            pre.append(hidden[-1] @ weight.mT + bias)
+    return pre, hidden
 
 
 def _backward(
