@@ -21,6 +21,7 @@ detached, as FOMAML detaches the gradient); tests/test_maml.py pins the two to e
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,15 +29,58 @@ from torch import Tensor
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
 
 
-def adapts_whole_mlp(
-    model: PreferenceEstimator, fast: Sequence[str], rows: object, lr: object
-) -> bool:
-    """Whether ``mlp_adapt`` applies: the fast group is exactly the MLP's parameters, the
-    model has no additive parts, the rows are encoded (no embedding adapts) and ``lr`` is
-    one rate (a per-parameter Meta-SGD rate on W₀ breaks the identities)."""
+def adapts_whole_mlp(model: PreferenceEstimator, fast: Sequence[str], lr: object) -> bool:
+    """Whether ``mlp_adapt`` applies: the fast group is exactly the MLP's parameters (so no
+    embedding adapts), the model has no additive parts and ``lr`` is one rate (a
+    per-parameter Meta-SGD rate on W₀ breaks the identities)."""
     mlp = {name for pair in model.linears for name in pair}
-    plain_lr = isinstance(lr, int | float)
-    return set(fast) == mlp and not model.parts and isinstance(rows, Encoded) and plain_lr
+    return set(fast) == mlp and not model.parts and isinstance(lr, int | float)
+
+
+class RowSpace(NamedTuple):
+    """T tasks' MLP after ``mlp_adapt``: the adapted later layers and the first layer's
+    move in row space (its W₀ is built only when asked for, by ``params``)."""
+
+    model: PreferenceEstimator
+    start: Mapping[str, Tensor]  # the MLP parameters adaptation started from
+    later: Params  # the adapted layers after the first, each (T, ...)
+    moved: Tensor | None  # ΣG (T, N, H) over the steps (None: no step)
+    user: Tensor  # (T, E_u) the support's user embeddings, as the gradient saw them
+    items: Tensor  # (T, N, E_i) the support rows' embeddings, as the gradient saw them
+    lr: float
+
+    def first(self, encoded: Encoded) -> Tensor:
+        """The adapted first layer's pre-activations (T, Q, H) of rows ``encoded``
+        (user (T, E_u), items (T, Q, E_i)) of the same T tasks."""
+        (w0, b0), width = self.model.linears[0], self.model.user_width
+        weight = self.start[w0]  # (…, H, W)
+        user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT) + self.start[b0].unsqueeze(-2)
+        out = encoded.items @ weight[..., width:].mT + user  # (T, Q, H)
+        if self.moved is None:
+            return out
+        spread = 1 + (encoded.user * self.user).sum(-1, keepdim=True)  # (T, 1)
+        out = torch.add(out, (self.moved.sum(-2) * spread).unsqueeze(-2), alpha=-self.lr)
+        return torch.baddbmm(out, encoded.items @ self.items.mT, self.moved, alpha=-self.lr)
+
+    def predict(self, encoded: Encoded) -> Tensor:
+        """The adapted MLP's predictions (T, Q) of rows ``encoded`` of the same T tasks."""
+        return _forward(self.model, self.later, self.first(encoded))[0][-1].squeeze(-1)
+
+    def params(self) -> Params:
+        """The adapted MLP parameters, each (T, ...): W₀ − lr · [Σγ ⊗ u, (ΣG)ᵀ X], …"""
+        (w0, b0), shapes, tasks = self.model.linears[0], self.model.shapes(), self.user.shape[0]
+        out = {k: _per_task(v, shapes[k], tasks) for k, v in self.later.items()}
+        weight, bias = self.start[w0], self.start[b0]
+        if self.moved is None:
+            return {
+                **out,
+                w0: _per_task(weight, shapes[w0], tasks),
+                b0: _per_task(bias, shapes[b0], tasks),
+            }
+        g_sum = self.moved.sum(-2)  # (T, H)
+        g_user = g_sum.unsqueeze(-1) * self.user.unsqueeze(-2)  # (T, H, E_u)
+        g_weight = torch.cat([g_user, self.moved.mT @ self.items], dim=-1)  # (T, H, W)
+        return {**out, w0: weight - self.lr * g_weight, b0: bias - self.lr * g_sum}
 
 
 def mlp_adapt(
@@ -49,54 +93,44 @@ def mlp_adapt(
     steps: int,
     lr: float,
     first_order: bool,
-) -> tuple[Params, Tensor]:
+) -> tuple[RowSpace, Tensor]:
     """``steps`` SGD steps on T tasks' masked support MSE, every MLP parameter per task.
 
     ``encoded``: user (T, E_u), items (T, N, E_i); ``ratings``, ``mask`` (T, N). The MLP
     parameters in ``params`` are shared ((H, W), …) or already per task ((T, H, W), …).
-    Returns the adapted MLP parameters, each (T, ...), and the support losses before each
-    step and after the last (T, steps + 1). Differentiable to second order unless
-    ``first_order``.
+    Returns the adapted MLP (``RowSpace``: its ``params()``, or ``predict`` of the tasks'
+    other rows) and the support losses before each step and after the last
+    (T, steps + 1). Differentiable to second order unless ``first_order``.
     """
-    (w0, b0), *rest = model.linears
-    width, tasks = model.user_width, ratings.shape[0]
     m = mask.to(ratings.dtype)
     count = (m.sum(-1) + model.config.support_prior).clamp(min=1.0)  # (T,)
     coef = (2 * m / count.unsqueeze(-1)).unsqueeze(-1)  # (T, N, 1): d loss / d pred
-    user, items = encoded.user, encoded.items
-    fixed_user = user.detach() if first_order else user  # the factors a gradient brings in
-    fixed_items = items.detach() if first_order else items
-    gram = items @ fixed_items.mT  # (T, N, N)
-    spread = 1 + (user * fixed_user).sum(-1, keepdim=True)  # (T, 1)
-    weight = params[w0]  # (…, H, W)
-    a = (user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]  # (T, H)
-    share = items @ weight[..., width:].mT  # (T, N, H)
-    later = {k: params[k] for pair in rest for k in pair}
-    first = share + a.unsqueeze(-2)  # (T, N, H): the first layer's pre-activations
-    sum_g: Tensor | None = None  # Σ over steps of G (T, N, H)
+    fixed = Encoded(
+        *(encoded.user.detach(), encoded.items.detach()) if first_order else encoded[:2],
+        encoded.ids,
+    )  # the factors a gradient brings in (FOMAML: detached with it)
+    gram = encoded.items @ fixed.items.mT  # (T, N, N)
+    spread = 1 + (encoded.user * fixed.user).sum(-1, keepdim=True)  # (T, 1)
+    mlp = {k: params[k] for pair in model.linears for k in pair}
+    state = RowSpace(model, mlp, {k: mlp[k] for pair in model.linears[1:] for k in pair},
+                     None, fixed.user, fixed.items, lr)  # fmt: skip
+    first = state.first(encoded)  # (T, N, H): the first layer's pre-activations
     losses = []
     for step in range(steps + 1):
-        pre, hidden = _forward(model, later, first)
+        pre, hidden = _forward(model, state.later, first)
         residual = pre[-1].squeeze(-1) - ratings  # (T, N)
         losses.append((residual * residual * m).sum(-1) / count)
         if step == steps:
             break
-        grads, g = _backward(model, later, pre[:-1], hidden, residual.unsqueeze(-1) * coef)
+        cotangent = residual.unsqueeze(-1) * coef
+        grads, g = _backward(model, state.later, pre[:-1], hidden, cotangent)
         if first_order:
             grads, g = {k: v.detach() for k, v in grads.items()}, g.detach()
-        later = {k: torch.add(v, grads[k], alpha=-lr) for k, v in later.items()}
+        later = {k: torch.add(v, grads[k], alpha=-lr) for k, v in state.later.items()}
         moved = (g.sum(-2) * spread).unsqueeze(-2)  # (T, 1, H): the user share's move
         first = torch.baddbmm(torch.add(first, moved, alpha=-lr), gram, g, alpha=-lr)
-        sum_g = g if sum_g is None else sum_g + g
-    shapes = model.shapes()
-    adapted = {k: _per_task(v, shapes[k], tasks) for k, v in later.items()}
-    adapted[w0] = _per_task(weight, shapes[w0], tasks)
-    adapted[b0] = _per_task(params[b0], shapes[b0], tasks)
-    if sum_g is not None:
-        g_user = sum_g.sum(-2).unsqueeze(-1) * fixed_user.unsqueeze(-2)  # (T, H, E_u)
-        adapted[w0] = weight - lr * torch.cat([g_user, sum_g.mT @ fixed_items], dim=-1)
-        adapted[b0] = params[b0] - lr * sum_g.sum(-2)
-    return adapted, torch.stack(losses, dim=-1)
+        state = state._replace(later=later, moved=g if state.moved is None else state.moved + g)
+    return state, torch.stack(losses, dim=-1)
 
 
 def _forward(

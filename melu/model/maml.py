@@ -28,7 +28,7 @@ from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
-from melu.model.kernel_mlp import adapts_whole_mlp, mlp_adapt
+from melu.model.kernel_mlp import RowSpace, adapts_whole_mlp, mlp_adapt
 from melu.tasks import TaskSet
 
 Kernel = Literal["generic", "batched"]
@@ -88,18 +88,15 @@ def adapt(
     adaptation in several calls passes the values it started from). Never mutates ``params``.
     """
     names = list(fast) if fast is not None else model.fast_names()
+    if kernel == "batched" and adapts_whole_mlp(model, names, lr):
+        state, inner = _whole_mlp(model, params, support, steps, lr, first_order)
+        whole = state.params()
+        return {k: whole.get(k, v) for k, v in params.items()}, inner
     frozen = {k: v for k, v in params.items() if k not in names}
     fast_params = {k: params[k] for k in names}
     rows: Encoded | FeatureBatch = support.inputs
     if not any(is_embedding(k) for k in names):
         rows = model.encode(params, support.inputs)
-    if kernel == "batched" and adapts_whole_mlp(model, names, rows, lr):
-        assert isinstance(rows, Encoded) and not isinstance(lr, Mapping)  # for mypy
-        whole, inner = mlp_adapt(
-            model, params, rows, support.ratings, support.mask,
-            steps=steps, lr=lr, first_order=first_order,
-        )  # fmt: skip
-        return {k: whole.get(k, v) for k, v in params.items()}, inner
     step: Step
     if kernel == "batched":
         shapes, tasks = model.shapes(), support.mask.shape[0]
@@ -124,6 +121,23 @@ def adapt(
     loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
     losses.append(loss + anchor.penalty(fast_params))
     return {k: adapted[k] for k in params}, torch.stack(losses, dim=-1)
+
+
+def _whole_mlp(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: Examples,
+    steps: int,
+    lr: Lr,
+    first_order: bool,
+) -> tuple[RowSpace, Tensor]:
+    """MeLU's recipe in the batched kernel (``melu.model.kernel_mlp``): T tasks at once."""
+    assert not isinstance(lr, Mapping)  # adapts_whole_mlp: one rate
+    rows = model.encode(params, support.inputs)
+    return mlp_adapt(
+        model, params, rows, support.ratings, support.mask,
+        steps=steps, lr=float(lr), first_order=first_order,
+    )  # fmt: skip
 
 
 class _Anchor:
@@ -246,6 +260,11 @@ def meta_loss(
     second order unless ``first_order``.
     """
     names = list(fast) if fast is not None else model.fast_names()
+    if kernel == "batched" and adapts_whole_mlp(model, names, lr):  # query rows in row space
+        state, inner = _whole_mlp(model, params, support, steps, lr, first_order)
+        pred = state.predict(model.encode(params, query.inputs))
+        per_task = masked_mse(pred, query.ratings, query.mask)
+        return per_task.mean(), per_task, inner
     if kernel == "batched":
         adapted, inner = adapt(
             model, params, support, steps=steps, lr=lr, first_order=first_order, fast=names,
