@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from melu.features import FeatureBatch
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
 
 
@@ -131,6 +132,34 @@ def mlp_adapt(
         first = torch.baddbmm(torch.add(first, moved, alpha=-lr), gram, g, alpha=-lr)
         state = state._replace(later=later, moved=g if state.moved is None else state.moved + g)
     return state, torch.stack(losses, dim=-1)
+
+
+def encode_and_adapt(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: FeatureBatch,
+    ratings: Tensor,
+    mask: Tensor,
+    steps: int,
+    lr: float,
+    first_order: bool,
+    query: FeatureBatch | None = None,
+) -> tuple[RowSpace, Tensor, Encoded]:
+    """``mlp_adapt`` on T tasks' support features (T, N, ...) with their ``ratings`` and
+    ``mask`` (T, N); ``query`` features (T, Q, ...) are encoded in the same embedding pass
+    (and backward). Returns the adapted MLP, the inner losses and the encoded query rows
+    (the support's when there is no ``query``)."""
+    n, inputs = mask.shape[-1], support
+    if query is not None:
+        inputs = {k: torch.cat([v, query[k]], dim=1) for k, v in inputs.items()}
+    rows = model.encode(params, inputs)
+    parts = [
+        Encoded(rows.user, rows.items[:, s], rows.ids[:, s]) for s in (slice(n), slice(n, None))
+    ]
+    state, inner = mlp_adapt(
+        model, params, parts[0], ratings, mask, steps=steps, lr=lr, first_order=first_order
+    )
+    return state, inner, parts[1] if query is not None else parts[0]
 
 
 def _forward(

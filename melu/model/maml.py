@@ -28,7 +28,7 @@ from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
-from melu.model.kernel_mlp import RowSpace, adapts_whole_mlp, mlp_adapt
+from melu.model.kernel_mlp import adapts_whole_mlp, encode_and_adapt
 from melu.tasks import TaskSet
 
 Kernel = Literal["generic", "batched"]
@@ -89,7 +89,8 @@ def adapt(
     """
     names = list(fast) if fast is not None else model.fast_names()
     if kernel == "batched" and adapts_whole_mlp(model, names, lr):
-        state, inner = _whole_mlp(model, params, support, steps, lr, first_order)
+        assert not isinstance(lr, Mapping)  # adapts_whole_mlp: one rate
+        state, inner, _ = encode_and_adapt(model, params, *support, steps, lr, first_order)
         whole = state.params()
         return {k: whole.get(k, v) for k, v in params.items()}, inner
     frozen = {k: v for k, v in params.items() if k not in names}
@@ -121,23 +122,6 @@ def adapt(
     loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
     losses.append(loss + anchor.penalty(fast_params))
     return {k: adapted[k] for k in params}, torch.stack(losses, dim=-1)
-
-
-def _whole_mlp(
-    model: PreferenceEstimator,
-    params: Mapping[str, Tensor],
-    support: Examples,
-    steps: int,
-    lr: Lr,
-    first_order: bool,
-) -> tuple[RowSpace, Tensor]:
-    """MeLU's recipe in the batched kernel (``melu.model.kernel_mlp``): T tasks at once."""
-    assert not isinstance(lr, Mapping)  # adapts_whole_mlp: one rate
-    rows = model.encode(params, support.inputs)
-    return mlp_adapt(
-        model, params, rows, support.ratings, support.mask,
-        steps=steps, lr=float(lr), first_order=first_order,
-    )  # fmt: skip
 
 
 class _Anchor:
@@ -261,8 +245,11 @@ def meta_loss(
     """
     names = list(fast) if fast is not None else model.fast_names()
     if kernel == "batched" and adapts_whole_mlp(model, names, lr):  # query rows in row space
-        state, inner = _whole_mlp(model, params, support, steps, lr, first_order)
-        pred = state.predict(model.encode(params, query.inputs))
+        assert not isinstance(lr, Mapping)  # adapts_whole_mlp: one rate
+        state, inner, rows = encode_and_adapt(
+            model, params, *support, steps, lr, first_order, query.inputs
+        )
+        pred = state.predict(rows)
         per_task = masked_mse(pred, query.ratings, query.mask)
         return per_task.mean(), per_task, inner
     if kernel == "batched":
