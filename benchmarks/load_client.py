@@ -42,8 +42,9 @@ async def answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def client(
-    index: int, port: int, path: str, payloads: list[bytes], stop: float, out: dict[str, list]
-) -> None:
+    index: int, clients: int, port: int, path: str, payloads: list[bytes], stop: float,
+    out: dict[str, list],
+) -> None:  # fmt: skip
     """Send ``payloads`` (from ``index``, stepping over the other clients' ones) until ``stop``."""
     i, connection = index, None
     while time.perf_counter() < stop:
@@ -60,14 +61,16 @@ async def client(
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             ok, connection = False, None
         out["latency" if ok else "errors"].append(time.perf_counter() - start)
-        i += 1
+        i += clients
 
 
 async def run(port: int, path: str, payloads: list[bytes], clients: int, duration: float) -> dict:
     out: dict[str, list] = {"latency": [], "errors": [], "answers": []}
     start = time.perf_counter()
     stop = start + duration
-    await asyncio.gather(*(client(c, port, path, payloads, stop, out) for c in range(clients)))
+    await asyncio.gather(
+        *(client(c, clients, port, path, payloads, stop, out) for c in range(clients))
+    )
     elapsed = time.perf_counter() - start
     ms = np.asarray(out["latency"] or [float("nan")]) * 1e3
     first: dict[int, str] = {}
@@ -91,6 +94,7 @@ def main() -> None:
     parser.add_argument("--path", default="/v1/recommendations")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--answers", type=Path, help="write each body's first answer here")
     args = parser.parse_args()
     lines = args.bodies.read_text().splitlines()
     payloads = [http_post(args.path, line.encode()) for line in lines if line.strip()]
@@ -101,6 +105,9 @@ def main() -> None:
         result = uvloop.run(work)
     except ImportError:
         result = asyncio.run(work)
+    answers = result.pop("answers")
+    if args.answers:
+        args.answers.write_text(json.dumps(answers))
     print(json.dumps(result))
 
 

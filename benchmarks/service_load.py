@@ -116,23 +116,31 @@ def one_at_a_time(port: int, bodies: list[bytes]) -> list[Any]:
 
 
 def same_answer(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Scores (predicted ratings) equal position by position within 1e-5, and the same items
-    but for a tie group cut at the end (tests/test_service_batch.py's ``same_ranking``)."""
+    """Scores (predicted ratings) equal position by position within 1e-5 and the same items
+    in the same order, but for ties: where the items differ, ``a``'s item has the same score
+    in ``b`` (a swap within a tie) or ``b``'s last score (a tie group cut at the end)."""
     x = [(i["item_id"], i["score"]) for i in a["items"]]
     y = [(i["item_id"], i["score"]) for i in b["items"]]
     if len(x) != len(y) or any(abs(s - t) > 1e-5 for (_, s), (_, t) in zip(x, y, strict=True)):
         return False
-    cut = min((s for _, s in x), default=0.0) + 1e-5
-    return sorted((round(s, 4), i) for i, s in x if s > cut) == sorted(
-        (round(s, 4), i) for i, s in y if s > cut
+    scores = dict(y)
+    return all(
+        i == j or abs(scores.get(i, y[-1][1]) - s) <= 1e-5
+        for (i, s), (j, _) in zip(x, y, strict=True)
     )
 
 
 def load(port: int, bodies: Path, clients: int, duration: float) -> dict[str, Any]:
+    """``load_client.py`` against ``port``: its figures, and each body's first answer."""
+    answers = bodies.with_suffix(".answers.json")
     command = [sys.executable, str(HERE / "load_client.py"), "--port", str(port)]
     command += ["--bodies", str(bodies), "--clients", str(clients), "--duration", str(duration)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    done = subprocess.run(
+        [*command, "--answers", str(answers)], check=True, capture_output=True, text=True
+    )
+    result = json.loads(done.stdout)
+    result["answers"] = json.loads(answers.read_text())
+    return result  # type: ignore[no-any-return]
 
 
 def metric_means(server: Server) -> str:

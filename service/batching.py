@@ -22,6 +22,7 @@ invalid (an unknown item id, ...) gets its own 422; the others of its group are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -73,10 +74,8 @@ class Job:
             else:
                 self.future.set_result(value)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             self.loop.call_soon_threadsafe(done)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
 
 
 class ModelThread:
