@@ -161,13 +161,21 @@ def metric_means(server: Server) -> str:
     return f"  group mean {size:.1f}, queue wait mean {wait * 1e3:.1f} ms"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_one(
     tree: Path, args: argparse.Namespace, bodies: Path, payloads: list[bytes], env: dict[str, str]
 ) -> dict[str, Any]:
     with Server(tree, args.model, args.port, env) as server:
         alone = one_at_a_time(args.port, payloads[: args.check])
         load(args.port, bodies, args.clients, 2.0)  # warm-up
+        cpu = cpu_seconds(server.process.pid)
         result = load(args.port, bodies, args.clients, args.duration)
+        result["cpu_ms"] = (cpu_seconds(server.process.pid) - cpu) / result["requests"] * 1e3
         result["extra"] = metric_means(server)
     answers = {int(k): json.loads(v) for k, v in result.pop("answers").items()}
     result["checked"] = sum(1 for k in answers if k < len(alone))
@@ -211,7 +219,7 @@ def main() -> None:
             print(
                 f"round {r + 1} {side}: {res['rate']:6.0f} req/s  p50 {res['p50_ms']:6.1f} ms  "
                 f"p99 {res['p99_ms']:6.1f} ms  (p99/p50 {res['p99_ms'] / res['p50_ms']:.1f})  "
-                f"errors {res['errors']}  answers unequal {res['unequal']}/{res['checked']}  "
+                f"errors {res['errors']}  CPU {res['cpu_ms']:.2f} ms/req  answers unequal {res['unequal']}/{res['checked']}  "
                 f"load {res['load']:.2f}{res['extra']}",
                 flush=True,
             )

@@ -32,12 +32,16 @@ class Catalog:
         order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.item_ids[order], order
         self._titles = TitleIndex(self.titles, self.n_ratings)  # search keys, built once
+        self._items = [  # described once: answers name their items without rebuilding them
+            Item(int(i), t, y, g)
+            for i, t, y, g in zip(self.item_ids, self.titles, self.years, self.genres, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def item(self, row: int) -> Item:
-        return Item(int(self.item_ids[row]), self.titles[row], self.years[row], self.genres[row])
+        return self._items[row]  # frozen: shared by every answer
 
     def rows(
         self, item_ids: Iterable[int], loc: Loc, *, field: Loc = (), unique: bool = False
