@@ -255,12 +255,10 @@ def serve(
     from service.settings import Settings, from_env
 
     check_listen(host, port)
-    for name, value in (
-        ("MELU_BATCH_WAIT_MS", batch_wait_ms),
-        ("MELU_BATCH_REQUESTS", batch_requests),
-    ):
-        if value is not None:  # the workers of --workers N read it from there too
-            os.environ[name] = str(value)
+    grouping = {"MELU_BATCH_WAIT_MS": batch_wait_ms, "MELU_BATCH_REQUESTS": batch_requests}
+    for name, given in grouping.items():
+        if given is not None:  # the workers of --workers N read it from there too
+            os.environ[name] = str(given)
     folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)

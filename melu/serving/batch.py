@@ -155,14 +155,16 @@ def _answer(
     candidates, or per-person encodings when embeddings adapt, taken from there)."""
     params = {**rec.params, **{k: v[lo : lo + len(chunk)] for k, v in fast.items()}}
     users = {k: torch.stack([p.user[k] for p in chunk]) for k in chunk[0].user}
+    bags = _bags(rec, chunk)
     with torch.no_grad():
-        both = rec.encoder.catalog_rankings(params, users, _bags(rec, chunk))  # or None
+        both = rec.encoder.catalog_rankings(params, users, bags)  # or None
     ranked = _rank_catalog(rec, chunk, both[1]) if both is not None else None
     out = []
     for c, person in enumerate(chunk):
         info = infos[lo + c]
         mine = {**rec.params, **{k: v[lo + c] for k, v in fast.items()}}
-        bag = rec.encoder.bag(person.rated, person.values)
+        r = len(person.rated)  # the person's own bag (1, R): their row of the chunk's
+        bag = Bag(bags.ids[c : c + 1, :r], bags.levels[c : c + 1, :r], bags.mask[c : c + 1, :r])
         if both is not None:
             rows = ranked[c] if ranked is not None and person.request.candidates is None else None
             pick = rows if rows is not None else person.rows
