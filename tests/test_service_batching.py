@@ -146,3 +146,14 @@ def test_group_settings_are_checked() -> None:
         from_env(Settings, batch_wait_ms=-1)
     with pytest.raises(ConfigError, match="MELU_BATCH_REQUESTS"):
         from_env(Settings, batch_requests=0)
+
+
+def test_serve_help_names_the_group_flags() -> None:
+    from typer.testing import CliRunner
+
+    from melu.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "--batch-wait-ms" in result.output and "--batch-requests" in result.output
+    assert "MELU_BATCH_WAIT_MS" in result.output
