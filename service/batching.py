@@ -108,6 +108,8 @@ class ModelThread:
 
     def start(self) -> None:
         """Start the thread (once; the first request does if the lifespan has not)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         with self._starting:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="melu-model", daemon=True)
