@@ -1,17 +1,20 @@
 """`melu serve` (1 worker) under load: an old commit's server against this tree's, alternating.
 
 Each round starts the old commit's ``melu serve`` (its tree exported with ``git archive``
-to a temporary folder, run with its own code on ``PYTHONPATH``) and this tree's, one after
-the other (the order alternates between rounds), on the same bundle and port, 1 worker,
-1 torch thread. Against each: 2 s of warm-up load, then ``--clients`` keep-alive clients
-POST /v1/recommendations for ``--duration`` seconds (``benchmarks/load_client.py`` in its
-own process; each request a different user, 5 ratings, k = 10). Reported per run: req/s,
-p50 and p99 latency, errors, the 1-minute load average; per round the new/old throughput
-ratio, and the median over rounds. Every answer under load is compared with the answer the
+to a temporary folder, run with its own code on ``PYTHONPATH``) and this tree's (and any
+``--variant``: this tree with other ``MELU_*`` settings), one after the other (who goes
+first rotates between rounds), on the same bundle and port, 1 worker, 1 torch thread.
+Against each: 2 s of warm-up load, then ``--clients`` keep-alive clients POST
+/v1/recommendations for ``--duration`` seconds (``benchmarks/load_client.py`` in its own
+process; each request a different user, 5 ratings, k = 10). Reported per run: req/s, p50
+and p99 latency, errors, the server's CPU time per request (all its threads), the 1-minute
+load average, and for this tree the mean group size and queue wait (``/metrics``); per
+round the throughput ratio to old, and the median over rounds. Every answer under load is compared with the answer the
 same server gives to that body alone (same items in the same order but for ties, scores
 within 1e-5).
 
-    python benchmarks/service_load.py --model /tmp/batching/run/model [--old 4c2c0d9]
+    python benchmarks/service_load.py --model /tmp/batching/run/model [--old 4c2c0d9] \
+        [--variant one-at-a-time:MELU_BATCH_REQUESTS=1]
 
 Target (issue 18, 2 shared cores): new >= 3x old req/s at 32 clients, p99 <= 10x p50,
 0 errors, answers equal.
@@ -196,39 +199,58 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="different bodies")
     parser.add_argument("--check", type=int, default=200, help="bodies answered alone first")
     parser.add_argument("--port", type=int, default=8795)
-    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the new one")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for new")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="LABEL:NAME=VALUE[,NAME=VALUE]: also this tree with that environment, e.g. "
+        "one-at-a-time:MELU_BATCH_REQUESTS=1",
+    )
     args = parser.parse_args()
-    env = dict(e.split("=", 1) for e in args.env)
     work = Path(tempfile.gettempdir())
-    trees = {"old": export(args.old, work), "new": ROOT}
+    sides = {"old": (export(args.old, work), {}), "new": (ROOT, _env(args.env))}
+    for variant in args.variant:
+        label, _, given = variant.partition(":")
+        sides[label] = (ROOT, _env(given.split(",")))
     bodies = make_bodies(args.model, args.requests)
     payloads = [json.dumps(b).encode() for b in bodies]
     body_file = work / "melu-load-bodies.jsonl"
     body_file.write_text("\n".join(p.decode() for p in payloads) + "\n")
     print(
         f"melu serve, 1 worker, 1 torch thread, {args.clients} clients, {args.duration:g} s, "
-        f"old {args.old} vs new {ROOT.name}, {os.cpu_count()} CPUs; new env {env or 'defaults'}"
+        f"old {args.old} vs new {ROOT.name}, {os.cpu_count()} CPUs; "
+        + "; ".join(f"{k}: {v[1] or 'defaults'}" for k, v in sides.items() if k != "old")
     )
-    ratios = []
+    ratios: dict[str, list[float]] = {k: [] for k in sides if k != "old"}
+    names = list(sides)
     for r in range(args.rounds):
-        order = ("old", "new") if r % 2 == 0 else ("new", "old")
+        order = names[r % len(names) :] + names[: r % len(names)]  # who goes first rotates
         got = {}
         for side in order:
-            res = run_one(trees[side], args, body_file, payloads, env if side == "new" else {})
-            got[side] = res
+            tree, env = sides[side]
+            got[side] = res = run_one(tree, args, body_file, payloads, env)
             print(
                 f"round {r + 1} {side}: {res['rate']:6.0f} req/s  p50 {res['p50_ms']:6.1f} ms  "
                 f"p99 {res['p99_ms']:6.1f} ms  (p99/p50 {res['p99_ms'] / res['p50_ms']:.1f})  "
-                f"errors {res['errors']}  CPU {res['cpu_ms']:.2f} ms/req  answers unequal {res['unequal']}/{res['checked']}  "
+                f"errors {res['errors']}  CPU {res['cpu_ms']:.2f} ms/req  "
+                f"answers unequal {res['unequal']}/{res['checked']}  "
                 f"load {res['load']:.2f}{res['extra']}",
                 flush=True,
             )
-        ratios.append(got["new"]["rate"] / got["old"]["rate"])
-        print(f"round {r + 1}: new/old x{ratios[-1]:.2f}", flush=True)
-    print(
-        f"median new/old throughput x{np.median(ratios):.2f} over {len(ratios)} rounds "
-        f"(each x{', x'.join(f'{x:.2f}' for x in ratios)}; target >= 3)"
-    )
+        for side, kept in ratios.items():
+            kept.append(got[side]["rate"] / got["old"]["rate"])
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k}/old x{v[-1]:.2f}" for k, v in ratios.items()),
+            flush=True,
+        )
+    for side, kept in ratios.items():
+        each = ", x".join(f"{x:.2f}" for x in kept)
+        print(f"median {side}/old throughput x{np.median(kept):.2f} (each x{each}; target >= 3)")
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in pairs if p)
 
 
 if __name__ == "__main__":
