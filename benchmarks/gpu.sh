@@ -16,3 +16,4 @@ step train_cuda_bf16 80 $py -m melu train --dataset ml-100k --out /tmp/gpu-run -
 step service_cuda 45 $py benchmarks/service.py --model runs/gpu-bundle --only a --device cuda
 step service_cpu 45 $py benchmarks/service.py --model runs/gpu-bundle --only a --device cpu
 step scale_cuda 270 $py benchmarks/meta_train_scale.py --device cuda --nprocs 1 --meta-batch 32,256,1024 --gen-dir /tmp/melu-gen
+step train_step_cuda 150 $py benchmarks/train_step.py --device cuda --meta-batch 32,1024 --rounds 2

@@ -32,6 +32,7 @@ UserSplit = Literal["time", "random"]
 QueryOrder = Literal["random", "time"]
 Amp = Literal["none", "bf16"]
 RankStart = Literal["ease", "popularity"]
+RankTrained = Literal["all", "mixing"]
 
 
 @dataclass(frozen=True)
@@ -247,12 +248,27 @@ class TrainConfig(_Config):
     max_tasks_per_epoch: int | None = setting(
         None, "Cap on training tasks per epoch (default: all)."
     )
-    rank_epochs: int = setting(40, "Most epochs of the ranking head (after the rating part).")
+    rank_epochs: int = setting(
+        40, "Most epochs of the ranking head's training (after the rating part; 0: none)."
+    )
+    rank_mix: bool = setting(
+        True,
+        "Pick the ranking head's part weights (popularity, predicted rating, co-occurrence) "
+        "per support size on validation users before its training.",
+    )
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
     rank_start: RankStart = setting(
         "ease",
         "Where the ranking head starts: ease (EASE^R alone, λ picked on validation users) or "
         "popularity (log training counts).",
+    )
+    rank_trained: RankTrained = setting(
+        "all",
+        "Which of the ranking head's parameters training moves: all, or mixing (only the "
+        "weights of its parts and of each rating level; its item-item matrix and biases stay).",
+    )
+    rank_empty_share: float = setting(
+        0.0, "Share of ranking episodes whose support is emptied (the no-ratings list)."
     )
     rank_l2: float = setting(0.0, "L2 penalty of the ranking head's weight matrices.")
     rank_patience: int = setting(5, "Ranking epochs without a better validation NDCG@10.")
@@ -274,9 +290,10 @@ class TrainConfig(_Config):
         need(self.grad_clip > 0, "grad_clip", "must be > 0")
         need(0 <= self.hide_items < 1, "hide_items", "must be in [0, 1)")
         need(self.patience >= 1, "patience", "must be >= 1")
-        need(self.rank_epochs >= 1, "rank_epochs", "must be >= 1")
+        need(self.rank_epochs >= 0, "rank_epochs", "must be >= 0")
         need(0 < self.rank_lr < math.inf, "rank_lr", "must be > 0 and finite")
         need(self.rank_patience >= 1, "rank_patience", "must be >= 1")
+        need(0 <= self.rank_empty_share < 1, "rank_empty_share", "must be in [0, 1)")
         need(0 <= self.rank_l2 < math.inf, "rank_l2", "must be >= 0 and finite")
         need(self.rank_max_support >= 1, "rank_max_support", "must be >= 1")
         need(0 <= self.rank_negative_weight <= 1, "rank_negative_weight", "must be in [0, 1]")

@@ -150,3 +150,16 @@ def test_malformed_optimiser_and_weight_tensors_are_refused_by_name(
 def test_a_sound_checkpoint_still_resumes(trained: Path, tmp_path: Path, ml100k: Prepared) -> None:
     run = run_copy(trained, tmp_path)
     assert train(config(2), ml100k, run, resume=True).history[-1]["epoch"] == 2
+
+
+def test_resuming_may_change_how_the_head_is_trained_but_not_the_rating_part(
+    trained: Path, tmp_path: Path, ml100k: Prepared
+) -> None:
+    """The ranking head is trained after the rating part and is never checkpointed, so its
+    ``rank_*`` settings may change on resume; an outer-loop setting may not."""
+    run = run_copy(trained, tmp_path)
+    head = config(1).replace(train=config(1).train.replace(rank_epochs=0, rank_mix=False))
+    assert train(head, ml100k, run, resume=True).metrics["rank_best_epoch"] == 0
+    outer = config(1).replace(train=config(1).train.replace(outer_lr=2e-3))
+    with pytest.raises(BundleError, match=r"cannot resume: train setting\(s\) outer_lr differ"):
+        train(outer, ml100k, run, resume=True)

@@ -16,6 +16,7 @@ from test_maml import assert_kernels_agree, tiny_batch, tiny_space
 from melu.config import DataConfig, ModelConfig
 from melu.features import UNKNOWN
 from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.linear import linear_applies
 from melu.model.maml import Examples, adapt
 from melu.prepare import RatingRows
 from melu.training.episodes import episodes, hidden_ids, hide_items
@@ -57,6 +58,25 @@ def test_factor_part_adapts_alike_in_both_kernels(fast: str) -> None:
     model, params = factor_model(fast)
     _, grads = assert_kernels_agree(model, params, LR)
     assert grads["item.factor"].abs().sum() > 0  # the meta-gradient reaches items
+
+
+@pytest.mark.parametrize("prior", [0.0, 2.0])
+def test_linear_kernel_adapts_the_user_offsets_as_the_generic_path(prior: float) -> None:
+    """kernel="linear" (closed-form gradient of the user's bias and factor) == the generic
+    torch.func path: adapted values, inner losses, second-order meta-gradient of every
+    parameter (embeddings, MLP, item tables, prior), with and without the ridge anchor."""
+    model, params = factor_model("user", prior)
+    adapted, grads = assert_kernels_agree(model, params, LR, kernel="linear")
+    assert not torch.allclose(adapted["user.factor"], params["user.factor"])
+    assert all(grads[k].abs().sum() > 0 for k in ("item.factor", "mlp.4.weight", "prior.weight"))
+    assert linear_applies(model, model.fast_names())
+    assert not linear_applies(model, model.fast_names("user_mlp"))
+
+
+def test_linear_kernel_refuses_a_fast_group_it_does_not_cover() -> None:
+    model, params = factor_model("user_mlp")
+    with pytest.raises(ValueError, match="linear"):
+        adapt(model, params, tiny_batch()[0], steps=1, lr=LR, kernel="linear")
 
 
 def test_one_step_with_the_support_prior_is_the_shrunk_mean_residual() -> None:

@@ -305,22 +305,22 @@ def test_a_new_model_part_adapts_alike_in_both_kernels() -> None:
 
 
 def assert_kernels_agree(
-    model: PreferenceEstimator, params: Params, lr: float
+    model: PreferenceEstimator, params: Params, lr: float, kernel: Kernel = "batched"
 ) -> tuple[Params, Params]:
-    """The batched kernel on ``tiny_batch``'s 4 tasks == the generic path task by task:
-    adapted fast values and inner losses (1e-12), second-order meta-gradient of every
-    parameter (1e-10). Returns the batched adapted params and the meta-gradient."""
+    """``kernel`` (batched or linear) on ``tiny_batch``'s 4 tasks == the generic path task
+    by task: adapted fast values and inner losses (1e-12), second-order meta-gradient of
+    every parameter (1e-10). Returns the kernel's adapted params and meta-gradient."""
     support, query = tiny_batch()
-    batched, inner = adapt(model, params, support, steps=STEPS, lr=lr, kernel="batched")
+    batched, inner = adapt(model, params, support, steps=STEPS, lr=lr, kernel=kernel)
     for t in range(4):
         one, inner_t = adapt(model, params, task(support, t), steps=STEPS, lr=lr)
         assert (inner[t] - inner_t).abs().max() < 1e-12
         for k in model.fast_names():
             assert (batched[k][t] - one[k]).abs().max() < 1e-12, (k, t)
     grads = {}
-    for kernel in ("generic", "batched"):
-        loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=lr, kernel=kernel)
-        grads[kernel] = grads_of(loss, params)
+    for name in ("generic", kernel):
+        loss, _, _ = meta_loss(model, params, support, query, steps=STEPS, lr=lr, kernel=name)
+        grads[name] = grads_of(loss, params)
     for k in params:
-        assert (grads["generic"][k] - grads["batched"][k]).abs().max() < 1e-10, k
-    return batched, grads["batched"]
+        assert (grads["generic"][k] - grads[kernel][k]).abs().max() < 1e-10, k
+    return batched, grads[kernel]

@@ -51,7 +51,9 @@ def test_contributions_are_the_bag_score_split_by_rated_item() -> None:
     assert float(ease_parts.abs().sum()) == 0.0  # a diagonal P: B_EASE is 0 off the diagonal
     no_ease = {**params, "rank.ease": torch.zeros(V, V, dtype=torch.float64)}
     parts = ranking.contributions(no_ease, bag, ids)
-    assert parts.sum(-1) == pytest.approx(ranking.bag_scores(params, bag, ids), abs=1e-12)
+    scale = ranking.bucket_weight(params["rank.learned_weight"], bag)  # λ_L of a 2-rating bag
+    expected = scale * ranking.bag_scores(params, bag, ids)
+    assert parts.sum(-1) == pytest.approx(expected, abs=1e-12)
     assert float(parts[0, 1, 0]) == 0.0  # item 2 never explains itself
     assert float(parts[0, :, 2].abs().sum()) == 0.0  # padding slot
     assert float(parts[0, 4].abs().sum()) == 0.0  # unknown id
@@ -164,3 +166,58 @@ def test_ease_contributions_sum_to_the_ease_part() -> None:
     ids = torch.tensor([[1, 3, 5]])  # not in the bag
     parts = ranking.contributions(params, bag, ids)
     assert parts.sum(-1) == pytest.approx(ranking.ease_scores(params, bag, ids), abs=1e-12)
+
+
+def test_mixing_weights_follow_the_support_size_buckets() -> None:
+    """Bucket b holds sizes SUPPORT_BUCKETS[b] <= n < SUPPORT_BUCKETS[b + 1]."""
+    sizes = [0, 1, 2, 3, 4, 7, 8, 30]
+    mask = torch.arange(30).unsqueeze(0) < torch.tensor(sizes).unsqueeze(1)
+    bag = Bag(
+        torch.ones_like(mask, dtype=torch.long), torch.zeros_like(mask, dtype=torch.long), mask
+    )
+    weights = torch.tensor([10.0, 11.0, 12.0, 13.0, 14.0])
+    got = ranking.bucket_weight(weights, bag).squeeze(-1).tolist()
+    assert got == [10.0, 11.0, 12.0, 12.0, 13.0, 13.0, 14.0, 14.0]
+    assert ranking.bucket_weight(torch.tensor([2.0]), bag).squeeze(-1).tolist() == [2.0] * 8
+
+
+def test_popularity_leaves_a_training_user_out() -> None:
+    """log(1 + n_i), n_i the raters of i; with ``bag.rated`` the user's own ratings are not
+    counted (as if recounted without them)."""
+    params = {**head_params(), "rank.item_count": torch.tensor([0.0, 3.0, 1.0, 5.0, 0.0, 2.0])}
+    rated = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 0.0]])
+    bag = Bag(torch.tensor([[1]]), torch.tensor([[4]]), torch.tensor([[True]]))
+    ids = torch.arange(V)
+    assert ranking.popularity(params, bag, ids).tolist() == pytest.approx(
+        torch.log1p(params["rank.item_count"]).tolist()
+    )
+    loo = ranking.popularity(params, bag._replace(rated=rated), ids)[0]
+    assert loo.tolist() == pytest.approx(torch.log1p(torch.tensor([0, 2, 0, 5, 0, 2.0])).tolist())
+
+
+@pytest.mark.slow
+def test_mixing_picked_on_validation_never_lowers_it_and_is_what_the_head_ranks_by(
+    ml100k, bundle_path
+) -> None:  # type: ignore[no-untyped-def]
+    """``pick_mixing`` on the bundle's head: each bucket's validation NDCG@10 is at least its
+    start's, and the head with the chosen weights, ranked through ``ModelRanker`` (the
+    served path), scores what the search says it scores."""
+    from melu.bundle import load_bundle
+    from melu.evaluation.topn_model import ModelRanker
+    from melu.training.rank_mix import pick_mixing
+    from melu.training.rank_train import VALIDATION_SUPPORTS
+
+    bundle = load_bundle(bundle_path)
+    ranker = ModelRanker.from_bundle(bundle, ml100k.tables)
+    users = [topn_users(ml100k, "validation", n) for n in VALIDATION_SUPPORTS]
+    choice = pick_mixing(ranker, dict(ranker.params), users, 4.0)
+    assert all(a >= b for a, b in zip(choice.after, choice.before, strict=True))
+    assert torch.equal(ranker.params["rank.pop_weight"], bundle.params["rank.pop_weight"])
+    mixed = ModelRanker(
+        bundle.model, {**bundle.params, **choice.weights}, ml100k.tables, steps=3,
+        lr=Config().meta.inner_lr,
+    )  # fmt: skip
+    for setting, expected in zip(users, choice.after, strict=True):
+        top = rank_users(mixed, setting, 10)
+        got = user_metrics(top, setting.relevant(4.0), (10,))["ndcg@10"].mean()
+        assert float(got) == pytest.approx(expected, abs=2e-3)

@@ -181,12 +181,21 @@ class PreferenceEstimator:
         some = next(iter(params.values()))
         return some.new_zeros(0)
 
-    def encode_items(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Tensor:
-        """Item fields → (..., N) or (..., N, L) indices  →  (..., N, E_i) embeddings."""
+    def encode_items(
+        self, params: Mapping[str, Tensor], features: FeatureBatch, *, bags: bool = False
+    ) -> Tensor:
+        """Item fields → (..., N) or (..., N, L) indices  →  (..., N, E_i) embeddings.
+
+        ``bags``: multi-valued fields of (R, L) indices by ``F.embedding_bag`` (one fused op
+        each way, the same mean; not vmappable or twice differentiable, so only for callers
+        that need neither, as the packed training rows)."""
         parts = []
         for name in self.item_field_names:
-            idx = features[name]
-            rows = F.embedding(idx, params[f"embeddings.{name}.weight"])  # (..., N[, L], D)
+            idx, weight = features[name], params[f"embeddings.{name}.weight"]
+            if bags and name in self.multi and idx.dim() == 2:
+                parts.append(F.embedding_bag(idx, weight, mode="mean", padding_idx=0))
+                continue
+            rows = F.embedding(idx, weight)  # (..., N[, L], D)
             if name in self.multi:
                 # EmbeddingBag(mode="mean", padding_idx=0), written out so vmap and double
                 # backward apply: mean over the non-padding entries, 0 if none.
@@ -229,11 +238,21 @@ class PreferenceEstimator:
 
     def network(self, params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
         """The MLP's output (..., N) alone (no parts); see ``score``."""
-        (w0, b0), *rest = self.linears
-        weight, width = params[w0], self.user_width
-        user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT).squeeze(-2) + params[b0]
-        h = encoded.items @ weight[..., width:].mT + user.unsqueeze(-2)  # (..., N, H)
-        for w, b in rest:
+        user = self.user_layer(params, encoded.user).unsqueeze(-2)  # (..., 1, H)
+        return self.network_rows(params, user, encoded.items)
+
+    def user_layer(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
+        """The first layer's user share W₁ᵤ·u + b₁ (..., H) of user embeddings (..., E_u)."""
+        w0, b0 = self.linears[0]
+        weight = params[w0][..., : self.user_width]
+        return (user.unsqueeze(-2) @ weight.mT).squeeze(-2) + params[b0]
+
+    def network_rows(self, params: Mapping[str, Tensor], user: Tensor, items: Tensor) -> Tensor:
+        """The MLP's output (..., N) of item embeddings ``items`` (..., N, E_i), given the
+        first layer's user share ``user`` broadcasting against (..., N, H) (``user_layer``;
+        per row, (N, H), for rows of many users packed together)."""
+        h = items @ params[self.linears[0][0]][..., self.user_width :].mT + user  # (..., N, H)
+        for w, b in self.linears[1:]:
             h = h.relu() @ params[w].mT + params[b].unsqueeze(-2)
         return h.squeeze(-1)  # (..., N)
 
@@ -306,13 +325,20 @@ def collaborative(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
     user's feature embeddings to a prior (b_u⁰, p_u⁰); the fast ``user.bias`` (1,) and
     ``user.factor`` (k,) — per task (T, ...) in the batched kernel — are offsets from it.
     """
+    item = item_terms(params, encoded)  # (..., N, k+1)
+    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
+    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
+    factor = user[..., 1:] + params["user.factor"]  # (..., k)
+    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)
+
+
+def item_terms(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
+    """The collaborative part's item side (b_i, q_i) per row (..., N, k+1): the content
+    estimate from the item's feature embeddings plus the known item's own rows."""
     item = encoded.items @ params["content.weight"].mT  # (..., N, k+1)
     if "item.bias" in params:
         item = item + torch.cat(
             [params["item.bias"][encoded.ids].unsqueeze(-1), params["item.factor"][encoded.ids]],
             dim=-1,
         )
-    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
-    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
-    factor = user[..., 1:] + params["user.factor"]  # (..., k)
-    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)
+    return item

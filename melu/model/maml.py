@@ -9,7 +9,8 @@ to the original MeLU, whose ``load_state_dict`` fast weights silently cut the gr
 How each step's gradient is computed is the caller's explicit ``kernel`` choice:
 ``"generic"`` — one task, ``torch.func.grad`` (the reference; batch it with ``vmap``);
 ``"batched"`` — T tasks at once with per-task fast parameters, the MLP's gradient written
-out by hand (``melu.model.kernel``). tests/test_maml.py pins the two to each other (float64)
+out by hand (``melu.model.kernel``); ``"linear"`` — T tasks at once when only the user's
+bias and factor adapt, their gradient in closed form (``melu.model.linear``). tests/test_maml.py pins the two to each other (float64)
 and the meta-gradient to finite differences. The defaults (5 steps at lr 0.05 on the MLP)
 and why they differ from MeLU's are in RESULTS.md.
 """
@@ -27,9 +28,16 @@ from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
+from melu.model.linear import (
+    AffineExamples,
+    affine,
+    affine_predict,
+    linear_applies,
+    linear_step,
+)
 from melu.tasks import TaskSet
 
-Kernel = Literal["generic", "batched"]
+Kernel = Literal["generic", "batched", "linear"]
 Lr = float | Mapping[str, Tensor]  # one rate, or per-parameter rates (Meta-SGD)
 
 
@@ -64,7 +72,7 @@ def inner_rates(meta: MetaConfig, learned: Mapping[str, Tensor] | None) -> Lr:
 def adapt(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
-    support: Examples,
+    support: Examples | AffineExamples,
     *,
     steps: int,
     lr: Lr,
@@ -81,23 +89,19 @@ def adapt(
     (N,); returns the adapted params and the support loss before each step and after the
     last (steps + 1,). ``kernel="batched"``: ``support`` is T tasks (T, N); the fast
     params come back per task (T, ...) (shared or per-task ones go in), losses
-    (T, steps + 1). ``anchor_at``: where the inner loss's ridge term pulls the model's
-    anchored parameters (default: their values in ``params``; a caller continuing an
-    adaptation in several calls passes the values it started from). Never mutates ``params``.
+    (T, steps + 1). ``kernel="linear"`` likewise, for fast groups ``linear_applies`` to;
+    its ``support`` may come in affine form already (``AffineExamples``). ``anchor_at``:
+    where the inner loss's ridge term pulls the model's anchored parameters (default: their
+    values in ``params``; a caller continuing an adaptation in several calls passes the
+    values it started from). Never mutates ``params``.
     """
     names = list(fast) if fast is not None else model.fast_names()
     frozen = {k: v for k, v in params.items() if k not in names}
     fast_params = {k: params[k] for k in names}
-    rows: Encoded | FeatureBatch = support.inputs
-    if not any(is_embedding(k) for k in names):
-        rows = model.encode(params, support.inputs)
-    step: Step
-    if kernel == "batched":
+    if kernel != "generic":
         shapes, tasks = model.shapes(), support.mask.shape[0]
         fast_params = {k: v.expand(tasks, *shapes[k]) for k, v in fast_params.items()}
-        step = batched_step(model, frozen, rows, support.ratings, support.mask)
-    else:
-        step = _generic_step(model, frozen, rows, support)
+    step, rows = _kernel_step(model, params, frozen, names, support, kernel)
     start = {k: (anchor_at or fast_params)[k] for k in fast_params}
     anchor = _Anchor(model, start, support.mask)
     losses = []
@@ -111,10 +115,41 @@ def adapt(
         }
         losses.append(loss)
     adapted = {**frozen, **fast_params}
-    pred = _predict(model, adapted, rows, names if kernel == "batched" else ())
-    loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
+    if rows is None:  # linear: the support loss at the adapted offsets, no network re-run
+        loss = step(fast_params)[1]
+    else:
+        pred = _predict(model, adapted, rows, names if kernel == "batched" else ())
+        loss = masked_mse(pred, support.ratings, support.mask, model.config.support_prior)
     losses.append(loss + anchor.penalty(fast_params))
     return {k: adapted[k] for k in params}, torch.stack(losses, dim=-1)
+
+
+def _kernel_step(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    frozen: Params,
+    names: Sequence[str],
+    support: Examples | AffineExamples,
+    kernel: Kernel,
+) -> tuple[Step, Encoded | FeatureBatch | None]:
+    """``kernel``'s step function on ``support`` and the rows it predicts (encoded once
+    when no embedding adapts; None for the linear kernel, which needs no rows after)."""
+    if kernel == "linear":
+        if not linear_applies(model, names):
+            raise ValueError(f"kernel='linear' needs fast params within the user offsets: {names}")
+        if isinstance(support, AffineExamples):
+            form = support.rows
+        else:
+            form = affine(model, params, model.encode(params, support.inputs))
+        return linear_step(model, frozen, form, support.ratings, support.mask), None
+    if isinstance(support, AffineExamples):
+        raise ValueError(f"kernel={kernel!r} needs features, not rows in affine form")
+    rows: Encoded | FeatureBatch = support.inputs
+    if not any(is_embedding(k) for k in names):
+        rows = model.encode(params, support.inputs)
+    if kernel == "batched":
+        return batched_step(model, frozen, rows, support.ratings, support.mask), rows
+    return _generic_step(model, frozen, rows, support), rows
 
 
 class _Anchor:
@@ -219,8 +254,8 @@ def task_query_loss(
 def meta_loss(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
-    support: Examples,
-    query: Examples,
+    support: Examples | AffineExamples,
+    query: Examples | AffineExamples,
     *,
     steps: int,
     lr: Lr,
@@ -232,19 +267,25 @@ def meta_loss(
 
     ``support`` / ``query`` have a leading task dim T (padded rows masked). ``kernel``:
     ``"batched"`` adapts the tasks together (``melu.model.kernel``); ``"generic"`` runs
-    ``task_query_loss`` under ``vmap``. Returns (loss (), per-task query losses (T,), inner
+    ``task_query_loss`` under ``vmap``; ``"linear"`` adapts the user offsets in closed form
+    (``melu.model.linear``; support and query may come in affine form). Returns (loss (), per-task query losses (T,), inner
     losses (T, steps + 1)). Differentiable w.r.t. ``params`` (and a tensor ``lr``) to
     second order unless ``first_order``.
     """
     names = list(fast) if fast is not None else model.fast_names()
-    if kernel == "batched":
+    if kernel != "generic":
         adapted, inner = adapt(
             model, params, support, steps=steps, lr=lr, first_order=first_order, fast=names,
-            kernel="batched",
+            kernel=kernel,
         )  # fmt: skip
-        pred = task_predictions(model, adapted, query.inputs, names)
+        if isinstance(query, AffineExamples):
+            pred = affine_predict(adapted, query.rows)
+        else:
+            pred = task_predictions(model, adapted, query.inputs, names)
         per_task = masked_mse(pred, query.ratings, query.mask)
         return per_task.mean(), per_task, inner
+    if isinstance(support, AffineExamples) or isinstance(query, AffineExamples):
+        raise ValueError("kernel='generic' needs features, not rows in affine form")
 
     def one(s: Examples, q: Examples) -> tuple[Tensor, Tensor]:
         return task_query_loss(

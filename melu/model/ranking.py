@@ -5,10 +5,12 @@ rewards acclaimed films and barely moves with a few ratings (issue 15). The rank
 orders the catalog by the log-odds that the user rates an item highly, from three additive
 terms, each a function of ``(params, rows)`` like every other part:
 
-    s_i = β_i  +  Σ_{j ∈ support} w(r_j) · B[j, i]  +  a_u · q_i
+    s_i = β_i + π·log(1 + n_i)  +  Σ_{j ∈ support} w(r_j) · B[j, i]  +  a_u · q_i  + …
 
 - β_i, q_i (k_r): the item's ranking bias and factor, its id's own rows (new items, and
-  ids hidden in training, share one learned bias);
+  ids hidden in training, share one learned bias); π·log(1 + n_i): popularity, the id's
+  count of training raters n_i at a learned weight π (what orders the list of a user with
+  no ratings yet, when the head is trained with ``train.rank_trained="mixing"``);
 - the support-set part: the user's rated items as a bag, each weighted by a learned weight
   of its rating level w(r) (a 1★ film counts against its neighbours), scored against every
   item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
@@ -17,7 +19,13 @@ terms, each a function of ``(params, rows)`` like every other part:
 - c_e·Σ_j w_e(r_j)·B_EASE[j, i]: EASE^R's closed-form item–item weights (λ chosen on the
   validation users), the user left out exactly while training (Sherman–Morrison);
 - a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
-  factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking.
+  factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking;
+- γ·r̂_i: the rating part's predicted rating after that ``adapt()``.
+
+The weights π, γ, c, c_e and λ_L (the last scales the trained parts β + a_u·q + B-bag) are
+one per support-size bucket (``SUPPORT_BUCKETS``), picked on validation users
+(``melu.training.rank_mix``): how much popularity, the adapted rating and the item–item
+parts should say depends on how many ratings the user gave.
 
 Trained (``melu.training.rank_train``) by the multinomial likelihood of each episode's
 held-out items over the catalog (Mult-VAE's loss) given the adapted user and the support,
@@ -34,6 +42,11 @@ import torch
 from torch import Tensor
 
 PREFIX = "rank."
+# the mixing weights of the head's parts (popularity, predicted rating, co-occurrence, EASE^R)
+# are one per support size bucket: a user with no ratings is ordered by popularity and the
+# adapted rating; with ten ratings the item–item parts say much more. Bucket b holds the
+# support sizes n with SUPPORT_BUCKETS[b] <= n < SUPPORT_BUCKETS[b + 1].
+SUPPORT_BUCKETS = (0, 1, 2, 4, 8)
 
 
 class Bag(NamedTuple):
@@ -60,16 +73,18 @@ def head_shapes(
     return {
         "rank.item_item": torch.Size((n_ids, n_ids)),
         "rank.level_weight": torch.Size((n_levels,)),
-        "rank.rating_weight": torch.Size((1,)),
+        "rank.rating_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.item_bias": torch.Size((n_ids,)),
         "rank.item_factor": torch.Size((n_ids, rank)),
         "rank.unknown_bias": torch.Size((1,)),
         "rank.cooccurrence": torch.Size((n_ids, n_ids)),
         "rank.item_count": torch.Size((n_ids,)),
-        "rank.cooc_weight": torch.Size((1,)),
+        "rank.cooc_weight": torch.Size((len(SUPPORT_BUCKETS),)),
+        "rank.pop_weight": torch.Size((len(SUPPORT_BUCKETS),)),
+        "rank.learned_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.ease": torch.Size((n_ids, n_ids)),
         "rank.ease_level": torch.Size((n_levels,)),
-        "rank.ease_weight": torch.Size((1,)),
+        "rank.ease_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -77,17 +92,30 @@ def head_shapes(
 
 def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -> dict[str, Tensor]:
     """Initial head parameters from their own seeded generator (the rating part's draws
-    are unchanged): B = 0, w = 1, β = log(1 + training count) of each id (``popularity``
-    (n_ids,)), small random item factors and user map."""
+    are unchanged): B = 0, w = 1, π = 1 and β = 0, so the start orders by popularity
+    (``popularity`` (n_ids,): each id's training count, later ``rank.item_count``), small
+    random item factors and user map."""
     gen = torch.Generator().manual_seed(seed)
     out = {name: torch.zeros(shape) for name, shape in shapes.items()}
     out["rank.level_weight"].fill_(1.0)
     out["rank.cooc_weight"].fill_(1.0)
     out["rank.ease_level"].fill_(1.0)
-    out["rank.item_bias"] = torch.log1p(popularity.float())
+    out["rank.item_count"] = popularity.float()
+    out["rank.pop_weight"].fill_(1.0)
+    out["rank.learned_weight"].fill_(1.0)
     for name in ("rank.item_factor", "rank.user.weight"):
         out[name] = torch.randn(shapes[name], generator=gen) * 0.01
     return out
+
+
+def bucket_weight(weights: Tensor, bag: Bag) -> Tensor:
+    """(T, 1): each user's entry of a per-support-size-bucket weight ``weights`` (B,) by the
+    size of their support (its unmasked slots); a single weight (1,) applies to all."""
+    if len(weights) == 1:
+        return weights.expand(len(bag.mask)).unsqueeze(-1)
+    edges = torch.tensor(SUPPORT_BUCKETS[1:], device=bag.mask.device)
+    size = bag.mask.sum(-1)
+    return weights[torch.bucketize(size, edges, right=True)].unsqueeze(-1)
 
 
 def user_vector(params: Mapping[str, Tensor], user: Tensor, state: Tensor) -> Tensor:
@@ -132,11 +160,13 @@ def contributions(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor
     reasons behind a recommendation (0 for unknown ids, padding and the item itself)."""
     known_bag = bag.mask & (bag.ids != 0)
     weight = params["rank.level_weight"][bag.levels] * known_bag  # (T, L)
+    weight = weight * bucket_weight(params["rank.learned_weight"], bag)
     pairs = params["rank.item_item"][bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
     prec = params["rank.ease"]
     diag = prec.diagonal()[ids].unsqueeze(-1)  # (T, N, 1)
     ease = -prec[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)] / torch.where(diag > 0, diag, 1.0)
-    ease_weight = params["rank.ease_weight"] * params["rank.ease_level"][bag.levels] * known_bag
+    ease_weight = bucket_weight(params["rank.ease_weight"], bag)
+    ease_weight = ease_weight * params["rank.ease_level"][bag.levels] * known_bag
     added = pairs * weight.unsqueeze(-2) + ease * ease_weight.unsqueeze(-2)
     same = bag.ids.unsqueeze(-2) == ids.unsqueeze(-1)
     known = (ids != 0).unsqueeze(-1)
@@ -160,13 +190,25 @@ def head_scores(
         interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1)
     else:
         interaction = a @ terms[:, 1:].mT
-    liked = params["rank.rating_weight"] * rating
+    liked = bucket_weight(params["rank.rating_weight"], bag) * rating
+    popular = bucket_weight(params["rank.pop_weight"], bag) * popularity(params, bag, ids)
     together = cooccurrence_scores(params, bag, ids) + ease_scores(params, bag, ids)
-    return terms[..., 0] + interaction + liked + bag_scores(params, bag, ids) + together
+    learned = terms[..., 0] + interaction + bag_scores(params, bag, ids)
+    learned = bucket_weight(params["rank.learned_weight"], bag) * learned
+    return learned + popular + liked + together
 
 
-# counted or solved from the training ratings, never trained
-STATISTICS = ("rank.cooccurrence", "rank.item_count", "rank.ease")
+def popularity(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """log(1 + n_i) (T|-, N): each item's count of training raters; with ``bag.rated`` (a
+    training user's episode) the user is left out of the counts, as in the other parts."""
+    count = params["rank.item_count"][ids]
+    if bag.rated is not None:
+        count = (count - bag.rated.gather(-1, ids.expand(len(bag.rated), -1))).clamp(min=0.0)
+    return torch.log1p(count)
+
+
+# counted or solved from the training ratings, or picked on validation users: never trained
+STATISTICS = ("rank.cooccurrence", "rank.item_count", "rank.ease", "rank.learned_weight")
 EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
 
 
@@ -205,7 +247,8 @@ def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> 
     targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(mean), -1)
     value = torch.log(EPSILON + mean.gather(-1, targets)) - torch.log(torch.tensor(EPSILON))
     has_bag = (keep.sum(-1, keepdim=True) > 0).to(share.dtype)
-    return params["rank.cooc_weight"] * value * has_bag * (targets != 0).to(share.dtype)
+    weight = bucket_weight(params["rank.cooc_weight"], bag)
+    return weight * value * has_bag * (targets != 0).to(share.dtype)
 
 
 def ease_precision(gram: Tensor, lam: float) -> Tensor:
@@ -236,7 +279,7 @@ def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     scores = scores.scatter_add(-1, bag.ids, weight)  # B's diagonal is 0: undo j = i
     targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(scores), -1)
     value = scores.gather(-1, targets) * (targets != 0).to(scores.dtype)
-    return params["rank.ease_weight"] * value
+    return bucket_weight(params["rank.ease_weight"], bag) * value
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

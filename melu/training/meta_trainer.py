@@ -22,7 +22,8 @@ from melu.config import Config
 from melu.errors import BundleError
 from melu.evaluation.metrics import error_sums
 from melu.model.estimator import Params, PreferenceEstimator
-from melu.model.maml import Examples, Lr, inner_rates, meta_loss, task_examples, trim
+from melu.model.linear import linear_applies
+from melu.model.maml import Examples, Kernel, Lr, inner_rates, meta_loss, task_examples, trim
 from melu.model.predict import predict_examples
 from melu.prepare import Prepared
 from melu.tasks import TaskSet
@@ -33,6 +34,7 @@ from melu.training.distributed import (
     contiguous_range,
 )
 from melu.training.episodes import episodes, hidden_ids, hide_items
+from melu.training.packed import packed_examples
 
 GradHook = Callable[[list[Tensor]], None]
 
@@ -55,6 +57,8 @@ class MetaTrainer:
         torch.manual_seed(config.train.seed)
         self.model = PreferenceEstimator(config.model, prepared.features)
         self.fast = self.model.fast_names()
+        # the user offsets alone (the default model): their inner gradient in closed form
+        self.kernel: Kernel = "linear" if linear_applies(self.model, self.fast) else "batched"
         self.params: Params = {
             k: v.requires_grad_()
             for k, v in self.model.init_params(device=device, head=False).items()
@@ -66,7 +70,10 @@ class MetaTrainer:
                 for k in self.fast
             }
         self.optimizer = torch.optim.Adam(
-            self.trainable, lr=config.train.outer_lr, weight_decay=config.train.weight_decay
+            self.trainable,
+            lr=config.train.outer_lr,
+            weight_decay=config.train.weight_decay,
+            fused=True,  # one kernel for all parameters, not ~10 ops per parameter
         )
         self.tables = prepared.tables.to(device)
         self.train_ratings = prepared.train_ratings
@@ -121,7 +128,11 @@ class MetaTrainer:
 
         The tasks are sorted by support size and run in ``buckets`` vmapped groups, each
         trimmed to its own longest support: the same sum, with less padding to compute.
+        With the linear kernel (the default model) they run in one pass over their real
+        rows instead (``melu.training.packed``): no padding in the network at all.
         """
+        if self.kernel == "linear":
+            return self._packed_losses(indices)
         sizes = self.train_tasks.support_mask[indices].sum(1)
         order = indices[sizes.argsort(stable=True)]
         meta, losses, inners = self.config.meta, [], []
@@ -141,11 +152,24 @@ class MetaTrainer:
                     lr=self.lr,
                     first_order=meta.first_order,
                     fast=self.fast,
-                    kernel="batched",
+                    kernel=self.kernel,
                 )
             losses.append(per_task.float())
             inners.append(inner.float())
         return torch.cat(losses), torch.cat(inners)
+
+    def _packed_losses(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """``task_losses`` of the linear kernel: one packed pass over ``indices`` (B,)."""
+        meta = self.config.meta
+        with self.autocast():
+            support, query = packed_examples(
+                self.model, self.params, self.train_tasks, self.tables, indices, self.hidden
+            )
+            _, per_task, inner = meta_loss(
+                self.model, self.params, support, query, steps=meta.inner_steps, lr=self.lr,
+                first_order=meta.first_order, fast=self.fast, kernel="linear",
+            )  # fmt: skip
+        return per_task.float(), inner.float()
 
     def step(
         self,
@@ -163,7 +187,7 @@ class MetaTrainer:
         """
         indices = indices.to(self.device)
         denom = denominator or max(len(indices), 1)
-        grads = [torch.zeros_like(p) for p in self.trainable]
+        grads: list[Tensor] | None = None  # the first pass's gradients, later passes added
         per_task, inner = torch.zeros(0), torch.zeros(0, 2)
         if len(indices):
             sizes = self.train_tasks.support_mask[indices].sum(1)
@@ -172,11 +196,15 @@ class MetaTrainer:
             for part in ordered.split(self.max_tasks_per_pass):
                 part_losses, part_inner = self.task_losses(part)
                 part_grads = torch.autograd.grad(part_losses.sum() / denom, self.trainable)
-                for acc, g in zip(grads, part_grads, strict=True):
-                    acc += g
+                if grads is None:
+                    grads = _distinct(part_grads)
+                else:
+                    torch._foreach_add_(grads, list(part_grads))
                 losses.append(part_losses.detach())
                 inners.append(part_inner.detach())
             per_task, inner = torch.cat(losses).float(), torch.cat(inners).float()
+        if grads is None:  # an empty shard still joins the reduction, with zeros
+            grads = [torch.zeros_like(p) for p in self.trainable]
         for p, g in zip(self.trainable, grads, strict=True):
             p.grad = g
         if reduce_grads is not None:
@@ -253,6 +281,18 @@ class MetaTrainer:
         }
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _distinct(grads: tuple[Tensor, ...]) -> list[Tensor]:
+    """``grads`` with any tensor whose memory an earlier one already holds copied (autograd
+    may hand two leaves one buffer), so in-place clipping scales each gradient once."""
+    seen: set[int] = set()
+    out = []
+    for g in grads:
+        ptr = g.untyped_storage().data_ptr()
+        out.append(g.clone() if ptr in seen else g)
+        seen.add(ptr)
+    return out
 
 
 def init_item_factors(model: PreferenceEstimator, params: Params, prepared: Prepared) -> None:

@@ -19,13 +19,17 @@ from melu.evaluation.topn import TopNUsers, rank_users, user_metrics
 from melu.model import ranking
 
 
-def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> float:
-    """Mean NDCG@10 over the validation settings (users pooled)."""
-    values = [
+def validation_ndcgs(ranker: Any, users: list[TopNUsers], threshold: float) -> list[Tensor]:
+    """Per-user NDCG@10 of each validation setting."""
+    return [
         user_metrics(rank_users(ranker, u, 10), u.relevant(threshold), (10,))["ndcg@10"]
         for u in users
     ]
-    return float(torch.cat(values).mean())
+
+
+def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> float:
+    """Mean NDCG@10 over the validation settings (users pooled)."""
+    return float(torch.cat(validation_ndcgs(ranker, users, threshold)).mean())
 
 
 class EaseRanker:

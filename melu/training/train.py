@@ -137,8 +137,14 @@ class _RunState:
     best_lr: Params | None
 
 
-# TrainConfig fields a resumed run may change: how long to go on, and where to compute.
+# TrainConfig fields a resumed run may change: how long to go on, where to compute, and
+# (``rank_*``) how the ranking head is trained: it is trained after the rating part from
+# its best weights and is never in a checkpoint.
 RESUMABLE_CHANGES = ("epochs", "patience", "device")
+
+
+def _resumable(name: str) -> bool:
+    return name in RESUMABLE_CHANGES or name.startswith("rank_")
 
 
 def _check_resumable(ckpt: Path, saved: dict[str, Any], config: Config, fingerprint: str) -> None:
@@ -149,8 +155,8 @@ def _check_resumable(ckpt: Path, saved: dict[str, Any], config: Config, fingerpr
         now = getattr(config, section).to_dict()
         before = old.get(section, {})
         if section == "train":
-            now = {k: v for k, v in now.items() if k not in RESUMABLE_CHANGES}
-            before = {k: v for k, v in before.items() if k not in RESUMABLE_CHANGES}
+            now = {k: v for k, v in now.items() if not _resumable(k)}
+            before = {k: v for k, v in before.items() if not _resumable(k)}
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if changed:
             raise BundleError(
@@ -275,9 +281,8 @@ def train(
             inner_rates(config.meta, run.best_lr), report,
         )  # fmt: skip
         params.update(ranked.params)
-        best = next(r for r in ranked.history if r["epoch"] == ranked.best_epoch)
         metrics["rank_best_epoch"] = ranked.best_epoch
-        metrics["rank_val_ndcg@10"] = best.get("val_ndcg@10")
+        metrics["rank_val_ndcg@10"] = ranked.settings["kept"]["val_ndcg@10"]
         metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
