@@ -183,9 +183,12 @@ def _answer(jobs: list[Job]) -> None:
         try:
             answers = _compute(recommender, [j.request for j in jobs if j.request is not None])
         except InvalidInput as exc:
-            bad = exc.loc[0] if len(jobs) > 1 and exc.loc else None  # recommend_many's index
+            if len(jobs) == 1:  # recommend's own error
+                jobs[0].settle(error=exc)
+                return
+            bad = exc.loc[0] if exc.loc else None  # recommend_many names the request first
             if not isinstance(bad, int) or not 0 <= bad < len(jobs):
-                for job in jobs:  # not one request's fault, or a single one: each alone
+                for job in jobs:  # not one request's fault: each alone
                     _answer_alone(job)
                 return
             jobs.pop(bad).settle(error=InvalidInput(exc.loc[1:], exc.value, exc.reason))
