@@ -24,7 +24,7 @@ from fastapi_offline import FastAPIOffline
 
 from melu.bundle_checks import file_sha256
 from melu.serving import InvalidInput, Recommender, __version__
-from service.batching import ModelThread
+from service.batching import CountInFlight, InFlight, ModelThread
 from service.deps import Loaded
 from service.errors import (
     BodyLimit,
@@ -78,7 +78,8 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     settings = settings or Settings()
     slot = ModelSlot(settings.model, lambda path: load(settings.model_copy(update={"model": path})))
     slot.on_swap = model_changed
-    model_thread = ModelThread(settings.batch_wait_ms / 1e3, settings.batch_requests)
+    in_flight = InFlight()  # kept by CountInFlight; a group waits only while others come
+    model_thread = ModelThread(settings.batch_wait_ms / 1e3, settings.batch_requests, in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
             expose_headers=["x-request-id", "x-model-version"],
         )
     configure_logs()
+    app.add_middleware(CountInFlight, in_flight=in_flight)
     app.add_middleware(  # outermost: sees every response, 413s included
         Observe,
         current_version=lambda: slot.current.version if slot.current else None,

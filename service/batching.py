@@ -8,7 +8,8 @@ ran up to 40 requests at once on 2 cores, each slower than alone).
 
 Recommendations that wait for the model are grouped: the thread takes the first one
 queued, then whatever else is queued, waiting for more until ``MELU_BATCH_WAIT_MS`` after
-the first arrived or until ``MELU_BATCH_REQUESTS`` are together, and answers the group with
+the first arrived or until ``MELU_BATCH_REQUESTS`` are together (it waits only while other
+HTTP requests are in flight in the worker: a lone request is not held back), and answers the group with
 one ``Recommender.recommend_many`` call (one batched adaptation, the catalog scored for
 several people at once). A group of one is a plain ``recommend`` call: an idle server's
 answers are the one-at-a-time ones bit for bit; a group's answers equal them up to float
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import Histogram
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from melu.serving import InvalidInput, Recommendations, Recommender, Request
 
@@ -78,15 +80,43 @@ class Job:
             self.loop.call_soon_threadsafe(done)
 
 
+@dataclass
+class InFlight:
+    """How many HTTP requests the worker is handling right now, from their headers to their
+    last byte (kept by ``CountInFlight``): a group waits only while others are on their way."""
+
+    count: int = 0
+
+
+class CountInFlight:
+    """ASGI middleware that keeps ``in_flight.count`` (only the event loop's thread writes it)."""
+
+    def __init__(self, app: ASGIApp, in_flight: InFlight) -> None:
+        self.app, self.in_flight = app, in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.in_flight.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight.count -= 1
+
+
 class ModelThread:
     """The worker's one model thread: ``recommend`` (grouped) and ``call`` (alone).
 
     ``wait``: seconds a group stays open after its first request arrived (0: take only what
-    is already queued); ``size``: most requests in a group (1: no grouping).
+    is already queued); ``size``: most requests in a group (1: no grouping). ``in_flight``:
+    the worker's HTTP requests in flight; when given, a group stops waiting as soon as no
+    request beyond those it holds is in flight, so a lone request is answered at once
+    (without it, every group waits out ``wait``).
     """
 
-    def __init__(self, wait: float, size: int) -> None:
-        self.wait, self.size = wait, size
+    def __init__(self, wait: float, size: int, in_flight: InFlight | None = None) -> None:
+        self.wait, self.size, self.in_flight = wait, size, in_flight
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
@@ -141,6 +171,8 @@ class ModelThread:
         deadline = first.queued + self.wait
         while len(group) < self.size:
             left = deadline - time.perf_counter()
+            if left > 0 and self.in_flight and self.in_flight.count <= len(group) + len(alone):
+                left = 0  # nobody else on the way: take what is queued, wait no longer
             try:
                 job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:

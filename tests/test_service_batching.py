@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from service_fixtures import same_answer, serve_in_thread
+from service_fixtures import same_answer, serve_in_thread, wait_ready
 from test_service_concurrency import requests_for_users
 
 from melu.errors import ConfigError
@@ -157,3 +159,18 @@ def test_serve_help_names_the_group_flags() -> None:
     assert result.exit_code == 0, result.output
     assert "--batch-wait-ms" in result.output and "--batch-requests" in result.output
     assert "MELU_BATCH_WAIT_MS" in result.output
+
+
+def test_a_lone_request_does_not_wait_for_company(
+    bundle_path: Path, recommender: Recommender
+) -> None:
+    """A group stays open only while other requests are in flight: with a 1 s bound (the
+    most allowed), one request alone is still answered at once."""
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
+    settings = Settings(model=bundle_path, reload_interval=0, batch_wait_ms=1000)
+    body = {"user": {"age": 30}, "ratings": [{"item_id": 50, "rating": 5}], "k": 5}
+    with TestClient(create_app(settings, loaded)) as client:
+        wait_ready(lambda path: client.get(path).status_code)
+        started = time.perf_counter()
+        assert client.post("/v1/recommendations", json=body).status_code == 200
+        assert time.perf_counter() - started < 0.7
