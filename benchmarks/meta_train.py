@@ -1,172 +1,178 @@
-"""Meta-training throughput: our batched MAML step vs a per-task autograd loop, same run.
+"""Meta-training speed, like for like: melu's batched meta-gradient vs a plain per-task loop
+and vs the ``higher`` library, on the same ML-100K training tasks, in one run.
 
-Both compute the same meta-gradient (checked below: max |difference| is printed) of the
-mean post-adaptation query MSE over a meta-batch of ml-100k training tasks, with MeLU's
-model sizes. (a) is ``MetaTrainer.task_losses`` (tasks sorted into two size buckets,
-padded + masked, each bucket adapted at once by ``adapt(..., kernel="batched")`` with
-per-task MLP weights, no vmap); (b) is the textbook loop: per task, its own unpadded rows,
-``torch.autograd.grad(create_graph=True)`` fast weights, then one backward. Each figure is
-the best of ``--repeats`` timings. Also: peak RSS, and one full training epoch (default
-config: Adam step included) plus the validation pass.
+Every side computes the meta-gradient of the mean post-adaptation query MSE of the same
+meta-batches, from the same weights (the trainer's seeded initialisation):
 
-    .venv/bin/python benchmarks/meta_train.py [--device cpu|cuda] [--meta-batch 32,256]
+- melu: ``MetaTrainer.task_losses`` (what ``melu train`` runs: tasks sorted into size
+  buckets, gathered, padded + masked, adapted together by ``adapt(..., kernel="batched")``)
+  and one ``torch.autograd.grad``;
+- plain: what a user writes from the recipe, per task: ``torch.func.functional_call`` +
+  ``torch.autograd.grad(create_graph=True)`` (see ``benchmarks/meta_refs.py``: frozen
+  inputs computed once per task, unpadded rows, features gathered outside the timing);
+- higher: ``higher.innerloop_ctx`` on the same module (skipped if ``higher`` is not
+  installed: ``pip install -e '.[bench]'``).
+
+Timed alike: one warm-up pass each (also the gradient check: max |Δ meta-gradient| vs
+melu), then ``--rounds`` rounds; in each round every side runs the same ``--batches``
+meta-batches once, in an order that rotates between rounds. Ratios (side / melu, wall and
+CPU time) are paired within a round; the median over rounds is printed.
+
+    MELU_DATA_DIR=/work/shared/data python benchmarks/meta_train.py --threads 1 --rounds 7
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
-import resource
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from meta_refs import Reference, gather_tasks, higher_available, higher_loop, plain_loop
 from torch import Tensor
 
-from melu.config import Config, DataConfig, MetaConfig, TrainConfig
-from melu.model.maml import Examples, masked_mse
+from melu.config import Config
 from melu.prepare import prepare
-from melu.training.train import MetaTrainer
+from melu.training.meta_trainer import MetaTrainer
+
+Side = Callable[[], list[tuple[Tensor, ...]]]  # one pass: meta-gradients per meta-batch
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def melu_side(trainer: MetaTrainer, batches: list[Tensor]) -> Side:
+    params = list(trainer.params.values())
 
-
-def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def batched_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor, ...]]:
-    out = []
-    for idx in batches:
-        per_task, _ = trainer.task_losses(idx)
-        out.append(torch.autograd.grad(per_task.mean(), list(trainer.params.values())))
-    return out
-
-
-def loop_grads(trainer: MetaTrainer, batches: list[Tensor]) -> list[tuple[Tensor, ...]]:
-    """The straightforward reference: one task at a time, unpadded, autograd fast weights."""
-    meta, model, params, tasks = (
-        trainer.config.meta,
-        trainer.model,
-        trainer.params,
-        trainer.train_tasks,
-    )
-    out = []
-    for idx in batches:
-        losses = []
-        for t in idx.tolist():
-            s_n, q_n = int(tasks.support_mask[t].sum()), int(tasks.query_mask[t].sum())
-            user = tasks.user_rows[t : t + 1].long()
-            s_feat = trainer.tables.gather(user, tasks.support_items[t : t + 1, :s_n].long())
-            q_feat = trainer.tables.gather(user, tasks.query_items[t : t + 1, :q_n].long())
-            s_x, q_x = model.encode(params, s_feat), model.encode(params, q_feat)  # (1, N, ...)
-            s = Examples(s_feat, tasks.support_ratings[t, :s_n], tasks.support_mask[t, :s_n])
-            fast = {k: params[k] for k in trainer.fast}
-            lam = model.config.support_prior  # the inner loss: (SSE + λ‖θ − θ₀‖²) / (n + λ)
-            for _ in range(meta.inner_steps):
-                loss = masked_mse(model.score({**params, **fast}, s_x)[0], s.ratings, s.mask, lam)
-                for k in model.anchored:
-                    loss = loss + lam * ((fast[k] - params[k]) ** 2).sum() / (s_n + lam)
-                grads = torch.autograd.grad(
-                    loss, list(fast.values()), create_graph=not meta.first_order
-                )
-                fast = {
-                    k: v - meta.inner_lr * g for (k, v), g in zip(fast.items(), grads, strict=True)
-                }
-            pred = model.score({**params, **fast}, q_x)[0]
-            losses.append(((pred - tasks.query_ratings[t, :q_n]) ** 2).mean())
-        out.append(torch.autograd.grad(torch.stack(losses).mean(), list(params.values())))
-    return out
-
-
-def compare(trainer: MetaTrainer, batch_size: int, n_batches: int, repeats: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    n = len(trainer.train_tasks)
-    batches = [torch.randperm(n, generator=gen)[:batch_size] for _ in range(n_batches)]
-    batches = [b.to(trainer.device) for b in batches]
-    a = batched_grads(trainer, batches[:1])[0]
-    b = loop_grads(trainer, batches[:1])[0]
-    diff = max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
-    tv = best_time(lambda: batched_grads(trainer, batches), trainer.device, repeats)
-    tl = best_time(lambda: loop_grads(trainer, batches), trainer.device, max(1, repeats // 2))
-    m = trainer.config.meta
-    order = "first" if m.first_order else "second"
-    tasks = batch_size * n_batches
-    print(
-        f"B={batch_size:<5} steps={m.inner_steps} {order:<6}| batched {n_batches / tv:7.2f} "
-        f"batch/s {tasks / tv:8.0f} tasks/s | loop {n_batches / tl:7.2f} batch/s "
-        f"{tasks / tl:7.0f} tasks/s | ratio {tl / tv:5.1f}x | max|Δgrad| {diff:.1e}",
-        flush=True,
-    )
-
-
-def epoch_time(prepared, device: torch.device, repeats: int, config: Config, label: str) -> float:  # type: ignore[no-untyped-def]
-    """Seconds of one training epoch of ``config`` (its own tasks or episodes); prints it."""
-    trainer = MetaTrainer(config, prepared, device)
-    trainer.begin_epoch(1)
-    batches = trainer.meta_batches(1)
-
-    def epoch() -> None:
+    def run() -> list[tuple[Tensor, ...]]:
+        out = []
         for idx in batches:
-            trainer.step(idx)
+            per_task, _ = trainer.task_losses(idx)
+            out.append(torch.autograd.grad(per_task.mean(), params))
+        return out
 
-    te = best_time(epoch, device, repeats)
-    tv = best_time(lambda: trainer.evaluate(trainer.val_tasks), device, repeats)
-    rate = len(trainer.train_tasks) / te
-    print(
-        f"one ml-100k epoch, {label} (second order, {trainer.config.meta.inner_steps} "
-        f"steps, B={trainer.config.train.meta_batch}, {len(trainer.train_tasks)} tasks, Adam): "
-        f"{te:.3f} s ({rate:.0f} tasks/s); validation pass {tv:.3f} s"
+    return run
+
+
+def ref_side(trainer: MetaTrainer, batches: list[Tensor], loop: Callable) -> Side:  # type: ignore[type-arg]
+    ref = Reference(trainer)
+    tasks = [gather_tasks(trainer, idx) for idx in batches]
+    params = [ref.params[k] for k in trainer.params]
+
+    def run() -> list[tuple[Tensor, ...]]:
+        return [torch.autograd.grad(loop(ref, t), params) for t in tasks]
+
+    return run
+
+
+def timed(fn: Side) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def max_diff(a: list[tuple[Tensor, ...]], b: list[tuple[Tensor, ...]]) -> float:
+    return max(
+        float((x - y).abs().max())
+        for ga, gb in zip(a, b, strict=True)
+        for x, y in zip(ga, gb, strict=True)
     )
-    return rate
+
+
+def compare(trainer: MetaTrainer, label: str, batches: list[Tensor], rounds: int) -> dict:  # type: ignore[type-arg]
+    sides: dict[str, Side] = {
+        "melu": melu_side(trainer, batches),
+        "plain": ref_side(trainer, batches, plain_loop),
+    }
+    if higher_available():
+        sides["higher"] = ref_side(trainer, batches, higher_loop)
+    warm = {k: fn() for k, fn in sides.items()}  # the same warm-up pass for every side
+    diffs = {k: max_diff(warm["melu"], g) for k, g in warm.items() if k != "melu"}
+    names, times = list(sides), {k: [] for k in sides}  # type: ignore[var-annotated]
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            times[k].append(timed(sides[k]))
+    n_tasks = sum(len(b) for b in batches)
+    m = trainer.config.meta
+    row = {
+        "model": label, "steps": m.inner_steps, "order": "first" if m.first_order else "second",
+        "B": len(batches[0]), "tasks_per_s": {
+            k: n_tasks / statistics.median(w for w, _ in t) for k, t in times.items()
+        },
+    }  # fmt: skip
+    for k in names[1:]:
+        wall = [t[0] / o[0] for t, o in zip(times[k], times["melu"], strict=True)]
+        cpu = [t[1] / o[1] for t, o in zip(times[k], times["melu"], strict=True)]
+        row[k] = {
+            "wall": statistics.median(wall), "cpu": statistics.median(cpu),
+            "wall_range": (min(wall), max(wall)), "max_grad_diff": diffs[k],
+        }  # fmt: skip
+    print_row(row)
+    return row
+
+
+def print_row(row: dict) -> None:  # type: ignore[type-arg]
+    rate = row["tasks_per_s"]
+    head = f"{row['model']:<8} B={row['B']} steps={row['steps']} {row['order']:<6}"
+    parts = [f"melu {rate['melu']:6.0f} tasks/s"]
+    for k in ("plain", "higher"):
+        if k in row:
+            r = row[k]
+            lo, hi = r["wall_range"]
+            parts.append(
+                f"{k} {rate[k]:5.0f} tasks/s, {r['wall']:4.1f}x wall ({lo:.1f}-{hi:.1f}) "
+                f"{r['cpu']:4.1f}x cpu, max|Δgrad| {r['max_grad_diff']:.1e}"
+            )
+    print(head + " | " + " | ".join(parts), flush=True)
+
+
+def configs(which: str) -> dict[str, Config]:
+    out = {}
+    if which in ("both", "melu"):
+        out["melu"] = Config.from_dict(json.loads((ROOT / "configs/melu.json").read_text()))
+    if which in ("both", "default"):
+        out["default"] = Config()
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--meta-batch", default="32", help="comma-separated sizes")
+    parser.add_argument("--model", default="both", choices=["both", "melu", "default"])
+    parser.add_argument("--meta-batch", type=int, default=32)
     parser.add_argument("--steps", default="1,5", help="comma-separated inner step counts")
-    parser.add_argument("--batches", type=int, default=4, help="meta-batches per timing")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--order", default="second,first", help="second and/or first")
+    parser.add_argument("--batches", type=int, default=4, help="meta-batches per round")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--data-dir", default=os.environ.get("MELU_DATA_DIR", "data"))
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    prepared = prepare(DataConfig(dataset="ml-100k"), Path(args.data_dir), args.cache_dir)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    for batch_size in (int(b) for b in args.meta_batch.split(",")):
-        if batch_size > len(prepared.tasks["train"]):  # sample with replacement across batches
-            print(f"(B={batch_size} > {len(prepared.tasks['train'])} tasks: capped)")
-            batch_size = len(prepared.tasks["train"])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"higher {'installed' if higher_available() else 'not installed, skipped'}, "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    rows = []
+    for label, base in configs(args.model).items():
+        prepared = prepare(base.data, Path(args.data_dir), args.cache_dir)
         for steps in (int(s) for s in args.steps.split(",")):
-            for first_order in (False, True):
-                meta = MetaConfig(inner_steps=steps, first_order=first_order)
-                config = Config(meta=meta, train=TrainConfig(meta_batch=batch_size))
-                compare(
-                    MetaTrainer(config, prepared, device), batch_size, args.batches, args.repeats
+            for order in args.order.split(","):
+                meta = dataclasses.replace(
+                    base.meta, inner_steps=steps, first_order=order == "first"
                 )
-    melu_rate = epoch_time(prepared, device, args.repeats, Config.melu(), "MeLU's recipe")
-    ours = epoch_time(prepared, device, args.repeats, Config(), "default model")
-    print(f"default model vs MeLU's recipe, tasks/s: {ours / melu_rate:.2f}x")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {peak:.0f} MiB")
-    if device.type == "cuda":
-        print(f"peak CUDA memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+                train = dataclasses.replace(base.train, meta_batch=args.meta_batch)
+                config = dataclasses.replace(base, meta=meta, train=train)
+                trainer = MetaTrainer(config, prepared, torch.device("cpu"))
+                trainer.begin_epoch(1)  # the default model's episodes and hidden items
+                batches = trainer.meta_batches(1)[: args.batches]
+                rows.append(compare(trainer, label, batches, args.rounds))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from torch import Tensor
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureSpace
 from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.kernel_mlp import adapts_whole_mlp
 from melu.model.maml import (
     Examples,
     Kernel,
@@ -324,3 +325,32 @@ def assert_kernels_agree(
     for k in params:
         assert (grads["generic"][k] - grads[kernel][k]).abs().max() < 1e-10, k
     return batched, grads[kernel]
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_melu_recipe_row_space_path_equals_the_general_batched_kernel(first_order: bool) -> None:
+    """MeLU's recipe (exactly the MLP adapts, one rate) takes ``kernel_mlp``'s row-space
+    path; Meta-SGD rates of that same constant take the general batched kernel (per-task
+    W₀, hand-derived backward). Both give the same meta-loss, inner losses and meta-gradient
+    (float64), and continuing an adaptation from per-task parameters (as
+    ``predict_examples`` does) lands where one longer adaptation does."""
+    model, params = tiny_model("mlp")
+    fast = model.fast_names()
+    rates = {k: torch.tensor(LR, dtype=torch.float64) for k in fast}
+    assert adapts_whole_mlp(model, fast, LR) and not adapts_whole_mlp(model, fast, rates)
+    support, query = tiny_batch()
+    kw = {"steps": STEPS, "first_order": first_order, "kernel": "batched"}
+    out = {}
+    for name, lr in (("rows", LR), ("general", rates)):
+        loss, per_task, inner = meta_loss(model, params, support, query, lr=lr, **kw)  # type: ignore[arg-type]
+        out[name] = (per_task, inner, grads_of(loss, params))
+    assert (out["rows"][0] - out["general"][0]).abs().max() < 1e-12
+    assert (out["rows"][1] - out["general"][1]).abs().max() < 1e-12
+    for k in params:
+        assert (out["rows"][2][k] - out["general"][2][k]).abs().max() < 1e-10, k
+    whole, _ = adapt(model, params, support, steps=STEPS, lr=LR, kernel="batched")
+    part, _ = adapt(model, params, support, steps=1, lr=LR, kernel="batched")
+    rest, _ = adapt(model, part, support, steps=STEPS - 1, lr=LR, kernel="batched")
+    for k in fast:
+        assert rest[k].shape == whole[k].shape == (4, *params[k].shape)
+        assert (rest[k] - whole[k]).abs().max() < 1e-12, k

@@ -221,3 +221,19 @@ def test_mixing_picked_on_validation_never_lowers_it_and_is_what_the_head_ranks_
         top = rank_users(mixed, setting, 10)
         got = user_metrics(top, setting.relevant(4.0), (10,))["ndcg@10"].mean()
         assert float(got) == pytest.approx(expected, abs=2e-3)
+
+
+def test_new_items_are_not_ordered_by_their_content_predicted_rating() -> None:
+    """γ·r̂ enters only for known ids: an unknown id's score ignores its predicted rating."""
+    params = head_params(4)
+    params["rank.rating_weight"] = torch.full((5,), 2.0, dtype=torch.float64)
+    for counted in ("rank.item_count", "rank.cooccurrence"):  # counts and shares are >= 0
+        params[counted] = params[counted].abs()
+    bag = Bag(torch.tensor([[2, 3]]), torch.tensor([[4, 2]]), torch.tensor([[True, True]]))
+    ids = torch.tensor([0, 1, 4])
+    user, state = torch.randn(1, 3, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)
+    low, high = torch.ones(1, 3, dtype=torch.float64), 5 * torch.ones(1, 3, dtype=torch.float64)
+    a = ranking.head_scores(params, user, state, ids, bag, low)
+    b = ranking.head_scores(params, user, state, ids, bag, high)
+    assert float(a[0, 0]) == pytest.approx(float(b[0, 0]), abs=1e-12)  # unknown id
+    assert (b[0, 1:] - a[0, 1:]).tolist() == pytest.approx([8.0, 8.0])  # γ·Δr̂ = 2·4

@@ -9,8 +9,10 @@ to the original MeLU, whose ``load_state_dict`` fast weights silently cut the gr
 How each step's gradient is computed is the caller's explicit ``kernel`` choice:
 ``"generic"`` — one task, ``torch.func.grad`` (the reference; batch it with ``vmap``);
 ``"batched"`` — T tasks at once with per-task fast parameters, the MLP's gradient written
-out by hand (``melu.model.kernel``); ``"linear"`` — T tasks at once when only the user's
-bias and factor adapt, their gradient in closed form (``melu.model.linear``). tests/test_maml.py pins the two to each other (float64)
+out by hand (``melu.model.kernel``; MeLU's recipe, where exactly the MLP adapts, moves its
+first layer in row space: ``melu.model.kernel_mlp``); ``"linear"`` — T tasks at once when
+only the user's bias and factor adapt, their gradient in closed form (``melu.model.linear``).
+tests/test_maml.py pins them to each other (float64)
 and the meta-gradient to finite differences. The defaults (5 steps at lr 0.05 on the MLP)
 and why they differ from MeLU's are in RESULTS.md.
 """
@@ -28,6 +30,7 @@ from melu.config import MetaConfig
 from melu.features import FeatureBatch, FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
+from melu.model.kernel_mlp import adapts_whole_mlp, encode_and_adapt
 from melu.model.linear import (
     AffineExamples,
     affine,
@@ -96,6 +99,12 @@ def adapt(
     values it started from). Never mutates ``params``.
     """
     names = list(fast) if fast is not None else model.fast_names()
+    batched = kernel == "batched" and isinstance(support, Examples)
+    if batched and isinstance(support, Examples) and adapts_whole_mlp(model, names, lr):
+        assert not isinstance(lr, Mapping)  # adapts_whole_mlp: one rate
+        state, inner, _ = encode_and_adapt(model, params, *support, steps, lr, first_order)
+        whole = state.params()
+        return {k: whole.get(k, v) for k, v in params.items()}, inner
     frozen = {k: v for k, v in params.items() if k not in names}
     fast_params = {k: params[k] for k in names}
     if kernel != "generic":
@@ -273,6 +282,16 @@ def meta_loss(
     second order unless ``first_order``.
     """
     names = list(fast) if fast is not None else model.fast_names()
+    rows_in = isinstance(support, Examples) and isinstance(query, Examples)
+    if kernel == "batched" and rows_in and adapts_whole_mlp(model, names, lr):  # row space
+        assert isinstance(support, Examples) and isinstance(query, Examples)  # as checked
+        assert not isinstance(lr, Mapping)  # adapts_whole_mlp: one rate
+        state, inner, rows = encode_and_adapt(
+            model, params, *support, steps, lr, first_order, query.inputs
+        )
+        pred = state.predict(rows)
+        per_task = masked_mse(pred, query.ratings, query.mask)
+        return per_task.mean(), per_task, inner
     if kernel != "generic":
         adapted, inner = adapt(
             model, params, support, steps=steps, lr=lr, first_order=first_order, fast=names,

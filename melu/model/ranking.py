@@ -20,7 +20,8 @@ terms, each a function of ``(params, rows)`` like every other part:
   validation users), the user left out exactly while training (Sherman–Morrison);
 - a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
   factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking;
-- γ·r̂_i: the rating part's predicted rating after that ``adapt()``.
+- γ·r̂_i: the rating part's predicted rating after that ``adapt()`` (known ids only: a new
+  item's comes from its content alone and does not order new items better than chance).
 
 The weights π, γ, c, c_e and λ_L (the last scales the trained parts β + a_u·q + B-bag) are
 one per support-size bucket (``SUPPORT_BUCKETS``), picked on validation users
@@ -129,8 +130,9 @@ def item_terms(params: Mapping[str, Tensor], ids: Tensor) -> Tensor:
     """(β_i, q_i) (..., N, 1 + k_r) of items with id indices ``ids`` (..., N): a known id's
     own rows; unknown ids (0: new items, and ids hidden in training) share one learned
     bias and no factor. (A content estimate for them, trained on hidden ids, ranked the
-    validation users' new items below chance, so the head has none; new items are ordered
-    by the rating part's predicted rating, which does use their content.)"""
+    validation users' new items below chance, so the head has none; and ordering them by the
+    rating part's content-based predicted rating scored below the tie order every baseline
+    gives, so that does not enter either: new items tie, in catalog order.)"""
     own = torch.cat(
         [params["rank.item_bias"][ids].unsqueeze(-1), params["rank.item_factor"][ids]], dim=-1
     )
@@ -190,7 +192,9 @@ def head_scores(
         interaction = (terms[..., 1:] * a.unsqueeze(-2)).sum(-1)
     else:
         interaction = a @ terms[:, 1:].mT
-    liked = bucket_weight(params["rank.rating_weight"], bag) * rating
+    # new items (unknown id 0) get no γ·r̂: their predicted rating comes from content alone,
+    # and ordering them by it scored below the tie every baseline gives (RESULTS.md)
+    liked = bucket_weight(params["rank.rating_weight"], bag) * rating * (ids != 0).to(rating.dtype)
     popular = bucket_weight(params["rank.pop_weight"], bag) * popularity(params, bag, ids)
     together = cooccurrence_scores(params, bag, ids) + ease_scores(params, bag, ids)
     learned = terms[..., 0] + interaction + bag_scores(params, bag, ids)

@@ -1,0 +1,208 @@
+"""MeLU's recipe in the batched kernel: the whole MLP adapts, its first layer in row space.
+
+When exactly the MLP adapts (``fast_params="mlp"``, no additive parts, one learning rate),
+the first layer's per-task weight W₀ = [W₀ᵤ W₀ᵢ] (T, H, E_u + E_i) never needs to exist
+inside the inner loop. Its gradient is gᵤ = γ ⊗ u and gᵢ = Gᵀ X, with G (T, N, H) the
+gradient at the first pre-activations, γ = Σₙ G its row sum, u (T, E_u) the user's and
+X (T, N, E_i) the support rows' embeddings. So one SGD step moves the first pre-activations
+by exact identities:
+
+    user share   a = W₀ᵤ u + b₀   →  a − lr · γ · (1 + u·u)
+    item share   P = X W₀ᵢᵀ       →  P − lr · (X Xᵀ) G
+
+with the Gram matrix X Xᵀ (T, N, N) formed once. That is N²·H multiply-adds per step
+instead of 2·N·E_i·H for the forward matmul and the weight gradient (N ≤ 90 < E_i = 160 at
+MeLU's sizes), in the inner loop and in the meta-gradient through it. The adapted W₀ is
+built once at the end from the summed G: W₀ − lr · [Σγ ⊗ u, (ΣG)ᵀ X]. Same math as
+``kernel.batched_step`` + SGD (first order: the factors the gradient brings in are
+detached, as FOMAML detaches the gradient); tests/test_maml.py pins the two to each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from melu.features import FeatureBatch
+from melu.model.estimator import Encoded, Params, PreferenceEstimator
+
+
+def adapts_whole_mlp(model: PreferenceEstimator, fast: Sequence[str], lr: object) -> bool:
+    """Whether ``mlp_adapt`` applies: the fast group is exactly the MLP's parameters (so no
+    embedding adapts), the model has no additive parts and ``lr`` is one rate (a
+    per-parameter Meta-SGD rate on W₀ breaks the identities)."""
+    mlp = {name for pair in model.linears for name in pair}
+    return set(fast) == mlp and not model.parts and isinstance(lr, int | float)
+
+
+class RowSpace(NamedTuple):
+    """T tasks' MLP after ``mlp_adapt``: the adapted later layers and the first layer's
+    move in row space (its W₀ is built only when asked for, by ``params``)."""
+
+    model: PreferenceEstimator
+    start: Mapping[str, Tensor]  # the MLP parameters adaptation started from
+    later: Params  # the adapted layers after the first, each (T, ...)
+    moved: Tensor | None  # ΣG (T, N, H) over the steps (None: no step)
+    user: Tensor  # (T, E_u) the support's user embeddings, as the gradient saw them
+    items: Tensor  # (T, N, E_i) the support rows' embeddings, as the gradient saw them
+    lr: float
+
+    def first(self, encoded: Encoded) -> Tensor:
+        """The adapted first layer's pre-activations (T, Q, H) of rows ``encoded``
+        (user (T, E_u), items (T, Q, E_i)) of the same T tasks."""
+        (w0, b0), width = self.model.linears[0], self.model.user_width
+        weight = self.start[w0]  # (…, H, W)
+        user = (encoded.user.unsqueeze(-2) @ weight[..., :width].mT) + self.start[b0].unsqueeze(-2)
+        out = encoded.items @ weight[..., width:].mT + user  # (T, Q, H)
+        if self.moved is None:
+            return out
+        spread = 1 + (encoded.user * self.user).sum(-1, keepdim=True)  # (T, 1)
+        out = torch.add(out, (self.moved.sum(-2) * spread).unsqueeze(-2), alpha=-self.lr)
+        return torch.baddbmm(out, encoded.items @ self.items.mT, self.moved, alpha=-self.lr)
+
+    def predict(self, encoded: Encoded) -> Tensor:
+        """The adapted MLP's predictions (T, Q) of rows ``encoded`` of the same T tasks."""
+        return _forward(self.model, self.later, self.first(encoded))[0][-1].squeeze(-1)
+
+    def params(self) -> Params:
+        """The adapted MLP parameters, each (T, ...): W₀ − lr · [Σγ ⊗ u, (ΣG)ᵀ X], …"""
+        (w0, b0), shapes, tasks = self.model.linears[0], self.model.shapes(), self.user.shape[0]
+        out = {k: _per_task(v, shapes[k], tasks) for k, v in self.later.items()}
+        weight, bias = self.start[w0], self.start[b0]
+        if self.moved is None:
+            return {
+                **out,
+                w0: _per_task(weight, shapes[w0], tasks),
+                b0: _per_task(bias, shapes[b0], tasks),
+            }
+        g_sum = self.moved.sum(-2)  # (T, H)
+        g_user = g_sum.unsqueeze(-1) * self.user.unsqueeze(-2)  # (T, H, E_u)
+        g_weight = torch.cat([g_user, self.moved.mT @ self.items], dim=-1)  # (T, H, W)
+        return {**out, w0: weight - self.lr * g_weight, b0: bias - self.lr * g_sum}
+
+
+def mlp_adapt(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    encoded: Encoded,
+    ratings: Tensor,
+    mask: Tensor,
+    *,
+    steps: int,
+    lr: float,
+    first_order: bool,
+) -> tuple[RowSpace, Tensor]:
+    """``steps`` SGD steps on T tasks' masked support MSE, every MLP parameter per task.
+
+    ``encoded``: user (T, E_u), items (T, N, E_i); ``ratings``, ``mask`` (T, N). The MLP
+    parameters in ``params`` are shared ((H, W), …) or already per task ((T, H, W), …).
+    Returns the adapted MLP (``RowSpace``: its ``params()``, or ``predict`` of the tasks'
+    other rows) and the support losses before each step and after the last
+    (T, steps + 1). Differentiable to second order unless ``first_order``.
+    """
+    m = mask.to(ratings.dtype)
+    count = (m.sum(-1) + model.config.support_prior).clamp(min=1.0)  # (T,)
+    coef = (2 * m / count.unsqueeze(-1)).unsqueeze(-1)  # (T, N, 1): d loss / d pred
+    fixed = Encoded(
+        *(encoded.user.detach(), encoded.items.detach()) if first_order else encoded[:2],
+        encoded.ids,
+    )  # the factors a gradient brings in (FOMAML: detached with it)
+    gram = encoded.items @ fixed.items.mT  # (T, N, N)
+    spread = 1 + (encoded.user * fixed.user).sum(-1, keepdim=True)  # (T, 1)
+    mlp = {k: params[k] for pair in model.linears for k in pair}
+    state = RowSpace(model, mlp, {k: mlp[k] for pair in model.linears[1:] for k in pair},
+                     None, fixed.user, fixed.items, lr)  # fmt: skip
+    first = state.first(encoded)  # (T, N, H): the first layer's pre-activations
+    losses = []
+    for step in range(steps + 1):
+        pre, hidden = _forward(model, state.later, first)
+        residual = pre[-1].squeeze(-1) - ratings  # (T, N)
+        losses.append((residual * residual * m).sum(-1) / count)
+        if step == steps:
+            break
+        cotangent = residual.unsqueeze(-1) * coef
+        grads, g = _backward(model, state.later, pre[:-1], hidden, cotangent)
+        if first_order:
+            grads, g = {k: v.detach() for k, v in grads.items()}, g.detach()
+        later = {k: torch.add(v, grads[k], alpha=-lr) for k, v in state.later.items()}
+        moved = (g.sum(-2) * spread).unsqueeze(-2)  # (T, 1, H): the user share's move
+        first = torch.baddbmm(torch.add(first, moved, alpha=-lr), gram, g, alpha=-lr)
+        state = state._replace(later=later, moved=g if state.moved is None else state.moved + g)
+    return state, torch.stack(losses, dim=-1)
+
+
+def encode_and_adapt(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    support: FeatureBatch,
+    ratings: Tensor,
+    mask: Tensor,
+    steps: int,
+    lr: float,
+    first_order: bool,
+    query: FeatureBatch | None = None,
+) -> tuple[RowSpace, Tensor, Encoded]:
+    """``mlp_adapt`` on T tasks' support features (T, N, ...) with their ``ratings`` and
+    ``mask`` (T, N); ``query`` features (T, Q, ...) are encoded in the same embedding pass
+    (and backward). Returns the adapted MLP, the inner losses and the encoded query rows
+    (the support's when there is no ``query``)."""
+    n, inputs = mask.shape[-1], support
+    if query is not None:
+        inputs = {k: torch.cat([v, query[k]], dim=1) for k, v in inputs.items()}
+    rows = model.encode(params, inputs)
+    parts = [
+        Encoded(rows.user, rows.items[:, s], rows.ids[:, s]) for s in (slice(n), slice(n, None))
+    ]
+    state, inner = mlp_adapt(
+        model, params, parts[0], ratings, mask, steps=steps, lr=lr, first_order=first_order
+    )
+    return state, inner, parts[1] if query is not None else parts[0]
+
+
+def _forward(
+    model: PreferenceEstimator, later: Params, first: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The layers after the first, from its pre-activations ``first`` (T, N, H): every
+    pre-activation (the last one the predictions (T, N, 1)) and the hidden ReLU outputs."""
+    pre, hidden = [first], []
+    for w, b in model.linears[1:]:
+        hidden.append(pre[-1].relu())
+        weight, bias = later[w], later[b].unsqueeze(-2)
+        if weight.dim() == 3:  # per task: the bias add fused into the batched matmul
+            pre.append(torch.baddbmm(bias, hidden[-1], weight.mT))
+        else:  # shared (before the first step): one matmul over all rows
+            pre.append(hidden[-1] @ weight.mT + bias)
+    return pre, hidden
+
+
+def _backward(
+    model: PreferenceEstimator,
+    later: Params,
+    pre: list[Tensor],
+    hidden: list[Tensor],
+    cotangent: Tensor,
+) -> tuple[Params, Tensor]:
+    """Gradients of the layers after the first ((T, ...) each) and G (T, N, H), the
+    gradient at the first pre-activations, from ``cotangent`` (T, N, 1) = d loss / d pred.
+    ``pre`` / ``hidden``: the hidden layers' pre-activations and ReLU outputs (T, N, H)."""
+    grads: Params = {}
+    grad = cotangent
+    layers = zip(reversed(model.linears[1:]), reversed(pre), reversed(hidden), strict=True)
+    for (w, b), a, h in layers:
+        grads[b] = grad.sum(-2)  # (T, H_out)
+        if grad.shape[-1] == 1:  # the output layer: outer products, not K=1 matmuls
+            grads[w] = (grad * h).sum(-2, keepdim=True)  # (T, 1, H_in)
+            grad = grad * later[w]  # (T, N, H_in)
+        else:
+            grads[w] = grad.mT @ h  # (T, H_out, H_in)
+            grad = grad @ later[w]  # (T, N, H_in)
+        grad = torch.ops.aten.threshold_backward(grad, a, 0)  # · (a > 0), one op
+    return grads, grad
+
+
+def _per_task(value: Tensor, shape: torch.Size, tasks: int) -> Tensor:
+    """``value`` of parameter shape ``shape`` with a leading task dim T (a view if shared)."""
+    return value if value.dim() > len(shape) else value.expand(tasks, *shape)
