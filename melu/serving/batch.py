@@ -30,7 +30,7 @@ from melu.serving.types import Adaptation, Recommendations, Request
 if TYPE_CHECKING:
     from melu.serving.recommender import Recommender
 
-SCORE_CHUNK = 4  # users scored together: (4, I, H) activations near L2 size (fastest here, 2-core EPYC)
+SCORE_CHUNK = 4  # users scored together: (4, I, H) activations near L2 (fastest on 2-core EPYC)
 
 
 @dataclass(frozen=True)
