@@ -3,7 +3,8 @@
 A missing or corrupt bundle makes start-up fail (``BundleError`` from the lifespan), so
 uvicorn exits instead of serving a half-ready app. The model then warms up in a thread
 (``GET /ready``: 503 until it has) and ``MELU_RELOAD_INTERVAL`` polls for a new bundle
-(``service.slot``). ``uvicorn --factory
+(``service.slot``). Model work runs on one thread per worker, which groups
+recommendations that arrive together (``service.batching``). ``uvicorn --factory
 service.app:create_app`` builds it from ``MELU_*`` environment variables (one per worker).
 """
 
@@ -23,6 +24,7 @@ from fastapi_offline import FastAPIOffline
 
 from melu.bundle_checks import file_sha256
 from melu.serving import InvalidInput, Recommender, __version__
+from service.batching import CountInFlight, InFlight, ModelThread
 from service.deps import Loaded
 from service.errors import (
     BodyLimit,
@@ -76,11 +78,14 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     settings = settings or Settings()
     slot = ModelSlot(settings.model, lambda path: load(settings.model_copy(update={"model": path})))
     slot.on_swap = model_changed
+    in_flight = InFlight()  # kept by CountInFlight; a group waits only while others come
+    model_thread = ModelThread(settings.batch_wait_ms / 1e3, settings.batch_requests, in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         slot.start(loaded or load(settings))  # a bundle that cannot load stops start-up
+        model_thread.start()
         tasks = [asyncio.create_task(_warm(slot))]
         if settings.reload_interval > 0:
             tasks.append(asyncio.create_task(slot.poll(settings.reload_interval)))
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         finally:
             for task in tasks:
                 task.cancel()
+            model_thread.stop()
 
     app = FastAPIOffline(  # /docs and /redoc with their assets served locally, no CDN
         title="melu",
@@ -100,6 +106,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     )
     app.state.settings = settings
     app.state.slot = slot
+    app.state.model_thread = model_thread
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(InvalidInput, invalid_input_handler)
@@ -116,6 +123,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
             expose_headers=["x-request-id", "x-model-version"],
         )
     configure_logs()
+    app.add_middleware(CountInFlight, in_flight=in_flight)
     app.add_middleware(  # outermost: sees every response, 413s included
         Observe,
         current_version=lambda: slot.current.version if slot.current else None,

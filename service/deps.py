@@ -1,4 +1,6 @@
-"""Dependencies shared by the routers: the served model (from ``service.slot``) and settings."""
+"""Dependencies shared by the routers: the served model (from ``service.slot``), the model
+thread (``service.batching``) and settings. ``async def``: they only read app state, and a
+sync dependency would cost every request a hop through the thread pool."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from melu.serving import Recommender
+from service.batching import ModelThread
 from service.errors import Unavailable
 from service.settings import Settings
 
@@ -21,7 +24,7 @@ class Loaded:
     dataset: str
 
 
-def get_loaded(request: Request) -> Loaded:
+async def get_loaded(request: Request) -> Loaded:
     """The model this request is answered with, taken once: a reload that swaps the slot
     meanwhile does not change it. 503 while no model is loaded."""
     loaded = request.app.state.slot.current
@@ -31,11 +34,11 @@ def get_loaded(request: Request) -> Loaded:
     return loaded  # type: ignore[no-any-return]
 
 
-def get_ready(request: Request) -> Loaded:
+async def get_ready(request: Request) -> Loaded:
     """As ``get_loaded``, for the routes that compute with the model: 503 naming why until
     the model has passed its warm-up (finite scores), so a model that cannot answer never
     does."""
-    loaded = get_loaded(request)
+    loaded = await get_loaded(request)
     slot = request.app.state.slot
     if not slot.ready:
         why = slot.failure or "the model is warming up"
@@ -43,10 +46,16 @@ def get_ready(request: Request) -> Loaded:
     return loaded
 
 
-def get_settings(request: Request) -> Settings:
+async def get_model_thread(request: Request) -> ModelThread:
+    """The worker's one model thread (``service.batching``): every model computation."""
+    return request.app.state.model_thread  # type: ignore[no-any-return]
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
 LoadedDep = Annotated[Loaded, Depends(get_loaded)]
 ReadyDep = Annotated[Loaded, Depends(get_ready)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelThreadDep = Annotated[ModelThread, Depends(get_model_thread)]

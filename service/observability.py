@@ -22,7 +22,8 @@ Metrics (``GET /metrics``, Prometheus text format, ``prometheus-client``):
 and status; ``melu_adaptation_seconds`` (inner loop per request, per batch for the batch
 route); ``melu_request_ratings`` (ratings per person); ``melu_model_info{version,dataset}``
 (1 for the served model, 0 for one swapped out); ``melu_model_reloads_total{outcome}``;
-and the ``process_*`` metrics of the default registry. No ``*_created`` series.
+``melu_batch_requests`` and ``melu_batch_queue_wait_seconds`` (declared with the model
+thread, ``service.batching``); and the ``process_*`` metrics of the default registry. No ``*_created`` series.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (``melu serve --workers N`` sets it) it is
 prometheus-client's documented multiprocess mode: every worker writes its values there and

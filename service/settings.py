@@ -52,6 +52,20 @@ class Settings(BaseSettings):
         ge=1,
         description="most items answered by one batch request: the sum of k over its users",
     )
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="milliseconds a group of POST /v1/recommendations waiting for the model "
+        "stays open for more after its first arrived (0: only those already waiting)",
+    )
+    batch_requests: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="most POST /v1/recommendations answered by one batched model call "
+        "(1: one at a time)",
+    )
     reload_interval: float = Field(
         10.0, ge=0, description="seconds between checks of MELU_MODEL for a new bundle (0: off)"
     )

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -143,3 +144,23 @@ def serve_in_thread(app: object, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def same_answer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two JSON recommendation answers agree up to float rounding: scores (predicted
+    ratings) equal position by position within 1e-5, support losses within 1e-4 relative,
+    and the same items in the same order but for ties (where the items differ, ``a``'s item
+    has the same score in ``b``, or ``b``'s last score: a tie group cut at the end)."""
+    x = [(i["item_id"], i["score"]) for i in a["items"]]
+    y = [(i["item_id"], i["score"]) for i in b["items"]]
+    if len(x) != len(y) or any(abs(s - t) > 1e-5 for (_, s), (_, t) in zip(x, y, strict=True)):
+        return False
+    for name in ("support_loss_before", "support_loss_after"):
+        u, v = a["adaptation"][name], b["adaptation"][name]
+        if (u is None) != (v is None) or (u is not None and abs(u - v) > 1e-4 * abs(v)):
+            return False
+    scores = dict(y)
+    return a["adaptation"]["steps"] == b["adaptation"]["steps"] and all(
+        i == j or abs(scores.get(i, y[-1][1]) - s) <= 1e-5
+        for (i, s), (j, _) in zip(x, y, strict=True)
+    )

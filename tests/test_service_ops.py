@@ -244,11 +244,16 @@ def test_requests_in_flight_finish_on_their_model(reloadable: tuple[Path, Path, 
         assert entered.wait(30)
         point(live, b)
         assert slot.check() == "swapped"  # while the request is still computing
-        during = client.post("/v1/recommendations", json=BODY)  # new requests: new model
+        later: list[Any] = []  # a new request gets the new model (computed after the held
+        second = threading.Thread(  # one: the worker's one model thread is busy with it)
+            target=lambda: later.append(client.post("/v1/recommendations", json=BODY))
+        )
+        second.start()
         release.set()
         thread.join(30)
-        (reply,) = replies
-        assert reply.status_code == 200
+        second.join(30)
+        (reply,), (during,) = replies, later
+        assert reply.status_code == during.status_code == 200
         assert reply.json()["model"]["version"] == old.version
         assert reply.headers["x-model-version"] == old.version
         assert during.json()["model"]["version"] == slot.current.version != old.version

@@ -6,12 +6,14 @@ once it is replaced."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,9 @@ def model_pids(port: int) -> set[str]:
     return {s.labels["pid"] for s in family.samples if s.value == 1}  # type: ignore[attr-defined]
 
 
+GROUPING = ["--batch-wait-ms", "100", "--batch-requests", "4"]  # reach every worker
+
+
 def rss_mib(pid: int | str) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
@@ -53,7 +58,7 @@ def workers(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     command = [sys.executable, "-m", "melu", "serve", "--model", str(bundle_path)]
     with log.open("w") as stderr:
         server = subprocess.Popen(
-            [*command, "--port", str(port), "--workers", "2"],
+            [*command, "--port", str(port), "--workers", "2", *GROUPING],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -99,6 +104,32 @@ def test_metrics_add_up_over_workers_as_typed_multiprocess_metrics(workers: tupl
         memory = found["melu_worker_resident_memory_bytes"]
         assert memory.type == "gauge"  # type: ignore[attr-defined]
         assert len({s.labels["pid"] for s in memory.samples}) == 2  # type: ignore[attr-defined]
+
+
+def post(port: int, body: bytes) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", "/v1/recommendations", body, {"content-type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def test_the_grouping_flags_reach_the_workers_and_groups_add_up(workers: tuple) -> None:
+    _, port, _ = workers
+    bodies = [
+        json.dumps({"user": {"age": 20 + i}, "ratings": [{"item_id": 50, "rating": 5}], "k": 5})
+        for i in range(12)
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:  # new connections: both workers get some
+        assert list(pool.map(lambda b: post(port, b.encode()), bodies)) == [200] * len(bodies)
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for s in families(port)["melu_batch_requests"].samples  # type: ignore[attr-defined]
+    }
+    groups = samples[("melu_batch_requests_count", None)]
+    assert samples[("melu_batch_requests_sum", None)] == len(bodies)  # summed over workers
+    assert groups < len(bodies)  # requests that came together were answered together ...
+    assert samples[("melu_batch_requests_bucket", "4.0")] == groups  # ... at most 4 at once
 
 
 def test_the_supervisor_holds_no_model(workers: tuple) -> None:

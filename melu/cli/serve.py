@@ -209,11 +209,32 @@ def serve(
     log_format: Annotated[
         str, typer.Option(help="json: one JSON object per line (log collectors); text: people")
     ] = "json",
+    batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1000,
+            help="ms a group of POST /v1/recommendations waiting for the model stays open "
+            "for more after its first arrived; each group is one batched model call "
+            "(0: only those already waiting; default MELU_BATCH_WAIT_MS, else 2)",
+        ),
+    ] = None,
+    batch_requests: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="most POST /v1/recommendations in one group (1: one at a time; default "
+            "MELU_BATCH_REQUESTS, else 32)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (docs at /docs, onboarding page at /, metrics at /metrics).
 
-    Everything the server writes (uvicorn's lines, reloads, one line per request) goes to
-    stderr in one format. Other settings: MELU_* environment variables (MELU_RELOAD_INTERVAL,
+    Each worker computes on one model thread; recommendations that arrive together are
+    answered by one batched call (--batch-wait-ms, --batch-requests). Everything the
+    server writes (uvicorn's lines, reloads, one line per request) goes to stderr in one
+    format. Other settings: MELU_* environment variables (MELU_RELOAD_INTERVAL,
     MELU_MAX_BATCH, MELU_CORS_ORIGINS, ...). With --workers N > 1 the bundle is checked in a
     child process, then a light supervisor (no torch, no model) starts N workers that each
     load it; Prometheus metrics are aggregated over the workers through
@@ -234,6 +255,10 @@ def serve(
     from service.settings import Settings, from_env
 
     check_listen(host, port)
+    grouping = {"MELU_BATCH_WAIT_MS": batch_wait_ms, "MELU_BATCH_REQUESTS": batch_requests}
+    for name, given in grouping.items():
+        if given is not None:  # the workers of --workers N read it from there too
+            os.environ[name] = str(given)
     folder = find_bundle(model).absolute()  # not resolve(): a swapped symlink is a reload
     os.environ["MELU_MODEL"] = str(folder)
     settings = from_env(Settings, model=folder, host=host, port=port, workers=workers)

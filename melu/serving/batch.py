@@ -32,7 +32,7 @@ from melu.serving.types import Adaptation, Recommendations, Request
 if TYPE_CHECKING:
     from melu.serving.recommender import Recommender
 
-SCORE_CHUNK = 8  # users scored together: (8, I, H) activations stay in cache (fastest on CPU)
+SCORE_CHUNK = 4  # users scored together: (4, I, H) activations near L2 (fastest on 2-core EPYC)
 
 
 @dataclass(frozen=True)

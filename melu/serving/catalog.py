@@ -32,7 +32,7 @@ class Catalog:
         order = np.argsort(self.item_ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.item_ids[order], order
         self._titles = TitleIndex(self.titles, self.n_ratings)  # search keys, built once
-        self._items = [  # frozen, so one per row serves every answer
+        self._items = [  # described once: answers name their items without rebuilding them
             Item(int(i), t, y, g)
             for i, t, y, g in zip(self.item_ids, self.titles, self.years, self.genres, strict=True)
         ]
@@ -41,7 +41,7 @@ class Catalog:
         return len(self.item_ids)
 
     def item(self, row: int) -> Item:
-        return self._items[row]
+        return self._items[row]  # frozen: shared by every answer
 
     def rows(
         self, item_ids: Iterable[int], loc: Loc, *, field: Loc = (), unique: bool = False

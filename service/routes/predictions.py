@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.deps import ReadyDep, SettingsDep
+from service.deps import ModelThreadDep, ReadyDep, SettingsDep
 from service.observability import observe_request
 from service.routes.common import (
     adaptation,
@@ -20,14 +20,18 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 
 
 @router.post("/predictions", response_model=PredictionResponse, responses=ERRORS)
-def predict(
-    body: PredictionRequest, loaded: ReadyDep, settings: SettingsDep, request: Request
+async def predict(
+    body: PredictionRequest,
+    loaded: ReadyDep,
+    settings: SettingsDep,
+    model: ModelThreadDep,
+    request: Request,
 ) -> PredictionResponse:
     """Predicted rating (clamped to the scale) of each of `item_ids`, in request order."""
     check_size("ratings", body.ratings, settings.max_ratings, "MELU_MAX_RATINGS")
     check_size("item_ids", body.item_ids, settings.max_items, "MELU_MAX_ITEMS")
-    scores, info = loaded.recommender.predict(
-        user_dict(body.user), pairs(body.ratings), body.item_ids
+    scores, info = await model.call(
+        loaded.recommender.predict, user_dict(body.user), pairs(body.ratings), body.item_ids
     )
     observe_request(request.scope, "predictions", [len(body.ratings)], info.seconds)
     check_finite(scores, loaded)

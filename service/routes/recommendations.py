@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from melu.serving import InvalidInput
 from melu.serving import Request as Wanted
-from service.deps import ReadyDep, SettingsDep
+from service.deps import ModelThreadDep, ReadyDep, SettingsDep
 from service.observability import observe_request
 from service.routes.common import adaptation, check_size, model_ref, pairs, scored, user_dict
 from service.schemas import (
@@ -34,17 +34,21 @@ def _checked(body: RecommendationRequest, settings: Settings) -> Wanted:
 
 
 @router.post("/recommendations", response_model=RecommendationResponse, responses=ERRORS)
-def recommend(
-    body: RecommendationRequest, loaded: ReadyDep, settings: SettingsDep, request: Request
+async def recommend(
+    body: RecommendationRequest,
+    loaded: ReadyDep,
+    settings: SettingsDep,
+    model: ModelThreadDep,
+    request: Request,
 ) -> RecommendationResponse:
     """Rank the catalog (or `candidate_ids`) for a new user after adapting to `ratings`.
 
-    Zero ratings is fine: the ranking then uses the user's features only.
+    Zero ratings is fine: the ranking then uses the user's features only. Requests that
+    arrive together are adapted together (MELU_BATCH_WAIT_MS, MELU_BATCH_REQUESTS); the
+    answer is this request's alone either way.
     """
     wanted = _checked(body, settings)
-    result = loaded.recommender.recommend(
-        wanted.user, wanted.ratings, wanted.k, wanted.exclude_rated, wanted.candidates
-    )
+    result = await model.recommend(loaded.recommender, wanted)
     observe_request(
         request.scope, "recommendations", [len(body.ratings)], result.adaptation.seconds
     )
@@ -56,8 +60,12 @@ def recommend(
 
 
 @router.post("/recommendations/batch", response_model=BatchResponse, responses=ERRORS)
-def recommend_batch(
-    body: BatchRequest, loaded: ReadyDep, settings: SettingsDep, request: Request
+async def recommend_batch(
+    body: BatchRequest,
+    loaded: ReadyDep,
+    settings: SettingsDep,
+    model: ModelThreadDep,
+    request: Request,
 ) -> BatchResponse:
     """Recommendations for up to MELU_MAX_BATCH users, adapted together in one batched pass,
     answering at most MELU_MAX_BATCH_ITEMS items in all (the sum of k over the users).
@@ -83,7 +91,7 @@ def recommend_batch(
         except InvalidInput as exc:
             raise InvalidInput(("users", i, *exc.loc), exc.value, exc.reason) from None
     try:
-        results = loaded.recommender.recommend_many(wanted)
+        results = await model.call(loaded.recommender.recommend_many, wanted)
     except InvalidInput as exc:
         raise InvalidInput(("users", *exc.loc), exc.value, exc.reason) from None
     seconds = max((r.adaptation.seconds for r in results), default=0.0)
