@@ -11,6 +11,7 @@ service.app:create_app`` builds it from ``MELU_*`` environment variables (one pe
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         slot.start(loaded or load(settings))  # a bundle that cannot load stops start-up
+        gc.freeze()  # the loaded model's ~200k objects out of full collections (~150 ms p99 spikes)
         model_thread.start()
         tasks = [asyncio.create_task(_warm(slot))]
         if settings.reload_interval > 0:

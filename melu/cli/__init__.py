@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from melu.cli import cv, data, evaluate, quickstart, serve, train  # noqa: F401  (register commands)
+from melu.cli import cv, data, evaluate, quickstart, recommend, serve, train  # noqa: F401  (register)
 from melu.cli.app import app, run_app
 
 __all__ = ["app", "main"]

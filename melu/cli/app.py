@@ -52,6 +52,11 @@ DataDir = Annotated[
     typer.Option(help="Folder holding <dataset>/ (default: $MELU_DATA_DIR, else ./data)."),
 ]
 
+ModelOpt = Annotated[
+    Path,
+    typer.Option("--model", help="Run folder (runs/NAME) or its model/ bundle folder."),
+]
+
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
     """--data-dir, else $MELU_DATA_DIR, else ./data."""

@@ -28,7 +28,7 @@ def quickstart(
 ) -> None:
     """Download (if needed), prepare, train, evaluate and recommend — the whole job."""
     from melu.cli.evaluate import run_evaluation
-    from melu.cli.serve import print_sample_recommendations
+    from melu.cli.recommend import print_sample_recommendations
     from melu.cli.train import run_training
     from melu.data.download import ensure_dataset
 

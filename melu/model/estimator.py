@@ -14,12 +14,14 @@ from itertools import pairwise
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureBatch, FeatureSpace
 from melu.model import ranking
+from melu.model.collaborative import collaborative, part_shapes, user_state
+from melu.model.init import initial_params
 from melu.model.ranking import Bag
 
 Params = dict[str, Tensor]
@@ -101,7 +103,7 @@ class PreferenceEstimator:
         out = {f"embeddings.{f.name}.weight": torch.Size((f.size, dim)) for f in self.space.fields}
         for (w, b), (n_in, n_out) in zip(self.linears, self.widths, strict=True):
             out[w], out[b] = torch.Size((n_out, n_in)), torch.Size((n_out,))
-        return {**out, **self._factor_shapes(), **self.rank_shapes()}
+        return {**out, **self.factor_shapes(), **self.rank_shapes()}
 
     def rank_shapes(self) -> dict[str, torch.Size]:
         """The ranking head's parameters (``rank.*``; none without a head)."""
@@ -116,22 +118,10 @@ class PreferenceEstimator:
         """The parameters of the rating part (everything but the ranking head)."""
         return [n for n in self.shapes() if not n.startswith(ranking.PREFIX)]
 
-    def _factor_shapes(self) -> dict[str, torch.Size]:
+    def factor_shapes(self) -> dict[str, torch.Size]:
         """The collaborative part's parameters (none without ``factors``)."""
-        k = self.factors
-        if not k:
-            return {}
-        out = {
-            "content.weight": torch.Size((k + 1, self.embedding_width - self.user_width)),
-            "prior.weight": torch.Size((k + 1, self.user_width)),
-            "prior.bias": torch.Size((k + 1,)),
-            "user.bias": torch.Size((1,)),
-            "user.factor": torch.Size((k,)),
-        }
-        if self.id_field is not None:
-            size = next(f.size for f in self.space.fields if f.name == self.id_field)
-            out["item.bias"], out["item.factor"] = torch.Size((size,)), torch.Size((size, k))
-        return out
+        ids = next((f.size for f in self.space.fields if f.name == self.id_field), None)
+        return part_shapes(self.factors, self.embedding_width, self.user_width, ids)
 
     def init_params(
         self,
@@ -148,34 +138,7 @@ class PreferenceEstimator:
         head's starting values (``rank.*``, trained after the rating part; off for the
         meta-training of the rating part, which never touches them).
         """
-        dim = self.config.embedding_dim
-        template = nn.Module()
-        template.embeddings = nn.ModuleDict(
-            {
-                f.name: nn.EmbeddingBag(f.size, dim, mode="mean", padding_idx=0)
-                if f.multi
-                else nn.Embedding(f.size, dim)
-                for f in self.space.fields
-            }
-        )
-        layers: list[nn.Module] = []
-        for n_in, n_out in self.widths:
-            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        template.mlp = nn.Sequential(*layers[:-1])
-        params = {
-            k: v.detach().to(device=device, dtype=dtype) for k, v in template.named_parameters()
-        }
-        params[self.head_prefix + "bias"].fill_(sum(self.space.rating_scale) / 2)
-        for name, shape in self._factor_shapes().items():  # drawn after MeLU's, so its stay
-            scale = 0.01 if name == "item.factor" else 0.0
-            params[name] = (torch.randn(shape) * scale).to(device=device, dtype=dtype)
-        if self.factors:  # the network starts as a constant: the interaction is learned
-            params[self.head_prefix + "weight"].zero_()
-        if head and self.ranking:  # its own generator: the draws above never change
-            ids = self.rank_shapes()["rank.item_bias"][0]
-            start = ranking.init_head(self.rank_shapes(), torch.zeros(ids), seed=0)
-            params.update({k: v.to(device=device, dtype=dtype) for k, v in start.items()})
-        return params
+        return initial_params(self, dtype, device, head=head)
 
     def encode_user(self, params: Mapping[str, Tensor], user: FeatureBatch) -> Tensor:
         """User fields → (...) indices  →  (..., E_u) embeddings (E_u = 0 without user fields)."""
@@ -278,11 +241,8 @@ class PreferenceEstimator:
         return h.squeeze(-1)  # (..., N)
 
     def user_state(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
-        """The rating part's user bias and factor (..., 1 + k): prior of the user's
-        embeddings ``user`` (..., E_u) plus the (adapted) fast offsets."""
-        prior = user @ params["prior.weight"].mT + params["prior.bias"]
-        offset = torch.cat([params["user.bias"], params["user.factor"]], dim=-1)
-        return prior + offset
+        """The rating part's user bias and factor (..., 1 + k) (``collaborative.user_state``)."""
+        return user_state(params, user)
 
     def bag(self, ids: Tensor, ratings: Tensor, mask: Tensor) -> Bag:
         """A support's item-id indices (T, L), ratings (T, L) and mask as a ranking ``Bag``."""
@@ -335,34 +295,3 @@ class PreferenceEstimator:
             return user
         mlp = [n for n in names if n.startswith("mlp.")]
         return mlp + user if group == "user_mlp" else mlp
-
-
-def collaborative(
-    params: Mapping[str, Tensor], encoded: Encoded, items: Tensor | None = None
-) -> Tensor:
-    """b_i + b_u + p_u·q_i (..., N): the model part that ``ModelConfig.factors`` adds.
-
-    Item side: ``content.weight`` (k+1, E_i) maps an item's feature embeddings to a content
-    estimate of (b_i, q_i), to which known items add their own ``item.bias`` / ``item.factor``
-    rows (index 0, unknown or new items, is one shared row). User side: ``prior`` maps the
-    user's feature embeddings to a prior (b_u⁰, p_u⁰); the fast ``user.bias`` (1,) and
-    ``user.factor`` (k,) — per task (T, ...) in the batched kernel — are offsets from it.
-    ``items``: the rows' ``item_terms`` when the caller has them cached (a catalog's).
-    """
-    item = item_terms(params, encoded) if items is None else items  # (..., N, k+1)
-    user = encoded.user @ params["prior.weight"].mT + params["prior.bias"]  # (..., k+1)
-    bias = user[..., 0] + params["user.bias"][..., 0]  # (...)
-    factor = user[..., 1:] + params["user.factor"]  # (..., k)
-    return item[..., 0] + bias.unsqueeze(-1) + (item[..., 1:] * factor.unsqueeze(-2)).sum(-1)
-
-
-def item_terms(params: Mapping[str, Tensor], encoded: Encoded) -> Tensor:
-    """The collaborative part's item side (b_i, q_i) per row (..., N, k+1): the content
-    estimate from the item's feature embeddings plus the known item's own rows."""
-    item = encoded.items @ params["content.weight"].mT  # (..., N, k+1)
-    if "item.bias" in params:
-        item = item + torch.cat(
-            [params["item.bias"][encoded.ids].unsqueeze(-1), params["item.factor"][encoded.ids]],
-            dim=-1,
-        )
-    return item

@@ -21,13 +21,8 @@ from torch import Tensor
 
 from melu.features import UNKNOWN, FeatureTables
 from melu.model import ranking
-from melu.model.estimator import (
-    Encoded,
-    PreferenceEstimator,
-    collaborative,
-    is_embedding,
-    item_terms,
-)
+from melu.model.collaborative import collaborative, item_terms
+from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
 from melu.model.ranking import Bag
 
 _ITEM_PARAMS = ("content.weight", "item.bias", "item.factor")

@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-from melu.model.estimator import Encoded, Params, PreferenceEstimator, collaborative, item_terms
+from melu.model.collaborative import collaborative, item_terms
+from melu.model.estimator import Encoded, Params, PreferenceEstimator
 from melu.model.kernel import Step
 
 

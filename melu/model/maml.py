@@ -20,15 +20,16 @@ and why they differ from MeLU's are in RESULTS.md.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from melu.config import MetaConfig
-from melu.features import FeatureBatch, FeatureTables
+from melu.features import FeatureBatch
 from melu.model.estimator import Encoded, Params, PreferenceEstimator, is_embedding
+from melu.model.examples import Examples, task_examples, trim
 from melu.model.kernel import Step, batched_step, broadcasts, per_task_dims, task_predictions
 from melu.model.kernel_mlp import adapts_whole_mlp, encode_and_adapt
 from melu.model.linear import (
@@ -38,22 +39,12 @@ from melu.model.linear import (
     linear_applies,
     linear_step,
 )
-from melu.tasks import TaskSet
 
 Kernel = Literal["generic", "batched", "linear"]
 Lr = float | Mapping[str, Tensor]  # one rate, or per-parameter rates (Meta-SGD)
-
-
-class Examples(NamedTuple):
-    """Rated rows of one task (N,) — or of a batch of tasks (T, N).
-
-    ``inputs``: features (field → (…, N) / (…, N, L) indices); ``ratings`` (…, N) float;
-    ``mask`` (…, N) bool, false on padding rows.
-    """
-
-    inputs: FeatureBatch
-    ratings: Tensor
-    mask: Tensor
+# Examples, task_examples and trim live in melu.model.examples; callers import them here too
+__all__ = ["Examples", "Kernel", "Lr", "adapt", "inner_rates", "masked_mse", "meta_loss",
+           "task_examples", "task_query_loss", "trim"]  # fmt: skip
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor, prior: float = 0.0) -> Tensor:
@@ -313,38 +304,3 @@ def meta_loss(
 
     per_task, inner = vmap(one, randomness="error")(support, query)
     return per_task.mean(), per_task, inner
-
-
-def trim(examples: Examples) -> Examples:
-    """Drop the trailing slots that are padding in every task: (T, N) → (T, n ≤ N).
-
-    Real rows are packed first in each task, so this only removes work, never data.
-    """
-    used = examples.mask.any(0)
-    n = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
-    if n == examples.mask.shape[-1]:
-        return examples
-    inputs = {k: v[:, :n] for k, v in examples.inputs.items()}
-    return Examples(inputs, examples.ratings[:, :n], examples.mask[:, :n])
-
-
-def task_examples(
-    tasks: TaskSet,
-    tables: FeatureTables,
-    index: Tensor | slice | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[Examples, Examples]:
-    """Support and query Examples (leading dim T) of ``tasks[index]`` with features gathered."""
-    sel = tasks if index is None else tasks.select(index)
-    if device is not None:
-        sel = sel.to(device)
-    users = sel.user_rows.long()
-
-    def examples(items: Tensor, ratings: Tensor, mask: Tensor) -> Examples:
-        features: FeatureBatch = tables.gather(users, items.long())
-        return Examples(features, ratings.float(), mask.bool())
-
-    return (
-        examples(sel.support_items, sel.support_ratings, sel.support_mask),
-        examples(sel.query_items, sel.query_ratings, sel.query_mask),
-    )

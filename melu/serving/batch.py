@@ -25,6 +25,7 @@ from melu.features import FeatureBatch
 from melu.model.linear import AffineExamples
 from melu.model.maml import Examples
 from melu.model.ranking import Bag
+from melu.serving import results
 from melu.serving.rows import Scores
 from melu.serving.topk import top_rows
 from melu.serving.types import Adaptation, Recommendations, Request
@@ -119,8 +120,8 @@ def _adapt(
 def _rank_catalog(
     recommender: Recommender, chunk: Sequence[Checked], catalog: Tensor
 ) -> list[Tensor]:
-    """Each person's top k catalog rows from their ranking scores (C, I), in ``_top``'s
-    order (``top_rows``: stable, ties by catalog order, rated rows left out when excluded)."""
+    """Each person's top k catalog rows from their ranking scores (C, I), in the order of
+    ``results.top`` (``top_rows``: stable, ties by catalog order, rated rows left out when excluded)."""
     scores = catalog.clone()  # top_rows writes -inf over the excluded rows
     out = []
     for c, person in enumerate(chunk):
@@ -192,7 +193,9 @@ def _answer(
         scores = Scores(pick, rating, rank, person.rated, person.values, mine, bag)
         if rows is not None:  # already the top k in order
             mine_added = None if added is None else added[c, : len(rows)]
-            out.append(Recommendations(rec._describe(rows, rating, scores, mine_added), info))
+            out.append(
+                Recommendations(results.describe(rec, rows, rating, scores, mine_added), info)
+            )
         else:
-            out.append(rec._top(person.request, scores, info))
+            out.append(results.top(rec, person.request, scores, info))
     return out

@@ -26,24 +26,18 @@ from melu.errors import BundleError, InvalidInput, MeluError
 from melu.model.estimator import Params
 from melu.model.linear import AffineExamples
 from melu.model.maml import Examples, Kernel, adapt, inner_rates
-from melu.serving import batch
+from melu.serving import batch, results
 from melu.serving.catalog import Catalog
 from melu.serving.onboarding import evidence_scores, rank
 from melu.serving.rows import Person, RowEncoder, Scores
-from melu.serving.topk import top_rows
 from melu.serving.types import (
     Adaptation,
     OnboardingItem,
     Ratings,
-    Reason,
     Recommendations,
     Request,
-    Scored,
     User,
 )
-
-REASONS = 3  # rated items named per recommendation, at most
-REASON_SHARE = 0.3  # ... and only those adding at least this share of the strongest one's gain
 
 
 class Recommender:
@@ -249,7 +243,7 @@ class Recommender:
         request = Request(user, ratings, k, exclude_rated, candidates)
         rows = self._candidates(request)
         scores, info = self._score(user, ratings, rows)
-        return self._top(request, scores, info)
+        return results.top(self, request, scores, info)
 
     def recommend_many(self, requests: Sequence[Request]) -> list[Recommendations]:
         """``recommend`` for many people at once: every request is checked first (a bad one
@@ -268,58 +262,6 @@ class Recommender:
         if len(candidates) == 0:
             raise InvalidInput(("candidate_ids",), [], "must not be empty (omit it for all)")
         return torch.as_tensor(found, device=self.device)
-
-    def _top(self, request: Request, scores: Scores, info: Adaptation) -> Recommendations:
-        """The top ``k`` of the candidates by ranking score, rated ones left out when the
-        request says so (ties by catalog order)."""
-        rows, rating, rank = scores.rows, scores.rating, scores.rank
-        excluded = scores.rated if request.exclude_rated and len(scores.rated) else None
-        if rows is None:  # the whole catalog: rows are positions
-            mine = rank.clone() if rank is rating else rank  # top_rows overwrites it
-            top = top_rows(mine, request.k, excluded)
-            return Recommendations(self._describe(top, rating[top], scores), info)
-        if excluded is not None:
-            keep = ~torch.isin(rows, scores.rated)
-            rows, rating, rank = rows[keep], rating[keep], rank[keep]
-        order = torch.sort(rank, descending=True, stable=True).indices[: request.k]
-        return Recommendations(self._describe(rows[order], rating[order], scores), info)
-
-    def _describe(
-        self, rows: Tensor, ratings: Tensor, scores: Scores, added: Tensor | None = None
-    ) -> list[Scored]:
-        """Catalog rows (N,) and predicted ratings (N,) → ``Scored`` items (ratings clamped),
-        each with the rated items that added most to its ranking score (best first);
-        ``added``: their contributions (N, ≥ R) if the caller has them (``_reasons``)."""
-        clamped = ratings.clamp(*self.scale).cpu().tolist()
-        items = (self.catalog.item(row) for row in rows.cpu().tolist())
-        reasons = self._reasons(rows, scores, added)
-        return [
-            Scored(item.item_id, item.title, item.year, item.genres, float(score), why)
-            for item, score, why in zip(items, clamped, reasons, strict=True)
-        ]
-
-    def _reasons(
-        self, rows: Tensor, scores: Scores, added: Tensor | None = None
-    ) -> list[tuple[Reason, ...]]:
-        """Up to ``REASONS`` rated items per row whose contribution is positive and at least
-        ``REASON_SHARE`` of the row's strongest. ``added`` (N, L ≥ R): the contributions,
-        the rated items first and 0 on padding (a batch's), when the caller has them."""
-        if not len(scores.rated):
-            return [()] * len(rows)
-        if added is None:
-            with torch.no_grad():
-                added = self.encoder.reasons(scores.params, rows, scores.bag)  # (N, R)
-        top = added.topk(min(REASONS, added.shape[-1]), dim=-1)
-        rated, values = scores.rated.cpu().tolist(), scores.values.cpu().tolist()
-        out = []
-        for gains, picks in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            why = []
-            for gain, j in zip(gains, picks, strict=True):
-                if gain > 0 and gain >= REASON_SHARE * gains[0]:
-                    item = self.catalog.item(rated[j])
-                    why.append(Reason(item.item_id, item.title, float(values[j])))
-            out.append(tuple(why))
-        return out
 
     def onboarding_items(self, n: int = 10) -> list[OnboardingItem]:
         """The ``n`` items to ask a new user to rate first: MeLU-style evidence candidates.

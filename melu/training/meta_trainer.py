@@ -34,6 +34,7 @@ from melu.training.distributed import (
     contiguous_range,
 )
 from melu.training.episodes import episodes, hidden_ids, hide_items
+from melu.training.factor_start import init_item_factors
 from melu.training.packed import packed_examples
 
 GradHook = Callable[[list[Tensor]], None]
@@ -293,26 +294,3 @@ def _distinct(grads: tuple[Tensor, ...]) -> list[Tensor]:
         out.append(g.clone() if ptr in seen else g)
         seen.add(ptr)
     return out
-
-
-def init_item_factors(model: PreferenceEstimator, params: Params, prepared: Prepared) -> None:
-    """Start the collaborative part where matrix factorisation ends: biased MF (ALS) on all
-    training ratings gives μ (the network's output bias), each known item's bias and
-    factor (its id's rows of ``item.bias`` / ``item.factor``). In place, before training."""
-    from melu.evaluation.mf import MFConfig, fit_als
-
-    rows, tables = prepared.train_ratings, prepared.tables
-    mf = fit_als(
-        rows, len(tables.user_ids), len(tables.item_ids), prepared.features.rating_scale,
-        rank=model.factors, reg=ALS_REG, config=MFConfig(),
-    )  # fmt: skip
-    ids = tables.items[model.id_field or ""].long()
-    known = ids != 0
-    bias, factor = params["item.bias"], params["item.factor"]
-    index = ids[known].to(bias.device)
-    bias[index] = mf.item_bias[known].to(device=bias.device, dtype=bias.dtype)
-    factor[index] = mf.item_factors[known].to(device=factor.device, dtype=factor.dtype)
-    params[model.head_prefix + "bias"].fill_(mf.mu)
-
-
-ALS_REG = 15.0  # λ of the initialising ALS (sum of squared errors): MF's validation pick

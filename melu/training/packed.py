@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch
-from melu.model.estimator import Encoded, Params, PreferenceEstimator, item_terms
+from melu.model.collaborative import item_terms
+from melu.model.estimator import Encoded, Params, PreferenceEstimator
 from melu.model.linear import Affine, AffineExamples, at_prior, user_prior
 from melu.tables import FeatureTables
 from melu.tasks import TaskSet
