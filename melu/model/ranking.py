@@ -114,9 +114,22 @@ def bucket_weight(weights: Tensor, bag: Bag) -> Tensor:
     size of their support (its unmasked slots); a single weight (1,) applies to all."""
     if len(weights) == 1:
         return weights.expand(len(bag.mask)).unsqueeze(-1)
-    edges = torch.tensor(SUPPORT_BUCKETS[1:], device=bag.mask.device)
-    size = bag.mask.sum(-1)
-    return weights[torch.bucketize(size, edges, right=True)].unsqueeze(-1)
+    lookup = _bucket_of_size(bag.mask.device)
+    size = bag.mask.sum(-1).clamp(max=len(lookup) - 1)
+    return weights[lookup[size]].unsqueeze(-1)
+
+
+_BUCKET_OF_SIZE: dict[torch.device, Tensor] = {}
+
+
+def _bucket_of_size(device: torch.device) -> Tensor:
+    """(SUPPORT_BUCKETS[-1] + 1,) long: the bucket of each support size up to the last
+    edge (larger sizes clamp to it), built once per device (a request asks 7 times)."""
+    if device not in _BUCKET_OF_SIZE:
+        sizes = torch.arange(SUPPORT_BUCKETS[-1] + 1)
+        edges = torch.tensor(SUPPORT_BUCKETS[1:])
+        _BUCKET_OF_SIZE[device] = torch.bucketize(sizes, edges, right=True).to(device)
+    return _BUCKET_OF_SIZE[device]
 
 
 def user_vector(params: Mapping[str, Tensor], user: Tensor, state: Tensor) -> Tensor:
