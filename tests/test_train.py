@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from melu.config import Config, MetaConfig, TrainConfig
 from melu.errors import BundleError, TrainingDiverged
 from melu.prepare import Prepared
 from melu.training.checkpoint import load_checkpoint, resign
+from melu.training.meta_trainer import size_split
 from melu.training.train import MetaTrainer, train
 
 
@@ -214,3 +216,22 @@ def test_a_checkpoint_missing_a_field_or_tensor_is_refused_by_name(
     longer = config.replace(train=config.train.replace(epochs=2))
     with pytest.raises(BundleError, match=match):
         train(longer, ml100k, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 3])
+def test_size_split_pads_fewest_rows_of_every_cut(buckets: int) -> None:
+    """The trainer's size buckets: no way to cut the sorted sizes into at most ``buckets``
+    runs pads fewer rows than ``size_split``'s cuts (checked against every cut)."""
+
+    def padded(cuts: list[int]) -> int:
+        edges = [0, *cuts, len(sizes)]
+        return sum((b - a) * sizes[b - 1] for a, b in itertools.pairwise(edges))
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        sizes = sorted(torch.randint(3, 91, (12,), generator=gen).tolist())
+        cuts = size_split(sizes, buckets)
+        assert len(cuts) < buckets and cuts == sorted(set(cuts)) and 0 not in cuts
+        every = (list(c) for k in range(buckets) for c in itertools.combinations(range(1, 12), k))
+        assert padded(cuts) == min(padded(c) for c in every)
+    assert size_split([], 2) == [] and size_split([7], 2) == []

@@ -128,17 +128,18 @@ class MetaTrainer:
         """Post-adaptation query losses (B,) and inner losses (B, steps + 1) of ``indices``.
 
         The tasks are sorted by support size and run in ``buckets`` vmapped groups, each
-        trimmed to its own longest support: the same sum, with less padding to compute.
+        trimmed to its own longest support and cut where the padded rows are fewest
+        (``size_split``): the same sum, with less padding to compute.
         With the linear kernel (the default model) they run in one pass over their real
         rows instead (``melu.training.packed``): no padding in the network at all.
         """
         if self.kernel == "linear":
             return self._packed_losses(indices)
-        sizes = self.train_tasks.support_mask[indices].sum(1)
-        order = indices[sizes.argsort(stable=True)]
+        sizes, rank = self.train_tasks.support_mask[indices].sum(1).sort(stable=True)
+        order, cuts = indices[rank], size_split(sizes.tolist(), buckets)
         meta, losses, inners = self.config.meta, [], []
         hidden, field = self.hidden, self.model.id_field
-        for part in order.tensor_split(min(buckets, len(order))):
+        for part in order.tensor_split(cuts):
             support, query = task_examples(self.train_tasks, self.tables, part)
             if hidden is not None and field is not None:
                 support = support._replace(inputs=hide_items(support.inputs, field, hidden))
@@ -282,6 +283,23 @@ class MetaTrainer:
         }
         groups = self.optimizer.state_dict()["param_groups"]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def size_split(sizes: list[int], buckets: int) -> list[int]:
+    """Where to cut ascending support ``sizes`` into at most ``buckets`` runs so that the
+    padded rows Σ (run length × its largest size) are fewest (the cut indices, ascending)."""
+    n = len(sizes)
+    # best[j][b]: (fewest padded rows of sizes[:j] in b runs, the cuts achieving it)
+    none: list[int] = []
+    best: list[dict[int, tuple[int, list[int]]]] = [{0: (0, none)}] + [{} for _ in range(n)]
+    for j in range(1, n + 1):
+        for b in range(1, min(buckets, j) + 1):
+            best[j][b] = min(
+                (best[i][b - 1][0] + (j - i) * sizes[j - 1], best[i][b - 1][1] + [i] * (i > 0))
+                for i in range(j)
+                if b - 1 in best[i]
+            )
+    return min(best[n].values())[1] if n else []
 
 
 def _distinct(grads: tuple[Tensor, ...]) -> list[Tensor]:
