@@ -230,8 +230,9 @@ def test_size_split_pads_fewest_rows_of_every_cut(buckets: int) -> None:
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         sizes = sorted(torch.randint(3, 91, (12,), generator=gen).tolist())
-        cuts = size_split(sizes, buckets)
+        cuts = size_split(torch.tensor(sizes), buckets)
         assert len(cuts) < buckets and cuts == sorted(set(cuts)) and 0 not in cuts
         every = (list(c) for k in range(buckets) for c in itertools.combinations(range(1, 12), k))
         assert padded(cuts) == min(padded(c) for c in every)
-    assert size_split([], 2) == [] and size_split([7], 2) == []
+    assert size_split(torch.zeros(0, dtype=torch.long), 2) == []
+    assert size_split(torch.tensor([7]), 2) == [] and size_split(torch.tensor([4, 4]), 2) == []

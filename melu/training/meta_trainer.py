@@ -136,7 +136,7 @@ class MetaTrainer:
         if self.kernel == "linear":
             return self._packed_losses(indices)
         sizes, rank = self.train_tasks.support_mask[indices].sum(1).sort(stable=True)
-        order, cuts = indices[rank], size_split(sizes.tolist(), buckets)
+        order, cuts = indices[rank], size_split(sizes, buckets)
         meta, losses, inners = self.config.meta, [], []
         hidden, field = self.hidden, self.model.id_field
         for part in order.tensor_split(cuts):
@@ -285,21 +285,26 @@ class MetaTrainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def size_split(sizes: list[int], buckets: int) -> list[int]:
-    """Where to cut ascending support ``sizes`` into at most ``buckets`` runs so that the
-    padded rows Σ (run length × its largest size) are fewest (the cut indices, ascending)."""
+def size_split(sizes: Tensor, buckets: int) -> list[int]:
+    """Where to cut ascending support ``sizes`` (B,) into at most ``buckets`` runs so that
+    the padded rows Σ (run length × its largest size) are fewest (the cut indices, ascending).
+
+    A dynamic programme over run ends, one (B + 1, B + 1) min per run: ``pad[i, j]`` is the
+    run sizes[i:j] padded (0 when empty, so fewer runs are allowed; never i > j)."""
     n = len(sizes)
-    # best[j][b]: (fewest padded rows of sizes[:j] in b runs, the cuts achieving it)
-    none: list[int] = []
-    best: list[dict[int, tuple[int, list[int]]]] = [{0: (0, none)}] + [{} for _ in range(n)]
-    for j in range(1, n + 1):
-        for b in range(1, min(buckets, j) + 1):
-            best[j][b] = min(
-                (best[i][b - 1][0] + (j - i) * sizes[j - 1], best[i][b - 1][1] + [i] * (i > 0))
-                for i in range(j)
-                if b - 1 in best[i]
-            )
-    return min(best[n].values())[1] if n else []
+    ends = torch.arange(n + 1)
+    pad = ((ends - ends[:, None]) * torch.cat([sizes.new_zeros(1), sizes])).double()
+    pad[ends[:, None] > ends] = math.inf
+    cost, back = pad.new_full((n + 1,), math.inf), []
+    cost[0] = 0.0  # cost[j]: the fewest padded rows of sizes[:j] in the runs so far
+    for _ in range(max(buckets, 1)):
+        cost, start = (cost[:, None] + pad).min(0)
+        back.append(start.tolist())
+    cuts, j = [], n
+    for start_of in reversed(back):
+        j = start_of[j]
+        cuts.append(j)
+    return sorted({c for c in cuts if 0 < c < n})
 
 
 def _distinct(grads: tuple[Tensor, ...]) -> list[Tensor]:
