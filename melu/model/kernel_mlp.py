@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 from melu.features import FeatureBatch
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
@@ -110,17 +111,17 @@ def mlp_adapt(
         *(encoded.user.detach(), encoded.items.detach()) if first_order else encoded[:2],
         encoded.ids,
     )  # the factors a gradient brings in (FOMAML: detached with it)
-    gram = encoded.items @ fixed.items.mT  # (T, N, N)
+    gram = _gram(encoded.items, fixed.items)  # (T, N, N)
     spread = 1 + (encoded.user * fixed.user).sum(-1, keepdim=True)  # (T, 1)
     mlp = {k: params[k] for pair in model.linears for k in pair}
     state = RowSpace(model, mlp, {k: mlp[k] for pair in model.linears[1:] for k in pair},
                      None, fixed.user, fixed.items, lr)  # fmt: skip
     first = state.first(encoded)  # (T, N, H): the first layer's pre-activations
-    losses = []
+    residuals = []
     for step in range(steps + 1):
         pre, hidden = _forward(model, state.later, first)
         residual = pre[-1].squeeze(-1) - ratings  # (T, N)
-        losses.append((residual * residual * m).sum(-1) / count)
+        residuals.append(residual)
         if step == steps:
             break
         cotangent = residual.unsqueeze(-1) * coef
@@ -131,7 +132,8 @@ def mlp_adapt(
         moved = (g.sum(-2) * spread).unsqueeze(-2)  # (T, 1, H): the user share's move
         first = torch.baddbmm(torch.add(first, moved, alpha=-lr), gram, g, alpha=-lr)
         state = state._replace(later=later, moved=g if state.moved is None else state.moved + g)
-    return state, torch.stack(losses, dim=-1)
+    r = torch.stack(residuals, dim=-1)  # (T, N, steps + 1): every step's losses in one go
+    return state, (r * r * m.unsqueeze(-1)).sum(-2) / count.unsqueeze(-1)
 
 
 def encode_and_adapt(
@@ -153,8 +155,10 @@ def encode_and_adapt(
     if query is not None:
         inputs = {k: torch.cat([v, query[k]], dim=1) for k, v in inputs.items()}
     rows = model.encode(params, inputs)
+    sizes = [n, rows.items.shape[1] - n]  # split, not sliced: one backward op for both
     parts = [
-        Encoded(rows.user, rows.items[:, s], rows.ids[:, s]) for s in (slice(n), slice(n, None))
+        Encoded(rows.user, x, i)
+        for x, i in zip(rows.items.split(sizes, 1), rows.ids.split(sizes, 1), strict=True)
     ]
     state, inner = mlp_adapt(
         model, params, parts[0], ratings, mask, steps=steps, lr=lr, first_order=first_order
@@ -171,7 +175,9 @@ def _forward(
     for w, b in model.linears[1:]:
         hidden.append(pre[-1].relu())
         weight, bias = later[w], later[b].unsqueeze(-2)
-        if weight.dim() == 3:  # per task: the bias add fused into the batched matmul
+        if weight.dim() == 3 and weight.shape[-2] == 1:  # per-task output: no K × 1 matmul
+            pre.append((hidden[-1] * weight).sum(-1, keepdim=True) + bias)
+        elif weight.dim() == 3:  # per task: the bias add fused into the batched matmul
             pre.append(torch.baddbmm(bias, hidden[-1], weight.mT))
         else:  # shared (before the first step): one matmul over all rows
             pre.append(hidden[-1] @ weight.mT + bias)
@@ -201,6 +207,33 @@ def _backward(
             grad = grad @ later[w]  # (T, N, H_in)
         grad = torch.ops.aten.threshold_backward(grad, a, 0)  # · (a > 0), one op
     return grads, grad
+
+
+class _SymmetricGram(torch.autograd.Function):
+    """X Xᵀ (T, N, N) of X (T, N, E), its backward in one matmul, (Ḡ + Ḡᵀ) X, where
+    autograd's for ``x @ x.mT`` takes two and adds them (itself differentiable)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:
+        return x @ x.mT
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple[Tensor], output: Tensor) -> None:  # type: ignore[override]
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return (grad + grad.mT) @ x
+
+
+def _gram(items: Tensor, fixed: Tensor) -> Tensor:
+    """``items`` @ ``fixed``ᵀ (T, N, N); by ``_SymmetricGram`` when the two are one tensor."""
+    if fixed is items and items.requires_grad:
+        return _SymmetricGram.apply(items)  # type: ignore[no-any-return]
+    return items @ fixed.mT
 
 
 def _per_task(value: Tensor, shape: torch.Size, tasks: int) -> Tensor:
