@@ -23,7 +23,7 @@ from torch import Tensor
 from melu.config import Config
 from melu.model.maml import meta_loss, task_examples, trim
 from melu.prepare import prepare
-from melu.training.meta_trainer import MetaTrainer
+from melu.training.meta_trainer import MetaTrainer, size_split
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,9 +35,9 @@ def grads(trainer: MetaTrainer, batches: list[Tensor], general: bool) -> list[tu
         lr = {k: torch.tensor(lr) for k in trainer.fast}
     params, out = list(trainer.params.values()), []
     for idx in batches:
-        order = idx[trainer.train_tasks.support_mask[idx].sum(1).argsort(stable=True)]
+        sizes, rank = trainer.train_tasks.support_mask[idx].sum(1).sort(stable=True)
         losses = []
-        for part in order.tensor_split(2):
+        for part in idx[rank].tensor_split(size_split(sizes, 2)):
             support, query = task_examples(trainer.train_tasks, trainer.tables, part)
             _, per_task, _ = meta_loss(
                 trainer.model, trainer.params, trim(support), trim(query),
