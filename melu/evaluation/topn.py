@@ -181,6 +181,15 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+def without_support(candidates: Tensor, items: Tensor, mask: Tensor) -> Tensor:
+    """(C, I) bool: the ``candidates`` (I,) each of C users may be shown, minus the catalog
+    rows ``items`` (C, n) of their support (``mask`` (C, n) false on padding)."""
+    allowed = candidates.unsqueeze(0).expand(len(items), -1).clone()
+    rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(items)
+    allowed[rows[mask], items[mask]] = False
+    return allowed
+
+
 def rank_users(ranker: Ranker, users: TopNUsers, k: int, chunk: int = 256) -> Tensor:
     """(U, k) long: each user's top-``k`` catalog rows among the candidates minus the
     support (ties broken by catalog order; fewer candidates than ``k`` never happens in the
@@ -190,9 +199,7 @@ def rank_users(ranker: Ranker, users: TopNUsers, k: int, chunk: int = 256) -> Te
         for part in chunks(len(users), chunk):
             s = users.supports.select(part)
             scores = ranker.scores(s).float().cpu()  # (C, I)
-            allowed = users.candidates.unsqueeze(0).expand_as(scores).clone()
-            rows = torch.arange(len(s)).unsqueeze(1).expand_as(s.items)
-            allowed[rows[s.mask], s.items[s.mask]] = False
+            allowed = without_support(users.candidates, s.items, s.mask)
             scores = torch.where(allowed, scores.nan_to_num(nan=-torch.inf), -torch.inf)
             order = torch.sort(scores, dim=1, descending=True, stable=True).indices
             out.append(order[:, :k])

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from melu.config import Config
-from melu.evaluation.topn import TopNProtocol, TopNUsers, chunks
+from melu.evaluation.topn import TopNProtocol, TopNUsers, chunks, without_support
 from melu.evaluation.topn_model import ModelRanker
 from melu.features import FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
@@ -133,6 +133,7 @@ class HeadTrainer:
         self.network = network_table(model, self.fixed, prepared, self.catalog, device)
         self.steps = config.meta.inner_steps
         self.val_users = val_users
+        self.threshold = TopNProtocol().threshold  # relevant: held-out rating at least this
 
     def ranker(self, head: Mapping[str, Tensor]) -> ModelRanker:
         """The model with ``head`` as a top-N ranker (the MLP's output cached)."""
@@ -142,12 +143,12 @@ class HeadTrainer:
     def validate(self, head: Mapping[str, Tensor]) -> list[Tensor]:
         """Per-user validation NDCG@10 of each of ``VALIDATION_SUPPORTS``."""
         with torch.no_grad():
-            return validation_ndcgs(self.ranker(head), self.val_users, TopNProtocol().threshold)
+            return validation_ndcgs(self.ranker(head), self.val_users, self.threshold)
 
     def remix(self, head: Params, report: Progress) -> dict[str, list[float]]:
         """Pick ``head``'s part weights per support size on the validation users, in place."""
         ranker = self.ranker(head)
-        choice = pick_mixing(ranker, ranker.params, self.val_users, TopNProtocol().threshold)
+        choice = pick_mixing(ranker, ranker.params, self.val_users, self.threshold)
         with torch.no_grad():
             for k, v in choice.weights.items():
                 head[k].copy_(v)
@@ -203,9 +204,7 @@ class HeadTrainer:
             steps=self.steps, lr=self.lr, network=self.network[users], rated=rated,
         )  # fmt: skip
         target = targets_all[batch].to(device)
-        allowed = self.seen.unsqueeze(0).expand_as(scores).clone()
-        t = torch.arange(len(batch), device=device).unsqueeze(1).expand_as(s_items)
-        allowed[t[s_mask], s_items[s_mask]] = False
+        allowed = without_support(self.seen, s_items, s_mask)
         l2 = self.config.train.rank_l2
         return _loss(scores, target * allowed, allowed) + l2 * _penalty(head)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from melu.evaluation.topn import TopNUsers, user_metrics
+from melu.evaluation.topn import TopNUsers, user_metrics, without_support
 from melu.evaluation.topn_model import ModelRanker
 
 PARTS = (
@@ -65,10 +65,7 @@ def part_scores(
     rest = scores(off)
     parts = [rest] + [scores({**off, k: torch.ones_like(params[k])}) - rest for k in PARTS]
     s = users.supports
-    allowed = users.candidates.unsqueeze(0).expand(len(s), -1).clone()
-    rows = torch.arange(len(s)).unsqueeze(1).expand_as(s.items)
-    allowed[rows[s.mask], s.items[s.mask]] = False
-    return torch.stack(parts), allowed
+    return torch.stack(parts), without_support(users.candidates, s.items, s.mask)
 
 
 def mix_ndcg(parts: Tensor, allowed: Tensor, relevant: Tensor, weights: Sequence[float]) -> float:
