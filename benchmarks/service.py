@@ -143,30 +143,42 @@ def bench_in_process(
 
 
 class Server:
-    """``melu serve`` in a subprocess on a free port; stopped on exit."""
+    """``melu serve`` in a subprocess, from ``tree``'s code when given (an exported commit,
+    ``benchmarks/service_load.py``), else this checkout's; ready (``/ready``) on enter,
+    stopped on exit. ``env``: extra environment (it may override MELU_TORCH_THREADS)."""
 
-    def __init__(self, model: Path, workers: int, port: int) -> None:
+    def __init__(
+        self, model: Path, port: int, workers: int = 1, tree: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.port = port
-        env = {**os.environ, "MELU_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "MELU_TORCH_THREADS": "1", **(env or {}), "OMP_NUM_THREADS": "1"}
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
         command = [sys.executable, "-m", "melu", "serve", "--model", str(model)]
         command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
         self.process = subprocess.Popen(  # the JSON access log (stderr) is written, not shown
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
 
+    def get(self, path: str) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+
     def __enter__(self) -> Server:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"melu serve exited with {self.process.returncode}")
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
+                if self.get("/ready")[0] == 200:
                     return self
             except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("melu serve did not become healthy in 120 s")
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("melu serve was not ready in 180 s")
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
@@ -186,7 +198,7 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> int:
 
 def bench_http_one_client(model: Path, port: int, bodies: list[dict[str, Any]]) -> float:
     payloads = [json.dumps(b).encode() for b in bodies]
-    with Server(model, 1, port):
+    with Server(model, port, workers=1):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for payload in payloads[:20]:
             post(connection, payload)
@@ -223,7 +235,7 @@ def bench_throughput(
             errors[index] += not ok
             i += clients
 
-    with Server(model, 2, port):
+    with Server(model, port, workers=2):
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         start = time.perf_counter()
         for thread in threads:
@@ -273,7 +285,7 @@ def bench_batch(model: Path, port: int, bodies: list[dict[str, Any]], repeats: i
     single = [json.dumps(b).encode() for b in bodies]
     batch = json.dumps({"users": bodies}).encode()
     headers = {"content-type": "application/json"}
-    with Server(model, 1, port):
+    with Server(model, port, workers=1):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
         def one_by_one() -> None:

@@ -30,7 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +39,21 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def make_bodies(model: Path, count: int) -> list[dict[str, Any]]:
-    """``count`` different users (benchmarks/service.py's ``make_requests``)."""
+def service_bench() -> Any:
+    """benchmarks/service.py as a module (its request maker and ``Server``)."""
     spec = importlib.util.spec_from_file_location("service_bench", HERE / "service.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def make_bodies(model: Path, count: int) -> list[dict[str, Any]]:
+    """``count`` different users (benchmarks/service.py's ``make_requests``)."""
     from melu.serving import Recommender
 
-    return bench.make_requests(Recommender.from_bundle(model, onboarding=False), count)  # type: ignore[no-any-return]
+    recommender = Recommender.from_bundle(model, onboarding=False)
+    return service_bench().make_requests(recommender, count)  # type: ignore[no-any-return]
 
 
 def export(ref: str, into: Path) -> Path:
@@ -63,46 +68,6 @@ def export(ref: str, into: Path) -> Path:
         subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout, check=True)
         archive.wait()
     return tree
-
-
-class Server:
-    """``melu serve`` from ``tree`` in a subprocess; ready (``/ready``) on enter."""
-
-    def __init__(self, tree: Path, model: Path, port: int, env: dict[str, str]) -> None:
-        self.port = port
-        env = {**os.environ, "PYTHONPATH": str(tree), "MELU_TORCH_THREADS": "1", **env}
-        env["OMP_NUM_THREADS"] = "1"
-        command = [sys.executable, "-m", "melu", "serve", "--model", str(model)]
-        command += ["--port", str(port), "--log-level", "warning"]
-        self.process = subprocess.Popen(  # the access log (stderr) is written, not shown
-            command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-
-    def __enter__(self) -> Server:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"melu serve exited with {self.process.returncode}")
-            try:
-                if self.get("/ready")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("melu serve was not ready in 180 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
 
 
 def one_at_a_time(port: int, bodies: list[bytes]) -> list[Any]:
@@ -146,8 +111,8 @@ def load(port: int, bodies: Path, clients: int, duration: float) -> dict[str, An
     return result  # type: ignore[no-any-return]
 
 
-def metric_means(server: Server) -> str:
-    """Mean group size and queue wait from ``/metrics`` (new servers only)."""
+def metric_means(server: Any) -> str:
+    """Mean group size and queue wait from a ``service.Server``'s ``/metrics`` (new servers only)."""
     _, text = server.get("/metrics")
     values: dict[str, float] = {}
     for line in text.decode().splitlines():
@@ -173,7 +138,7 @@ def cpu_seconds(pid: int) -> float:
 def run_one(
     tree: Path, args: argparse.Namespace, bodies: Path, payloads: list[bytes], env: dict[str, str]
 ) -> dict[str, Any]:
-    with Server(tree, args.model, args.port, env) as server:
+    with service_bench().Server(args.model, args.port, tree=tree, env=env) as server:
         alone = one_at_a_time(args.port, payloads[: args.check])
         load(args.port, bodies, args.clients, 2.0)  # warm-up
         cpu = cpu_seconds(server.process.pid)
