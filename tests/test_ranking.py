@@ -8,7 +8,7 @@ import torch
 
 from melu.config import Config
 from melu.evaluation.topn import rank_users, topn_users, training_popularity, user_metrics
-from melu.model import ranking
+from melu.model import ranking, ranking_stats
 from melu.model.ranking import Bag
 
 V, LEVELS = 6, 5  # ids 0..5 (0 unknown), ratings 1..5
@@ -62,7 +62,7 @@ def test_contributions_are_the_bag_score_split_by_rated_item() -> None:
 def test_cooccurrence_is_the_share_of_raters_who_also_rated() -> None:
     users = torch.tensor([0, 0, 1, 1, 1, 2])
     ids = torch.tensor([1, 2, 1, 2, 3, 1])
-    share, count = ranking.cooccurrence(ids, users, V, 3)
+    share, count = ranking_stats.cooccurrence(ids, users, V, 3)
     assert count[:4].tolist() == [0.0, 3.0, 2.0, 1.0]
     assert float(share[1, 2]) == pytest.approx(2 / 3)  # of j=1's 3 raters, 2 rated 2
     assert float(share[2, 3]) == pytest.approx(1 / 2)
@@ -75,10 +75,10 @@ def test_leaving_the_user_out_equals_recounting_without_them() -> None:
     rated = torch.rand(8, V, generator=gen) < 0.6
     rated[:, 0] = False
     users, ids = rated.nonzero(as_tuple=True)
-    share, count = ranking.cooccurrence(ids, users, V, 8)
+    share, count = ranking_stats.cooccurrence(ids, users, V, 8)
     u = 3
     keep = users != u
-    share_wo, count_wo = ranking.cooccurrence(ids[keep], users[keep], V, 8)
+    share_wo, count_wo = ranking_stats.cooccurrence(ids[keep], users[keep], V, 8)
     support = [j for j in range(1, V) if rated[u, j]][:2]
     params = {
         **head_params(),

@@ -31,7 +31,9 @@ parts should say depends on how many ratings the user gave.
 Trained (``melu.training.rank_train``) by the multinomial likelihood of each episode's
 held-out items over the catalog (Mult-VAE's loss) given the adapted user and the support,
 with the rating part fixed: the rating head, and so the rating error, is untouched.
-Parameters are named ``rank.*``; none of them is fast (adapted per user).
+Parameters are named ``rank.*``; none of them is fast (adapted per user). The counted
+statistics (co-occurrence shares, rater counts, EASE^R's precision) come from
+``melu.model.ranking_stats``.
 """
 
 from __future__ import annotations
@@ -232,26 +234,6 @@ STATISTICS = ("rank.cooccurrence", "rank.item_count", "rank.ease", "rank.learned
 EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
 
 
-def co_ratings(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> Tensor:
-    """G (n_ids, n_ids): how many users rated both ids, from rated (user, id) pairs (N,)
-    each (the unknown id 0 left out)."""
-    x = torch.zeros(n_users, n_ids)
-    x[users, ids] = 1.0
-    x[:, 0] = 0.0
-    return x.T @ x
-
-
-def cooccurrence(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> tuple[Tensor, Tensor]:
-    """From rated (user, item id) pairs (N,) each: P (n_ids, n_ids), P[j, i] = the share of
-    the users who rated j that also rated i (diagonal and unknown id 0: 0), and the count of
-    raters of each id (n_ids,)."""
-    gram = co_ratings(ids, users, n_ids, n_users)
-    count = gram.diagonal().clone()
-    share = gram / count.clamp(min=1.0).unsqueeze(1)
-    share.fill_diagonal_(0.0)
-    return share, count
-
-
 def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     """c · log(ε + mean_{j ∈ bag} P[j, i]) (T, N): how often the raters of the user's movies
     also rated item i ("people who rated j also rated i", item-kNN's and a heavily
@@ -269,13 +251,6 @@ def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> 
     has_bag = (keep.sum(-1, keepdim=True) > 0).to(share.dtype)
     weight = bucket_weight(params["rank.cooc_weight"], bag)
     return weight * value * has_bag * (targets != 0).to(share.dtype)
-
-
-def ease_precision(gram: Tensor, lam: float) -> Tensor:
-    """P = (G + λI)⁻¹ (V, V) of a co-rating Gram matrix: EASE^R (Steck 2019) is
-    B = I − P·diag(1/diag(P)); the head keeps P so it can leave a user out exactly."""
-    eye = torch.eye(len(gram), dtype=torch.float64)
-    return torch.linalg.inv(gram.double() + lam * eye).float()
 
 
 def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from melu.evaluation.topn import TopNUsers, rank_users, user_metrics
-from melu.model import ranking
+from melu.model import ranking, ranking_stats
 
 
 def validation_ndcgs(ranker: Any, users: list[TopNUsers], threshold: float) -> list[Tensor]:
@@ -77,7 +77,7 @@ def pick_ease(
     grid: dict[str, float] = {}
     best: tuple[float, float, Tensor, Tensor] | None = None
     for lam in EASE_LAMBDAS:
-        prec = ranking.ease_precision(gram, lam)
+        prec = ranking_stats.ease_precision(gram, lam)
         for name, weight in weightings.items():
             score = validation_ndcg(EaseRanker(prec, ids, weight, space), users, threshold)
             grid[f"{lam:g}/{name}"] = score

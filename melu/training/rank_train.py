@@ -27,7 +27,7 @@ from melu.evaluation.topn import (
     TopNUsers,
     topn_users,
 )
-from melu.model import ranking
+from melu.model import ranking, ranking_stats
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import Lr
 from melu.prepare import Prepared
@@ -70,13 +70,13 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
     raters = prepared.train_ratings.user_rows.long()
     n_users = len(prepared.tables.user_ids)
     start = ranking.init_head(shapes, torch.bincount(rated_ids, minlength=n_ids), tc.seed)
-    start["rank.cooccurrence"], start["rank.item_count"] = ranking.cooccurrence(
+    start["rank.cooccurrence"], start["rank.item_count"] = ranking_stats.cooccurrence(
         rated_ids, raters, n_ids, n_users
     )
     ease_users = [
         u for n, u in zip(VALIDATION_SUPPORTS, val_users, strict=True) if n in EASE_SUPPORTS
     ]
-    gram = ranking.co_ratings(rated_ids, raters, n_ids, n_users)
+    gram = ranking_stats.co_ratings(rated_ids, raters, n_ids, n_users)
     levels = shapes["rank.ease_level"][0]
     threshold = TopNProtocol().threshold
     ease = pick_ease(gram, ids.cpu(), ease_users, threshold, prepared.features, levels)
