@@ -28,6 +28,7 @@ Episodes = Literal["tasks", "all"]
 Amp = Literal["none", "bf16"]
 RankStart = Literal["ease", "popularity"]
 RankTrained = Literal["all", "mixing"]
+RankMixMetric = Literal["ndcg", "ndcg+recall"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,22 @@ class TrainConfig(_Config):
         "Pick the ranking head's part weights (popularity, predicted rating, co-occurrence) "
         "per support size on validation users before its training.",
     )
+    rank_mix_metric: RankMixMetric = setting(
+        "ndcg+recall",
+        "What the part weights are picked by on validation users: ndcg (NDCG@10) or "
+        "ndcg+recall (NDCG@10 and Recall@10, each relative to the start's, summed).",
+    )
+    rank_mix_draws: int = setting(
+        2,
+        "Seeded draws of each validation user's support the part weights are picked on "
+        "(pooled; more draws, less noise in the pick).",
+    )
+    rank_max_shared: float = setting(
+        1.0,
+        "Most mean share of a validation user's top-10 that may also be in their "
+        "no-ratings list when the part weights are picked (1: no limit; lower is more "
+        "personal and, on validation users, less accurate: RESULTS.md).",
+    )
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
     rank_start: RankStart = setting(
         "ease",
@@ -177,6 +194,8 @@ class TrainConfig(_Config):
         need(0 < self.rank_lr < math.inf, "rank_lr", "must be > 0 and finite")
         need(self.rank_patience >= 1, "rank_patience", "must be >= 1")
         need(0 <= self.rank_empty_share < 1, "rank_empty_share", "must be in [0, 1)")
+        need(self.rank_mix_draws >= 1, "rank_mix_draws", "must be >= 1")
+        need(0 < self.rank_max_shared <= 1, "rank_max_shared", "must be in (0, 1]")
         need(0 <= self.rank_l2 < math.inf, "rank_l2", "must be >= 0 and finite")
         need(self.rank_max_support >= 1, "rank_max_support", "must be >= 1")
         need(0 <= self.rank_negative_weight <= 1, "rank_negative_weight", "must be in [0, 1]")

@@ -29,7 +29,10 @@ from melu.training.rank_train import train_ranking
 def _show(event: dict) -> None:
     if event.get("event") == "rank_mix":
         print("  mixing, per bucket, before:", [round(v, 4) for v in event["before"]])
-        print("                       after:", [round(v, 4) for v in event["after"]], flush=True)
+        print("                       after:", [round(v, 4) for v in event["after"]])
+        if "recall_after" in event:
+            print("  Recall@10, before:", [round(v, 4) for v in event["recall_before"]])
+            print("              after:", [round(v, 4) for v in event["recall_after"]], flush=True)
     if event.get("event") == "rank_epoch_end":
         per_n = " ".join(f"{n}:{v:.4f}" for n, v in event["val_by_support"].items())
         loss = event["rank_loss"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from melu.config import Config
-from melu.evaluation.topn import TopNProtocol, TopNUsers, chunks, without_support
+from melu.evaluation.topn import TopNProtocol, TopNUsers, chunks, topn_users, without_support
 from melu.evaluation.topn_model import ModelRanker
 from melu.features import FeatureTables
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
@@ -133,6 +133,7 @@ class HeadTrainer:
         self.network = network_table(model, self.fixed, prepared, self.catalog, device)
         self.steps = config.meta.inner_steps
         self.val_users = val_users
+        self.mix_users: list[list[TopNUsers]] | None = None  # built on the first remix
         self.threshold = TopNProtocol().threshold  # relevant: held-out rating at least this
 
     def ranker(self, head: Mapping[str, Tensor]) -> ModelRanker:
@@ -146,13 +147,29 @@ class HeadTrainer:
             return validation_ndcgs(self.ranker(head), self.val_users, self.threshold)
 
     def remix(self, head: Params, report: Progress) -> dict[str, list[float]]:
-        """Pick ``head``'s part weights per support size on the validation users, in place."""
+        """Pick ``head``'s part weights per support size on the validation users (each
+        ``train.rank_mix_draws`` support draws), in place."""
         ranker = self.ranker(head)
-        choice = pick_mixing(ranker, ranker.params, self.val_users, self.threshold)
+        tc = self.config.train
+        if self.mix_users is None:
+            self.mix_users = [
+                [users] + [
+                    topn_users(self.prepared, "validation", users.n, TopNProtocol(seed=seed))
+                    for seed in range(1, tc.rank_mix_draws if users.n else 1)
+                ]
+                for users in self.val_users
+            ]  # fmt: skip
+        choice = pick_mixing(
+            ranker, ranker.params, self.mix_users, self.threshold, tc.rank_max_shared,
+            tc.rank_mix_metric,
+        )  # fmt: skip
         with torch.no_grad():
             for k, v in choice.weights.items():
                 head[k].copy_(v)
-        report({"event": "rank_mix", "before": choice.before, "after": choice.after})
+        report({
+            "event": "rank_mix", "before": choice.before, "after": choice.after,
+            "recall_before": choice.recall_before, "recall_after": choice.recall_after,
+        })  # fmt: skip
         return {k: v.tolist() for k, v in choice.weights.items()}
 
     def epoch(self, head: Params, opt: torch.optim.Optimizer, epoch: int) -> float:

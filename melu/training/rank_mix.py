@@ -1,14 +1,18 @@
 """The ranking head's mixing weights, picked on validation users for each support size.
 
-The head (``melu.model.ranking``) adds four parts, each at a weight per support-size bucket
+The head (``melu.model.ranking``) adds its parts, each at a weight per support-size bucket
 (``ranking.SUPPORT_BUCKETS``): popularity π, the adapted predicted rating γ (the
 meta-learned rating part after the one ``adapt()``), co-occurrence c, the parts trained by
 likelihood λ_L (item bias, factors, the learned item–item matrix) and EASE^R c_e.
 Training them by the likelihood of training users' held-out items moves them away from what
 ranks *new* users well (RESULTS.md, "What was tried for the head"), so ``pick_mixing``
-chooses them the way EASE^R's λ is chosen: NDCG@10 of the validation users, here at the one
-validation support size that falls in each bucket, by coordinate ascent over a grid (EASE^R's
-weight fixed as the scale). Test users are never looked at.
+chooses them the way EASE^R's λ is chosen: NDCG@10 of the validation users at the
+validation support size that falls in each bucket (several seeded draws of each user's
+support, pooled), by an exhaustive search of the grid of (π, γ, c) — π may be negative,
+a popularity penalty, which validation users reward on ML-100K — then λ_L, EASE^R's weight
+fixed as the scale. Optionally the search keeps only mixes whose lists share at most
+``max_shared`` with the no-ratings list on average (personalisation; the price in NDCG@10
+is in RESULTS.md). Test users are never looked at.
 
 Each part's scores are computed once per validation setting (the adapted rating included),
 so a candidate mix costs a weighted sum and a top-10, not a new adaptation.
@@ -29,24 +33,28 @@ PARTS = (
     "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
     "rank.ease_weight",
 )  # fmt: skip
-SEARCHED = PARTS[:4]  # EASE^R's weight stays: it sets the scale the others are relative to
+SEARCHED = PARTS[:3]  # searched jointly; then the trained parts' weight; EASE^R's is the scale
 GRID: dict[str, tuple[float, ...]] = {
-    "rank.pop_weight": (0.0, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
-    "rank.rating_weight": (-0.3, -0.03, 0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
-    "rank.cooc_weight": (0.0, 0.1, 0.3, 1.0, 3.0),
+    "rank.pop_weight": (
+        -5.0, -3.0, -2.0, -1.5, -1.0, -0.7, -0.5, -0.3, -0.2, -0.1, -0.03,
+        0.0, 1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0,
+    ),
+    "rank.rating_weight": (-0.3, -0.03, 0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+    "rank.cooc_weight": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0),
     "rank.learned_weight": (0.0, 0.3, 1.0, 2.0),  # the trained parts (0 before training)
-}
-SWEEPS = 2
+}  # fmt: skip
 
 
 @dataclass
 class MixChoice:
     """The weights picked (name → (B,) per bucket) and each bucket's validation NDCG@10
-    before (the start) and after."""
+    and Recall@10 before (the start) and after."""
 
     weights: dict[str, Tensor]
     before: list[float]
     after: list[float]
+    recall_before: list[float]
+    recall_after: list[float]
 
 
 def part_scores(
@@ -68,45 +76,142 @@ def part_scores(
     return torch.stack(parts), without_support(users.candidates, s.items, s.mask)
 
 
-def mix_ndcg(parts: Tensor, allowed: Tensor, relevant: Tensor, weights: Sequence[float]) -> float:
-    """Mean NDCG@10 of ranking by parts[0] + Σ_p w_p · parts[1 + p] (1 + P, U, I) among
-    ``allowed`` (U, I)."""
-    w = torch.tensor([1.0, *weights], dtype=parts.dtype).view(-1, 1, 1)
-    scores = (w * parts).sum(0).masked_fill(~allowed, -torch.inf)
-    top = scores.topk(10, dim=1).indices
-    return float(user_metrics(top, relevant, (10,))["ndcg@10"].nanmean())
+@dataclass
+class _Setting:
+    """One validation draw of a bucket: its parts (1 + P, U, I) with the support and other
+    non-candidates at −inf in the first, relevant items (U, I), and the users' no-ratings
+    lists (U, 10) when the search limits what may be shared with them."""
+
+    parts: Tensor
+    relevant: Tensor
+    empty: Tensor | None = None
+
+    @classmethod
+    def of(cls, ranker: ModelRanker, params: Mapping[str, Tensor], users: TopNUsers,
+           threshold: float) -> _Setting:  # fmt: skip
+        parts, allowed = part_scores(ranker, params, users)
+        parts[0].masked_fill_(~allowed, -torch.inf)
+        return cls(parts, users.relevant(threshold))
+
+    def scores(self, weights: Mapping[str, float]) -> Tensor:
+        """(U, I) the scores under the mix ``weights`` (one per name of PARTS)."""
+        out = self.parts[0].clone()
+        for p, name in enumerate(PARTS):
+            out.add_(self.parts[1 + p], alpha=weights[name])
+        return out
+
+    def judge(self, scores: Tensor) -> Judged:
+        """Per user (U,): NDCG@10 and Recall@10 of the top 10 by ``scores`` (U, I), and the
+        share of it also in the no-ratings list (None without one)."""
+        top = scores.topk(10, dim=1).indices
+        got = user_metrics(top, self.relevant, (10,))
+        shared = None
+        if self.empty is not None:
+            shared = (top.unsqueeze(2) == self.empty.unsqueeze(1)).any(2).double().mean(1)
+        return got["ndcg@10"], got["recall@10"], shared
+
+
+Judged = tuple[Tensor, Tensor, Tensor | None]
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """Means over the draws' users."""
+
+    ndcg: float
+    recall: float
+    shared: float
+
+    @classmethod
+    def of(cls, judged: Sequence[Judged]) -> _Pooled:
+        shared = [s for _, _, s in judged if s is not None]
+        return cls(
+            float(torch.cat([n for n, _, _ in judged]).nanmean()),
+            float(torch.cat([r for _, r, _ in judged]).nanmean()),
+            float(torch.cat(shared).mean()) if shared else 0.0,
+        )
+
+
+def _search(
+    settings: Sequence[_Setting], current: dict[str, float], max_shared: float, metric: str
+) -> tuple[_Pooled, _Pooled, dict[str, float]]:
+    """The best mix for one bucket: every (π, γ, c) of the grid, then λ_L; a mix replaces
+    ``current`` only if it raises the objective (``metric``: "ndcg", NDCG@10; or
+    "ndcg+recall", NDCG@10 and Recall@10 each relative to the start's, summed) and keeps the
+    mean share with the no-ratings lists within ``max_shared`` (the start is kept if nothing
+    does). Returns the start's figures, the kept mix's and the kept mix."""
+    start = _Pooled.of([s.judge(s.scores(current)) for s in settings])
+
+    def objective(got: _Pooled) -> float:
+        if metric == "ndcg":
+            return got.ndcg
+        return got.ndcg / max(start.ndcg, 1e-9) + got.recall / max(start.recall, 1e-9)
+
+    kept = start
+    best = objective(start) if start.shared <= max_shared else -1.0
+    pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)
+    fixed = [s.scores({**current, **dict.fromkeys(SEARCHED, 0.0)}) for s in settings]
+    for w_pop in GRID[SEARCHED[0]]:  # partial sums reused down the nested grid
+        with_pop = [f + w_pop * s.parts[pop] for f, s in zip(fixed, settings, strict=True)]
+        for w_rate in GRID[SEARCHED[1]]:
+            with_rate = [
+                p + w_rate * s.parts[rate] for p, s in zip(with_pop, settings, strict=True)
+            ]
+            for w_cooc in GRID[SEARCHED[2]]:
+                got = _Pooled.of([
+                    s.judge(r + w_cooc * s.parts[cooc])
+                    for r, s in zip(with_rate, settings, strict=True)
+                ])  # fmt: skip
+                if objective(got) > best + 1e-6 and got.shared <= max_shared:
+                    best, kept = objective(got), got
+                    picked = {PARTS[pop - 1]: w_pop, PARTS[rate - 1]: w_rate}
+                    current = {**current, **picked, PARTS[cooc - 1]: w_cooc}
+    for value in GRID["rank.learned_weight"]:  # from the best (π, γ, c)
+        trial = {**current, "rank.learned_weight": value}
+        got = _Pooled.of([s.judge(s.scores(trial)) for s in settings])
+        if objective(got) > best + 1e-6 and got.shared <= max_shared:
+            best, kept, current = objective(got), got, trial
+    return start, kept, current
 
 
 def pick_mixing(
     ranker: ModelRanker,
     params: Mapping[str, Tensor],
-    users: Sequence[TopNUsers],
+    users: Sequence[Sequence[TopNUsers]],
     threshold: float,
+    max_shared: float = 1.0,
+    metric: str = "ndcg+recall",
 ) -> MixChoice:
-    """Coordinate ascent over ``GRID`` of each bucket's π, γ, c on the validation setting
-    ``users[b]`` (one per bucket of ``ranking.SUPPORT_BUCKETS``, in order), starting from
-    ``params``' weights; a change is kept only if it raises that bucket's NDCG@10."""
+    """Each bucket's π, γ, c, λ_L searched on the validation draws ``users[b]`` (one
+    sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
+    that bucket's support size; bucket 0 has no ratings), starting from ``params``'
+    weights, by ``metric`` (see ``_search``). With ``max_shared`` < 1 the buckets with ratings keep only mixes whose lists
+    share at most that on average with the user's no-ratings list (bucket 0's, as picked)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
     saved = dict(ranker.params)
-    before, after = [], []
-    for b, setting in enumerate(users):
-        parts, allowed = part_scores(ranker, params, setting)
-        relevant = setting.relevant(threshold)
+    before, after, recall_before, recall_after = [], [], [], []
+    empty: dict[int, Tensor] | None = None  # user id → their no-ratings list (10,)
+    for b, draws in enumerate(users):
+        settings = [_Setting.of(ranker, params, u, threshold) for u in draws]
+        cap = max_shared if b > 0 and empty is not None else 1.0
+        if cap < 1.0:
+            assert empty is not None
+            for s, u in zip(settings, draws, strict=True):
+                none = torch.full((10,), -1, dtype=torch.long)  # no list: shares nothing
+                s.empty = torch.stack([empty.get(int(i), none) for i in u.user_ids])
         current = {k: float(weights[k][b]) for k in PARTS}
-        best = mix_ndcg(parts, allowed, relevant, [current[k] for k in PARTS])
-        before.append(best)
-        for _ in range(SWEEPS):
-            for name in SEARCHED:
-                for value in GRID[name]:
-                    trial = {**current, name: value}
-                    score = mix_ndcg(parts, allowed, relevant, [trial[k] for k in PARTS])
-                    if score > best + 1e-6:
-                        best, current = score, trial
-        after.append(best)
+        start, kept, current = _search(settings, current, cap, metric)
+        before.append(start.ndcg)
+        after.append(kept.ndcg)
+        recall_before.append(start.recall)
+        recall_after.append(kept.recall)
         for k in PARTS:
             weights[k][b] = current[k]
+        if b == 0 and max_shared < 1.0:
+            top = settings[0].scores(current).topk(10, dim=1).indices
+            empty = {int(u): row for u, row in zip(draws[0].user_ids, top, strict=True)}
     ranker.params = saved
-    return MixChoice(weights, before, after)
+    return MixChoice(weights, before, after, recall_before, recall_after)
 
 
 __all__ = ["GRID", "MixChoice", "pick_mixing"]
