@@ -46,7 +46,6 @@ def fold_grid(model_dir: Path, data_dir: str, n: int, seeds: int) -> list[dict]:
     ranker = ModelRanker.from_bundle(bundle, prepared.tables)
     b = bucket(n)
     fixed = {k: float(ranker.params[k][b]) for k in PARTS[3:]}
-    popularity = ranker.params["rank.item_count"][ranker.catalog[1].long()]
     empty = topn_users(prepared, "validation", 0)
     base = rank_users(ranker, empty, 10)
     where = {int(u): i for i, u in enumerate(empty.user_ids)}
@@ -66,12 +65,17 @@ def fold_grid(model_dir: Path, data_dir: str, n: int, seeds: int) -> list[dict]:
             m = user_metrics(top, users.relevant(TopNProtocol().threshold), (10,))
             rows["ndcg"].append(m["ndcg@10"])
             rows["recall"].append(m["recall@10"])
-            rows["shared"].append((top.unsqueeze(2) == baseline_top.unsqueeze(1)).any(2).double().mean(1))
+            rows["shared"].append(
+                (top.unsqueeze(2) == baseline_top.unsqueeze(1)).any(2).double().mean(1)
+            )
             rows["top"].append(top)
         out.append({"w": (pop, rate, cooc), **{k: torch.cat(v) for k, v in rows.items()}})
     served = tuple(float(ranker.params[k][b]) for k in PARTS[:3])
-    print(f"{model_dir.parent.parent.name}: {len(per_seed[0][0])} users x {seeds} draws, "
-          f"served (pop, rating, cooc) {served}, fixed {fixed}", flush=True)
+    print(
+        f"{model_dir.parent.parent.name}: {len(per_seed[0][0])} users x {seeds} draws, "
+        f"served (pop, rating, cooc) {served}, fixed {fixed}",
+        flush=True,
+    )
     for r in out:
         r["served"] = r["w"] == served
         r["ease"] = r["w"] == (0.0, 0.0, 0.0)
@@ -94,13 +98,16 @@ def held_out_check(rows: list[dict], n_items: int, caps: tuple[float, ...]) -> d
     halves = torch.randperm(users, generator=torch.Generator().manual_seed(0)).chunk(2)
     out: dict[str, list] = {}
     for pick, score in ((halves[0], halves[1]), (halves[1], halves[0])):
-        fixed = {"served": next(r for r in rows if r["served"]),
-                 "ease alone": next(r for r in rows if r["ease"])}
+        fixed = {
+            "served": next(r for r in rows if r["served"]),
+            "ease alone": next(r for r in rows if r["ease"]),
+        }
         for cap in caps:
             fit = [r for r in rows if float(r["shared"][pick].mean()) <= cap]
             if fit:
                 fixed[f"grid, shared <= {cap:.2f}"] = max(
-                    fit, key=lambda r: float(r["ndcg"][pick].nanmean()))
+                    fit, key=lambda r: float(r["ndcg"][pick].nanmean())
+                )
         for name, r in fixed.items():
             out.setdefault(name, []).append({**summary(r, score, n_items), "w": r["w"]})
     return out
@@ -124,10 +131,14 @@ def main() -> None:
             pooled.setdefault(name, []).extend(got)
     print(f"picked on half the validation users, scored on the other half (n = {args.n}):")
     for name, got in pooled.items():
-        mean = {k: sum(g[k] for g in got) / len(got) for k in ("ndcg", "recall", "shared", "coverage")}
+        mean = {
+            k: sum(g[k] for g in got) / len(got) for k in ("ndcg", "recall", "shared", "coverage")
+        }
         picks = sorted({g["w"] for g in got})
-        print(f"  {name:24s} NDCG@10 {mean['ndcg']:.4f} Recall@10 {mean['recall']:.4f} "
-              f"shared {mean['shared']:.3f} coverage {mean['coverage']:.3f}  picks {picks[:6]}")
+        print(
+            f"  {name:24s} NDCG@10 {mean['ndcg']:.4f} Recall@10 {mean['recall']:.4f} "
+            f"shared {mean['shared']:.3f} coverage {mean['coverage']:.3f}  picks {picks[:6]}"
+        )
 
 
 if __name__ == "__main__":
