@@ -239,3 +239,56 @@ def test_new_items_are_not_ordered_by_their_content_predicted_rating() -> None:
     b = ranking.head_scores(params, user, state, ids, bag, high)
     assert float(a[0, 0]) == pytest.approx(float(b[0, 0]), abs=1e-12)  # unknown id
     assert (b[0, 1:] - a[0, 1:]).tolist() == pytest.approx([8.0, 8.0])  # γ·Δr̂ = 2·4
+
+
+def _mixing_setting(seed: int = 0):  # type: ignore[no-untyped-def]
+    """A small validation draw for ``rank_mix._search``: 40 users × 60 items, each user
+    relevant on 6 items of their own taste; the popularity part favours items 0–9 (relevant
+    to many), the 'rest' part (EASE^R's stand-in) knows each user's taste with noise."""
+    from melu.training.rank_mix import PARTS, _Setting
+
+    gen = torch.Generator().manual_seed(seed)
+    users, items = 40, 60
+    relevant = torch.zeros(users, items, dtype=torch.bool)
+    for u in range(users):
+        relevant[u, torch.randperm(50, generator=gen)[:4] + 10] = True
+        relevant[u, torch.randperm(10, generator=gen)[:2]] = True
+    rest = relevant.float() * 1.5 + torch.randn(users, items, generator=gen)
+    popular = torch.zeros(users, items)
+    popular[:, :10] = torch.linspace(3.0, 2.0, 10)
+    parts = torch.zeros(1 + len(PARTS), users, items)
+    parts[0], parts[1] = rest, popular
+    empty = popular[0].topk(10).indices.expand(users, 10)  # everyone's no-ratings list
+    return _Setting(parts, relevant, empty.clone()), PARTS
+
+
+def test_mixing_search_is_exhaustive_over_the_grid() -> None:
+    """``_search`` returns the grid's best (π, γ, c) by the objective: no mix on the grid
+    scores higher, and what it reports is what its weights score."""
+    import itertools
+
+    from melu.training.rank_mix import GRID, SEARCHED, _Pooled, _search
+
+    setting, parts = _mixing_setting()
+    start = dict.fromkeys(parts, 0.0)
+    _, kept, picked = _search([setting], start, 1.0, "ndcg")
+    again = _Pooled.of([setting.judge(setting.scores(picked))])
+    assert again.ndcg == pytest.approx(kept.ndcg)
+    for values in itertools.product(*(GRID[k] for k in SEARCHED)):
+        trial = {**picked, **dict(zip(SEARCHED, values, strict=True))}
+        assert _Pooled.of([setting.judge(setting.scores(trial))]).ndcg <= kept.ndcg + 1e-6
+
+
+def test_mixing_search_keeps_the_share_with_the_no_ratings_list_under_its_cap() -> None:
+    """With ``max_shared``, the kept mix shares at most that with the no-ratings lists,
+    and without it the best mix here shares more (the cap binds)."""
+    from melu.training.rank_mix import _Pooled, _search
+
+    setting, parts = _mixing_setting(1)
+    start = dict.fromkeys(parts, 0.0)
+    _, free, _ = _search([setting], start, 1.0, "ndcg")
+    _, capped, weights = _search([setting], start, 0.1, "ndcg")
+    assert free.shared > 0.1
+    assert capped.shared <= 0.1
+    assert _Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.1
+    assert capped.ndcg <= free.ndcg
