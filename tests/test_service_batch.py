@@ -3,6 +3,7 @@ fails the whole batch with a 422 naming that user; ``melu recommend --batch``.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import wait_ready
 
+from melu.model.estimator import PreferenceEstimator
 from melu.serving import Recommender, Request
 from service.app import create_app, model_version
 from service.deps import Loaded
@@ -91,6 +93,42 @@ def test_batch_equals_one_at_a_time(recommender: Recommender) -> None:
             request.user, request.ratings, request.k, request.exclude_rated, request.candidates
         )
         assert_same(batch, single)
+
+
+def variant(recommender: Recommender, name: str) -> Recommender:
+    """The bundle served as another kind of model: ``mlp`` (the MLP adapts: per-person
+    catalog passes, the batched kernel), ``all`` (embeddings adapt: no item cache),
+    ``no-head`` (ranked by the predicted rating)."""
+    bundle = recommender.bundle
+    config = bundle.config
+    if name == "no-head":
+        config = config.replace(model=config.model.replace(ranking=False))
+    else:
+        config = config.replace(
+            model=config.model.replace(fast_params=name), meta=config.meta.replace(inner_lr=0.002)
+        )
+    model = PreferenceEstimator(config.model, bundle.features)
+    changed = dataclasses.replace(bundle, config=config, model=model)
+    return Recommender(changed, onboarding=False, threads=1)
+
+
+@pytest.mark.parametrize("kind", ["user", "mlp", "all", "no-head"])
+def test_batch_items_and_reasons_equal_one_at_a_time_for_every_kind_of_model(
+    recommender: Recommender, kind: str
+) -> None:
+    """Each person of a mixed batch (whole catalog or candidates, rated items kept or not,
+    no ratings, k up to the catalog) gets their single answer: the same items in the same
+    order, and the same reasons named behind each."""
+    served = recommender if kind == "user" else variant(recommender, kind)
+    requests = [wanted(u) for u in USERS * 3]  # more than one chunk of the MLP's
+    for request, batch in zip(requests, served.recommend_many(requests), strict=True):
+        single = served.recommend(
+            request.user, request.ratings, request.k, request.exclude_rated, request.candidates
+        )
+        assert_same(batch, single)
+        for a, b in zip(batch.items, single.items, strict=True):
+            if a.item_id == b.item_id:
+                assert a.because == b.because and a.title == b.title and a.genres == b.genres
 
 
 def test_batch_route_equals_the_single_route(client: TestClient) -> None:

@@ -48,12 +48,18 @@ def describe(
     each with the rated items that added most to its ranking score (best first);
     ``added``: their contributions (N, ≥ R) if the caller has them (``reasons``)."""
     clamped = ratings.clamp(*rec.scale).cpu().tolist()
-    items = (rec.catalog.item(row) for row in rows.cpu().tolist())
-    why = reasons(rec, rows, scores, added)
-    return [
-        Scored(item.item_id, item.title, item.year, item.genres, float(score), because)
-        for item, score, because in zip(items, clamped, why, strict=True)
-    ]
+    return items(rec, rows.cpu().tolist(), clamped, reasons(rec, rows, scores, added))
+
+
+def items(
+    rec: Recommender, rows: list[int], clamped: list[float], because: list[tuple[Reason, ...]]
+) -> list[Scored]:
+    """Catalog ``rows`` with their clamped predicted ratings and reasons as ``Scored`` items."""
+    out = []
+    for row, score, why in zip(rows, clamped, because, strict=True):
+        item = rec.catalog.item(row)
+        out.append(Scored(item.item_id, item.title, item.year, item.genres, score, why))
+    return out
 
 
 def reasons(
@@ -67,14 +73,34 @@ def reasons(
     if added is None:
         with torch.no_grad():
             added = rec.encoder.reasons(scores.params, rows, scores.bag)  # (N, R)
-    best = added.topk(min(REASONS, added.shape[-1]), dim=-1)
     rated, values = scores.rated.cpu().tolist(), scores.values.cpu().tolist()
-    out = []
-    for gains, picks in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-        why = []
-        for gain, j in zip(gains, picks, strict=True):
-            if gain > 0 and gain >= REASON_SHARE * gains[0]:
+    return named(rec, rated, values, strongest(added))
+
+
+def strongest(added: Tensor) -> list[list[int]]:
+    """Per row of contributions ``added`` (N, L): the slots of up to ``REASONS`` rated items,
+    strongest first, that add a positive share of at least ``REASON_SHARE`` of the row's
+    strongest (the rule decided in float64, as Python compares the floats)."""
+    best = added.topk(min(REASONS, added.shape[-1]), dim=-1)
+    gains = best.values.double()
+    keep = (gains > 0) & (gains >= REASON_SHARE * gains[..., :1])
+    return [
+        [j for j, ok in zip(picks, oks, strict=True) if ok]
+        for picks, oks in zip(best.indices.tolist(), keep.tolist(), strict=True)
+    ]
+
+
+def named(
+    rec: Recommender, rated: list[int], values: list[float], slots: list[list[int]]
+) -> list[tuple[Reason, ...]]:
+    """A person's rated catalog rows (R,) and ratings (R,), and per row the ``slots`` of
+    those behind it → the ``Reason`` tuples (one ``Reason`` per rated item, shared)."""
+    made: dict[int, Reason] = {}
+    out: list[tuple[Reason, ...]] = []
+    for picks in slots:
+        for j in picks:
+            if j not in made:
                 item = rec.catalog.item(rated[j])
-                why.append(Reason(item.item_id, item.title, float(values[j])))
-        out.append(tuple(why))
+                made[j] = Reason(item.item_id, item.title, float(values[j]))
+        out.append(tuple(made[j] for j in picks))
     return out
