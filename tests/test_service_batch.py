@@ -19,6 +19,8 @@ from melu.model.estimator import PreferenceEstimator
 from melu.serving import Recommender, Request
 from service.app import create_app, model_version
 from service.deps import Loaded
+from service.routes.common import adaptation, model_ref, scored
+from service.schemas import BatchResponse, BatchResult
 from service.settings import Settings
 
 pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
@@ -144,6 +146,32 @@ def test_batch_route_equals_the_single_route(client: TestClient) -> None:
         )
         assert result["adaptation"]["steps"] == single["adaptation"]["steps"]
     assert response.json()["model"]["version"] == response.headers["x-model-version"]
+
+
+def test_batch_body_is_the_declared_schema_byte_for_byte(
+    client: TestClient, recommender: Recommender
+) -> None:
+    """The route encodes its answer without a pydantic model per item: the bytes are what
+    ``BatchResponse`` of the same answers dumps (titles with accents, a movie without a
+    year, reasons, no ratings), and /openapi.json still declares ``BatchResponse``."""
+    response = client.post("/v1/recommendations/batch", json={"users": USERS})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    loaded = Loaded(recommender, response.headers["x-model-version"], "ml-100k")
+    results = recommender.recommend_many([wanted(u) for u in USERS])
+    want = BatchResponse(
+        results=[
+            BatchResult(items=scored(r.items, loaded), adaptation=adaptation(r.adaptation, loaded))
+            for r in results
+        ],
+        model=model_ref(loaded),
+    )
+    assert response.content == want.model_dump_json().encode()
+    items = [i for r in response.json()["results"] for i in r["items"]]
+    assert any(i["year"] is None for i in items) and any(i["because"] for i in items)
+    assert any(not i["title"].isascii() for i in items)
+    schema = client.get("/openapi.json").json()["paths"]["/v1/recommendations/batch"]["post"]
+    answer = schema["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/BatchResponse"}
 
 
 @pytest.mark.parametrize(
