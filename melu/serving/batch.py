@@ -25,7 +25,7 @@ from torch import Tensor
 
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
-from melu.model.items import catalog_rankings
+from melu.model.items import catalog_rankings, catalog_ratings
 from melu.model.linear import AffineExamples
 from melu.model.maml import Examples
 from melu.model.ranking import Bag
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from melu.serving.recommender import Recommender
 
 SCORE_CHUNK = 4  # people whose MLP passes run together: (4, I, H) activations near L2
-RANK_CHUNK = 64  # people ranked together: the head, top k and reasons as ops over (64, I)
+RANK_CHUNK = 128  # people ranked together: the head, top k and reasons as ops over (128, I)
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,7 @@ def _support(recommender: Recommender, people: Sequence[Checked]) -> Examples | 
     encoder = recommender.encoder
     users = _users(recommender, people)
     if encoder.linear:
-        user = recommender.model.encode_user(recommender.params, users)  # (T, E_u)
-        if user.dim() == 1:  # no user fields
-            user = user.expand(len(people), 0)
+        user = _embedded(recommender, recommender.params, users, len(people))  # (T, E_u)
         return encoder.affine(recommender.params, user, rows, ratings, mask)
     encoded = [encoder({k: v[t] for k, v in users.items()}, rows[t]) for t in range(len(people))]
     inputs = {k: torch.stack([e[k] for e in encoded]) for k in encoded[0]}
@@ -147,35 +145,66 @@ def recommend_many(recommender: Recommender, requests: Sequence[Request]) -> lis
         return []
     with rec._threads():
         fast, infos = _adapt(rec, people)
+        with torch.no_grad():
+            networks = _networks(rec, people)
         out = []
         for lo in range(0, len(people), RANK_CHUNK):
-            chunk = people[lo : lo + RANK_CHUNK]
-            params = {**rec.params, **{k: v[lo : lo + len(chunk)] for k, v in fast.items()}}
-            out.extend(_answer(rec, chunk, params, infos[lo : lo + len(chunk)]))
+            hi = lo + RANK_CHUNK
+            params = {**rec.params, **{k: v[lo:hi] for k, v in fast.items()}}
+            network = None if networks is None else networks[lo:hi]
+            out.extend(_answer(rec, people[lo:hi], params, infos[lo:hi], network))
     return out
 
 
+def _networks(rec: Recommender, people: Sequence[Checked]) -> Tensor | None:
+    """The MLP's output over the whole catalog (T, I) when no MLP parameter adapts (then it
+    depends on the user fields alone): computed once per distinct set of user features,
+    ``SCORE_CHUNK`` of them at a time, people with the same features sharing it. ``None``
+    when each person's adapted MLP must run (``_ratings`` does) or without the cache."""
+    if rec.encoder.cache is None or not rec.encoder.fixed_mlp:
+        return None
+    first: dict[tuple[int, ...], int] = {}  # user features → their row among the distinct
+    which = [first.setdefault(tuple(p.user.values()), len(first)) for p in people]
+    fields = list(people[0].user)
+    users = {
+        k: torch.tensor([f[j] for f in first], device=rec.device) for j, k in enumerate(fields)
+    }
+    user = _embedded(rec, rec.params, users, len(first))
+    parts = [
+        rec.encoder.catalog_network(rec.params, user[lo : lo + SCORE_CHUNK])
+        for lo in range(0, len(user), SCORE_CHUNK)
+    ]
+    return torch.cat(parts)[torch.as_tensor(which, device=rec.device)]
+
+
+def _embedded(rec: Recommender, params: dict[str, Tensor], users: FeatureBatch, n: int) -> Tensor:
+    """``n`` people's user fields (field → (n,)) embedded, (n, E_u) (E_u = 0 without any)."""
+    user = rec.model.encode_user(params, users)
+    return user.expand(n, 0) if user.dim() == 1 else user
+
+
 def _rankings(
-    rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor], bags: Bag
-) -> tuple[Tensor, Tensor]:
+    rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor], bags: Bag,
+    network: Tensor | None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(predicted ratings, ranking scores) of the whole catalog (C, I) each for the chunk
-    (its fast params (C, ...)): the MLP ``SCORE_CHUNK`` people at a time, the rest at once."""
+    (its fast params (C, ...); ``network`` its MLP output (C, I) if shared): the ratings
+    ``SCORE_CHUNK`` people at a time (the MLP's activations stay in cache), the head at once."""
     cache = rec.encoder.cache
     assert cache is not None
-    user = rec.model.encode_user(params, _users(rec, chunk))  # (C, E_u)
-    if user.dim() == 1:  # no user fields: (0,) → (C, 0)
-        user = user.expand(len(chunk), 0)
-    parts = []
+    user = _embedded(rec, params, _users(rec, chunk), len(chunk))  # (C, E_u)
+    ratings = []
     for lo in range(0, len(chunk), SCORE_CHUNK):
         hi = lo + SCORE_CHUNK
         mine = {**params, **{k: params[k][lo:hi] for k in rec.fast}}
-        parts.append(rec.encoder.catalog_network(mine, user[lo:hi]))
-    return catalog_rankings(rec.model, params, cache, user, bags, torch.cat(parts))
+        shared = None if network is None else network[lo:hi]
+        ratings.append(catalog_ratings(rec.model, mine, cache, user[lo:hi], shared))
+    return catalog_rankings(rec.model, params, cache, user, bags, rating=torch.cat(ratings))
 
 
 def _answer(
     rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor],
-    infos: Sequence[Adaptation],
+    infos: Sequence[Adaptation], network: Tensor | None,
 ) -> list[Recommendations]:  # fmt: skip
     """A chunk's answers: the whole catalog ranked for all of them at once (each person's
     candidates taken from there; per-person encodings when embeddings adapt)."""
@@ -183,7 +212,7 @@ def _answer(
     if rec.encoder.cache is None:  # embeddings adapt: each person's rows with their tables
         return [_alone(rec, p, params, bags, c, infos[c]) for c, p in enumerate(chunk)]
     with torch.no_grad():
-        rating, rank = _rankings(rec, chunk, params, bags)
+        rating, rank = _rankings(rec, chunk, params, bags, network)
     out: list[Recommendations | None] = [None] * len(chunk)
     whole = [c for c, p in enumerate(chunk) if p.request.candidates is None]
     tops = _top_items(rec, [chunk[c] for c in whole], whole, rating, rank, bags)

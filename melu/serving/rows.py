@@ -76,7 +76,8 @@ class RowEncoder:
         self.cache: ItemCache | None = (
             cache_items(model, params, self.items, fast) if self.shared else None
         )
-        self._fixed_mlp = not any(k.startswith("mlp.") for k in fast)
+        # no MLP parameter adapts: its output over the catalog depends on the user fields only
+        self.fixed_mlp = not any(k.startswith("mlp.") for k in fast)
         # the user offsets alone adapt: the support goes to the linear kernel in affine form
         self.linear = self.shared and linear_applies(model, fast)
         self._ids = (
@@ -101,7 +102,7 @@ class RowEncoder:
             return Person(features)
         user = self.model.encode_user(params, features)  # (E_u,)
         network = None
-        if catalog and self._fixed_mlp:
+        if catalog and self.fixed_mlp:
             network = catalog_network(self.model, params, self.cache, user)  # (I,)
         return Person(features, user, network)
 
