@@ -57,15 +57,20 @@ def check(recommender: Recommender, requests: Sequence[Request]) -> list[Checked
     """Every request checked as ``recommend`` checks one; the first problem raises
     ``InvalidInput`` with the request's index in front of its location."""
     out = []
-    features = recommender.bundle.features
+    features, catalog, scale = recommender.bundle.features, recommender.catalog, recommender.scale
+    everyone = catalog.rated_many([r.ratings for r in requests], scale)  # None: a bad one
     for i, request in enumerate(requests):
         try:
             rows = recommender._candidates(request)
             user = features.user_indices(request.user)
-            found, values = recommender.catalog.rated(request.ratings, recommender.scale)
+            if everyone is None:  # find and name the first problem, as one request does
+                found, values = catalog.rated(request.ratings, scale)
+                rated = (found.tolist(), values)
+            else:
+                rated = everyone[i]
         except InvalidInput as exc:
             raise InvalidInput((i, *exc.loc), exc.value, exc.reason) from None
-        out.append(Checked(request, user, found.tolist(), values, rows))
+        out.append(Checked(request, user, *rated, rows))
     return out
 
 

@@ -80,14 +80,12 @@ def reasons(
 def strongest(added: Tensor) -> list[list[int]]:
     """Per row of contributions ``added`` (N, L): the slots of up to ``REASONS`` rated items,
     strongest first, that add a positive share of at least ``REASON_SHARE`` of the row's
-    strongest (the rule decided in float64, as Python compares the floats)."""
+    strongest (the rule decided in float64, as Python compares the floats; the slots that
+    pass are always the first ones, since the rule keeps larger gains over smaller)."""
     best = added.topk(min(REASONS, added.shape[-1]), dim=-1)
     gains = best.values.double()
-    keep = (gains > 0) & (gains >= REASON_SHARE * gains[..., :1])
-    return [
-        [j for j, ok in zip(picks, oks, strict=True) if ok]
-        for picks, oks in zip(best.indices.tolist(), keep.tolist(), strict=True)
-    ]
+    passed = ((gains > 0) & (gains >= REASON_SHARE * gains[..., :1])).sum(-1)
+    return [picks[:n] for picks, n in zip(best.indices.tolist(), passed.tolist(), strict=True)]
 
 
 def named(
@@ -95,12 +93,9 @@ def named(
 ) -> list[tuple[Reason, ...]]:
     """A person's rated catalog rows (R,) and ratings (R,), and per row the ``slots`` of
     those behind it → the ``Reason`` tuples (one ``Reason`` per rated item, shared)."""
-    made: dict[int, Reason] = {}
-    out: list[tuple[Reason, ...]] = []
-    for picks in slots:
-        for j in picks:
-            if j not in made:
-                item = rec.catalog.item(rated[j])
-                made[j] = Reason(item.item_id, item.title, float(values[j]))
-        out.append(tuple(made[j] for j in picks))
-    return out
+    made = {}
+    for j in {j for picks in slots for j in picks}:
+        item = rec.catalog.item(rated[j])
+        made[j] = Reason(item.item_id, item.title, float(values[j]))
+    reason = made.__getitem__
+    return [tuple(map(reason, picks)) for picks in slots]
