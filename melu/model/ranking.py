@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 PREFIX = "rank."
@@ -157,9 +158,10 @@ def item_terms(params: Mapping[str, Tensor], ids: Tensor) -> Tensor:
 
 def rows_of(matrix: Tensor, ids: Tensor) -> Tensor:
     """``matrix[ids]`` (..., V): the rows of an item–item ``matrix`` (V', V) for ``ids``
-    (...), copied whole by ``index_select`` (for a batch of bags ~4x faster than advanced
-    indexing; the same values, and the same gradient, summed in the same order)."""
-    return matrix.index_select(0, ids.reshape(-1)).view(*ids.shape, matrix.shape[-1])
+    (...), as an embedding lookup (for a block of bags ~4x faster than advanced indexing,
+    and no slower for one; the same values, and the same gradient, summed in the same
+    order)."""
+    return F.embedding(ids, matrix)
 
 
 def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:

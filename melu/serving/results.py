@@ -80,12 +80,22 @@ def reasons(
 def strongest(added: Tensor) -> list[list[int]]:
     """Per row of contributions ``added`` (N, L): the slots of up to ``REASONS`` rated items,
     strongest first, that add a positive share of at least ``REASON_SHARE`` of the row's
-    strongest (the rule decided in float64, as Python compares the floats; the slots that
-    pass are always the first ones, since the rule keeps larger gains over smaller)."""
+    strongest (those that pass are always the first ones: the rule keeps larger gains)."""
     best = added.topk(min(REASONS, added.shape[-1]), dim=-1)
-    gains = best.values.double()
-    passed = ((gains > 0) & (gains >= REASON_SHARE * gains[..., :1])).sum(-1)
-    return [picks[:n] for picks, n in zip(best.indices.tolist(), passed.tolist(), strict=True)]
+    return [
+        picks[: _passing(gains)]
+        for gains, picks in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    ]
+
+
+def _passing(gains: list[float]) -> int:
+    """How many of a row's strongest ``gains`` (best first) name their rated item."""
+    n = 0
+    for gain in gains:
+        if not (gain > 0 and gain >= REASON_SHARE * gains[0]):
+            break
+        n += 1
+    return n
 
 
 def named(
