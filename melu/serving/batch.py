@@ -4,12 +4,14 @@
 is checked before any work (a bad one raises ``InvalidInput`` at ``(i, ...)``: nothing is
 half-answered). The people with ratings adapt together in one ``adapt`` call: their
 supports are padded to the longest (padding rows masked out, so they add nothing to the
-loss or the gradient), as a meta-batch is in training. The catalog is then scored for a
-block of ``RANK_CHUNK`` people at a time: the MLP over the item encodings computed at load
-``SCORE_CHUNK`` people at a time (its activations stay in cache), the other parts, the
-ranking head, everyone's top k and the reasons behind them as a few ops over the whole
-block, so what is left per person is naming their items. Answers equal the one-at-a-time
-ones up to float rounding (tests/test_service_batch.py, tests/test_items.py).
+loss or the gradient), as a meta-batch is in training. The MLP's pass over the item
+encodings computed at load runs ``SCORE_CHUNK`` people at a time (its activations stay in
+cache), once per distinct set of user features when no MLP parameter adapts (it then
+depends on nothing else). The rest is scored for a block of ``RANK_CHUNK`` people at a
+time: the model's other parts, the ranking head, everyone's top k and the reasons behind
+them as a few ops over the whole block, so what is left per person is naming their items.
+Answers equal the one-at-a-time ones up to float rounding (tests/test_service_batch.py,
+tests/test_items.py).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def _networks(rec: Recommender, people: Sequence[Checked]) -> Tensor | None:
     """The MLP's output over the whole catalog (T, I) when no MLP parameter adapts (then it
     depends on the user fields alone): computed once per distinct set of user features,
     ``SCORE_CHUNK`` of them at a time, people with the same features sharing it. ``None``
-    when each person's adapted MLP must run (``_ratings`` does) or without the cache."""
+    when each person's adapted MLP must run (``_rankings`` does) or without the cache."""
     if rec.encoder.cache is None or not rec.encoder.fixed_mlp:
         return None
     first: dict[tuple[int, ...], int] = {}  # user features → their row among the distinct
@@ -273,12 +275,15 @@ def _scores(
 ) -> Scores:  # fmt: skip
     """Person ``c`` of the chunk as one request's ``Scores`` of catalog ``rows`` (``None``:
     the whole catalog)."""
-    r = len(person.rated)  # the person's own bag: the first r slots of the chunk's
-    bag = Bag(bags.ids[c : c + 1, :r], bags.levels[c : c + 1, :r], bags.mask[c : c + 1, :r])
     mine = {**rec.params, **{k: params[k][c] for k in rec.fast}}
     rated = torch.as_tensor(person.rated, dtype=torch.long, device=rec.device)
     values = torch.tensor(person.values, device=rec.device)
-    return Scores(rows, rating, rank, rated, values, mine, bag)
+    return Scores(rows, rating, rank, rated, values, mine, _own(bags, c, len(rated)))
+
+
+def _own(bags: Bag, c: int, r: int) -> Bag:
+    """Person ``c``'s own bag (1, r): the first ``r`` slots of the chunk's bags (C, L)."""
+    return Bag(bags.ids[c : c + 1, :r], bags.levels[c : c + 1, :r], bags.mask[c : c + 1, :r])
 
 
 def _alone(
@@ -289,8 +294,7 @@ def _alone(
     mine = {**rec.params, **{k: params[k][c] for k in rec.fast}}
     with torch.no_grad():
         who = rec.encoder.person(rec.params, person.request.user, catalog=False)
-        r = len(person.rated)
-        bag = Bag(bags.ids[c : c + 1, :r], bags.levels[c : c + 1, :r], bags.mask[c : c + 1, :r])
+        bag = _own(bags, c, len(person.rated))
         rating, rank = rec.encoder.rankings(mine, who, person.rows, bag)
     scores = _scores(rec, person, params, bags, c, person.rows, rating, rank)
     return results.top(rec, person.request, scores, info)
