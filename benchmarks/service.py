@@ -42,25 +42,41 @@ GENDERS = ("F", "M")
 OCCUPATIONS = ("student", "engineer", "artist", "programmer", "other")
 
 
-def make_requests(recommender: Recommender, count: int, seed: int = 0) -> list[dict[str, Any]]:
+def make_requests(
+    recommender: Recommender, count: int, seed: int = 0, distinct: bool = False
+) -> list[dict[str, Any]]:
+    """``count`` request bodies. ``distinct``: no two users share their features (each
+    also gets a zip code, occupations and zips cycle through the model's known values), so
+    a batch cannot share the MLP's pass over the catalog between people with equal ones."""
     rng = np.random.default_rng(seed)
     catalog = recommender.catalog  # most rated first (pandas' order, as the old frame had)
     popular = catalog.item_ids[pd.Series(catalog.n_ratings).sort_values(ascending=False).index]
+    known = {f.name: f.vocab for f in recommender.bundle.features.user_fields}
     out = []
     for i in range(count):
         items = rng.choice(popular[:500], size=5, replace=False)
+        user = {
+            "gender": GENDERS[i % 2],
+            "age": int(rng.integers(15, 65)),
+            "occupation": OCCUPATIONS[i % len(OCCUPATIONS)],
+        }
+        if distinct:  # (occupation, zip) pairs repeat only after lcm(len, len) > count users
+            user["occupation"] = known["occupation"][i % len(known["occupation"])]
+            user["zip"] = known["zip"][(i // len(known["occupation"])) % len(known["zip"])]
         out.append(
             {
-                "user": {
-                    "gender": GENDERS[i % 2],
-                    "age": int(rng.integers(15, 65)),
-                    "occupation": OCCUPATIONS[i % len(OCCUPATIONS)],
-                },
+                "user": user,
                 "ratings": [{"item_id": int(j), "rating": int(rng.integers(1, 6))} for j in items],
                 "k": 10,
             }
         )
     return out
+
+
+def distinct_users(recommender: Recommender, bodies: list[dict[str, Any]]) -> int:
+    """How many different sets of user features ``bodies`` hold (as the model sees them)."""
+    features = recommender.bundle.features
+    return len({tuple(features.user_indices(b["user"]).values()) for b in bodies})
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -273,6 +289,8 @@ def bench_batch(model: Path, port: int, bodies: list[dict[str, Any]], repeats: i
     for threads in (1,):  # as served: 1 torch thread per worker (2 oversubscribe a busy box)
         torch.set_num_threads(threads)
         rec = Recommender.from_bundle(model, onboarding=False, threads=threads)
+        if hasattr(rec.bundle.features, "user_indices"):  # (older trees cannot tell)
+            print(f"    {distinct_users(rec, bodies)} different sets of user features")
         rec.recommend_many(requests[:16])  # warm-up
         one = best_of(
             repeats, lambda r=rec: [r.recommend(q.user, q.ratings, q.k) for q in requests]
@@ -316,6 +334,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--batch", type=int, default=256, help="users in (d)")
+    parser.add_argument(
+        "--distinct", action="store_true", help="(d): no two users with the same features"
+    )
     parser.add_argument("--only", choices=["a", "b", "c", "d"], default=None)
     parser.add_argument(
         "--best-of", type=int, default=1, help="(a): each request's fastest of N rounds"
@@ -330,7 +351,8 @@ def main() -> None:
     if args.only in (None, "b"):
         single_mean = bench_http_one_client(args.model, args.port, bodies)
     if args.only in (None, "d"):
-        bench_batch(args.model, args.port + 2, make_requests(recommender, args.batch, seed=1))
+        bodies_d = make_requests(recommender, args.batch, seed=1, distinct=args.distinct)
+        bench_batch(args.model, args.port + 2, bodies_d)
     if args.only in (None, "c"):
         rate, errors = bench_throughput(
             args.model, args.port + 1, bodies, args.clients, args.duration

@@ -193,15 +193,20 @@ class FeatureSpace:
         without building a frame; a raw age (23) is first mapped to its bucket
         (:func:`age_bucket`), as the readers do for the frames.
         """
+        return {k: torch.tensor(v, device=device) for k, v in self.user_indices(values).items()}
+
+    def user_indices(self, values: Mapping[str, Any] | None) -> dict[str, int]:
+        """``encode_user`` as plain ints: field → index (a batch stacks many people's into
+        one tensor per field)."""
         values = values or {}
-        out: FeatureBatch = {}
+        out = {}
         for name, index in self._user_index.items():
             raw = values.get(name)
             text = "" if raw is None else (age_bucket(raw) if name == "age" else str(raw))
             text = text.strip()
             if name == "zip":
                 text = text[: self.zip_prefix]
-            out[name] = torch.tensor(index.get(text, UNKNOWN), device=device)
+            out[name] = index.get(text, UNKNOWN)
         return out
 
     def encode_items(self, items: pd.DataFrame) -> FeatureBatch:

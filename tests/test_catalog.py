@@ -70,6 +70,21 @@ def test_rated_locates_the_first_problem(
     assert rows.tolist() == [2, 0] and values == [5.0, 1.0]
 
 
+def test_rated_many_is_rated_person_by_person_or_none(catalog: Catalog) -> None:
+    """Many people's ratings in one lookup: each one's ``rated`` when all are valid (the
+    same id may appear for two people); ``None`` when anyone's are not."""
+    people = [[(30, 5), (10, 1.5)], [], [(30, 4.0)], [(40, 1), (20, 2), (10, 3)]]
+    got = catalog.rated_many(people, (1.0, 5.0))
+    assert got is not None
+    for ratings, (rows, values) in zip(people, got, strict=True):
+        want_rows, want_values = catalog.rated(ratings, (1.0, 5.0))
+        assert rows == want_rows.tolist() and values == want_values
+        assert all(type(v) is float for v in values)
+    assert catalog.rated_many([], (1.0, 5.0)) == []
+    for bad in ([(99, 3)], [(30, 3), (30, 4)], [(30, 6)], [(30, math.nan)], [(30, "5")]):
+        assert catalog.rated_many([people[0], bad], (1.0, 5.0)) is None
+
+
 def test_search_best_first_and_browse_in_id_order(catalog: Catalog) -> None:
     page = catalog.search("STAR", limit=10)  # a title starting with it, then a word of one
     assert page == ItemPage(2, 10, 0, [catalog.item(0), catalog.item(2)])  # ids 30, 20

@@ -16,7 +16,7 @@ import torch
 from melu.model.estimator import Encoded
 from melu.model.items import catalog_rankings
 from melu.serving import Recommender
-from melu.serving.topk import top_rows
+from melu.serving.topk import top_rows, top_rows_many
 
 pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
 
@@ -129,6 +129,32 @@ def test_top_rows_is_the_stable_sort_without_the_excluded() -> None:
         want = rows[torch.sort(scores[keep], descending=True, stable=True).indices[:k]]
         got = top_rows(scores.clone(), k, excluded)
         assert got.tolist() == want.tolist()
+
+
+def test_top_rows_many_is_top_rows_person_by_person() -> None:
+    """The block version (ties, -inf rows, exclusions, k past what is kept, nobody kept)
+    picks each person's ``top_rows``, grouped by person, best first."""
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        people, n = (
+            int(torch.randint(1, 7, (1,), generator=gen)),
+            int(torch.randint(1, 30, (1,), generator=gen)),
+        )
+        scores = torch.randint(-3, 4, (people, n), generator=gen).float()  # many ties
+        scores[:, : n // 4] = float("-inf")
+        ks = torch.randint(1, n + 1, (people,), generator=gen)
+        excluded = [torch.randperm(n, generator=gen)[: int(torch.randint(0, n + 1, (1,), generator=gen))] for _ in range(people)]  # fmt: skip
+        pairs = (
+            torch.cat([torch.full((len(e),), t) for t, e in enumerate(excluded)]).long(),
+            torch.cat(excluded).long(),
+        )
+        person, row = top_rows_many(scores.clone(), ks, pairs)
+        for t in range(people):
+            want = top_rows(
+                scores[t].clone(), int(ks[t]), excluded[t] if len(excluded[t]) else None
+            )
+            assert row[person == t].tolist() == want.tolist()
+        assert person.tolist() == sorted(person.tolist())
 
 
 def test_batch_answers_and_reasons_equal_one_at_a_time(recommender: Recommender) -> None:

@@ -37,6 +37,24 @@ def test_bag_scores_sum_rating_weighted_rows_without_the_diagonal_or_unknown_ids
         assert float(got[i]) == pytest.approx(expected, abs=1e-12)
 
 
+def test_rows_of_is_indexing_in_value_and_gradient_bit_for_bit() -> None:
+    """The bags' rows by ``index_select`` equal ``matrix[ids]``, and so does the gradient
+    they send back (repeated ids included), so training is unchanged."""
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.randn(40, 30, generator=gen)
+    ids = torch.randint(0, 40, (7, 5), generator=gen)
+    ids[0, :3] = 4  # repeated rows sum their gradients
+    upstream = torch.randn(7, 5, 30, generator=gen)
+    grads = []
+    for take in (lambda m: m[ids], lambda m: ranking.rows_of(m, ids)):
+        leaf = matrix.clone().requires_grad_()
+        rows = take(leaf)
+        rows.backward(upstream)
+        assert torch.equal(rows, matrix[ids])
+        grads.append(leaf.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_contributions_are_the_bag_score_split_by_rated_item() -> None:
     params = head_params(1)
     bag = Bag(

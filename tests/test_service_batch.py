@@ -3,6 +3,7 @@ fails the whole batch with a 422 naming that user; ``melu recommend --batch``.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,9 +15,12 @@ import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import wait_ready
 
+from melu.model.estimator import PreferenceEstimator
 from melu.serving import Recommender, Request
 from service.app import create_app, model_version
 from service.deps import Loaded
+from service.routes.common import adaptation, model_ref, scored
+from service.schemas import BatchResponse, BatchResult
 from service.settings import Settings
 
 pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
@@ -93,6 +97,42 @@ def test_batch_equals_one_at_a_time(recommender: Recommender) -> None:
         assert_same(batch, single)
 
 
+def variant(recommender: Recommender, name: str) -> Recommender:
+    """The bundle served as another kind of model: ``mlp`` (the MLP adapts: per-person
+    catalog passes, the batched kernel), ``all`` (embeddings adapt: no item cache),
+    ``no-head`` (ranked by the predicted rating)."""
+    bundle = recommender.bundle
+    config = bundle.config
+    if name == "no-head":
+        config = config.replace(model=config.model.replace(ranking=False))
+    else:
+        config = config.replace(
+            model=config.model.replace(fast_params=name), meta=config.meta.replace(inner_lr=0.002)
+        )
+    model = PreferenceEstimator(config.model, bundle.features)
+    changed = dataclasses.replace(bundle, config=config, model=model)
+    return Recommender(changed, onboarding=False, threads=1)
+
+
+@pytest.mark.parametrize("kind", ["user", "mlp", "all", "no-head"])
+def test_batch_items_and_reasons_equal_one_at_a_time_for_every_kind_of_model(
+    recommender: Recommender, kind: str
+) -> None:
+    """Each person of a mixed batch (whole catalog or candidates, rated items kept or not,
+    no ratings, k up to the catalog) gets their single answer: the same items in the same
+    order, and the same reasons named behind each."""
+    served = recommender if kind == "user" else variant(recommender, kind)
+    requests = [wanted(u) for u in USERS * 3]  # more than one chunk of the MLP's
+    for request, batch in zip(requests, served.recommend_many(requests), strict=True):
+        single = served.recommend(
+            request.user, request.ratings, request.k, request.exclude_rated, request.candidates
+        )
+        assert_same(batch, single)
+        for a, b in zip(batch.items, single.items, strict=True):
+            if a.item_id == b.item_id:
+                assert a.because == b.because and a.title == b.title and a.genres == b.genres
+
+
 def test_batch_route_equals_the_single_route(client: TestClient) -> None:
     response = client.post("/v1/recommendations/batch", json={"users": USERS})
     assert response.status_code == 200, response.text
@@ -106,6 +146,32 @@ def test_batch_route_equals_the_single_route(client: TestClient) -> None:
         )
         assert result["adaptation"]["steps"] == single["adaptation"]["steps"]
     assert response.json()["model"]["version"] == response.headers["x-model-version"]
+
+
+def test_batch_body_is_the_declared_schema_byte_for_byte(
+    client: TestClient, recommender: Recommender
+) -> None:
+    """The route encodes its answer without a pydantic model per item: the bytes are what
+    ``BatchResponse`` of the same answers dumps (titles with accents, a movie without a
+    year, reasons, no ratings), and /openapi.json still declares ``BatchResponse``."""
+    response = client.post("/v1/recommendations/batch", json={"users": USERS})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    loaded = Loaded(recommender, response.headers["x-model-version"], "ml-100k")
+    results = recommender.recommend_many([wanted(u) for u in USERS])
+    want = BatchResponse(
+        results=[
+            BatchResult(items=scored(r.items, loaded), adaptation=adaptation(r.adaptation, loaded))
+            for r in results
+        ],
+        model=model_ref(loaded),
+    )
+    assert response.content == want.model_dump_json().encode()
+    items = [i for r in response.json()["results"] for i in r["items"]]
+    assert any(i["year"] is None for i in items) and any(i["because"] for i in items)
+    assert any(not i["title"].isascii() for i in items)
+    schema = client.get("/openapi.json").json()["paths"]["/v1/recommendations/batch"]["post"]
+    answer = schema["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/BatchResponse"}
 
 
 @pytest.mark.parametrize(

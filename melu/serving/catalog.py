@@ -88,6 +88,39 @@ class Catalog:
                 raise InvalidInput(("ratings", i, "rating"), rating, reason)
         return rows, [float(r[1]) for r in ratings]
 
+    def rated_many(
+        self, people: Sequence[Ratings], scale: tuple[float, float]
+    ) -> list[tuple[list[int], list[float]]] | None:
+        """``rated`` for many people's ratings in one lookup: each one's catalog rows and
+        ratings when every rating of every person is valid, else ``None`` (then ``rated``
+        person by person names the first problem)."""
+        sizes = [len(ratings) for ratings in people]
+        try:  # (what rated refuses or fails on, it meets again: None)
+            ids = np.array([r[0] for ratings in people for r in ratings], dtype=np.int64)
+            given = [r[1] for ratings in people for r in ratings]
+            if not all(map(math.isfinite, given)):
+                return None
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+        if not len(self._sorted_ids):
+            return None if len(ids) else [([], []) for _ in people]
+        values = [float(v) for v in given]
+        pos = np.searchsorted(self._sorted_ids, ids).clip(max=len(self._sorted_ids) - 1)
+        low, high = scale
+        checked = np.array(values, dtype=np.float64)
+        valid = (self._sorted_ids[pos] == ids) & (low <= checked) & (checked <= high)
+        person = np.repeat(np.arange(len(people)), sizes)
+        order = np.lexsort((ids, person))  # a person's ids side by side: repeats neighbour
+        repeated = (np.diff(person[order]) == 0) & (np.diff(ids[order]) == 0)
+        if not valid.all() or repeated.any():
+            return None
+        rows = self._sorted_rows[pos].tolist()
+        out, lo = [], 0
+        for n in sizes:
+            out.append((rows[lo : lo + n], values[lo : lo + n]))
+            lo += n
+        return out
+
     def find(self, text: str, loc: Loc) -> int:
         """The one row whose title ``text`` names (``"Star Wars"``, ``"the godfather"``,
         ``"Shaft (2000)"``, a typo), by :meth:`TitleIndex.best`; no match or several equally

@@ -48,12 +48,18 @@ def describe(
     each with the rated items that added most to its ranking score (best first);
     ``added``: their contributions (N, ≥ R) if the caller has them (``reasons``)."""
     clamped = ratings.clamp(*rec.scale).cpu().tolist()
-    items = (rec.catalog.item(row) for row in rows.cpu().tolist())
-    why = reasons(rec, rows, scores, added)
-    return [
-        Scored(item.item_id, item.title, item.year, item.genres, float(score), because)
-        for item, score, because in zip(items, clamped, why, strict=True)
-    ]
+    return items(rec, rows.cpu().tolist(), clamped, reasons(rec, rows, scores, added))
+
+
+def items(
+    rec: Recommender, rows: list[int], clamped: list[float], because: list[tuple[Reason, ...]]
+) -> list[Scored]:
+    """Catalog ``rows`` with their clamped predicted ratings and reasons as ``Scored`` items."""
+    out = []
+    for row, score, why in zip(rows, clamped, because, strict=True):
+        item = rec.catalog.item(row)
+        out.append(Scored(item.item_id, item.title, item.year, item.genres, score, why))
+    return out
 
 
 def reasons(
@@ -67,14 +73,39 @@ def reasons(
     if added is None:
         with torch.no_grad():
             added = rec.encoder.reasons(scores.params, rows, scores.bag)  # (N, R)
-    best = added.topk(min(REASONS, added.shape[-1]), dim=-1)
     rated, values = scores.rated.cpu().tolist(), scores.values.cpu().tolist()
-    out = []
-    for gains, picks in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-        why = []
-        for gain, j in zip(gains, picks, strict=True):
-            if gain > 0 and gain >= REASON_SHARE * gains[0]:
-                item = rec.catalog.item(rated[j])
-                why.append(Reason(item.item_id, item.title, float(values[j])))
-        out.append(tuple(why))
-    return out
+    return named(rec, rated, values, strongest(added))
+
+
+def strongest(added: Tensor) -> list[list[int]]:
+    """Per row of contributions ``added`` (N, L): the slots of up to ``REASONS`` rated items,
+    strongest first, that add a positive share of at least ``REASON_SHARE`` of the row's
+    strongest (those that pass are always the first ones: the rule keeps larger gains)."""
+    best = added.topk(min(REASONS, added.shape[-1]), dim=-1)
+    return [
+        picks[: _passing(gains)]
+        for gains, picks in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    ]
+
+
+def _passing(gains: list[float]) -> int:
+    """How many of a row's strongest ``gains`` (best first) name their rated item."""
+    n = 0
+    for gain in gains:
+        if not (gain > 0 and gain >= REASON_SHARE * gains[0]):
+            break
+        n += 1
+    return n
+
+
+def named(
+    rec: Recommender, rated: list[int], values: list[float], slots: list[list[int]]
+) -> list[tuple[Reason, ...]]:
+    """A person's rated catalog rows (R,) and ratings (R,), and per row the ``slots`` of
+    those behind it → the ``Reason`` tuples (one ``Reason`` per rated item, shared)."""
+    made = {}
+    for j in {j for picks in slots for j in picks}:
+        item = rec.catalog.item(rated[j])
+        made[j] = Reason(item.item_id, item.title, float(values[j]))
+    reason = made.__getitem__
+    return [tuple(map(reason, picks)) for picks in slots]

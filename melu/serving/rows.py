@@ -76,7 +76,8 @@ class RowEncoder:
         self.cache: ItemCache | None = (
             cache_items(model, params, self.items, fast) if self.shared else None
         )
-        self._fixed_mlp = not any(k.startswith("mlp.") for k in fast)
+        # no MLP parameter adapts: its output over the catalog depends on the user fields only
+        self.fixed_mlp = not any(k.startswith("mlp.") for k in fast)
         # the user offsets alone adapt: the support goes to the linear kernel in affine form
         self.linear = self.shared and linear_applies(model, fast)
         self._ids = (
@@ -101,7 +102,7 @@ class RowEncoder:
             return Person(features)
         user = self.model.encode_user(params, features)  # (E_u,)
         network = None
-        if catalog and self._fixed_mlp:
+        if catalog and self.fixed_mlp:
             network = catalog_network(self.model, params, self.cache, user)  # (I,)
         return Person(features, user, network)
 
@@ -184,15 +185,8 @@ class RowEncoder:
             return ranking.contributions(params, bag, ids[None])[0]
         return ranking.contributions(params, bag, ids)
 
-    def catalog_rankings(
-        self, params: Mapping[str, Tensor], users: FeatureBatch, bag: Bag
-    ) -> tuple[Tensor, Tensor] | None:
-        """(predicted ratings (T, I), ranking scores (T, I)) of the whole catalog for T
-        users (field → (T,)) whose adapted params may carry a leading dim T, with their
-        bags (T, L); ``None`` without the cache (then score each user with ``rankings``)."""
-        if self.cache is None:
-            return None
-        user = self.model.encode_user(params, users)  # (T, E_u)
-        if user.dim() == 1:  # no user fields: (0,) → (T, 0)
-            user = user.expand(next(iter(users.values())).shape[0], 0)
-        return catalog_rankings(self.model, params, self.cache, user, bag)
+    def catalog_network(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
+        """The MLP's output over the whole catalog (T, I) for T people's user embeddings
+        ``user`` (T, E_u) (their MLP params may carry a leading dim T); needs the cache."""
+        assert self.cache is not None
+        return catalog_network(self.model, params, self.cache, user)

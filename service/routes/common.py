@@ -6,7 +6,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from melu.serving import Adaptation, InvalidInput, Scored
+import pydantic_core
+
+from melu.serving import Adaptation, InvalidInput, Recommendations, Scored
 from service.deps import Loaded
 from service.errors import Unavailable
 from service.schemas import Adaptation as AdaptationOut
@@ -64,3 +66,36 @@ def _item(s: Scored) -> ScoredItem:
         score=s.score,
         because=because,
     )
+
+
+def batch_body(results: list[Recommendations], loaded: Loaded) -> bytes:
+    """The ``BatchResponse`` of ``results`` as JSON bytes: what
+    ``BatchResponse(...).model_dump_json()`` gives (tests/test_service_batch.py), encoded
+    from plain dicts in the schema's field order by pydantic's encoder, without a pydantic
+    model per item and reason (for 256 users at k = 10, 2,560 items: ~4x the time)."""
+    out = []
+    for r in results:
+        info = r.adaptation
+        check_finite((info.support_loss_before, info.support_loss_after), loaded)
+        check_finite((s.score for s in r.items), loaded)
+        adapted = {
+            "steps": info.steps,
+            "support_loss_before": info.support_loss_before,
+            "support_loss_after": info.support_loss_after,
+        }
+        out.append({"items": [_item_dict(s) for s in r.items], "adaptation": adapted})
+    body = {"results": out, "model": {"version": loaded.version, "dataset": loaded.dataset}}
+    return pydantic_core.to_json(body)
+
+
+def _item_dict(s: Scored) -> dict[str, Any]:
+    """A ``ScoredItem`` as a dict, its fields in the schema's order."""
+    because = [{"item_id": r.item_id, "title": r.title, "rating": r.rating} for r in s.because]
+    return {
+        "item_id": s.item_id,
+        "title": s.title,
+        "year": s.year,
+        "genres": list(s.genres),
+        "score": s.score,
+        "because": because,
+    }

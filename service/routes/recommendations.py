@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from melu.serving import InvalidInput
 from melu.serving import Request as Wanted
 from service.deps import ModelThreadDep, ReadyDep, SettingsDep
 from service.observability import observe_request
-from service.routes.common import adaptation, check_size, model_ref, pairs, scored, user_dict
+from service.routes.common import (
+    adaptation,
+    batch_body,
+    check_size,
+    model_ref,
+    pairs,
+    scored,
+    user_dict,
+)
 from service.schemas import (
     ERRORS,
     BatchRequest,
     BatchResponse,
-    BatchResult,
     RecommendationRequest,
     RecommendationResponse,
 )
@@ -66,7 +73,7 @@ async def recommend_batch(
     settings: SettingsDep,
     model: ModelThreadDep,
     request: Request,
-) -> BatchResponse:
+) -> Response:
     """Recommendations for up to MELU_MAX_BATCH users, adapted together in one batched pass,
     answering at most MELU_MAX_BATCH_ITEMS items in all (the sum of k over the users).
 
@@ -98,10 +105,5 @@ async def recommend_batch(
     observe_request(
         request.scope, "recommendations/batch", [len(u.ratings) for u in body.users], seconds
     )
-    return BatchResponse(
-        results=[
-            BatchResult(items=scored(r.items, loaded), adaptation=adaptation(r.adaptation, loaded))
-            for r in results
-        ],
-        model=model_ref(loaded),
-    )
+    # the declared BatchResponse, encoded straight from the answers (see batch_body)
+    return Response(batch_body(results, loaded), media_type="application/json")
