@@ -1,0 +1,158 @@
+"""The row-space inner loop of MeLU's recipe as one autograd node, its reverse pass by hand.
+
+``kernel_mlp.mlp_adapt`` runs ``steps`` SGD steps of the layers after the first (per task
+(T, …)) and moves the first pre-activations A (T, N, H) in row space. Differentiated by
+autograd, that loop records ~30 ops per step and replays ~70 backward nodes through the
+engine. Here the forward runs without a graph (fused, partly in place) and saves per step
+the hidden outputs hⱼ, the back-propagated δⱼ and the weights; the backward is the
+hand-derived reverse of every step, second order (the reverse of the inner gradient too),
+in ~25 ops per step. ReLU's second derivative is 0 almost everywhere, so its masks
+(hⱼ > 0) are constants of the reverse.
+
+One step, layers j = 1..m after the first (hⱼ = relu(aⱼ₋₁), aⱼ = hⱼ Wⱼᵀ + bⱼ, a₀ = A,
+the prediction aₘ (T, N, 1)):
+
+    r = aₘ − y,  δₘ = κ r                         (κ = d loss / d prediction per row)
+    δⱼ₋₁ = (δⱼ Wⱼ) ⊙ [hⱼ > 0],  gWⱼ = δⱼᵀ hⱼ,  gbⱼ = Σₙ δⱼ
+    Wⱼ ← Wⱼ − lr gWⱼ,  bⱼ ← bⱼ − lr gbⱼ,  A ← A − lr M δ₀,  moved += δ₀
+
+with M (T, N, N) the step's row-space matrix (``kernel_mlp``: X Xᵀ + (1 + u·u) 1 1ᵀ).
+Outputs: moved = Σ δ₀ (T, N, H), the residuals r of every step and after the last
+(T, N, steps + 1) and the adapted layers. tests/test_maml.py pins it to autograd of the
+same loop (``gradcheck``, float64) and, through ``meta_loss``, to the generic path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+Layers = list[tuple[Tensor, Tensor]]  # per layer after the first: W (T, out, in), b (T, out)
+
+
+def unrolled(
+    first: Tensor,
+    gram: Tensor,
+    ratings: Tensor,
+    coef: Tensor,
+    layers: Layers,
+    steps: int,
+    lr: float,
+) -> tuple[Tensor, Tensor, Layers]:
+    """``steps`` second-order-differentiable SGD steps (see the module docstring).
+
+    ``first`` (T, N, H): A before the first step; ``gram`` (T, N, N): M; ``ratings`` (T, N);
+    ``coef`` (T, N, 1): κ; ``layers``: the layers after the first, per task (T, …).
+    Returns (moved (T, N, H), residuals (T, N, steps + 1), the adapted layers)."""
+    flat = [t for pair in layers for t in pair]
+    out = _Unrolled.apply(first, gram, ratings, coef, steps, lr, *flat)
+    moved, residuals, *adapted = out
+    return moved, residuals, list(zip(adapted[::2], adapted[1::2], strict=True))
+
+
+def _forward_rows(first: Tensor, layers: Layers) -> tuple[list[Tensor], Tensor]:
+    """The hidden outputs hⱼ = relu(aⱼ₋₁) (T, N, inⱼ) and the predictions aₘ (T, N, 1)."""
+    hidden, a = [], first
+    for w, b in layers:
+        hidden.append(a.relu())
+        a = torch.baddbmm(b.unsqueeze(-2), hidden[-1], w.mT)
+    return hidden, a
+
+
+class _Unrolled(torch.autograd.Function):
+    """``unrolled`` as one node: forward without a graph, the reverse by hand."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        first: Tensor,
+        gram: Tensor,
+        ratings: Tensor,
+        coef: Tensor,
+        steps: int,
+        lr: float,
+        *flat: Tensor,
+    ) -> tuple[Tensor, ...]:
+        layers = list(zip(flat[::2], flat[1::2], strict=True))
+        saved: list[tuple[list[Tensor], list[Tensor], Layers]] = []  # per step: h, δ, layers
+        residuals, moved = [], torch.zeros_like(first)
+        a0 = first
+        for step in range(steps + 1):
+            hidden, pred = _forward_rows(a0, layers)
+            residual = pred.squeeze(-1) - ratings  # (T, N)
+            residuals.append(residual)
+            if step == steps:
+                saved.append((hidden, [], layers))
+                break
+            delta = [residual.unsqueeze(-1) * coef]  # δₘ, then δₘ₋₁ … δ₀ (reversed below)
+            new: Layers = []
+            for (w, b), h in zip(reversed(layers), reversed(hidden), strict=True):
+                d = delta[-1]
+                new.append(
+                    (torch.baddbmm(w, d.mT, h, alpha=-lr), torch.add(b, d.sum(-2), alpha=-lr))
+                )
+                delta.append(torch.ops.aten.threshold_backward(d @ w, h, 0))
+            saved.append((hidden, delta[::-1], layers))
+            g = delta[-1]  # δ₀ (T, N, H)
+            moved.add_(g)
+            a0 = torch.baddbmm(a0, gram, g, alpha=-lr)
+            layers = new[::-1]
+        ctx.steps, ctx.lr, ctx.depth = steps, lr, len(layers)  # type: ignore[attr-defined]
+        tensors = [gram, coef]
+        for hidden, delta, ls in saved:
+            tensors += [*hidden, *delta, *(w for w, _ in ls)]
+        ctx.save_for_backward(*tensors)
+        out = [moved, torch.stack(residuals, dim=-1)]
+        return (*out, *(t for pair in layers for t in pair))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        steps, lr, depth = ctx.steps, ctx.lr, ctx.depth
+        gram, coef, *rest = ctx.saved_tensors
+        g_moved, g_res, *g_layers = grads
+        per = [3 * depth + 1] * steps + [2 * depth]  # saved tensors per step
+        cut = [sum(per[:k]) for k in range(len(per) + 1)]
+        saved = [rest[cut[k] : cut[k + 1]] for k in range(len(per))]
+        wbar = [g.clone() for g in g_layers[::2]]  # adjoints of the current Wⱼ
+        bbar = [g.clone() for g in g_layers[1::2]]  # … of bⱼ
+        gbar = torch.zeros_like(gram)
+        abar = torch.zeros_like(g_moved)  # adjoint of A at the current step
+        for step in range(steps, -1, -1):
+            s = saved[step]
+            hidden, weights = s[:depth], s[-depth:]
+            delta = s[depth : 2 * depth + 1] if step < steps else []
+            hbar: list[Tensor | None] = [None] * depth  # adjoints of hⱼ from the gradient
+            dbar_m: Tensor | None = None  # adjoint of δₘ
+            if step < steps:
+                g = delta[0]  # δ₀
+                dbar = torch.baddbmm(g_moved, gram.mT, abar, alpha=-lr)  # δ̄₀
+                gbar.baddbmm_(abar, g.mT, alpha=-lr)
+                for j in range(depth):  # δⱼ₋₁ = (δⱼ Wⱼ) ⊙ [hⱼ > 0]; gWⱼ, gbⱼ from δⱼ
+                    w, h, d = weights[j], hidden[j], delta[j + 1]
+                    e = torch.ops.aten.threshold_backward(dbar, h, 0)
+                    nxt = torch.baddbmm(e @ w.mT, h, wbar[j].mT, alpha=-lr)  # + hⱼ ḡWⱼᵀ
+                    nxt = nxt.add_(bbar[j].unsqueeze(-2), alpha=-lr)  # + ḡbⱼ
+                    hbar[j] = torch.bmm(d, wbar[j]).mul_(-lr)  # δⱼ ḡWⱼ
+                    wbar[j].baddbmm_(d.mT, e)
+                    dbar = nxt
+                dbar_m = dbar  # (T, N, 1)
+            r_bar = g_res[..., step]
+            if dbar_m is not None:
+                r_bar = r_bar + (dbar_m * coef).squeeze(-1)
+            a_bar = r_bar.unsqueeze(-1)  # adjoint of aₘ
+            for j in range(depth - 1, -1, -1):  # aⱼ = hⱼ Wⱼᵀ + bⱼ, hⱼ = relu(aⱼ₋₁)
+                w, h = weights[j], hidden[j]
+                from_grad = hbar[j]
+                h_bar = a_bar @ w if from_grad is None else torch.baddbmm(from_grad, a_bar, w)
+                wbar[j].baddbmm_(a_bar.mT, h)
+                bbar[j].add_(a_bar.sum(-2))
+                a_bar = torch.ops.aten.threshold_backward(h_bar, h, 0)
+            abar = abar + a_bar
+        out: list[Tensor | None] = [abar, gbar, None, None, None, None]
+        for w, b in zip(wbar, bbar, strict=True):
+            out += [w, b]
+        return tuple(out)
