@@ -182,7 +182,7 @@ def encode_and_adapt(
     n, inputs = mask.shape[-1], support
     if query is not None:
         inputs = {k: torch.cat([v, query[k]], dim=1) for k, v in inputs.items()}
-    rows = model.encode(params, inputs)
+    rows = model.encode(params, inputs, bags=True)  # differentiated once: fused bags
     sizes = [n, rows.items.shape[1] - n]  # split, not sliced: one backward op for both
     parts = [
         Encoded(rows.user, x, i)

@@ -100,33 +100,32 @@ class _Unrolled(torch.autograd.Function):
             moved.add_(g)
             a0 = torch.baddbmm(a0, gram, g, alpha=-lr)
             layers = new[::-1]
-        ctx.steps, ctx.lr, ctx.depth = steps, lr, len(layers)  # type: ignore[attr-defined]
-        tensors = [gram, coef]
-        for hidden, delta, ls in saved:
-            tensors += [*hidden, *delta, *(w for w, _ in ls)]
-        ctx.save_for_backward(*tensors)
+        # intermediates on ctx itself (no version-counter checks for ~70 tensors); the
+        # adapted weights are outputs, so they go through save_for_backward (no ref cycle)
+        ctx.steps, ctx.lr, ctx.gram, ctx.coef = steps, lr, gram, coef  # type: ignore[attr-defined]
+        ctx.saved = [(h, d, [w for w, _ in ls]) for h, d, ls in saved[:-1]]  # type: ignore[attr-defined]
+        ctx.last = saved[-1][0]  # type: ignore[attr-defined]
+        ctx.save_for_backward(*(w for w, _ in layers))
         out = [moved, torch.stack(residuals, dim=-1)]
         return (*out, *(t for pair in layers for t in pair))
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        steps, lr, depth = ctx.steps, ctx.lr, ctx.depth
-        gram, coef, *rest = ctx.saved_tensors
+        steps, lr, gram, coef = ctx.steps, ctx.lr, ctx.gram, ctx.coef
         g_moved, g_res, *g_layers = grads
-        per = [3 * depth + 1] * steps + [2 * depth]  # saved tensors per step
-        cut = [sum(per[:k]) for k in range(len(per) + 1)]
-        saved = [rest[cut[k] : cut[k + 1]] for k in range(len(per))]
-        wbar = [g.clone() for g in g_layers[::2]]  # adjoints of the current Wⱼ
-        bbar = [g.clone() for g in g_layers[1::2]]  # … of bⱼ
+        saved = [*ctx.saved, (ctx.last, [], list(ctx.saved_tensors))]
+        depth = len(g_layers) // 2
+        # adjoints of the current Wⱼ and bⱼ, accumulated in place (contiguous: a transposed
+        # buffer sends baddbmm_ to a per-task loop of addmm_)
+        wbar = [g.clone(memory_format=torch.contiguous_format) for g in g_layers[::2]]
+        bbar = [g.clone(memory_format=torch.contiguous_format) for g in g_layers[1::2]]
         gbar = torch.zeros_like(gram)
         abar = torch.zeros_like(g_moved)  # adjoint of A at the current step
         for step in range(steps, -1, -1):
-            s = saved[step]
-            hidden, weights = s[:depth], s[-depth:]
-            delta = s[depth : 2 * depth + 1] if step < steps else []
+            hidden, delta, weights = saved[step]
             hbar: list[Tensor | None] = [None] * depth  # adjoints of hⱼ from the gradient
-            dbar_m: Tensor | None = None  # adjoint of δₘ
+            a_bar = g_res[..., step].unsqueeze(-1)  # adjoint of aₘ (T, N, 1)
             if step < steps:
                 g = delta[0]  # δ₀
                 dbar = torch.baddbmm(g_moved, gram.mT, abar, alpha=-lr)  # δ̄₀
@@ -139,11 +138,7 @@ class _Unrolled(torch.autograd.Function):
                     hbar[j] = torch.bmm(d, wbar[j]).mul_(-lr)  # δⱼ ḡWⱼ
                     wbar[j].baddbmm_(d.mT, e)
                     dbar = nxt
-                dbar_m = dbar  # (T, N, 1)
-            r_bar = g_res[..., step]
-            if dbar_m is not None:
-                r_bar = r_bar + (dbar_m * coef).squeeze(-1)
-            a_bar = r_bar.unsqueeze(-1)  # adjoint of aₘ
+                a_bar = torch.addcmul(a_bar, dbar, coef)  # δₘ = κ r: + κ δ̄ₘ
             for j in range(depth - 1, -1, -1):  # aⱼ = hⱼ Wⱼᵀ + bⱼ, hⱼ = relu(aⱼ₋₁)
                 w, h = weights[j], hidden[j]
                 from_grad = hbar[j]
