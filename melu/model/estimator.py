@@ -47,6 +47,22 @@ def is_embedding(name: str) -> bool:
     return name.startswith("embeddings.")
 
 
+def bag_mean(idx: Tensor, weight: Tensor, dense_up_to: int = 64) -> Tensor:
+    """``EmbeddingBag(mode="mean", padding_idx=0)`` of (..., L) indices into ``weight``
+    (V, D): (..., D), the mean of each bag's non-padding rows (0 if none). A small table
+    (V ≤ ``dense_up_to``, as the genres) by one matmul of the bags' normalised counts
+    (R, V) — its backward one matmul too, where ``F.embedding_bag``'s loops over bags."""
+    flat = idx.reshape(-1, idx.shape[-1])  # (R, L)
+    if weight.shape[0] > dense_up_to:
+        rows = F.embedding_bag(flat, weight, mode="mean", padding_idx=0)
+    else:
+        counts = weight.new_zeros(flat.shape[0], weight.shape[0])
+        counts.scatter_add_(1, flat, weight.new_ones(()).expand(flat.shape))
+        counts[:, 0] = 0.0  # the padding index
+        rows = (counts / counts.sum(-1, keepdim=True).clamp(min=1.0)) @ weight
+    return rows.view(*idx.shape[:-1], weight.shape[-1])
+
+
 class PreferenceEstimator:
     """MeLU's user-preference estimator as a pure function of ``(params, features)``.
 
@@ -162,9 +178,7 @@ class PreferenceEstimator:
         for name in self.item_field_names:
             idx, weight = features[name], params[f"embeddings.{name}.weight"]
             if bags and name in self.multi and idx.dim() >= 2:
-                flat = idx.reshape(-1, idx.shape[-1])  # (R, L): embedding_bag takes 2-d bags
-                rows = F.embedding_bag(flat, weight, mode="mean", padding_idx=0)
-                parts.append(rows.view(*idx.shape[:-1], -1))
+                parts.append(bag_mean(idx, weight))
                 continue
             rows = F.embedding(idx, weight)  # (..., N[, L], D)
             if name in self.multi:

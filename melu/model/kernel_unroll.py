@@ -106,6 +106,7 @@ class _Unrolled(torch.autograd.Function):
         ctx.saved = [(h, d, [w for w, _ in ls]) for h, d, ls in saved[:-1]]  # type: ignore[attr-defined]
         ctx.last = saved[-1][0]  # type: ignore[attr-defined]
         ctx.save_for_backward(*(w for w, _ in layers))
+        ctx.set_materialize_grads(False)  # the residuals' gradient is None in training
         out = [moved, torch.stack(residuals, dim=-1)]
         return (*out, *(t for pair in layers for t in pair))
 
@@ -113,23 +114,29 @@ class _Unrolled(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         steps, lr, gram, coef = ctx.steps, ctx.lr, ctx.gram, ctx.coef
-        g_moved, g_res, *g_layers = grads
-        saved = [*ctx.saved, (ctx.last, [], list(ctx.saved_tensors))]
+        g_moved, g_res, *g_layers = grads  # None: that output does not reach the loss
         depth = len(g_layers) // 2
+        last = list(ctx.saved_tensors)  # the adapted Wⱼ (T, out, in)
+        if g_moved is None:
+            g_moved = torch.zeros_like(ctx.last[0])  # (T, N, H), as relu(A) of the last step
         # adjoints of the current Wⱼ and bⱼ, accumulated in place (contiguous: a transposed
         # buffer sends baddbmm_ to a per-task loop of addmm_)
-        wbar = [g.clone(memory_format=torch.contiguous_format) for g in g_layers[::2]]
-        bbar = [g.clone(memory_format=torch.contiguous_format) for g in g_layers[1::2]]
+        wbar = [_buffer(g, w, w.shape) for g, w in zip(g_layers[::2], last, strict=True)]
+        bbar = [_buffer(g, w, w.shape[:-1]) for g, w in zip(g_layers[1::2], last, strict=True)]
         gbar = torch.zeros_like(gram)
-        abar = torch.zeros_like(g_moved)  # adjoint of A at the current step
+        abar: Tensor | None = None  # adjoint of A at the current step (None: 0 so far)
+        saved = [*ctx.saved, (ctx.last, [], last)]
         for step in range(steps, -1, -1):
             hidden, delta, weights = saved[step]
             hbar: list[Tensor | None] = [None] * depth  # adjoints of hⱼ from the gradient
-            a_bar = g_res[..., step].unsqueeze(-1)  # adjoint of aₘ (T, N, 1)
+            # adjoint of aₘ (T, N, 1); None: 0 (the last step's forward then needs no reverse)
+            a_bar = None if g_res is None else g_res[..., step].unsqueeze(-1)
             if step < steps:
                 g = delta[0]  # δ₀
-                dbar = torch.baddbmm(g_moved, gram.mT, abar, alpha=-lr)  # δ̄₀
-                gbar.baddbmm_(abar, g.mT, alpha=-lr)
+                dbar = g_moved  # δ̄₀ = Ḡ − lr Mᵀ Ā
+                if abar is not None:
+                    dbar = torch.baddbmm(g_moved, gram.mT, abar, alpha=-lr)
+                    gbar.baddbmm_(abar, g.mT, alpha=-lr)
                 for j in range(depth):  # δⱼ₋₁ = (δⱼ Wⱼ) ⊙ [hⱼ > 0]; gWⱼ, gbⱼ from δⱼ
                     w, h, d = weights[j], hidden[j], delta[j + 1]
                     e = torch.ops.aten.threshold_backward(dbar, h, 0)
@@ -138,7 +145,10 @@ class _Unrolled(torch.autograd.Function):
                     hbar[j] = torch.bmm(d, wbar[j]).mul_(-lr)  # δⱼ ḡWⱼ
                     wbar[j].baddbmm_(d.mT, e)
                     dbar = nxt
-                a_bar = torch.addcmul(a_bar, dbar, coef)  # δₘ = κ r: + κ δ̄ₘ
+                # δₘ = κ r: + κ δ̄ₘ
+                a_bar = dbar * coef if a_bar is None else torch.addcmul(a_bar, dbar, coef)
+            if a_bar is None:
+                continue
             for j in range(depth - 1, -1, -1):  # aⱼ = hⱼ Wⱼᵀ + bⱼ, hⱼ = relu(aⱼ₋₁)
                 w, h = weights[j], hidden[j]
                 from_grad = hbar[j]
@@ -146,8 +156,18 @@ class _Unrolled(torch.autograd.Function):
                 wbar[j].baddbmm_(a_bar.mT, h)
                 bbar[j].add_(a_bar.sum(-2))
                 a_bar = torch.ops.aten.threshold_backward(h_bar, h, 0)
-            abar = abar + a_bar
+            abar = a_bar if abar is None else abar + a_bar
+        if abar is None:
+            abar = torch.zeros_like(g_moved)
         out: list[Tensor | None] = [abar, gbar, None, None, None, None]
         for w, b in zip(wbar, bbar, strict=True):
             out += [w, b]
         return tuple(out)
+
+
+def _buffer(grad: Tensor | None, like: Tensor, shape: torch.Size) -> Tensor:
+    """A contiguous adjoint buffer to accumulate into: ``grad`` copied, or zeros of
+    ``shape`` (``like``'s dtype and device) when that output's gradient is None."""
+    if grad is None:
+        return like.new_zeros(shape)
+    return grad.clone(memory_format=torch.contiguous_format)
