@@ -241,15 +241,12 @@ class _SymmetricGram(torch.autograd.Function):
     """X Xᵀ (T, N, N) of X (T, N, E), its backward in one matmul, (Ḡ + Ḡᵀ) X, where
     autograd's for ``x @ x.mT`` takes two and adds them (itself differentiable)."""
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        # ctx in forward, not setup_context: apply() then skips binding the signature
+        # (inspect.signature) on every call; the row-space path is never vmapped
+        ctx.save_for_backward(x)
         return x @ x.mT
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple[Tensor], output: Tensor) -> None:  # type: ignore[override]
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -139,11 +140,14 @@ class MetaTrainer:
         order, cuts = indices[rank], size_split(sizes, buckets)
         meta, losses, inners = self.config.meta, [], []
         hidden, field = self.hidden, self.model.id_field
-        for part in order.tensor_split(cuts):
-            support, query = task_examples(self.train_tasks, self.tables, part)
-            if hidden is not None and field is not None:
-                support = support._replace(inputs=hide_items(support.inputs, field, hidden))
-                query = query._replace(inputs=hide_items(query.inputs, field, hidden))
+        everything = task_examples(self.train_tasks, self.tables, order)  # gathered once
+        if hidden is not None and field is not None:
+            everything = tuple(  # type: ignore[assignment]
+                e._replace(inputs=hide_items(e.inputs, field, hidden)) for e in everything
+            )
+        bounds = [0, *cuts, len(order)]
+        for start, stop in pairwise(bounds):
+            support, query = (_task_rows(e, start, stop) for e in everything)
             with self.autocast():
                 _, per_task, inner = meta_loss(
                     self.model,
@@ -305,6 +309,12 @@ def size_split(sizes: Tensor, buckets: int) -> list[int]:
         j = start_of[j]
         cuts.append(j)
     return sorted({c for c in cuts if 0 < c < n})
+
+
+def _task_rows(examples: Examples, start: int, stop: int) -> Examples:
+    """Tasks ``start:stop`` of a batch's ``examples`` (views)."""
+    inputs = {k: v[start:stop] for k, v in examples.inputs.items()}
+    return Examples(inputs, examples.ratings[start:stop], examples.mask[start:stop])
 
 
 def _distinct(grads: tuple[Tensor, ...]) -> list[Tensor]:
