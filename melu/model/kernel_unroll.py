@@ -54,11 +54,12 @@ def unrolled(
 
 
 def _forward_rows(first: Tensor, layers: Layers) -> tuple[list[Tensor], Tensor]:
-    """The hidden outputs hⱼ = relu(aⱼ₋₁) (T, N, inⱼ) and the predictions aₘ (T, N, 1)."""
+    """The hidden outputs hⱼ = relu(aⱼ₋₁) (T, N, inⱼ) and the predictions aₘ (T, N, 1);
+    ``layers``' biases (T, 1, out)."""
     hidden, a = [], first
     for w, b in layers:
         hidden.append(a.relu())
-        a = torch.baddbmm(b.unsqueeze(-2), hidden[-1], w.mT)
+        a = torch.baddbmm(b, hidden[-1], w.mT)
     return hidden, a
 
 
@@ -76,25 +77,25 @@ class _Unrolled(torch.autograd.Function):
         lr: float,
         *flat: Tensor,
     ) -> tuple[Tensor, ...]:
-        layers = list(zip(flat[::2], flat[1::2], strict=True))
+        # biases kept (T, 1, out) and residuals (T, N, 1) inside: no reshaping per step
+        layers = [(w, b.unsqueeze(-2)) for w, b in zip(flat[::2], flat[1::2], strict=True)]
         saved: list[tuple[list[Tensor], list[Tensor], Layers]] = []  # per step: h, δ, layers
-        residuals, moved = [], torch.zeros_like(first)
+        residuals, moved, target = [], torch.zeros_like(first), ratings.unsqueeze(-1)
         a0 = first
         for step in range(steps + 1):
             hidden, pred = _forward_rows(a0, layers)
-            residual = pred.squeeze(-1) - ratings  # (T, N)
+            residual = pred - target  # (T, N, 1)
             residuals.append(residual)
             if step == steps:
                 saved.append((hidden, [], layers))
                 break
-            delta = [residual.unsqueeze(-1) * coef]  # δₘ, then δₘ₋₁ … δ₀ (reversed below)
+            delta = [residual * coef]  # δₘ, then δₘ₋₁ … δ₀ (reversed below)
             new: Layers = []
             for (w, b), h in zip(reversed(layers), reversed(hidden), strict=True):
                 d = delta[-1]
-                new.append(
-                    (torch.baddbmm(w, d.mT, h, alpha=-lr), torch.add(b, d.sum(-2), alpha=-lr))
-                )
-                delta.append(torch.ops.aten.threshold_backward(d @ w, h, 0))
+                step_b = torch.add(b, d.sum(-2, keepdim=True), alpha=-lr)
+                new.append((torch.baddbmm(w, d.mT, h, alpha=-lr), step_b))
+                delta.append(torch.ops.aten.threshold_backward(torch.bmm(d, w), h, 0))
             saved.append((hidden, delta[::-1], layers))
             g = delta[-1]  # δ₀ (T, N, H)
             moved.add_(g)
@@ -107,8 +108,8 @@ class _Unrolled(torch.autograd.Function):
         ctx.last = saved[-1][0]  # type: ignore[attr-defined]
         ctx.save_for_backward(*(w for w, _ in layers))
         ctx.set_materialize_grads(False)  # the residuals' gradient is None in training
-        out = [moved, torch.stack(residuals, dim=-1)]
-        return (*out, *(t for pair in layers for t in pair))
+        out = [moved, torch.cat(residuals, dim=-1)]
+        return (*out, *(t for w, b in layers for t in (w, b.squeeze(-2))))
 
     @staticmethod
     @once_differentiable
@@ -122,7 +123,10 @@ class _Unrolled(torch.autograd.Function):
         # adjoints of the current Wⱼ and bⱼ, accumulated in place (contiguous: a transposed
         # buffer sends baddbmm_ to a per-task loop of addmm_)
         wbar = [_buffer(g, w, w.shape) for g, w in zip(g_layers[::2], last, strict=True)]
-        bbar = [_buffer(g, w, w.shape[:-1]) for g, w in zip(g_layers[1::2], last, strict=True)]
+        bbar = [  # (T, 1, out)
+            _buffer(None if g is None else g.unsqueeze(-2), w, (*w.shape[:-2], 1, w.shape[-2]))
+            for g, w in zip(g_layers[1::2], last, strict=True)
+        ]
         gbar = torch.zeros_like(gram)
         abar: Tensor | None = None  # adjoint of A at the current step (None: 0 so far)
         saved = [*ctx.saved, (ctx.last, [], last)]
@@ -130,7 +134,7 @@ class _Unrolled(torch.autograd.Function):
             hidden, delta, weights = saved[step]
             hbar: list[Tensor | None] = [None] * depth  # adjoints of hⱼ from the gradient
             # adjoint of aₘ (T, N, 1); None: 0 (the last step's forward then needs no reverse)
-            a_bar = None if g_res is None else g_res[..., step].unsqueeze(-1)
+            a_bar = None if g_res is None else g_res[..., step : step + 1]
             if step < steps:
                 g = delta[0]  # δ₀
                 dbar = g_moved  # δ̄₀ = Ḡ − lr Mᵀ Ā
@@ -140,8 +144,8 @@ class _Unrolled(torch.autograd.Function):
                 for j in range(depth):  # δⱼ₋₁ = (δⱼ Wⱼ) ⊙ [hⱼ > 0]; gWⱼ, gbⱼ from δⱼ
                     w, h, d = weights[j], hidden[j], delta[j + 1]
                     e = torch.ops.aten.threshold_backward(dbar, h, 0)
-                    nxt = torch.baddbmm(e @ w.mT, h, wbar[j].mT, alpha=-lr)  # + hⱼ ḡWⱼᵀ
-                    nxt = nxt.add_(bbar[j].unsqueeze(-2), alpha=-lr)  # + ḡbⱼ
+                    nxt = torch.baddbmm(torch.bmm(e, w.mT), h, wbar[j].mT, alpha=-lr)  # + hⱼ ḡWⱼᵀ
+                    nxt = nxt.add_(bbar[j], alpha=-lr)  # + ḡbⱼ
                     hbar[j] = torch.bmm(d, wbar[j]).mul_(-lr)  # δⱼ ḡWⱼ
                     wbar[j].baddbmm_(d.mT, e)
                     dbar = nxt
@@ -152,20 +156,22 @@ class _Unrolled(torch.autograd.Function):
             for j in range(depth - 1, -1, -1):  # aⱼ = hⱼ Wⱼᵀ + bⱼ, hⱼ = relu(aⱼ₋₁)
                 w, h = weights[j], hidden[j]
                 from_grad = hbar[j]
-                h_bar = a_bar @ w if from_grad is None else torch.baddbmm(from_grad, a_bar, w)
+                h_bar = (
+                    torch.bmm(a_bar, w) if from_grad is None else torch.baddbmm(from_grad, a_bar, w)
+                )
                 wbar[j].baddbmm_(a_bar.mT, h)
-                bbar[j].add_(a_bar.sum(-2))
+                bbar[j].add_(a_bar.sum(-2, keepdim=True))
                 a_bar = torch.ops.aten.threshold_backward(h_bar, h, 0)
             abar = a_bar if abar is None else abar + a_bar
         if abar is None:
             abar = torch.zeros_like(g_moved)
         out: list[Tensor | None] = [abar, gbar, None, None, None, None]
         for w, b in zip(wbar, bbar, strict=True):
-            out += [w, b]
+            out += [w, b.squeeze(-2)]
         return tuple(out)
 
 
-def _buffer(grad: Tensor | None, like: Tensor, shape: torch.Size) -> Tensor:
+def _buffer(grad: Tensor | None, like: Tensor, shape: tuple[int, ...]) -> Tensor:
     """A contiguous adjoint buffer to accumulate into: ``grad`` copied, or zeros of
     ``shape`` (``like``'s dtype and device) when that output's gradient is None."""
     if grad is None:
