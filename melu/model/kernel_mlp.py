@@ -13,7 +13,7 @@ by exact identities:
 with the Gram matrix X Xᵀ (T, N, N) formed once; as a's move γ (1 + u·u) = (1 + u·u) 1ᵀ G is
 the same for all N rows, both shares move by one matmul, −lr (X Xᵀ + (1 + u·u) 1 1ᵀ) G.
 That is N²·H multiply-adds per step instead of 2·N·E_i·H for the forward matmul and the
-weight gradient (N ≤ 90 < E_i = 160 at MeLU's sizes), in the inner loop and in the meta-gradient through it. The adapted W₀ is
+weight gradient (N ≤ 90 < E_i = 96 at MeLU's sizes), in the inner loop and in the meta-gradient through it. The adapted W₀ is
 built once at the end from the summed G: W₀ − lr · [Σγ ⊗ u, (ΣG)ᵀ X]. Same math as
 ``kernel.batched_step`` + SGD (first order: the factors the gradient brings in are
 detached, as FOMAML detaches the gradient); tests/test_maml.py pins the two to each other.
