@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureBatch, FeatureSpace
 from melu.model import ranking
+from melu.model.bags import bag_mean
 from melu.model.collaborative import collaborative, part_shapes, user_state
 from melu.model.init import initial_params
 from melu.model.ranking import Bag
@@ -45,22 +46,6 @@ class Encoded(NamedTuple):
 def is_embedding(name: str) -> bool:
     """Whether parameter ``name`` is an embedding table (an input of ``encode``)."""
     return name.startswith("embeddings.")
-
-
-def bag_mean(idx: Tensor, weight: Tensor, dense_up_to: int = 64) -> Tensor:
-    """``EmbeddingBag(mode="mean", padding_idx=0)`` of (..., L) indices into ``weight``
-    (V, D): (..., D), the mean of each bag's non-padding rows (0 if none). A small table
-    (V ≤ ``dense_up_to``, as the genres) by one matmul of the bags' normalised counts
-    (R, V) — its backward one matmul too, where ``F.embedding_bag``'s loops over bags."""
-    flat = idx.reshape(-1, idx.shape[-1])  # (R, L)
-    if weight.shape[0] > dense_up_to:
-        rows = F.embedding_bag(flat, weight, mode="mean", padding_idx=0)
-    else:
-        counts = weight.new_zeros(flat.shape[0], weight.shape[0])
-        counts.scatter_add_(1, flat, weight.new_ones(()).expand(flat.shape))
-        counts[:, 0] = 0.0  # the padding index
-        rows = (counts / counts.sum(-1, keepdim=True).clamp(min=1.0)) @ weight
-    return rows.view(*idx.shape[:-1], weight.shape[-1])
 
 
 class PreferenceEstimator:

@@ -23,6 +23,7 @@ from melu.config import Config
 from melu.errors import BundleError
 from melu.evaluation.metrics import error_sums
 from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.examples import task_rows
 from melu.model.linear import linear_applies
 from melu.model.maml import Examples, Kernel, Lr, inner_rates, meta_loss, task_examples, trim
 from melu.model.predict import predict_examples
@@ -147,7 +148,7 @@ class MetaTrainer:
             )
         bounds = [0, *cuts, len(order)]
         for start, stop in pairwise(bounds):
-            support, query = (_task_rows(e, start, stop) for e in everything)
+            support, query = (task_rows(e, start, stop) for e in everything)
             with self.autocast():
                 _, per_task, inner = meta_loss(
                     self.model,
@@ -309,12 +310,6 @@ def size_split(sizes: Tensor, buckets: int) -> list[int]:
         j = start_of[j]
         cuts.append(j)
     return sorted({c for c in cuts if 0 < c < n})
-
-
-def _task_rows(examples: Examples, start: int, stop: int) -> Examples:
-    """Tasks ``start:stop`` of a batch's ``examples`` (views)."""
-    inputs = {k: v[start:stop] for k, v in examples.inputs.items()}
-    return Examples(inputs, examples.ratings[start:stop], examples.mask[start:stop])
 
 
 def _distinct(grads: tuple[Tensor, ...]) -> list[Tensor]:
