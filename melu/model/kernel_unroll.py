@@ -102,11 +102,13 @@ class _Unrolled(torch.autograd.Function):
             a0 = torch.baddbmm(a0, gram, g, alpha=-lr)
             layers = new[::-1]
         # intermediates on ctx itself (no version-counter checks for ~70 tensors); the
-        # adapted weights are outputs, so they go through save_for_backward (no ref cycle)
-        ctx.steps, ctx.lr, ctx.gram, ctx.coef = steps, lr, gram, coef  # type: ignore[attr-defined]
-        ctx.saved = [(h, d, [w for w, _ in ls]) for h, d, ls in saved[:-1]]  # type: ignore[attr-defined]
-        ctx.last = saved[-1][0]  # type: ignore[attr-defined]
-        ctx.save_for_backward(*(w for w, _ in layers))
+        # inputs (M, the starting weights) and outputs (the adapted weights) go through
+        # save_for_backward: in-place changes to them are caught, and no reference cycle
+        ctx.steps, ctx.lr, ctx.coef = steps, lr, coef  # type: ignore[attr-defined]
+        ctx.saved = [(h, d) for h, d, _ in saved]  # type: ignore[attr-defined]
+        weights = [[w for w, _ in ls] for _, _, ls in saved]
+        ctx.step_weights = weights[1:-1]  # type: ignore[attr-defined]
+        ctx.save_for_backward(gram, *weights[0], *weights[-1])
         ctx.set_materialize_grads(False)  # the residuals' gradient is None in training
         out = [moved, torch.cat(residuals, dim=-1)]
         return (*out, *(t for w, b in layers for t in (w, b.squeeze(-2))))
@@ -114,12 +116,15 @@ class _Unrolled(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        steps, lr, gram, coef = ctx.steps, ctx.lr, ctx.gram, ctx.coef
+        steps, lr, coef = ctx.steps, ctx.lr, ctx.coef
         g_moved, g_res, *g_layers = grads  # None: that output does not reach the loss
         depth = len(g_layers) // 2
-        last = list(ctx.saved_tensors)  # the adapted Wⱼ (T, out, in)
+        gram, *ends = ctx.saved_tensors
+        start, last = ends[:depth], ends[depth:]  # the starting and the adapted Wⱼ
+        weights = [start, *ctx.step_weights, last] if steps else [last]
+        saved = [(h, d, w) for (h, d), w in zip(ctx.saved, weights, strict=True)]
         if g_moved is None:
-            g_moved = torch.zeros_like(ctx.last[0])  # (T, N, H), as relu(A) of the last step
+            g_moved = torch.zeros_like(saved[-1][0][0])  # (T, N, H), as relu(A) at the end
         # adjoints of the current Wⱼ and bⱼ, accumulated in place (contiguous: a transposed
         # buffer sends baddbmm_ to a per-task loop of addmm_)
         wbar = [_buffer(g, w, w.shape) for g, w in zip(g_layers[::2], last, strict=True)]
@@ -129,7 +134,6 @@ class _Unrolled(torch.autograd.Function):
         ]
         gbar = torch.zeros_like(gram)
         abar: Tensor | None = None  # adjoint of A at the current step (None: 0 so far)
-        saved = [*ctx.saved, (ctx.last, [], last)]
         for step in range(steps, -1, -1):
             hidden, delta, weights = saved[step]
             hbar: list[Tensor | None] = [None] * depth  # adjoints of hⱼ from the gradient
