@@ -18,8 +18,10 @@ the prediction aₘ (T, N, 1)):
 
 with M (T, N, N) the step's row-space matrix (``kernel_mlp``: X Xᵀ + (1 + u·u) 1 1ᵀ).
 Outputs: moved = Σ δ₀ (T, N, H), the residuals r of every step and after the last
-(T, N, steps + 1) and the adapted layers. tests/test_maml.py pins it to autograd of the
-same loop (``gradcheck``, float64) and, through ``meta_loss``, to the generic path.
+(T, N, steps + 1) and the adapted layers. The node is once differentiable (the meta-gradient;
+no Hessian of the meta-loss through it). tests/test_kernel_unroll.py pins it to autograd of
+the same loop written plainly and to finite differences (float64); tests/test_maml.py,
+through ``meta_loss``, to the general batched kernel and the generic ``torch.func`` path.
 """
 
 from __future__ import annotations
