@@ -109,6 +109,7 @@ def compare(trainer: MetaTrainer, label: str, batches: list[Tensor], rounds: int
         row[k] = {
             "wall": statistics.median(wall), "cpu": statistics.median(cpu),
             "wall_range": (min(wall), max(wall)), "max_grad_diff": diffs[k],
+            "wall_rounds": wall,
         }  # fmt: skip
     print_row(row)
     return row
@@ -127,6 +128,10 @@ def print_row(row: dict) -> None:  # type: ignore[type-arg]
                 f"{r['cpu']:4.1f}x cpu, max|Δgrad| {r['max_grad_diff']:.1e}"
             )
     print(head + " | " + " | ".join(parts), flush=True)
+    for k in ("plain", "higher"):
+        if k in row:
+            rounds = " ".join(f"{x:.1f}" for x in row[k]["wall_rounds"])
+            print(f"    {k} / melu wall per round: {rounds}", flush=True)
 
 
 def configs(which: str) -> dict[str, Config]:

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from melu.config import FastGroup, ModelConfig
 from melu.features import FeatureBatch, FeatureSpace
 from melu.model import ranking
+from melu.model.bags import bag_mean
 from melu.model.collaborative import collaborative, part_shapes, user_state
 from melu.model.init import initial_params
 from melu.model.ranking import Bag
@@ -155,14 +156,14 @@ class PreferenceEstimator:
     ) -> Tensor:
         """Item fields → (..., N) or (..., N, L) indices  →  (..., N, E_i) embeddings.
 
-        ``bags``: multi-valued fields of (R, L) indices by ``F.embedding_bag`` (one fused op
-        each way, the same mean; not vmappable or twice differentiable, so only for callers
-        that need neither, as the packed training rows)."""
+        ``bags``: multi-valued fields of (..., N, L) indices by ``F.embedding_bag`` (one
+        fused op each way, the same mean; not vmappable or twice differentiable, so only for
+        callers that need neither, as the packed training rows and the row-space kernel)."""
         parts = []
         for name in self.item_field_names:
             idx, weight = features[name], params[f"embeddings.{name}.weight"]
-            if bags and name in self.multi and idx.dim() == 2:
-                parts.append(F.embedding_bag(idx, weight, mode="mean", padding_idx=0))
+            if bags and name in self.multi and idx.dim() >= 2:
+                parts.append(bag_mean(idx, weight))
                 continue
             rows = F.embedding(idx, weight)  # (..., N[, L], D)
             if name in self.multi:
@@ -173,13 +174,16 @@ class PreferenceEstimator:
             parts.append(rows)
         return torch.cat(parts, dim=-1)
 
-    def encode(self, params: Mapping[str, Tensor], features: FeatureBatch) -> Encoded:
+    def encode(
+        self, params: Mapping[str, Tensor], features: FeatureBatch, *, bags: bool = False
+    ) -> Encoded:
         """Features of rows that share one user per leading index → ``Encoded``.
 
         ``features``: field → (..., N) or (..., N, L) indices, N ≥ 1, the user fields
         repeating one value along N (as ``FeatureTables.gather`` / ``with_user`` build them).
+        ``bags``: as ``encode_items``'s (once differentiable, not vmappable).
         """
-        items = self.encode_items(params, features)
+        items = self.encode_items(params, features, bags=bags)
         user = self.encode_user(params, {n: features[n][..., 0] for n in self.user_field_names})
         if not self.user_field_names:
             user = items.new_zeros((*items.shape[:-2], 0))

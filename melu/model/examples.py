@@ -1,7 +1,8 @@
 """The rated rows of tasks as the inner loop reads them: ``Examples`` and how to build them.
 
 ``task_examples`` gathers a ``TaskSet``'s support and query rows with their features into
-padded (T, N) ``Examples``; ``trim`` drops the padding slots no task uses. ``adapt`` and
+padded (T, N) ``Examples``; ``task_rows`` takes some of their tasks, ``trim`` drops the
+padding slots no task uses. ``adapt`` and
 ``meta_loss`` (``melu.model.maml``, which re-exports these) take them as they are.
 """
 
@@ -39,6 +40,12 @@ def trim(examples: Examples) -> Examples:
         return examples
     inputs = {k: v[:, :n] for k, v in examples.inputs.items()}
     return Examples(inputs, examples.ratings[:, :n], examples.mask[:, :n])
+
+
+def task_rows(examples: Examples, start: int, stop: int) -> Examples:
+    """Tasks ``start:stop`` of a batch's (T, N) ``examples`` (views)."""
+    inputs = {k: v[start:stop] for k, v in examples.inputs.items()}
+    return Examples(inputs, examples.ratings[start:stop], examples.mask[start:stop])
 
 
 def task_examples(

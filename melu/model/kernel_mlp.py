@@ -13,10 +13,13 @@ by exact identities:
 with the Gram matrix X Xᵀ (T, N, N) formed once; as a's move γ (1 + u·u) = (1 + u·u) 1ᵀ G is
 the same for all N rows, both shares move by one matmul, −lr (X Xᵀ + (1 + u·u) 1 1ᵀ) G.
 That is N²·H multiply-adds per step instead of 2·N·E_i·H for the forward matmul and the
-weight gradient (N ≤ 90 < E_i = 160 at MeLU's sizes), in the inner loop and in the meta-gradient through it. The adapted W₀ is
+weight gradient (N ≤ 90 < E_i = 96 at MeLU's sizes), in the inner loop and in the meta-gradient through it. The adapted W₀ is
 built once at the end from the summed G: W₀ − lr · [Σγ ⊗ u, (ΣG)ᵀ X]. Same math as
 ``kernel.batched_step`` + SGD (first order: the factors the gradient brings in are
 detached, as FOMAML detaches the gradient); tests/test_maml.py pins the two to each other.
+In second order the loop runs as one autograd node whose reverse is written out by hand
+(``melu.model.kernel_unroll``, pinned to autograd of the same loop by
+tests/test_kernel_unroll.py); first order keeps the loop below, differentiated by autograd.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch.autograd.function import FunctionCtx
 
 from melu.features import FeatureBatch
 from melu.model.estimator import Encoded, Params, PreferenceEstimator
+from melu.model.kernel_unroll import unrolled
 
 
 def adapts_whole_mlp(model: PreferenceEstimator, fast: Sequence[str], lr: object) -> bool:
@@ -119,6 +123,10 @@ def mlp_adapt(
     state = RowSpace(model, mlp, {k: mlp[k] for pair in model.linears[1:] for k in pair},
                      None, fixed.user, fixed.items, lr)  # fmt: skip
     first = state.first(encoded)  # (T, N, H): the first layer's pre-activations
+    if not first_order and steps > 0 and not torch.is_autocast_enabled():
+        # second order: the loop as one autograd node, its reverse by hand (kernel_unroll)
+        state, r = _unrolled(state, first, gram, ratings, coef, steps)
+        return state, (r * r * m.unsqueeze(-1)).sum(-2) / count.unsqueeze(-1)
     residuals = []
     for step in range(steps + 1):
         pre, hidden = _forward(model, state.later, first)
@@ -135,6 +143,25 @@ def mlp_adapt(
         state = state._replace(later=later, moved=g if state.moved is None else state.moved + g)
     r = torch.stack(residuals, dim=-1)  # (T, N, steps + 1): every step's losses in one go
     return state, (r * r * m.unsqueeze(-1)).sum(-2) / count.unsqueeze(-1)
+
+
+def _unrolled(
+    state: RowSpace, first: Tensor, gram: Tensor, ratings: Tensor, coef: Tensor, steps: int
+) -> tuple[RowSpace, Tensor]:
+    """``mlp_adapt``'s loop by ``kernel_unroll.unrolled``: the adapted state and the
+    residuals (T, N, steps + 1) of every step and after the last."""
+    names, tasks, shapes = state.model.linears[1:], first.shape[0], state.model.shapes()
+    layers = [
+        (_per_task(state.later[w], shapes[w], tasks), _per_task(state.later[b], shapes[b], tasks))
+        for w, b in names
+    ]
+    moved, residuals, adapted = unrolled(first, gram, ratings, coef, layers, steps, state.lr)
+    later = {
+        k: v
+        for (w, b), p in zip(names, adapted, strict=True)
+        for k, v in zip((w, b), p, strict=True)
+    }
+    return state._replace(later=later, moved=moved), residuals
 
 
 def encode_and_adapt(
@@ -155,7 +182,7 @@ def encode_and_adapt(
     n, inputs = mask.shape[-1], support
     if query is not None:
         inputs = {k: torch.cat([v, query[k]], dim=1) for k, v in inputs.items()}
-    rows = model.encode(params, inputs)
+    rows = model.encode(params, inputs, bags=True)  # differentiated once: fused bags
     sizes = [n, rows.items.shape[1] - n]  # split, not sliced: one backward op for both
     parts = [
         Encoded(rows.user, x, i)
@@ -214,15 +241,12 @@ class _SymmetricGram(torch.autograd.Function):
     """X Xᵀ (T, N, N) of X (T, N, E), its backward in one matmul, (Ḡ + Ḡᵀ) X, where
     autograd's for ``x @ x.mT`` takes two and adds them (itself differentiable)."""
 
-    generate_vmap_rule = True
-
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        # ctx in forward, not setup_context: apply() then skips binding the signature
+        # (inspect.signature) on every call; the row-space path is never vmapped
+        ctx.save_for_backward(x)
         return x @ x.mT
-
-    @staticmethod
-    def setup_context(ctx: FunctionCtx, inputs: tuple[Tensor], output: Tensor) -> None:  # type: ignore[override]
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]

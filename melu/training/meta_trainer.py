@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from melu.config import Config
 from melu.errors import BundleError
 from melu.evaluation.metrics import error_sums
 from melu.model.estimator import Params, PreferenceEstimator
+from melu.model.examples import task_rows
 from melu.model.linear import linear_applies
 from melu.model.maml import Examples, Kernel, Lr, inner_rates, meta_loss, task_examples, trim
 from melu.model.predict import predict_examples
@@ -139,11 +141,14 @@ class MetaTrainer:
         order, cuts = indices[rank], size_split(sizes, buckets)
         meta, losses, inners = self.config.meta, [], []
         hidden, field = self.hidden, self.model.id_field
-        for part in order.tensor_split(cuts):
-            support, query = task_examples(self.train_tasks, self.tables, part)
-            if hidden is not None and field is not None:
-                support = support._replace(inputs=hide_items(support.inputs, field, hidden))
-                query = query._replace(inputs=hide_items(query.inputs, field, hidden))
+        everything = task_examples(self.train_tasks, self.tables, order)  # gathered once
+        if hidden is not None and field is not None:
+            everything = tuple(  # type: ignore[assignment]
+                e._replace(inputs=hide_items(e.inputs, field, hidden)) for e in everything
+            )
+        bounds = [0, *cuts, len(order)]
+        for start, stop in pairwise(bounds):
+            support, query = (task_rows(e, start, stop) for e in everything)
             with self.autocast():
                 _, per_task, inner = meta_loss(
                     self.model,
