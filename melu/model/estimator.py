@@ -156,7 +156,7 @@ class PreferenceEstimator:
     ) -> Tensor:
         """Item fields → (..., N) or (..., N, L) indices  →  (..., N, E_i) embeddings.
 
-        ``bags``: multi-valued fields of (..., N, L) indices by ``F.embedding_bag`` (one
+        ``bags``: multi-valued fields of (..., N, L) indices by ``bags.bag_mean`` (one
         fused op each way, the same mean; not vmappable or twice differentiable, so only for
         callers that need neither, as the packed training rows and the row-space kernel)."""
         parts = []

@@ -2,8 +2,8 @@
 
 ``task_examples`` gathers a ``TaskSet``'s support and query rows with their features into
 padded (T, N) ``Examples``; ``task_rows`` takes some of their tasks, ``trim`` drops the
-padding slots no task uses. ``adapt`` and
-``meta_loss`` (``melu.model.maml``, which re-exports these) take them as they are.
+padding slots no task uses. ``adapt`` and ``meta_loss`` (``melu.model.maml``, which
+re-exports these) take them as they are.
 """
 
 from __future__ import annotations

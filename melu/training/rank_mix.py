@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from melu.config import RankMixMetric
 from melu.evaluation.topn import TopNUsers, user_metrics, without_support
 from melu.evaluation.topn_model import ModelRanker
 
@@ -76,6 +77,9 @@ def part_scores(
     return torch.stack(parts), without_support(users.candidates, s.items, s.mask)
 
 
+Judged = tuple[Tensor, Tensor, Tensor | None]  # per user: NDCG@10, Recall@10, shared share
+
+
 @dataclass
 class _Setting:
     """One validation draw of a bucket: its parts (1 + P, U, I) with the support and other
@@ -111,9 +115,6 @@ class _Setting:
         return got["ndcg@10"], got["recall@10"], shared
 
 
-Judged = tuple[Tensor, Tensor, Tensor | None]
-
-
 @dataclass(frozen=True)
 class _Pooled:
     """Means over the draws' users."""
@@ -133,7 +134,10 @@ class _Pooled:
 
 
 def _search(
-    settings: Sequence[_Setting], current: dict[str, float], max_shared: float, metric: str
+    settings: Sequence[_Setting],
+    current: dict[str, float],
+    max_shared: float,
+    metric: RankMixMetric,
 ) -> tuple[_Pooled, _Pooled, dict[str, float]]:
     """The best mix for one bucket: every (π, γ, c) of the grid, then λ_L; a mix replaces
     ``current`` only if it raises the objective (``metric``: "ndcg", NDCG@10; or
@@ -149,7 +153,7 @@ def _search(
 
     kept = start
     best = objective(start) if start.shared <= max_shared else -1.0
-    pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)
+    pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
     fixed = [s.scores({**current, **dict.fromkeys(SEARCHED, 0.0)}) for s in settings]
     for w_pop in GRID[SEARCHED[0]]:  # partial sums reused down the nested grid
         with_pop = [f + w_pop * s.parts[pop] for f, s in zip(fixed, settings, strict=True)]
@@ -164,8 +168,8 @@ def _search(
                 ])  # fmt: skip
                 if objective(got) > best + 1e-6 and got.shared <= max_shared:
                     best, kept = objective(got), got
-                    picked = {PARTS[pop - 1]: w_pop, PARTS[rate - 1]: w_rate}
-                    current = {**current, **picked, PARTS[cooc - 1]: w_cooc}
+                    picked = zip(SEARCHED, (w_pop, w_rate, w_cooc), strict=True)
+                    current = {**current, **dict(picked)}
     for value in GRID["rank.learned_weight"]:  # from the best (π, γ, c)
         trial = {**current, "rank.learned_weight": value}
         got = _Pooled.of([s.judge(s.scores(trial)) for s in settings])
@@ -180,13 +184,14 @@ def pick_mixing(
     users: Sequence[Sequence[TopNUsers]],
     threshold: float,
     max_shared: float = 1.0,
-    metric: str = "ndcg+recall",
+    metric: RankMixMetric = "ndcg+recall",
 ) -> MixChoice:
     """Each bucket's π, γ, c, λ_L searched on the validation draws ``users[b]`` (one
     sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
     that bucket's support size; bucket 0 has no ratings), starting from ``params``'
-    weights, by ``metric`` (see ``_search``). With ``max_shared`` < 1 the buckets with ratings keep only mixes whose lists
-    share at most that on average with the user's no-ratings list (bucket 0's, as picked)."""
+    weights, by ``metric`` (see ``_search``). With ``max_shared`` < 1 the buckets with
+    ratings keep only mixes whose lists share at most that on average with the user's
+    no-ratings list (bucket 0's, as picked)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
     saved = dict(ranker.params)
     before, after, recall_before, recall_after = [], [], [], []
