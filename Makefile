@@ -11,6 +11,8 @@ TORCH_INDEX_URL ?=
 TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 DATASET ?= ml-100k
 RUN ?= runs/quickstart
+# pytest workers for `make test` (pytest-xdist; each takes whole test files): auto = one per core
+TEST_WORKERS ?= auto
 
 .PHONY: quickstart notebook test venv install install-dev lint clean browser
 
@@ -58,7 +60,7 @@ test: $(VENV)/.installed-dev browser
 	$(VENV)/bin/ruff check melu service tests benchmarks studies
 	$(VENV)/bin/ruff format --check melu service tests benchmarks studies
 	$(VENV)/bin/mypy melu service
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache
