@@ -29,6 +29,7 @@ Amp = Literal["none", "bf16"]
 RankStart = Literal["ease", "popularity"]
 RankTrained = Literal["all", "mixing"]
 RankMixMetric = Literal["ndcg", "ndcg+recall"]
+RankMixSizes = Literal["spread", "one"]
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,14 @@ class TrainConfig(_Config):
     )
     rank_mix_draws: int = setting(
         2,
-        "Seeded draws of each validation user's support the part weights are picked on "
-        "(pooled; more draws, less noise in the pick).",
+        "Seeded draws of each validation user's support the part weights of a support-size "
+        "bucket are picked on (pooled; more draws, less noise in the pick; at least one per "
+        "size of rank_mix_sizes).",
+    )
+    rank_mix_sizes: RankMixSizes = setting(
+        "spread",
+        "The validation support sizes each bucket's part weights are picked on: spread "
+        "(sizes across the bucket: 1; 2, 3; 4, 5, 7; 8, 10, 15, 20) or one (1, 3, 5, 10).",
     )
     rank_max_shared: float = setting(
         1.0,

@@ -199,6 +199,24 @@ def test_mixing_weights_follow_the_support_size_buckets() -> None:
     assert ranking.bucket_weight(torch.tensor([2.0]), bag).squeeze(-1).tolist() == [2.0] * 8
 
 
+def test_each_bucket_is_picked_on_draws_of_its_own_support_sizes() -> None:
+    """Every size a bucket's weights are picked on falls in that bucket (so the pick sees
+    the supports it will serve), and the draws cycle through the sizes with seed k for the
+    k-th: at least ``draws`` of them and one per size; one for the no-ratings bucket."""
+    from melu.training.rank_mix import MIX_SIZES, mix_draws
+
+    edges = (*ranking.SUPPORT_BUCKETS, 10**9)
+    for rule, buckets in MIX_SIZES.items():
+        assert len(buckets) == len(ranking.SUPPORT_BUCKETS), rule
+        for b, sizes in enumerate(buckets):
+            assert all(edges[b] <= n < edges[b + 1] for n in sizes), (rule, b, sizes)
+    assert mix_draws((0,), 4) == [(0, 0)]
+    assert mix_draws((3,), 2) == [(3, 0), (3, 1)]
+    assert mix_draws((2, 3), 2) == [(2, 0), (3, 1)]
+    assert mix_draws((4, 5, 7), 2) == [(4, 0), (5, 1), (7, 2)]
+    assert mix_draws((4, 5, 7), 4) == [(4, 0), (5, 1), (7, 2), (4, 3)]
+
+
 def test_popularity_leaves_a_training_user_out() -> None:
     """log(1 + n_i), n_i the raters of i; with ``bag.rated`` the user's own ratings are not
     counted (as if recounted without them)."""

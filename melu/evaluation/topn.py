@@ -168,7 +168,7 @@ def topn_users(
 def _pair_keys(user_ids: np.ndarray, item_rows: np.ndarray, seed: int) -> np.ndarray:
     """A seeded pseudo-random float in [0, 1) per (user id, item row) pair (a hash)."""
     x = (user_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (
-        item_rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9)
+        item_rows.astype(np.uint64) + np.uint64(seed * 0xBF58476D1CE4E5B9 % 2**64)
     )
     x ^= x >> np.uint64(31)
     x *= np.uint64(0x94D049BB133111EB)

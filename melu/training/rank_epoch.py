@@ -28,7 +28,7 @@ from melu.model.predict import rank_catalog
 from melu.prepare import Prepared
 from melu.training.episodes import episodes, hidden_ids
 from melu.training.rank_ease import validation_ndcgs
-from melu.training.rank_mix import pick_mixing
+from melu.training.rank_mix import MIX_SIZES, mix_draws, pick_mixing
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -147,18 +147,23 @@ class HeadTrainer:
             return validation_ndcgs(self.ranker(head), self.val_users, self.threshold)
 
     def remix(self, head: Params, report: Progress) -> dict[str, list[float]]:
-        """Pick ``head``'s part weights per support size on the validation users (each
-        ``train.rank_mix_draws`` support draws), in place."""
+        """Pick ``head``'s part weights per support-size bucket on the validation users
+        (``train.rank_mix_draws`` seeded support draws of the bucket's sizes,
+        ``train.rank_mix_sizes``), in place."""
         ranker = self.ranker(head)
         tc = self.config.train
         if self.mix_users is None:
-            self.mix_users = [
-                [users] + [
-                    topn_users(self.prepared, "validation", users.n, TopNProtocol(seed=seed))
-                    for seed in range(1, tc.rank_mix_draws if users.n else 1)
-                ]
-                for users in self.val_users
-            ]  # fmt: skip
+            known = {u.n: u for u in self.val_users}  # seed 0 (the protocol's)
+
+            def draw(n: int, seed: int) -> TopNUsers:
+                if seed == 0 and n in known:
+                    return known[n]
+                return topn_users(self.prepared, "validation", n, TopNProtocol(seed=seed))
+
+            self.mix_users = []
+            for sizes in MIX_SIZES[tc.rank_mix_sizes]:
+                got = [draw(n, seed) for n, seed in mix_draws(sizes, tc.rank_mix_draws)]
+                self.mix_users.append([u for u in got if len(u)] or got[:1])
         choice = pick_mixing(
             ranker, ranker.params, self.mix_users, self.threshold, tc.rank_max_shared,
             tc.rank_mix_metric,

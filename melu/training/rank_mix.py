@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from melu.config import RankMixMetric
+from melu.config import RankMixMetric, RankMixSizes
 from melu.evaluation.topn import TopNUsers, user_metrics, without_support
 from melu.evaluation.topn_model import ModelRanker
 
@@ -44,6 +44,25 @@ GRID: dict[str, tuple[float, ...]] = {
     "rank.cooc_weight": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0),
     "rank.learned_weight": (0.0, 0.3, 1.0, 2.0),  # the trained parts (0 before training)
 }  # fmt: skip
+
+
+# The validation support sizes each bucket of ``ranking.SUPPORT_BUCKETS`` (0, 1, 2-3, 4-7,
+# 8+ ratings) is picked on: "spread" covers the bucket's range (on held-out halves of the
+# validation users it ranks them better at 3, 5 and 20 ratings than "one": RESULTS.md);
+# "one" is one size per bucket, the sizes the kept head epoch is judged at.
+MIX_SIZES: dict[RankMixSizes, tuple[tuple[int, ...], ...]] = {
+    "spread": ((0,), (1,), (2, 3), (4, 5, 7), (8, 10, 15, 20)),
+    "one": ((0,), (1,), (3,), (5,), (10,)),
+}
+
+
+def mix_draws(sizes: tuple[int, ...], draws: int) -> list[tuple[int, int]]:
+    """(support size, seed) of each validation draw one bucket is picked on: ``draws`` of
+    them but at least one per size, cycling through ``sizes``, the k-th with seed k; a
+    single one for the no-ratings bucket (its list does not depend on a draw)."""
+    if sizes == (0,):
+        return [(0, 0)]
+    return [(sizes[k % len(sizes)], k) for k in range(max(draws, len(sizes)))]
 
 
 @dataclass
@@ -219,4 +238,4 @@ def pick_mixing(
     return MixChoice(weights, before, after, recall_before, recall_after)
 
 
-__all__ = ["GRID", "MixChoice", "pick_mixing"]
+__all__ = ["GRID", "MIX_SIZES", "MixChoice", "mix_draws", "pick_mixing"]
