@@ -163,6 +163,11 @@ class TrainConfig(_Config):
         "no-ratings list when the part weights are picked (1: no limit; lower is more "
         "personal and, on validation users, less accurate: RESULTS.md).",
     )
+    rank_shared_from: int = setting(
+        1,
+        "The fewest ratings a user has for rank_max_shared to limit their list (their "
+        "support-size bucket's weights; 1: every user with ratings).",
+    )
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
     rank_start: RankStart = setting(
         "ease",
@@ -203,6 +208,7 @@ class TrainConfig(_Config):
         need(0 <= self.rank_empty_share < 1, "rank_empty_share", "must be in [0, 1)")
         need(self.rank_mix_draws >= 1, "rank_mix_draws", "must be >= 1")
         need(0 < self.rank_max_shared <= 1, "rank_max_shared", "must be in (0, 1]")
+        need(self.rank_shared_from >= 1, "rank_shared_from", "must be >= 1")
         need(0 <= self.rank_l2 < math.inf, "rank_l2", "must be >= 0 and finite")
         need(self.rank_max_support >= 1, "rank_max_support", "must be >= 1")
         need(0 <= self.rank_negative_weight <= 1, "rank_negative_weight", "must be in [0, 1]")

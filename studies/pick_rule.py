@@ -5,9 +5,11 @@ seeded halves; each rule picks the head's part weights per support-size bucket w
 library's own ``pick_mixing`` on one half (from the head's start: EASE^R alone), and the
 picked head ranks the other half's users at n = 0, 1, 3, 5, 10, 20 ratings; then the halves
 swap. Rules differ in what the pick sees: how many seeded support draws per user, which
-support sizes stand for each bucket (``train.rank_mix_draws``, ``rank_mix_sizes``). Prints per n each rule's NDCG@10 and Recall@10 on the
-users it did not pick on, and the paired difference to the first rule (mean ± 1.96 SE over
-users). Only validation users are used; test users are never looked at.
+support sizes stand for each bucket (``train.rank_mix_draws``, ``rank_mix_sizes``), what cap
+on the share with the no-ratings list (``rank_max_shared``). Prints per n each rule's
+NDCG@10, Recall@10 and share with the no-ratings list on the users it did not pick on, with
+the paired difference to the first rule (mean ± 1.96 SE over users), and the lists'
+catalog coverage. Only validation users are used; test users are never looked at.
 
     python studies/pick_rule.py --study runs/cv-ml-100k
 """
@@ -18,6 +20,7 @@ import argparse
 import dataclasses
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,14 +33,32 @@ from melu.prepare import prepare
 from melu.training.rank_mix import MIX_SIZES, PARTS, mix_draws, pick_mixing
 
 SCORED = (0, 1, 3, 5, 10, 20)
-# rule name → (support sizes standing for each bucket 0, 1, 2-3, 4-7, 8+; draws per bucket,
-# as ``mix_draws`` makes them); the first is the yardstick
-RULES: dict[str, tuple[tuple[tuple[int, ...], ...], int]] = {
-    "one size per bucket (1/3/5/10), 2 draws": (MIX_SIZES["one"], 2),
-    "one size per bucket, 4 draws": (MIX_SIZES["one"], 4),
-    "spread (1; 2, 3; 4, 5, 7; 8-20), >= 2 draws": (MIX_SIZES["spread"], 2),
-    "spread, >= 4 draws": (MIX_SIZES["spread"], 4),
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a pick is made: the support sizes standing for each bucket (0, 1, 2-3, 4-7, 8+),
+    draws per bucket (as ``mix_draws`` makes them) and the cap on the mean share with the
+    no-ratings list (``train.rank_max_shared``; 1: none)."""
+
+    sizes: tuple[tuple[int, ...], ...]
+    draws: int = 2
+    cap: float = 1.0
+    cap_from: int = 1  # the fewest ratings the cap applies to (``train.rank_shared_from``)
+
+
+RULES: dict[str, Rule] = {  # the first is the yardstick
+    "one size per bucket (1/3/5/10), 2 draws": Rule(MIX_SIZES["one"], 2),
+    "one size per bucket, 4 draws": Rule(MIX_SIZES["one"], 4),
+    "spread (1; 2, 3; 4, 5, 7; 8-20), >= 2 draws": Rule(MIX_SIZES["spread"], 2),
+    "spread, >= 4 draws": Rule(MIX_SIZES["spread"], 4),
+    "spread, >= 2 draws, shared <= 0.40": Rule(MIX_SIZES["spread"], 2, 0.40),
+    "spread, >= 2 draws, shared <= 0.35": Rule(MIX_SIZES["spread"], 2, 0.35),
+    "spread, >= 2 draws, shared <= 0.40 from 4 ratings": Rule(MIX_SIZES["spread"], 2, 0.40, 4),
+    "spread, >= 2 draws, shared <= 0.35 from 4 ratings": Rule(MIX_SIZES["spread"], 2, 0.35, 4),
+    "spread, >= 2 draws, shared <= 0.30 from 4 ratings": Rule(MIX_SIZES["spread"], 2, 0.30, 4),
 }
+METRICS = ("NDCG@10", "Recall@10", "shared with the no-ratings list")
 
 
 def subset(users: TopNUsers, keep: Tensor) -> TopNUsers:
@@ -66,10 +87,11 @@ def start_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def fold_rules(
-    model_dir: Path, data_dir: str, rules: dict[str, tuple[tuple[tuple[int, ...], ...], int]]
-) -> dict[str, dict[int, list[Tensor]]]:
-    """rule → n → [per-user NDCG@10 (U,), Recall@10 (U,)] of the users each rule did not
-    pick on (both halves, in user order)."""
+    model_dir: Path, data_dir: str, rules: dict[str, Rule]
+) -> dict[str, dict[int, tuple[list[Tensor], list[float]]]]:
+    """rule → n → (per-user NDCG@10, Recall@10 and share of the top-10 also in the user's
+    no-ratings list, each (U,), of the users the rule did not pick on, both halves in
+    order; the catalog coverage of each half's lists)."""
     bundle = load_bundle(model_dir)
     prepared = prepare(bundle.config.data, data_dir)
     ranker = ModelRanker.from_bundle(bundle, prepared.tables)
@@ -90,23 +112,33 @@ def fold_rules(
     def half(u: TopNUsers, h: int) -> TopNUsers:
         return subset(u, torch.tensor([int(i) in halves[h] for i in u.user_ids]))
 
-    out: dict[str, dict[int, list[Tensor]]] = {}
-    for name, (sizes, draws) in rules.items():
-        got: dict[int, list[list[Tensor]]] = {n: [[], []] for n in SCORED}
+    out: dict[str, dict[int, tuple[list[Tensor], list[float]]]] = {}
+    for name, rule in rules.items():
+        got: dict[int, tuple[list[list[Tensor]], list[float]]] = {
+            n: ([[], [], []], []) for n in SCORED
+        }
         for pick_half in (0, 1):
             mix_users = [
-                [half(users(n, seed), pick_half) for n, seed in mix_draws(bucket, draws)]
-                for bucket in sizes
+                [half(users(n, seed), pick_half) for n, seed in mix_draws(bucket, rule.draws)]
+                for bucket in rule.sizes
             ]
             ranker.params = dict(base)
-            choice = pick_mixing(ranker, base, mix_users, threshold)
+            choice = pick_mixing(
+                ranker, base, mix_users, threshold, rule.cap, shared_from=rule.cap_from
+            )
             ranker.params = {**base, **choice.weights}
+            empty = half(users(0, 0), 1 - pick_half)
+            lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
             for n in SCORED:
                 scored = half(users(n, 0), 1 - pick_half)
-                m = user_metrics(rank_users(ranker, scored, 10), scored.relevant(threshold), (10,))
-                got[n][0].append(m["ndcg@10"])
-                got[n][1].append(m["recall@10"])
-        out[name] = {n: [torch.cat(v[0]), torch.cat(v[1])] for n, v in got.items()}
+                top = rank_users(ranker, scored, 10)
+                m = user_metrics(top, scored.relevant(threshold), (10,))
+                none = torch.stack([lists[int(u)] for u in scored.user_ids])
+                shared = (top.unsqueeze(2) == none.unsqueeze(1)).any(2).double().mean(1)
+                for row, v in zip(got[n][0], (m["ndcg@10"], m["recall@10"], shared), strict=True):
+                    row.append(v)
+                got[n][1].append(len(torch.unique(top)) / len(scored.candidates))
+        out[name] = {n: ([torch.cat(v) for v in rows], cov) for n, (rows, cov) in got.items()}
         picks = {k.removeprefix("rank."): [round(x, 3) for x in v.tolist()]
                  for k, v in choice.weights.items() if k in PARTS[:3]}  # fmt: skip
         print(f"  {model_dir.parent.parent.name} {name}: last pick {picks}", flush=True)
@@ -126,29 +158,35 @@ def main() -> None:
     torch.set_num_threads(1)
     names = list(RULES)
     rules = {names[int(i)]: RULES[names[int(i)]] for i in args.rules.split(",")}
-    pooled: dict[str, dict[int, list[list[Tensor]]]] = {}
+    pooled: dict[str, dict[int, tuple[list[list[Tensor]], list[float]]]] = {}
     for folder in sorted((args.study / "folds").glob("fold*-seed*")):
         model = folder / "run" / "model"
         if not (model / "config.json").exists():
             continue
         for name, by_n in fold_rules(model, args.data_dir, rules).items():
-            for n, (ndcg, recall) in by_n.items():
-                slot = pooled.setdefault(name, {}).setdefault(n, [[], []])
-                slot[0].append(ndcg)
-                slot[1].append(recall)
+            for n, (values, coverage) in by_n.items():
+                rows, cov = pooled.setdefault(name, {}).setdefault(n, ([[], [], []], []))
+                for row, v in zip(rows, values, strict=True):
+                    row.append(v)
+                cov.extend(coverage)
     first = next(iter(pooled))
-    print("picked on half the validation users, scored on the other half:")
-    for metric, index in (("NDCG@10", 0), ("Recall@10", 1)):
+    print("picked on half the validation users, scored on the other half")
+    print("(mean, then the paired difference to the first rule, ± 1.96 SE over the users):")
+    for index, metric in enumerate(METRICS):
         print(f"{metric}: " + " ".join(f"n={n:<17d}" for n in SCORED))
         for name, by_n in pooled.items():
             cells = []
             for n in SCORED:
-                v = torch.cat(by_n[n][index])
-                d = v - torch.cat(pooled[first][n][index])
+                v = torch.cat(by_n[n][0][index])
+                d = v - torch.cat(pooled[first][n][0][index])
                 keep = ~d.isnan()
                 se = float(d[keep].std()) / math.sqrt(max(int(keep.sum()), 1))
                 cells.append(f"{float(v.nanmean()):.4f} {float(d.nanmean()):+.4f}±{1.96 * se:.4f}")
-            print(f"  {name:42s} " + "  ".join(cells))
+            print(f"  {name:44s} " + "  ".join(cells))
+    print("catalog coverage of a half's lists: " + " ".join(f"n={n:<6d}" for n in SCORED))
+    for name, by_n in pooled.items():
+        cov = [sum(by_n[n][1]) / len(by_n[n][1]) for n in SCORED]
+        print(f"  {name:44s} " + "  ".join(f"{c:.3f}" for c in cov))
 
 
 if __name__ == "__main__":

@@ -328,3 +328,37 @@ def test_mixing_search_keeps_the_share_with_the_no_ratings_list_under_its_cap() 
     assert capped.shared <= 0.1
     assert _Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.1
     assert capped.ndcg <= free.ndcg
+
+
+@pytest.mark.slow
+def test_the_cap_on_shared_items_limits_only_the_buckets_from_its_size(ml100k, bundle_path) -> None:  # type: ignore[no-untyped-def]
+    """``pick_mixing(max_shared=0.3, shared_from=4)`` on the bundle's head: the buckets of
+    fewer than 4 ratings pick what they pick without a cap, and the lists of the buckets
+    of 4 or more, ranked through ``ModelRanker``, share at most 0.3 with the user's
+    no-ratings list on average."""
+    from melu.bundle import load_bundle
+    from melu.evaluation.topn_model import ModelRanker
+    from melu.training.rank_mix import PARTS, pick_mixing
+    from melu.training.rank_train import VALIDATION_SUPPORTS
+
+    bundle = load_bundle(bundle_path)
+    ranker = ModelRanker.from_bundle(bundle, ml100k.tables)
+    users = [topn_users(ml100k, "validation", n) for n in VALIDATION_SUPPORTS]
+    draws = [[u] for u in users]
+    free = pick_mixing(ranker, dict(ranker.params), draws, 4.0)
+    capped = pick_mixing(ranker, dict(ranker.params), draws, 4.0, 0.3, shared_from=4)
+    small = [b for b, edge in enumerate(ranking.SUPPORT_BUCKETS) if edge < 4]
+    for k in PARTS:
+        assert torch.equal(free.weights[k][small], capped.weights[k][small]), k
+    mixed = ModelRanker(
+        bundle.model, {**bundle.params, **capped.weights}, ml100k.tables, steps=3,
+        lr=Config().meta.inner_lr,
+    )  # fmt: skip
+    empty = dict(zip(users[0].user_ids.tolist(), rank_users(mixed, users[0], 10), strict=True))
+    for setting in users:
+        if setting.n < 4:
+            continue
+        top = rank_users(mixed, setting, 10)
+        none = torch.stack([empty[int(u)] for u in setting.user_ids])
+        shared = (top.unsqueeze(2) == none.unsqueeze(1)).any(2).double().mean()
+        assert float(shared) <= 0.3 + 0.02, setting.n

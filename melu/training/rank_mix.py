@@ -29,6 +29,7 @@ from torch import Tensor
 from melu.config import RankMixMetric, RankMixSizes
 from melu.evaluation.topn import TopNUsers, user_metrics, without_support
 from melu.evaluation.topn_model import ModelRanker
+from melu.model import ranking
 
 PARTS = (
     "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
@@ -204,20 +205,22 @@ def pick_mixing(
     threshold: float,
     max_shared: float = 1.0,
     metric: RankMixMetric = "ndcg+recall",
+    shared_from: int = 1,
 ) -> MixChoice:
     """Each bucket's π, γ, c, λ_L searched on the validation draws ``users[b]`` (one
     sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
     that bucket's support size; bucket 0 has no ratings), starting from ``params``'
-    weights, by ``metric`` (see ``_search``). With ``max_shared`` < 1 the buckets with
-    ratings keep only mixes whose lists share at most that on average with the user's
-    no-ratings list (bucket 0's, as picked)."""
+    weights, by ``metric`` (see ``_search``). With ``max_shared`` < 1 the buckets of
+    ``shared_from`` ratings or more (at least 1) keep only mixes whose lists share at most
+    that on average with the user's no-ratings list (bucket 0's, as picked)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
     saved = dict(ranker.params)
     before, after, recall_before, recall_after = [], [], [], []
     empty: dict[int, Tensor] | None = None  # user id → their no-ratings list (10,)
     for b, draws in enumerate(users):
         settings = [_Setting.of(ranker, params, u, threshold) for u in draws]
-        cap = max_shared if b > 0 and empty is not None else 1.0
+        capped = b > 0 and ranking.SUPPORT_BUCKETS[b] >= shared_from and empty is not None
+        cap = max_shared if capped else 1.0
         if cap < 1.0:
             assert empty is not None
             for s, u in zip(settings, draws, strict=True):
