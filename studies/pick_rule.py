@@ -154,6 +154,7 @@ def main() -> None:
         default=",".join(str(i) for i in range(len(RULES))),
         help="which rules, by number (0 = the default, the yardstick)",
     )
+    parser.add_argument("--folds", default="", help="only these folds, e.g. 0,1 (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = list(RULES)
@@ -161,7 +162,10 @@ def main() -> None:
     pooled: dict[str, dict[int, tuple[list[list[Tensor]], list[float]]]] = {}
     for folder in sorted((args.study / "folds").glob("fold*-seed*")):
         model = folder / "run" / "model"
-        if not (model / "config.json").exists():
+        fold = folder.name.removeprefix("fold").split("-")[0]
+        if not (model / "config.json").exists() or (
+            args.folds and fold not in args.folds.split(",")
+        ):
             continue
         for name, by_n in fold_rules(model, args.data_dir, rules).items():
             for n, (values, coverage) in by_n.items():
