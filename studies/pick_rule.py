@@ -30,7 +30,7 @@ from melu.bundle import load_bundle
 from melu.evaluation.topn import TopNProtocol, TopNUsers, rank_users, topn_users, user_metrics
 from melu.evaluation.topn_model import ModelRanker
 from melu.prepare import prepare
-from melu.training.rank_mix import MIX_SIZES, PARTS, mix_draws, pick_mixing
+from melu.training.rank_mix import MIX_SIZES, PARTS, MixChoice, mix_draws, pick_mixing
 
 SCORED = (0, 1, 3, 5, 10, 20)
 
@@ -45,6 +45,8 @@ class Rule:
     draws: int = 2
     cap: float = 1.0
     cap_from: int = 1  # the fewest ratings the cap applies to (``train.rank_shared_from``)
+    tolerance: float | None = None  # keep a bucket's cap only if its pick objective (the
+    # sum of NDCG@10 and Recall@10 relative to the start's) is within this of the uncapped
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -57,7 +59,22 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     "spread, >= 2 draws, shared <= 0.40 from 4 ratings": Rule(MIX_SIZES["spread"], 2, 0.40, 4),
     "spread, >= 2 draws, shared <= 0.35 from 4 ratings": Rule(MIX_SIZES["spread"], 2, 0.35, 4),
     "spread, >= 2 draws, shared <= 0.30 from 4 ratings": Rule(MIX_SIZES["spread"], 2, 0.30, 4),
+    "spread, shared <= 0.40 from 4 where it costs <= 0.01": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, 0.01
+    ),
+    "spread, shared <= 0.40 from 4 where it costs <= 0.03": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, 0.03
+    ),
 }
+
+
+def objective(choice: MixChoice, b: int) -> float:
+    """Bucket ``b``'s pick objective as ``pick_mixing`` scores it ("ndcg+recall")."""
+    return choice.after[b] / max(choice.before[b], 1e-9) + choice.recall_after[b] / max(
+        choice.recall_before[b], 1e-9
+    )
+
+
 METRICS = ("NDCG@10", "Recall@10", "shared with the no-ratings list")
 
 
@@ -126,6 +143,12 @@ def fold_rules(
             choice = pick_mixing(
                 ranker, base, mix_users, threshold, rule.cap, shared_from=rule.cap_from
             )
+            if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance
+                free = pick_mixing(ranker, base, mix_users, threshold)
+                for b in range(len(rule.sizes)):
+                    if objective(choice, b) < objective(free, b) - rule.tolerance:
+                        for k in PARTS:
+                            choice.weights[k][b] = free.weights[k][b]
             ranker.params = {**base, **choice.weights}
             empty = half(users(0, 0), 1 - pick_half)
             lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
