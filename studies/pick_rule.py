@@ -31,6 +31,7 @@ from melu.evaluation.topn import TopNProtocol, TopNUsers, rank_users, topn_users
 from melu.evaluation.topn_model import ModelRanker
 from melu.prepare import prepare
 from melu.training.rank_mix import MIX_SIZES, PARTS, MixChoice, mix_draws, pick_mixing
+from melu.training.rank_train import EASE_START_MIX
 
 SCORED = (0, 1, 3, 5, 10, 20)
 
@@ -93,14 +94,8 @@ def subset(users: TopNUsers, keep: Tensor) -> TopNUsers:
 
 
 def start_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The head's part weights before any pick (``rank_train._start`` with rank_start=ease):
-    popularity 1e-3 (ties), no predicted rating, no co-occurrence, trained parts at 1."""
-    out = {k: params[k].clone() for k in PARTS}
-    out["rank.pop_weight"].fill_(1e-3)
-    out["rank.rating_weight"].zero_()
-    out["rank.cooc_weight"].zero_()
-    out["rank.learned_weight"].fill_(1.0)
-    return out
+    """The head's part weights before any pick (``rank_train._start`` with rank_start=ease)."""
+    return {k: torch.full_like(params[k], v) for k, v in EASE_START_MIX.items()}
 
 
 def fold_rules(

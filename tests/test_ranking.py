@@ -204,7 +204,9 @@ def test_each_bucket_is_picked_on_draws_of_its_own_support_sizes() -> None:
     the supports it will serve), and the draws cycle through the sizes with seed k for the
     k-th: at least ``draws`` of them and one per size; one for the no-ratings bucket."""
     from melu.training.rank_mix import MIX_SIZES, mix_draws
+    from melu.training.rank_train import VALIDATION_SUPPORTS
 
+    assert MIX_SIZES["one"] == tuple((n,) for n in VALIDATION_SUPPORTS)
     edges = (*ranking.SUPPORT_BUCKETS, 10**9)
     for rule, buckets in MIX_SIZES.items():
         assert len(buckets) == len(ranking.SUPPORT_BUCKETS), rule

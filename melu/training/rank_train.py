@@ -38,6 +38,13 @@ Progress = Callable[[dict[str, Any]], None]
 EASE_SUPPORTS = (3, 5, 10)  # what EASE^R's λ is picked on
 TRAINED_SUPPORTS = (3, 5, 10)  # what the epochs of likelihood training are compared on
 VALIDATION_SUPPORTS = (0, 1, 3, 5, 10)  # what the kept epoch is picked on
+# The mixed parts' weights of the EASE^R start (``train.rank_start = "ease"``), before any
+# pick: popularity only to break ties, no predicted rating or co-occurrence, the trained
+# parts (still zero) at 1; EASE^R's weight is the scale.
+EASE_START_MIX = {
+    "rank.pop_weight": 1e-3, "rank.rating_weight": 0.0, "rank.cooc_weight": 0.0,
+    "rank.learned_weight": 1.0,
+}  # fmt: skip
 MIXING = (  # the head's scalar and per-rating-level weights: rank_trained="mixing"
     "rank.level_weight", "rank.rating_weight", "rank.unknown_bias", "rank.cooc_weight",
     "rank.pop_weight", "rank.ease_level", "rank.ease_weight",
@@ -85,8 +92,8 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
     start["rank.ease_level"] = ease.level_weight.clone()
     if tc.rank_start == "ease":  # start as EASE^R alone (top item +5 logits); learn the rest
         start["rank.ease_weight"] = torch.full_like(start["rank.ease_weight"], 5.0 * ease.scale)
-        start["rank.pop_weight"] = torch.full_like(start["rank.pop_weight"], 1e-3)  # ties
-        start["rank.cooc_weight"] = torch.zeros_like(start["rank.cooc_weight"])
+        for name, value in EASE_START_MIX.items():
+            start[name] = torch.full_like(start[name], value)
     report({"event": "rank_ease", "lambda": ease.lam, "validation": ease.grid})
     return start, {"ease_lambda": ease.lam, "ease_validation": ease.grid}
 
@@ -170,4 +177,4 @@ def train_ranking(
     return RankResult(best, best_epoch, history, settings)
 
 
-__all__ = ["RankResult", "train_ranking"]
+__all__ = ["EASE_START_MIX", "RankResult", "train_ranking"]
