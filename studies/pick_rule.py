@@ -30,7 +30,7 @@ from melu.bundle import load_bundle
 from melu.evaluation.topn import TopNProtocol, TopNUsers, rank_users, topn_users, user_metrics
 from melu.evaluation.topn_model import ModelRanker
 from melu.prepare import prepare
-from melu.training.rank_mix import MIX_SIZES, PARTS, MixChoice, mix_draws, pick_mixing
+from melu.training.rank_mix import MIX_SIZES, PARTS, mix_draws, pick_mixing
 from melu.training.rank_train import EASE_START_MIX
 
 SCORED = (0, 1, 3, 5, 10, 20)
@@ -67,13 +67,6 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
         MIX_SIZES["spread"], 2, 0.40, 4, 0.03
     ),
 }
-
-
-def objective(choice: MixChoice, b: int) -> float:
-    """Bucket ``b``'s pick objective as ``pick_mixing`` scores it ("ndcg+recall")."""
-    return choice.after[b] / max(choice.before[b], 1e-9) + choice.recall_after[b] / max(
-        choice.recall_before[b], 1e-9
-    )
 
 
 METRICS = ("NDCG@10", "Recall@10", "shared with the no-ratings list")
@@ -141,7 +134,10 @@ def fold_rules(
             if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance
                 free = pick_mixing(ranker, base, mix_users, threshold)
                 for b in range(len(rule.sizes)):
-                    if objective(choice, b) < objective(free, b) - rule.tolerance:
+                    if (
+                        choice.objective(b, "ndcg+recall")
+                        < free.objective(b, "ndcg+recall") - rule.tolerance
+                    ):
                         for k in PARTS:
                             choice.weights[k][b] = free.weights[k][b]
             ranker.params = {**base, **choice.weights}

@@ -66,6 +66,16 @@ def mix_draws(sizes: tuple[int, ...], draws: int) -> list[tuple[int, int]]:
     return [(sizes[k % len(sizes)], k) for k in range(max(draws, len(sizes)))]
 
 
+def mix_objective(
+    ndcg: float, recall: float, start_ndcg: float, start_recall: float, metric: RankMixMetric
+) -> float:
+    """What a bucket's pick maximises: NDCG@10 ("ndcg"), or NDCG@10 and Recall@10 each
+    relative to the start's, summed ("ndcg+recall")."""
+    if metric == "ndcg":
+        return ndcg
+    return ndcg / max(start_ndcg, 1e-9) + recall / max(start_recall, 1e-9)
+
+
 @dataclass
 class MixChoice:
     """The weights picked (name → (B,) per bucket) and each bucket's validation NDCG@10
@@ -76,6 +86,12 @@ class MixChoice:
     after: list[float]
     recall_before: list[float]
     recall_after: list[float]
+
+    def objective(self, b: int, metric: RankMixMetric) -> float:
+        """Bucket ``b``'s objective (``mix_objective``) of the kept mix on its draws."""
+        return mix_objective(
+            self.after[b], self.recall_after[b], self.before[b], self.recall_before[b], metric
+        )
 
 
 def part_scores(
@@ -167,9 +183,7 @@ def _search(
     start = _Pooled.of([s.judge(s.scores(current)) for s in settings])
 
     def objective(got: _Pooled) -> float:
-        if metric == "ndcg":
-            return got.ndcg
-        return got.ndcg / max(start.ndcg, 1e-9) + got.recall / max(start.recall, 1e-9)
+        return mix_objective(got.ndcg, got.recall, start.ndcg, start.recall, metric)
 
     kept = start
     best = objective(start) if start.shared <= max_shared else -1.0
