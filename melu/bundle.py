@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from melu import __version__
 from melu.atomic import atomic_directory, recover
@@ -40,6 +42,7 @@ from melu.bundle_checks import (
 from melu.config import Config
 from melu.errors import BundleError, ConfigError
 from melu.features import FeatureSpace
+from melu.model import ranking
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.tables import FeatureTables
 
@@ -126,6 +129,19 @@ def find_bundle(path: Path | str) -> Path:
     return path
 
 
+def with_later_parts(
+    params: Mapping[str, Tensor], shapes: Mapping[str, torch.Size]
+) -> dict[str, Tensor]:
+    """``params`` of a saved ranking head, the parts added since (``ranking.LATER``) that it
+    lacks set to zeros: off, so it ranks exactly as it was saved to."""
+    out = dict(params)
+    if any(k.startswith(ranking.PREFIX) for k in out):
+        for name in ranking.LATER:
+            if name in shapes and name not in out:
+                out[name] = torch.zeros(shapes[name])
+    return out
+
+
 def load_bundle(path: Path | str) -> Bundle:
     """Load and validate a bundle; raises ``BundleError`` naming what is wrong."""
     path = Path(path)
@@ -159,6 +175,7 @@ def load_bundle(path: Path | str) -> Bundle:
     inner = {
         k[len(INNER_LR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(INNER_LR_PREFIX)
     }
+    params = with_later_parts(params, model.rank_shapes())  # older heads: parts off
     check_weights(path / "weights.safetensors", params, inner, model, config)
     try:
         catalog = pd.read_parquet(path / "catalog.parquet")

@@ -157,6 +157,12 @@ class TrainConfig(_Config):
         "The validation support sizes each bucket's part weights are picked on: spread "
         "(sizes across the bucket: 1; 2, 3; 4, 5, 7; 8, 10, 15, 20) or one (1, 3, 5, 10).",
     )
+    rank_mix_passes: int = setting(
+        2,
+        "How many times each support-size bucket's part weights are searched, each from the "
+        "last search's mix (the blend of EASE^R and the liked-target part, then popularity, "
+        "predicted rating and co-occurrence, then the rest).",
+    )
     rank_max_shared: float = setting(
         0.4,
         "Most mean share of a validation user's top-10 that may also be in their "
@@ -209,6 +215,7 @@ class TrainConfig(_Config):
         need(self.rank_patience >= 1, "rank_patience", "must be >= 1")
         need(0 <= self.rank_empty_share < 1, "rank_empty_share", "must be in [0, 1)")
         need(self.rank_mix_draws >= 1, "rank_mix_draws", "must be >= 1")
+        need(self.rank_mix_passes >= 1, "rank_mix_passes", "must be >= 1")
         need(0 < self.rank_max_shared <= 1, "rank_max_shared", "must be in (0, 1]")
         need(self.rank_shared_from >= 1, "rank_shared_from", "must be >= 1")
         need(0 <= self.rank_l2 < math.inf, "rank_l2", "must be >= 0 and finite")

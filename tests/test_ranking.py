@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from melu.bundle import with_later_parts
 from melu.config import Config
 from melu.evaluation.topn import rank_users, topn_users, training_popularity, user_metrics
-from melu.model import ranking, ranking_stats
+from melu.model import ranking, ranking_stats, reasons
 from melu.model.ranking import Bag
+from melu.training.rank_mix import _Setting
 
 V, LEVELS = 6, 5  # ids 0..5 (0 unknown), ratings 1..5
 
@@ -61,14 +63,17 @@ def test_contributions_are_the_bag_score_split_by_rated_item() -> None:
         torch.tensor([[2, 4, 5]]), torch.tensor([[4, 1, 3]]), torch.tensor([[True, True, False]])
     )
     ids = torch.tensor([[1, 2, 3, 4, 0]])
-    parts = ranking.contributions(params, bag, ids)  # (1, 5, 3)
+    parts = reasons.contributions(params, bag, ids)  # (1, 5, 3)
     params_ease = {**params, "rank.ease": torch.eye(V, dtype=torch.float64) * 2.0}
-    ease_parts = ranking.contributions(params_ease, bag, ids) - ranking.contributions(
+    ease_parts = reasons.contributions(params_ease, bag, ids) - reasons.contributions(
         {**params, "rank.ease": torch.zeros(V, V, dtype=torch.float64)}, bag, ids
     )
     assert float(ease_parts.abs().sum()) == 0.0  # a diagonal P: B_EASE is 0 off the diagonal
-    no_ease = {**params, "rank.ease": torch.zeros(V, V, dtype=torch.float64)}
-    parts = ranking.contributions(no_ease, bag, ids)
+    no_ease = {
+        **params, "rank.ease": torch.zeros(V, V, dtype=torch.float64),
+        "rank.liked": torch.zeros(V, V, dtype=torch.float64),
+    }  # fmt: skip
+    parts = reasons.contributions(no_ease, bag, ids)
     scale = ranking.bucket_weight(params["rank.learned_weight"], bag)  # λ_L of a 2-rating bag
     expected = scale * ranking.bag_scores(params, bag, ids)
     assert parts.sum(-1) == pytest.approx(expected, abs=1e-12)
@@ -179,11 +184,70 @@ def test_ease_contributions_sum_to_the_ease_part() -> None:
         **head_params(3),
         "rank.item_item": torch.zeros(V, V, dtype=torch.float64),
         "rank.ease": torch.linalg.inv(a @ a.T + V * torch.eye(V, dtype=torch.float64)),
+        "rank.liked": torch.zeros(V, V, dtype=torch.float64),
     }
     bag = Bag(torch.tensor([[2, 4]]), torch.tensor([[4, 1]]), torch.tensor([[True, True]]))
     ids = torch.tensor([[1, 3, 5]])  # not in the bag
-    parts = ranking.contributions(params, bag, ids)
+    parts = reasons.contributions(params, bag, ids)
     assert parts.sum(-1) == pytest.approx(ranking.ease_scores(params, bag, ids), abs=1e-12)
+
+
+def test_liked_weights_are_the_constrained_least_squares_solve() -> None:
+    """B = argmin ‖Y − XB‖² + λ‖B‖² with diag(B) = 0, solved column by column without
+    the column's own item (the constraint removes that regressor), equals the closed form; and
+    with Y = X it is EASE^R's B = I − P·diag(1/P_ii)."""
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.rand(30, V, generator=gen) < 0.4).double()
+    y = x * (torch.rand(30, V, generator=gen) < 0.6).double()  # the liked subset of rated
+    lam = 3.0
+    got = ranking_stats.liked_weights(x.T @ x, x.T @ y, lam).double()
+    for i in range(V):
+        others = [j for j in range(V) if j != i]
+        xo = x[:, others]
+        column = torch.linalg.solve(xo.T @ xo + lam * torch.eye(V - 1, dtype=torch.float64),
+                                    xo.T @ y[:, i])  # fmt: skip
+        assert float(got[i, i]) == pytest.approx(0.0, abs=1e-6)
+        assert got[others, i] == pytest.approx(column, abs=1e-5)
+    prec = ranking_stats.ease_precision(x.T @ x, lam).double()
+    ease = torch.eye(V, dtype=torch.float64) - prec / prec.diagonal().unsqueeze(0)
+    same = ranking_stats.liked_weights(x.T @ x, x.T @ x, lam).double()
+    assert same == pytest.approx(ease, abs=1e-5)
+
+
+def test_liked_part_scores_sum_weighted_rows_and_split_into_reasons() -> None:
+    """c_l·Σ_j w_l(r_j)·B_liked[j, i]; its reasons sum to it; unknown ids and padding add
+    nothing; a training user's episode (``rated``) gets 0 from it (it was solved with them)."""
+    gen = torch.Generator().manual_seed(7)
+    liked = torch.randn(V, V, generator=gen, dtype=torch.float64)
+    liked.fill_diagonal_(0.0)
+    zero = torch.zeros(V, V, dtype=torch.float64)
+    params = {**head_params(4), "rank.item_item": zero, "rank.ease": zero, "rank.liked": liked}
+    bag = Bag(
+        torch.tensor([[2, 4, 0]]), torch.tensor([[4, 1, 2]]), torch.tensor([[True, True, True]])
+    )
+    ids = torch.tensor([[1, 3, 5, 0]])
+    got = ranking.liked_scores(params, bag, ids)[0]
+    w, c = params["rank.liked_level"], ranking.bucket_weight(params["rank.liked_weight"], bag)
+    for n, i in enumerate(ids[0].tolist()):
+        expected = 0.0 if i == 0 else float(c) * sum(
+            float(w[level] * liked[j, i]) for j, level in ((2, 4), (4, 1))
+        )  # fmt: skip
+        assert float(got[n]) == pytest.approx(expected, abs=1e-12)
+    parts = reasons.contributions(params, bag, ids)
+    assert parts.sum(-1)[0] == pytest.approx(got, abs=1e-12)
+    rated = Bag(bag.ids, bag.levels, bag.mask, torch.ones(1, V, dtype=torch.float64))
+    assert float(ranking.liked_scores(params, rated, ids).abs().sum()) == 0.0
+
+
+def test_a_head_saved_before_the_liked_part_loads_with_it_off() -> None:
+    shapes = ranking.head_shapes(V, LEVELS, user_width=3, factors=2, rank=2)
+    old = {k: v for k, v in head_params().items() if k not in ranking.LATER}
+    got = with_later_parts(old, shapes)
+    assert set(got) == set(shapes)
+    assert all(float(got[k].abs().sum()) == 0.0 for k in ranking.LATER)
+    assert with_later_parts({"mlp.0.weight": torch.ones(1)}, shapes).keys() == {
+        "mlp.0.weight"
+    }  # no head: nothing added
 
 
 def test_mixing_weights_follow_the_support_size_buckets() -> None:
@@ -364,3 +428,40 @@ def test_the_cap_on_shared_items_limits_only_the_buckets_from_its_size(ml100k, b
         none = torch.stack([empty[int(u)] for u in setting.user_ids])
         shared = (top.unsqueeze(2) == none.unsqueeze(1)).any(2).double().mean()
         assert float(shared) <= 0.3 + 0.02, setting.n
+
+
+def _mix_setting(seed: int) -> _Setting:
+    """A bucket's validation draw built by hand: 40 users × 30 items, 3 relevant each;
+    EASE^R's part pushes the relevant items down hard, the liked-target part lifts them."""
+    from melu.training.rank_mix import PARTS
+
+    gen = torch.Generator().manual_seed(seed)
+    users, items = 40, 30
+    relevant = torch.zeros(users, items, dtype=torch.bool)
+    relevant[torch.arange(users).unsqueeze(1), torch.randperm(items, generator=gen)[:3]] = True
+    parts = torch.zeros(1 + len(PARTS), users, items)
+    parts[0] = torch.rand(users, items, generator=gen) * 0.1  # the rest: noise
+    parts[1 + PARTS.index("rank.pop_weight")] = torch.rand(users, items, generator=gen)
+    parts[1 + PARTS.index("rank.ease_weight")] = -10.0 * relevant.float()
+    parts[1 + PARTS.index("rank.liked_weight")] = relevant.float()
+    return _Setting(parts, relevant)
+
+
+def test_the_blend_stage_lets_the_liked_part_replace_ease_and_passes_never_lower_the_pick() -> None:
+    """Without the blend, c_l (at most 5) cannot outweigh EASE^R (−10 on the relevant
+    items), so the relevant items stay last; with it, EASE^R is dropped and every list is
+    perfect. A second pass starts from the first's mix, so its objective is never lower."""
+    from melu.training.rank_mix import PARTS, _search, mix_objective
+
+    settings = [_mix_setting(0), _mix_setting(1)]
+    start = {k: 0.0 for k in PARTS} | {"rank.ease_weight": 1.0}
+    _, old, _ = _search(settings, start, 1.0, "ndcg", blend=False, ease=1.0)
+    _, new, mix = _search(settings, start, 1.0, "ndcg", blend=True, ease=1.0)
+    assert old.ndcg < 0.2 and new.ndcg == pytest.approx(1.0)
+    assert mix["rank.ease_weight"] == 0.0 and mix["rank.liked_weight"] > 0
+    for metric in ("ndcg", "ndcg+recall"):
+        first = _search(settings, start, 1.0, metric, passes=1, blend=False)
+        second = _search(settings, start, 1.0, metric, passes=2, blend=False)
+        value = [mix_objective(k.ndcg, k.recall, s.ndcg, s.recall, metric)
+                 for s, k, _ in (first, second)]  # fmt: skip
+        assert value[1] >= value[0] - 1e-9

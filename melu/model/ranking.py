@@ -1,39 +1,32 @@
 """The ranking head: which movies this person will pick and love, over the whole catalog.
 
-The rating part of the estimator predicts *how* a user rates what they chose to rate; that
-rewards acclaimed films and barely moves with a few ratings (issue 15). The ranking head
-orders the catalog by the log-odds that the user rates an item highly, from three additive
-terms, each a function of ``(params, rows)`` like every other part:
+The rating part predicts *how* a user rates what they chose to rate; that rewards acclaimed
+films and barely moves with a few ratings (issue 15). The head orders the catalog by the
+log-odds that the user rates an item highly, as a sum of parts, each a function of
+``(params, rows)`` like every other part:
 
-    s_i = β_i + π·log(1 + n_i)  +  Σ_{j ∈ support} w(r_j) · B[j, i]  +  a_u · q_i  + …
-
-- β_i, q_i (k_r): the item's ranking bias and factor, its id's own rows (new items, and
-  ids hidden in training, share one learned bias); π·log(1 + n_i): popularity, the id's
-  count of training raters n_i at a learned weight π (what orders the list of a user with
-  no ratings yet, when the head is trained with ``train.rank_trained="mixing"``);
-- the support-set part: the user's rated items as a bag, each weighted by a learned weight
-  of its rating level w(r) (a 1★ film counts against its neighbours), scored against every
-  item through a learned item–item matrix B (EASE-like, diagonal and "unknown" excluded);
-- c·log(ε + mean_j P(i | j)): how often the raters of the user's movies also rated i,
-  counted from the training ratings (leaving the episode's user out while training);
+- β_i + a_u·q_i: the item's ranking bias and factor (its id's rows; new items and ids
+  hidden in training share one bias), a_u = A·[u; b_u; p_u] + a₀ from the user's
+  demographics and the rating part's user bias and factor *after* the one ``adapt()``;
+- π·log(1 + n_i): popularity, the id's count of training raters (the list of a user with
+  no ratings yet);
+- Σ_{j ∈ support} w(r_j)·B[j, i]: the rated items as a bag, weighted per rating level
+  (a 1★ film counts against its neighbours), through a learned item–item matrix B;
+- c·log(ε + mean_j P(i | j)): how often the raters of the user's movies also rated i;
 - c_e·Σ_j w_e(r_j)·B_EASE[j, i]: EASE^R's closed-form item–item weights (λ chosen on the
-  validation users), the user left out exactly while training (Sherman–Morrison);
-- a_u = A·[u; b_u; p_u] + a₀: the user's demographics u and the rating part's user bias and
-  factor *after* the one ``adapt()`` on the support, so adaptation moves the ranking;
+  validation users); the episode's user left out exactly while training (Sherman–Morrison);
+- c_l·Σ_j w_l(r_j)·B_liked[j, i]: the same closed form regressed on what the training
+  users *liked* (rated ≥ 4), what the top-N protocol counts as relevant (its own λ);
 - γ·r̂_i: the rating part's predicted rating after that ``adapt()`` (known ids only: a new
-  item's comes from its content alone and does not order new items better than chance).
+  item's comes from its content alone and orders new items no better than chance).
 
-The weights π, γ, c, c_e and λ_L (the last scales the trained parts β + a_u·q + B-bag) are
-one per support-size bucket (``SUPPORT_BUCKETS``), picked on validation users
-(``melu.training.rank_mix``): how much popularity, the adapted rating and the item–item
-parts should say depends on how many ratings the user gave.
-
-Trained (``melu.training.rank_train``) by the multinomial likelihood of each episode's
-held-out items over the catalog (Mult-VAE's loss) given the adapted user and the support,
-with the rating part fixed: the rating head, and so the rating error, is untouched.
-Parameters are named ``rank.*``; none of them is fast (adapted per user). The counted
-statistics (co-occurrence shares, rater counts, EASE^R's precision) come from
-``melu.model.ranking_stats``.
+π, γ, c, c_e, c_l and λ_L (which scales β + a_u·q + the B-bag) are one per support-size
+bucket (``SUPPORT_BUCKETS``), picked on validation users (``melu.training.rank_mix``).
+β, q, A, B and w can be trained (``melu.training.rank_train``) by the multinomial
+likelihood of each episode's held-out items (Mult-VAE's loss), the rating part fixed, so
+the rating error is untouched. Parameters are named ``rank.*``; none is adapted per user.
+The counted or solved statistics come from ``melu.model.ranking_stats``; the reasons
+behind a recommendation from ``melu.model.reasons``.
 """
 
 from __future__ import annotations
@@ -89,6 +82,9 @@ def head_shapes(
         "rank.ease": torch.Size((n_ids, n_ids)),
         "rank.ease_level": torch.Size((n_levels,)),
         "rank.ease_weight": torch.Size((len(SUPPORT_BUCKETS),)),
+        "rank.liked": torch.Size((n_ids, n_ids)),
+        "rank.liked_level": torch.Size((n_levels,)),
+        "rank.liked_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -104,6 +100,7 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     out["rank.level_weight"].fill_(1.0)
     out["rank.cooc_weight"].fill_(1.0)
     out["rank.ease_level"].fill_(1.0)
+    out["rank.liked_level"].fill_(1.0)
     out["rank.item_count"] = popularity.float()
     out["rank.pop_weight"].fill_(1.0)
     out["rank.learned_weight"].fill_(1.0)
@@ -180,25 +177,6 @@ def bag_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     return per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
 
 
-def contributions(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
-    """What each bag item adds to each item's score through the head's item–item parts,
-    w(r_j)·B[j, i] + c_e·w_e(r_j)·B_EASE[j, i] (T, N, L), for items ``ids`` (T, N): the
-    reasons behind a recommendation (0 for unknown ids, padding and the item itself)."""
-    known_bag = bag.mask & (bag.ids != 0)
-    weight = params["rank.level_weight"][bag.levels] * known_bag  # (T, L)
-    weight = weight * bucket_weight(params["rank.learned_weight"], bag)
-    pairs = params["rank.item_item"][bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
-    prec = params["rank.ease"]
-    diag = prec.diagonal()[ids].unsqueeze(-1)  # (T, N, 1)
-    ease = -prec[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)] / torch.where(diag > 0, diag, 1.0)
-    ease_weight = bucket_weight(params["rank.ease_weight"], bag)
-    ease_weight = ease_weight * params["rank.ease_level"][bag.levels] * known_bag
-    added = pairs * weight.unsqueeze(-2) + ease * ease_weight.unsqueeze(-2)
-    same = bag.ids.unsqueeze(-2) == ids.unsqueeze(-1)
-    known = (ids != 0).unsqueeze(-1)
-    return torch.where(same | ~known, 0.0, added)
-
-
 def head_scores(
     params: Mapping[str, Tensor],
     user: Tensor,
@@ -221,12 +199,17 @@ def head_scores(
         interaction = a @ terms[:, 1:].mT
     # new items (unknown id 0) get no γ·r̂: their predicted rating comes from content alone,
     # and ordering them by it scored below the tie every baseline gives (RESULTS.md)
-    liked = bucket_weight(params["rank.rating_weight"], bag) * rating * (ids != 0).to(rating.dtype)
+    predicted = bucket_weight(params["rank.rating_weight"], bag) * rating
+    predicted = predicted * (ids != 0).to(rating.dtype)
     popular = bucket_weight(params["rank.pop_weight"], bag) * popularity(params, bag, ids)
-    together = cooccurrence_scores(params, bag, ids) + ease_scores(params, bag, ids)
+    together = (
+        cooccurrence_scores(params, bag, ids)
+        + ease_scores(params, bag, ids)
+        + liked_scores(params, bag, ids)
+    )
     learned = terms[..., 0] + interaction + bag_scores(params, bag, ids)
     learned = bucket_weight(params["rank.learned_weight"], bag) * learned
-    return learned + popular + liked + together
+    return learned + popular + predicted + together
 
 
 def popularity(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
@@ -239,7 +222,15 @@ def popularity(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
 
 
 # counted or solved from the training ratings, or picked on validation users: never trained
-STATISTICS = ("rank.cooccurrence", "rank.item_count", "rank.ease", "rank.learned_weight")
+STATISTICS = (
+    "rank.cooccurrence", "rank.item_count", "rank.ease", "rank.learned_weight", "rank.liked",
+    "rank.liked_level", "rank.liked_weight",
+)  # fmt: skip
+# parts added after heads were first saved: a bundle without them loads with them at 0,
+# which scores exactly as the head it was saved with (``melu.bundle``)
+LATER = ("rank.liked", "rank.liked_level", "rank.liked_weight")
+
+
 EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
 
 
@@ -284,6 +275,22 @@ def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(scores), -1)
     value = scores.gather(-1, targets) * (targets != 0).to(scores.dtype)
     return bucket_weight(params["rank.ease_weight"], bag) * value
+
+
+def liked_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c_l · Σ_j w_l(r_j)·B_liked[j, i] (T, N): the item–item weights regressed on what the
+    training users liked (``ranking_stats.liked_weights``; zero diagonal), the support
+    weighted by rating-level weights w_l, at the bucket's weight c_l.
+
+    A picked part, never trained: on a training user's episode (``bag.rated``) it scores 0,
+    because B_liked was solved with that user's own held-out likes in it."""
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(bag.mask), -1)
+    if bag.rated is not None:
+        return targets.new_zeros(targets.shape, dtype=params["rank.liked"].dtype)
+    weight = params["rank.liked_level"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
+    per_id = (weight.unsqueeze(-1) * rows_of(params["rank.liked"], bag.ids)).sum(-2)  # (T, V)
+    value = per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
+    return bucket_weight(params["rank.liked_weight"], bag) * value
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

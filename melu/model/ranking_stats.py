@@ -1,8 +1,8 @@
 """The ranking head's statistics, counted or solved once from the training ratings.
 
 ``melu.model.ranking`` scores with them (``rank.cooccurrence``, ``rank.item_count``,
-``rank.ease``); ``melu.training.rank_train`` builds them before the head's weights are
-picked. None of them is trained.
+``rank.ease``, ``rank.liked``); ``melu.training.rank_train`` builds them before the head's
+weights are picked. None of them is trained.
 """
 
 from __future__ import annotations
@@ -11,13 +11,21 @@ import torch
 from torch import Tensor
 
 
-def co_ratings(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> Tensor:
+def co_ratings(
+    ids: Tensor, users: Tensor, n_ids: int, n_users: int, liked: Tensor | None = None
+) -> Tensor:
     """G (n_ids, n_ids): how many users rated both ids, from rated (user, id) pairs (N,)
-    each (the unknown id 0 left out)."""
+    each (the unknown id 0 left out). With ``liked`` (N,) bool: G[j, i] = how many users
+    rated j and liked i (XᵀY, Y the liked pairs)."""
     x = torch.zeros(n_users, n_ids)
     x[users, ids] = 1.0
     x[:, 0] = 0.0
-    return x.T @ x
+    if liked is None:
+        return x.T @ x
+    y = torch.zeros(n_users, n_ids)
+    y[users[liked], ids[liked]] = 1.0
+    y[:, 0] = 0.0
+    return x.T @ y
 
 
 def cooccurrence(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> tuple[Tensor, Tensor]:
@@ -38,4 +46,16 @@ def ease_precision(gram: Tensor, lam: float) -> Tensor:
     return torch.linalg.inv(gram.double() + lam * eye).float()
 
 
-__all__ = ["co_ratings", "cooccurrence", "ease_precision"]
+def liked_weights(gram: Tensor, liked_gram: Tensor, lam: float) -> Tensor:
+    """B (V, V) = argmin ‖Y − XB‖² + λ‖B‖² subject to diag(B) = 0: EASE^R's closed form
+    with the *liked* pairs Y as the target instead of X itself (``gram`` = XᵀX,
+    ``liked_gram`` = XᵀY, see ``co_ratings``). With P = (XᵀX + λI)⁻¹ the Lagrangian gives
+    B = P·XᵀY − P·diag(μ), μ_i = (P·XᵀY)_ii / P_ii (Y = X gives EASE^R's
+    I − P·diag(1/P_ii))."""
+    prec = torch.linalg.inv(gram.double() + lam * torch.eye(len(gram), dtype=torch.float64))
+    solved = prec @ liked_gram.double()
+    mu = solved.diagonal() / prec.diagonal()
+    return (solved - prec * mu.unsqueeze(0)).float()
+
+
+__all__ = ["co_ratings", "cooccurrence", "ease_precision", "liked_weights"]

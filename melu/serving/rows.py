@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureSpace, FeatureTables
-from melu.model import ranking
+from melu.model import reasons
 from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
 from melu.model.items import ItemCache, cache_items, catalog_network, catalog_rankings
 from melu.model.linear import AffineExamples, at_prior, linear_applies, user_prior
@@ -182,8 +182,8 @@ class RowEncoder:
             return torch.zeros(*rows.shape, bag.ids.shape[-1], device=rows.device)
         ids = self._ids[rows]
         if rows.dim() == 1:
-            return ranking.contributions(params, bag, ids[None])[0]
-        return ranking.contributions(params, bag, ids)
+            return reasons.contributions(params, bag, ids[None])[0]
+        return reasons.contributions(params, bag, ids)
 
     def catalog_network(self, params: Mapping[str, Tensor], user: Tensor) -> Tensor:
         """The MLP's output over the whole catalog (T, I) for T people's user embeddings

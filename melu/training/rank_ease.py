@@ -4,7 +4,8 @@ The head (``melu.model.ranking``) keeps EASE^R's precision matrix P = (G + λI)�
 ids; ``pick_ease`` tries each λ of ``EASE_LAMBDAS`` with a binary and a rating-weighted
 support and keeps the best validation NDCG@10 (the top-N protocol's validation users at
 supports of 3, 5 and 10), so the head can start as the best EASE^R the validation users
-allow (``train.rank_start="ease"``).
+allow (``train.rank_start="ease"``). ``pick_liked`` does the same for the head's item–item
+weights regressed on what users liked (``ranking_stats.liked_weights``).
 """
 
 from __future__ import annotations
@@ -52,39 +53,88 @@ class EaseRanker:
         return ranking.ease_scores(self.params, bag, self.ids)
 
 
+class LikedRanker:
+    """The liked-target item–item part alone, B (V, V) over item ids, the support weighted
+    by ``level_weight``: what picks its λ and weighting."""
+
+    def __init__(self, weights: Tensor, ids: Tensor, level_weight: Tensor, space: Any) -> None:
+        self.params = {
+            "rank.liked": weights, "rank.liked_level": level_weight,
+            "rank.liked_weight": torch.ones(1),
+        }  # fmt: skip
+        self.ids, self.space = ids, space
+
+    def scores(self, supports: Any) -> Tensor:
+        low, step = self.space.rating_scale[0], self.space.rating_step
+        levels = ranking.rating_levels(
+            supports.ratings, low, step, len(self.params["rank.liked_level"])
+        )
+        bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
+        return ranking.liked_scores(self.params, bag, self.ids)
+
+
 EASE_LAMBDAS = (1e3, 3e3, 1e4, 2e4, 5e4, 1e5, 3e5)
+LIKED_LAMBDAS = (1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5)
 
 
 @dataclass
 class EaseChoice:
-    """EASE^R as picked on the validation users: λ, its precision matrix, the support's
-    level weights (binary or the rating itself, scaled to mean 1), the scale at which its
-    top validation score is 1, and the validation NDCG@10 of every (λ, weighting)."""
+    """EASE^R (or the liked-target part) as picked on the validation users: λ, its matrix,
+    the support's level weights (binary or the rating itself, scaled to mean 1), the scale
+    at which its top validation score is 1, and the validation NDCG@10 of every
+    (λ, weighting)."""
 
     lam: float
-    prec: Tensor
+    matrix: Tensor
     level_weight: Tensor
     scale: float
     grid: dict[str, float]
 
 
-def pick_ease(
-    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, space: Any, levels: int
-) -> EaseChoice:
-    """EASE^R's λ (``EASE_LAMBDAS``) and support weighting with the best validation NDCG@10."""
+def _pick(
+    solve: Any, ranker: Any, lambdas: tuple[float, ...], ids: Tensor, users: list[TopNUsers],
+    threshold: float, space: Any, levels: int,
+) -> EaseChoice:  # fmt: skip
+    """The λ of ``lambdas`` and support weighting (binary or rating) whose ``ranker`` of the
+    matrix ``solve(λ)`` has the best validation NDCG@10, and its scale."""
     values = torch.arange(1, levels + 1, dtype=torch.float32)
     weightings = {"binary": torch.ones(levels), "rating": values / values.mean()}
     grid: dict[str, float] = {}
     best: tuple[float, float, Tensor, Tensor] | None = None
-    for lam in EASE_LAMBDAS:
-        prec = ranking_stats.ease_precision(gram, lam)
+    for lam in lambdas:
+        matrix = solve(lam)
         for name, weight in weightings.items():
-            score = validation_ndcg(EaseRanker(prec, ids, weight, space), users, threshold)
+            score = validation_ndcg(ranker(matrix, ids, weight, space), users, threshold)
             grid[f"{lam:g}/{name}"] = score
             if best is None or score > best[0]:
-                best = (score, lam, prec, weight)
+                best = (score, lam, matrix, weight)
     assert best is not None
-    _, lam, prec, weight = best
+    _, lam, matrix, weight = best
     middle = users[len(users) // 2].supports
-    top = float(EaseRanker(prec, ids, weight, space).scores(middle).max(-1).values.mean())
-    return EaseChoice(lam, prec, weight, 1.0 / max(top, 1e-9), grid)
+    top = float(ranker(matrix, ids, weight, space).scores(middle).max(-1).values.mean())
+    return EaseChoice(lam, matrix, weight, 1.0 / max(top, 1e-9), grid)
+
+
+def pick_ease(
+    gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, space: Any, levels: int
+) -> EaseChoice:
+    """EASE^R's λ (``EASE_LAMBDAS``) and support weighting with the best validation NDCG@10;
+    ``matrix`` is its precision matrix."""
+
+    def solve(lam: float) -> Tensor:
+        return ranking_stats.ease_precision(gram, lam)
+
+    return _pick(solve, EaseRanker, EASE_LAMBDAS, ids, users, threshold, space, levels)
+
+
+def pick_liked(
+    gram: Tensor, liked_gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float,
+    space: Any, levels: int,
+) -> EaseChoice:  # fmt: skip
+    """The liked-target weights' λ (``LIKED_LAMBDAS``) and support weighting with the best
+    validation NDCG@10 alone; ``matrix`` holds the weights B (``ranking_stats.liked_weights``)."""
+
+    def solve(lam: float) -> Tensor:
+        return ranking_stats.liked_weights(gram, liked_gram, lam)
+
+    return _pick(solve, LikedRanker, LIKED_LAMBDAS, ids, users, threshold, space, levels)

@@ -166,7 +166,7 @@ class HeadTrainer:
                 self.mix_users.append([u for u in got if len(u)] or got[:1])
         choice = pick_mixing(
             ranker, ranker.params, self.mix_users, self.threshold, tc.rank_max_shared,
-            tc.rank_mix_metric, tc.rank_shared_from,
+            tc.rank_mix_metric, tc.rank_shared_from, tc.rank_mix_passes,
         )  # fmt: skip
         with torch.no_grad():
             for k, v in choice.weights.items():

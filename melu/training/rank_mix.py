@@ -3,16 +3,19 @@
 The head (``melu.model.ranking``) adds its parts, each at a weight per support-size bucket
 (``ranking.SUPPORT_BUCKETS``): popularity π, the adapted predicted rating γ (the
 meta-learned rating part after the one ``adapt()``), co-occurrence c, the parts trained by
-likelihood λ_L (item bias, factors, the learned item–item matrix) and EASE^R c_e.
+likelihood λ_L (item bias, factors, the learned item–item matrix), EASE^R c_e and the
+liked-target item–item part c_l.
 Training them by the likelihood of training users' held-out items moves them away from what
 ranks *new* users well (RESULTS.md, "What was tried for the head"), so ``pick_mixing``
-chooses them the way EASE^R's λ is chosen: NDCG@10 of the validation users at the
-validation support size that falls in each bucket (several seeded draws of each user's
-support, pooled), by an exhaustive search of the grid of (π, γ, c) — π may be negative,
-a popularity penalty, which validation users reward on ML-100K — then λ_L, EASE^R's weight
-fixed as the scale. Optionally the search keeps only mixes whose lists share at most
-``max_shared`` with the no-ratings list on average (personalisation; the price in NDCG@10
-is in RESULTS.md). Test users are never looked at.
+chooses them the way EASE^R's λ is chosen: NDCG@10 and Recall@10 of the validation users at
+the validation support sizes that fall in each bucket (several seeded draws of each user's
+support, pooled). Each bucket's search (``train.rank_mix_passes`` times, each from the
+last one's mix) first blends the two closed-form item–item parts (EASE^R at 0, ½ or all of
+its start weight × every c_l), then tries every (π, γ, c) of the grid — π may be negative,
+a popularity penalty, which validation users reward on ML-100K — then c_l, then λ_L.
+Optionally the search keeps only mixes whose lists share at most ``max_shared`` with the
+no-ratings list on average (personalisation; the price in NDCG@10 is in RESULTS.md). Test
+users are never looked at.
 
 Each part's scores are computed once per validation setting (the adapted rating included),
 so a candidate mix costs a weighted sum and a top-10, not a new adaptation.
@@ -20,6 +23,7 @@ so a candidate mix costs a weighted sum and a top-10, not a new adaptation.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,9 +37,11 @@ from melu.model import ranking
 
 PARTS = (
     "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
-    "rank.ease_weight",
+    "rank.ease_weight", "rank.liked_weight",
 )  # fmt: skip
-SEARCHED = PARTS[:3]  # searched jointly; then the trained parts' weight; EASE^R's is the scale
+SEARCHED = PARTS[:3]  # searched jointly, after the blend of EASE^R and the liked part
+AFTER = ("rank.liked_weight", "rank.learned_weight")  # each searched alone, in this order
+EASE_SHARES = (0.0, 0.5, 1.0)  # EASE^R's weight in the blend stage, as shares of its start
 GRID: dict[str, tuple[float, ...]] = {
     "rank.pop_weight": (
         -5.0, -3.0, -2.0, -1.5, -1.0, -0.7, -0.5, -0.3, -0.2, -0.1, -0.03,
@@ -44,6 +50,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "rank.rating_weight": (-0.3, -0.03, 0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
     "rank.cooc_weight": (0.0, 0.1, 0.3, 1.0, 3.0, 10.0),
     "rank.learned_weight": (0.0, 0.3, 1.0, 2.0),  # the trained parts (0 before training)
+    # the liked-target item–item part, whose top validation score is 5 logits at weight 1
+    "rank.liked_weight": (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
 }  # fmt: skip
 
 
@@ -174,12 +182,18 @@ def _search(
     current: dict[str, float],
     max_shared: float,
     metric: RankMixMetric,
+    passes: int = 1,
+    blend: bool = True,
+    ease: float = 1.0,
 ) -> tuple[_Pooled, _Pooled, dict[str, float]]:
-    """The best mix for one bucket: every (π, γ, c) of the grid, then λ_L; a mix replaces
-    ``current`` only if it raises the objective (``metric``: "ndcg", NDCG@10; or
-    "ndcg+recall", NDCG@10 and Recall@10 each relative to the start's, summed) and keeps the
-    mean share with the no-ratings lists within ``max_shared`` (the start is kept if nothing
-    does). Returns the start's figures, the kept mix's and the kept mix."""
+    """The best mix for one bucket. Each of ``passes`` passes, from the last one's mix:
+    the blend of the two closed-form item–item parts (EASE^R at 0, ½ or 1 of ``ease``, its
+    start weight, × every c_l of the grid; skipped without ``blend``), then every (π, γ, c)
+    of the grid, then c_l, then λ_L. A mix replaces ``current`` only if it raises the objective
+    (``metric``: "ndcg", NDCG@10; or "ndcg+recall", NDCG@10 and Recall@10 each relative to
+    the start's, summed) and keeps the mean share with the no-ratings lists within
+    ``max_shared`` (the start is kept if nothing does). Returns the start's figures, the
+    kept mix's and the kept mix."""
     start = _Pooled.of([s.judge(s.scores(current)) for s in settings])
 
     def objective(got: _Pooled) -> float:
@@ -187,28 +201,43 @@ def _search(
 
     kept = start
     best = objective(start) if start.shared <= max_shared else -1.0
-    pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
-    fixed = [s.scores({**current, **dict.fromkeys(SEARCHED, 0.0)}) for s in settings]
-    for w_pop in GRID[SEARCHED[0]]:  # partial sums reused down the nested grid
-        with_pop = [f + w_pop * s.parts[pop] for f, s in zip(fixed, settings, strict=True)]
-        for w_rate in GRID[SEARCHED[1]]:
-            with_rate = [
-                p + w_rate * s.parts[rate] for p, s in zip(with_pop, settings, strict=True)
-            ]
-            for w_cooc in GRID[SEARCHED[2]]:
-                got = _Pooled.of([
-                    s.judge(r + w_cooc * s.parts[cooc])
-                    for r, s in zip(with_rate, settings, strict=True)
-                ])  # fmt: skip
-                if objective(got) > best + 1e-6 and got.shared <= max_shared:
-                    best, kept = objective(got), got
-                    picked = zip(SEARCHED, (w_pop, w_rate, w_cooc), strict=True)
-                    current = {**current, **dict(picked)}
-    for value in GRID["rank.learned_weight"]:  # from the best (π, γ, c)
-        trial = {**current, "rank.learned_weight": value}
-        got = _Pooled.of([s.judge(s.scores(trial)) for s in settings])
+
+    def trial(weights: dict[str, float]) -> bool:
+        """Keep ``weights`` if they beat the best so far (within the cap)."""
+        nonlocal best, kept
+        got = _Pooled.of([s.judge(s.scores(weights)) for s in settings])
         if objective(got) > best + 1e-6 and got.shared <= max_shared:
-            best, kept, current = objective(got), got, trial
+            best, kept = objective(got), got
+            return True
+        return False
+
+    pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
+    for _ in range(passes):
+        blends = itertools.product(EASE_SHARES, GRID["rank.liked_weight"]) if blend else ()
+        for share, liked in blends:
+            mix = {**current, "rank.ease_weight": share * ease, "rank.liked_weight": liked}
+            if trial(mix):
+                current = mix
+        fixed = [s.scores({**current, **dict.fromkeys(SEARCHED, 0.0)}) for s in settings]
+        for w_pop in GRID[SEARCHED[0]]:  # partial sums reused down the nested grid
+            with_pop = [f + w_pop * s.parts[pop] for f, s in zip(fixed, settings, strict=True)]
+            for w_rate in GRID[SEARCHED[1]]:
+                with_rate = [
+                    p + w_rate * s.parts[rate] for p, s in zip(with_pop, settings, strict=True)
+                ]
+                for w_cooc in GRID[SEARCHED[2]]:
+                    got = _Pooled.of([
+                        s.judge(r + w_cooc * s.parts[cooc])
+                        for r, s in zip(with_rate, settings, strict=True)
+                    ])  # fmt: skip
+                    if objective(got) > best + 1e-6 and got.shared <= max_shared:
+                        best, kept = objective(got), got
+                        picked = zip(SEARCHED, (w_pop, w_rate, w_cooc), strict=True)
+                        current = {**current, **dict(picked)}
+        for name in AFTER:  # from the best (π, γ, c), one weight at a time
+            for value in GRID[name]:
+                if trial({**current, name: value}):
+                    current = {**current, name: value}
     return start, kept, current
 
 
@@ -220,14 +249,22 @@ def pick_mixing(
     max_shared: float = 1.0,
     metric: RankMixMetric = "ndcg+recall",
     shared_from: int = 1,
+    passes: int = 1,
+    blend: bool = True,
 ) -> MixChoice:
-    """Each bucket's π, γ, c, λ_L searched on the validation draws ``users[b]`` (one
+    """Each bucket's π, γ, c, c_l, λ_L searched on the validation draws ``users[b]`` (one
     sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
     that bucket's support size; bucket 0 has no ratings), starting from ``params``'
     weights, by ``metric`` (see ``_search``). With ``max_shared`` < 1 the buckets of
     ``shared_from`` ratings or more (at least 1) keep only mixes whose lists share at most
-    that on average with the user's no-ratings list (bucket 0's, as picked)."""
+    that on average with the user's no-ratings list (bucket 0's, as picked). ``passes``:
+    how many times each bucket's search runs, each from the last one's mix; ``blend``:
+    whether it searches the blend of EASE^R and the liked-target part first (see
+    ``_search``; off only to compare with the search before it)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
+    # EASE^R's start weight is the same in every bucket, and the no-ratings bucket never
+    # moves it (an empty support gives EASE^R no scores), so a re-pick still finds it here
+    ease = float(weights["rank.ease_weight"].max())
     saved = dict(ranker.params)
     before, after, recall_before, recall_after = [], [], [], []
     empty: dict[int, Tensor] | None = None  # user id → their no-ratings list (10,)
@@ -241,7 +278,7 @@ def pick_mixing(
                 none = torch.full((10,), -1, dtype=torch.long)  # no list: shares nothing
                 s.empty = torch.stack([empty.get(int(i), none) for i in u.user_ids])
         current = {k: float(weights[k][b]) for k in PARTS}
-        start, kept, current = _search(settings, current, cap, metric)
+        start, kept, current = _search(settings, current, cap, metric, passes, blend, ease)
         before.append(start.ndcg)
         after.append(kept.ndcg)
         recall_before.append(start.recall)

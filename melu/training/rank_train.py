@@ -31,7 +31,7 @@ from melu.model import ranking, ranking_stats
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import Lr
 from melu.prepare import Prepared
-from melu.training.rank_ease import pick_ease
+from melu.training.rank_ease import pick_ease, pick_liked
 from melu.training.rank_epoch import HeadTrainer
 
 Progress = Callable[[dict[str, Any]], None]
@@ -43,7 +43,7 @@ VALIDATION_SUPPORTS = (0, 1, 3, 5, 10)  # what the kept epoch is picked on
 # parts (still zero) at 1; EASE^R's weight is the scale.
 EASE_START_MIX = {
     "rank.pop_weight": 1e-3, "rank.rating_weight": 0.0, "rank.cooc_weight": 0.0,
-    "rank.learned_weight": 1.0,
+    "rank.learned_weight": 1.0, "rank.liked_weight": 0.0,
 }  # fmt: skip
 MIXING = (  # the head's scalar and per-rating-level weights: rank_trained="mixing"
     "rank.level_weight", "rank.rating_weight", "rank.unknown_bias", "rank.cooc_weight",
@@ -68,8 +68,9 @@ def _trained(name: str, which: str) -> bool:
 
 def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: Tensor,
            val_users: list[TopNUsers], report: Progress) -> tuple[Params, dict[str, Any]]:  # fmt: skip
-    """The head before training: popularity, co-occurrence and EASE^R (λ and its support
-    weighting picked on the validation users), as ``train.rank_start`` says."""
+    """The head before training: popularity, co-occurrence, EASE^R and the liked-target
+    item–item weights (each one's λ and support weighting picked on the validation users),
+    as ``train.rank_start`` says (the liked part starts at weight 0 either way)."""
     tc = config.train
     shapes = model.rank_shapes()
     n_ids = shapes["rank.item_bias"][0]
@@ -87,7 +88,7 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
     levels = shapes["rank.ease_level"][0]
     threshold = TopNProtocol().threshold
     ease = pick_ease(gram, ids.cpu(), ease_users, threshold, prepared.features, levels)
-    start["rank.ease"] = ease.prec
+    start["rank.ease"] = ease.matrix
     start["rank.ease_weight"] = torch.full_like(start["rank.ease_weight"], ease.scale)
     start["rank.ease_level"] = ease.level_weight.clone()
     if tc.rank_start == "ease":  # start as EASE^R alone (top item +5 logits); learn the rest
@@ -95,7 +96,18 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
         for name, value in EASE_START_MIX.items():
             start[name] = torch.full_like(start[name], value)
     report({"event": "rank_ease", "lambda": ease.lam, "validation": ease.grid})
-    return start, {"ease_lambda": ease.lam, "ease_validation": ease.grid}
+    liked_pairs = prepared.train_ratings.ratings >= threshold
+    liked_gram = ranking_stats.co_ratings(rated_ids, raters, n_ids, n_users, liked_pairs)
+    liked = pick_liked(
+        gram, liked_gram, ids.cpu(), ease_users, threshold, prepared.features, levels
+    )
+    start["rank.liked"] = liked.matrix * (5.0 * liked.scale)  # weight 1: top item +5 logits
+    start["rank.liked_level"] = liked.level_weight.clone()
+    report({"event": "rank_liked", "lambda": liked.lam, "validation": liked.grid})
+    return start, {
+        "ease_lambda": ease.lam, "ease_validation": ease.grid,
+        "liked_lambda": liked.lam, "liked_validation": liked.grid,
+    }  # fmt: skip
 
 
 def _pooled(values: list[Tensor], supports: tuple[int, ...]) -> float:

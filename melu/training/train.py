@@ -284,6 +284,7 @@ def train(
         metrics["rank_best_epoch"] = ranked.best_epoch
         metrics["rank_val_ndcg@10"] = ranked.settings["kept"]["val_ndcg@10"]
         metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
+        metrics["rank_liked_lambda"] = ranked.settings["liked_lambda"]
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
     bundle = out / "model"

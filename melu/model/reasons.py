@@ -1,0 +1,45 @@
+"""Why the ranking head recommends an item: what each rated movie adds to its score.
+
+``contributions`` splits the head's item–item parts (``melu.model.ranking``: the learned
+matrix, EASE^R and the liked-target part) by support item; the service names the strongest
+as "because you rated …" (``melu.serving.results``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from melu.model.ranking import Bag, bucket_weight
+
+
+def contributions(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """What each bag item adds to each item's score through the head's item–item parts,
+    w(r_j)·B[j, i] + c_e·w_e(r_j)·B_EASE[j, i] + c_l·w_l(r_j)·B_liked[j, i] (T, N, L), for
+    items ``ids`` (T, N): the reasons behind a recommendation (0 for unknown ids, padding
+    and the item itself)."""
+    known_bag = bag.mask & (bag.ids != 0)
+    weight = params["rank.level_weight"][bag.levels] * known_bag  # (T, L)
+    weight = weight * bucket_weight(params["rank.learned_weight"], bag)
+    pairs = params["rank.item_item"][bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
+    prec = params["rank.ease"]
+    diag = prec.diagonal()[ids].unsqueeze(-1)  # (T, N, 1)
+    ease = -prec[bag.ids.unsqueeze(-2), ids.unsqueeze(-1)] / torch.where(diag > 0, diag, 1.0)
+    ease_weight = bucket_weight(params["rank.ease_weight"], bag)
+    ease_weight = ease_weight * params["rank.ease_level"][bag.levels] * known_bag
+    liked = params["rank.liked"][bag.ids.unsqueeze(-2), ids.unsqueeze(-1)]  # (T, N, L)
+    liked_weight = bucket_weight(params["rank.liked_weight"], bag)
+    liked_weight = liked_weight * params["rank.liked_level"][bag.levels] * known_bag
+    added = (
+        pairs * weight.unsqueeze(-2)
+        + ease * ease_weight.unsqueeze(-2)
+        + liked * liked_weight.unsqueeze(-2)
+    )
+    same = bag.ids.unsqueeze(-2) == ids.unsqueeze(-1)
+    known = (ids != 0).unsqueeze(-1)
+    return torch.where(same | ~known, 0.0, added)
+
+
+__all__ = ["contributions"]
