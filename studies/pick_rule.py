@@ -48,6 +48,10 @@ class Rule:
     cap_from: int = 1  # the fewest ratings the cap applies to (``train.rank_shared_from``)
     tolerance: float | None = None  # keep a bucket's cap only if its pick objective (the
     # sum of NDCG@10 and Recall@10 relative to the start's) is within this of the uncapped
+    liked: bool = True  # whether the head has its liked-target item–item part
+    passes: int = 1  # how many times each bucket's search runs (``pick_mixing``)
+    blend: bool = True  # whether the search starts with EASE^R × the liked-target part
+    alone: bool = False  # no pick: the liked-target part alone (popularity breaking ties)
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -66,6 +70,18 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     "spread, shared <= 0.40 from 4 where it costs <= 0.03": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, 0.03
     ),
+    "rule 6 without the liked-target part": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, liked=False, blend=False
+    ),
+    "rule 6, each bucket searched twice": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, blend=False
+    ),
+    "rule 6, the liked part added after the grid (no blend)": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, blend=False
+    ),
+    "rule 6, blend first, 1 pass": Rule(MIX_SIZES["spread"], 2, 0.40, 4, passes=1),
+    "rule 6, blend first, 2 passes": Rule(MIX_SIZES["spread"], 2, 0.40, 4, passes=2),
+    "no pick: the liked-target part alone": Rule(MIX_SIZES["spread"], alone=True),
 }
 
 
@@ -127,12 +143,20 @@ def fold_rules(
                 [half(users(n, seed), pick_half) for n, seed in mix_draws(bucket, rule.draws)]
                 for bucket in rule.sizes
             ]
-            ranker.params = dict(base)
+            head = dict(base)
+            if not rule.liked:
+                head["rank.liked"] = torch.zeros_like(base["rank.liked"])
+            ranker.params = dict(head)
             choice = pick_mixing(
-                ranker, base, mix_users, threshold, rule.cap, shared_from=rule.cap_from
-            )
+                ranker, head, mix_users, threshold, rule.cap, shared_from=rule.cap_from,
+                passes=rule.passes, blend=rule.blend,
+            )  # fmt: skip
+            if rule.alone:
+                for k in PARTS:
+                    value = {"rank.pop_weight": 1e-3, "rank.liked_weight": 1.0}.get(k, 0.0)
+                    choice.weights[k].fill_(value)
             if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance
-                free = pick_mixing(ranker, base, mix_users, threshold)
+                free = pick_mixing(ranker, head, mix_users, threshold)
                 for b in range(len(rule.sizes)):
                     if (
                         choice.objective(b, "ndcg+recall")
@@ -140,7 +164,7 @@ def fold_rules(
                     ):
                         for k in PARTS:
                             choice.weights[k][b] = free.weights[k][b]
-            ranker.params = {**base, **choice.weights}
+            ranker.params = {**head, **choice.weights}
             empty = half(users(0, 0), 1 - pick_half)
             lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
             for n in SCORED:
@@ -154,7 +178,7 @@ def fold_rules(
                 got[n][1].append(len(torch.unique(top)) / len(scored.candidates))
         out[name] = {n: ([torch.cat(v) for v in rows], cov) for n, (rows, cov) in got.items()}
         picks = {k.removeprefix("rank."): [round(x, 3) for x in v.tolist()]
-                 for k, v in choice.weights.items() if k in PARTS[:3]}  # fmt: skip
+                 for k, v in choice.weights.items()}  # fmt: skip
         print(f"  {model_dir.parent.parent.name} {name}: last pick {picks}", flush=True)
     return out
 

@@ -28,13 +28,16 @@ from melu.evaluation.topn_item_item import (
     ease,
     gram,
     keep_neighbours,
+    liked_gram,
 )
+from melu.model import ranking_stats
 from melu.prepare import Prepared, RatingRows, prepare
 
 FAST_RATING = BaselineConfig(mf=MFConfig(ranks=(4,), regs=(5.0,), iterations=3))
 SMALL = TopNBaselineConfig(
-    knn_neighbours=(0, 5), ease_lambdas=(10.0, 100.0), als_factors=(4,),
-    als_regularization=(1.0,), als_alpha=(1.0, 10.0), als_iterations=(5,), rating=FAST_RATING,
+    knn_neighbours=(0, 5), ease_lambdas=(10.0, 100.0), liked_lambdas=(10.0, 100.0),
+    als_factors=(4,), als_regularization=(1.0,), als_alpha=(1.0, 10.0), als_iterations=(5,),
+    rating=FAST_RATING,
 )  # fmt: skip
 PROTOCOL = TopNProtocol(min_ratings=15, min_heldout=5)
 
@@ -73,6 +76,30 @@ def test_ease_equals_a_direct_constrained_solve() -> None:
         assert b[rest, j].numpy() == pytest.approx(direct.numpy(), abs=1e-12)
         assert b[j, j] == 0
     assert b[5].abs().max() == 0 and b[:, 5].abs().max() == 0
+
+
+def test_liked_target_ease_counts_liked_co_ratings_and_solves_for_them() -> None:
+    """XᵀY counts (rated j, liked i) pairs; the baseline's B regresses each item's likes on
+    the other items' ratings (diag 0), and ranks what co-raters liked above what they rated
+    low."""
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 2), (3, 3)]
+    ratings = [5.0, 5.0, 2.0, 4.0, 4.0, 3.0, 1.0, 5.0]
+    rows = rows_of(pairs, ratings)
+    y = torch.zeros(4, 5, dtype=torch.float64)
+    x = torch.zeros(4, 5, dtype=torch.float64)
+    for (u, i), r in zip(pairs, ratings, strict=True):
+        x[u, i] = 1.0
+        y[u, i] = float(r >= 4)
+    assert torch.equal(liked_gram(rows, 5, 4.0), x.T @ y)
+    b = ranking_stats.liked_weights(gram(rows, 5), liked_gram(rows, 5, 4.0), 0.5).double()
+    for i in range(5):
+        rest = [j for j in range(5) if j != i]
+        a = x[:, rest].T @ x[:, rest] + 0.5 * torch.eye(4, dtype=torch.float64)
+        direct = torch.linalg.solve(a, x[:, rest].T @ y[:, i])
+        assert b[rest, i].numpy() == pytest.approx(direct.numpy(), abs=1e-5)
+    ranker = ItemItemRanker(b.float(), "binary", training_popularity(rows, 5))
+    s = ranker.scores(supports([[0]]))[0]
+    assert s[1] > s[2]  # both co-rated with item 0 twice; item 1 was liked, item 2 was not
 
 
 def test_item_knn_cosine_by_hand() -> None:
@@ -197,6 +224,7 @@ def test_fit_uses_validation_users_and_never_test_users(small: Prepared) -> None
     )
     _, info3 = fit_topn_baselines(val_changed, PROTOCOL, config=SMALL)
     assert info3["ease"]["grid"] != info["ease"]["grid"]  # the validation users do count
+    assert info3["ease_liked"]["grid"] != info["ease_liked"]["grid"]
 
 
 def test_real_ml100k_ease_and_item_knn_beat_popularity(ml100k: Prepared) -> None:

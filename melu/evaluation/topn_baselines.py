@@ -8,6 +8,9 @@ validation or test user's rating):
 - ``item_knn``: cosine on co-ratings, K neighbours and the support weighting validated
   (``melu.evaluation.topn_item_item``);
 - ``ease``: EASE^R, λ and the support weighting validated;
+- ``ease_liked``: EASE^R regressed on the items users liked (rated ≥ the protocol's
+  threshold) instead of on what they rated, λ and the weighting validated: the ranking
+  head's liked part alone, so the tables show what the rest of the model adds to it;
 - ``implicit_als``: weighted ALS from the ``implicit`` library, new users folded in with
   ``recalculate_user`` (``melu.evaluation.topn_als``), its hyper-parameters validated;
 - ``baseline_predictor`` and ``mf_fold_in``: the rating baselines (μ + b_i + b_u and MF
@@ -53,13 +56,18 @@ from melu.evaluation.topn_item_item import (
     ease,
     gram,
     keep_neighbours,
+    liked_gram,
 )
+from melu.model import ranking_stats
 from melu.prepare import Prepared, RatingRows
 from melu.tasks import TaskSet
 
 Progress = Callable[[str], None]
 Candidate = tuple[dict[str, Any], Ranker]
-NAMES = ("popularity", "item_knn", "ease", "implicit_als", "baseline_predictor", "mf_fold_in")
+NAMES = (
+    "popularity", "item_knn", "ease", "ease_liked", "implicit_als", "baseline_predictor",
+    "mf_fold_in",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class TopNBaselineConfig:
     k: int = 10  # validated metric: NDCG@k
     knn_neighbours: tuple[int, ...] = (0, 20, 100)  # 0: every item
     ease_lambdas: tuple[float, ...] = (200.0, 1e3, 5e3, 2e4, 1e5, 5e5)
+    # the liked-target EASE^R's: the grid the ranking head's own liked part picks from
+    liked_lambdas: tuple[float, ...] = (1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5)
     weightings: tuple[Weighting, ...] = WEIGHTINGS  # support weighting of kNN and EASE
     als_factors: tuple[int, ...] = (32, 64)
     als_regularization: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
@@ -188,6 +198,16 @@ def _ease(g: Tensor, config: TopNBaselineConfig, popularity: Tensor) -> Iterator
             yield {"lambda": lam, "weighting": weighting}, ItemItemRanker(b, weighting, popularity)
 
 
+def _ease_liked(
+    g: Tensor, liked: Tensor, config: TopNBaselineConfig, popularity: Tensor
+) -> Iterator[Candidate]:
+    """EASE^R regressed on the liked items (``topn_item_item`` docstring), λ on validation."""
+    for lam in config.liked_lambdas:
+        b = ranking_stats.liked_weights(g, liked, lam)
+        for weighting in config.weightings:
+            yield {"lambda": lam, "weighting": weighting}, ItemItemRanker(b, weighting, popularity)
+
+
 def _als(
     rows: RatingRows, n_items: int, config: TopNBaselineConfig, popularity: Tensor
 ) -> Iterator[Candidate]:
@@ -232,6 +252,9 @@ def fit_topn_baselines(
         "popularity": lambda: [({}, PopularityRanker(popularity))],
         "item_knn": lambda: _knn(g, config, popularity),
         "ease": lambda: _ease(g, config, popularity),
+        "ease_liked": lambda: _ease_liked(
+            g, liked_gram(rows, n_items, protocol.threshold), config, popularity
+        ),
         "implicit_als": lambda: _als(rows, n_items, config, popularity),
         "baseline_predictor": lambda: _bias(bias, config),
         "mf_fold_in": lambda: [(mf_settings, MFRanker(mf))],

@@ -10,6 +10,10 @@ W's rows of the support items. An item without training ratings has a zero row a
   similar to the support item, Deshpande & Karypis 2004).
 - EASE^R: B = argmin ‖X − XB‖² + λ‖B‖² s.t. diag(B) = 0, in closed form
   B = I − P·diag(1/diag(P)), P = (G + λI)⁻¹.
+- EASE^R with the liked items as the target: B = argmin ‖Y − XB‖² + λ‖B‖² s.t.
+  diag(B) = 0, Y the training ratings ≥ the protocol's threshold (what it counts as
+  relevant); the same closed form as the ranking head's liked part
+  (``ranking_stats.liked_weights``), here alone over catalog items.
 """
 
 from __future__ import annotations
@@ -60,6 +64,18 @@ def gram(rows: RatingRows, n_items: int) -> Tensor:
     """G = XᵀX (I, I) float64: G_ij = how many training users rated both i and j."""
     x = rated_matrix(rows, n_items)
     return torch.from_numpy(np.asarray((x.T @ x).toarray(), dtype=np.float64))
+
+
+def liked_gram(rows: RatingRows, n_items: int, threshold: float) -> Tensor:
+    """XᵀY (I, I) float64: [j, i] = how many training users rated j and rated i at least
+    ``threshold`` (Y: X restricted to those ratings; the users compacted alike)."""
+    _, users = np.unique(rows.user_rows.numpy(), return_inverse=True)
+    x = rated_matrix(rows, n_items)
+    liked = rows.ratings.numpy() >= threshold
+    items = rows.item_rows.numpy().astype(np.int64)
+    y = sp.csr_matrix((np.ones(int(liked.sum())), (users[liked], items[liked])), shape=x.shape)
+    y.data[:] = 1.0
+    return torch.from_numpy(np.asarray((x.T @ y).toarray(), dtype=np.float64))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ TOPN_LABELS = {
     "popularity": "popularity",
     "item_knn": "item-kNN",
     "ease": "EASE^R",
+    "ease_liked": "EASE^R, liked target",
     "implicit_als": "implicit ALS",
     "baseline_predictor": "μ + b_i + b_u",
     "mf_fold_in": "MF + fold-in",
