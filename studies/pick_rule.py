@@ -103,8 +103,12 @@ def subset(users: TopNUsers, keep: Tensor) -> TopNUsers:
 
 
 def start_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The head's part weights before any pick (``rank_train._start`` with rank_start=ease)."""
-    return {k: torch.full_like(params[k], v) for k, v in EASE_START_MIX.items()}
+    """The head's part weights before any pick (``rank_train._start`` with rank_start=ease):
+    EASE^R's back at its start weight in every bucket (the largest picked one: the
+    no-ratings bucket never moves it), the rest as ``EASE_START_MIX``."""
+    out = {k: torch.full_like(params[k], v) for k, v in EASE_START_MIX.items()}
+    ease = params["rank.ease_weight"]
+    return {**out, "rank.ease_weight": torch.full_like(ease, float(ease.max()))}
 
 
 def fold_rules(
