@@ -30,7 +30,9 @@ def tiny_run(prepared: Prepared, root: Path) -> Path:
     if "run" not in _CACHE:
         config = Config(
             data=prepared.config,
-            train=TrainConfig(epochs=1, max_tasks_per_epoch=64, device="cpu", rank_epochs=2),
+            train=TrainConfig(
+                epochs=1, max_tasks_per_epoch=64, device="cpu", rank_epochs=2, rank_mix_passes=1
+            ),
         )
         train(config, prepared, root / "run")
         _CACHE["run"] = root / "run"
@@ -51,7 +53,9 @@ def tiny_cv_report(data_dir: Path, root: Path) -> Path:
     if "cv" not in _CACHE:
         config = Config(
             data=DataConfig(dataset="ml-100k", user_split="random"),
-            train=TrainConfig(epochs=1, max_tasks_per_epoch=32, device="cpu", rank_epochs=2),
+            train=TrainConfig(
+                epochs=1, max_tasks_per_epoch=32, device="cpu", rank_epochs=2, rank_mix_passes=1
+            ),
         )
         options = CVOptions(folds=2, seeds=(0,), n_boot=50, baselines=FAST_BASELINES)
         before = torch.get_num_threads()

@@ -60,7 +60,7 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 
         loss.backward()
         optimiser.step()
     rating = {k: v.detach() for k, v in params.items() if not k.startswith("rank.")}
-    short = config.replace(train=config.train.replace(rank_epochs=2))  # the ranking head, briefly
+    short = config.replace(train=config.train.replace(rank_epochs=2, rank_mix_passes=1))  # briefly
     head = train_ranking(short, model, rating, prepared, torch.device("cpu"), config.meta.inner_lr)
     params = {**rating, **head.params}
     save_bundle(

@@ -120,7 +120,8 @@ def test_cli_cv_writes_the_report_and_resumes_without_retraining(
     out = tmp_path / "cv"
     args = ["cv", "--dataset", "ml-100k", "--folds", "2", "--seeds", "1", "--out", str(out),
             "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
-            "--max-tasks-per-epoch", "32", "--rank-epochs", "1", "--pooled-epochs", "1", "--n-boot", "50",
+            "--max-tasks-per-epoch", "32", "--rank-epochs", "1", "--rank-mix-passes", "1",
+            "--pooled-epochs", "1", "--n-boot", "50",
             "--device", "cpu", "--no-progress"]  # fmt: skip
     assert run_app(args) == 0
     printed = capsys.readouterr().out

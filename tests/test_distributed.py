@@ -34,6 +34,7 @@ SMALL: dict[str, Any] = {
     "patience": 5,
     "seed": 3,
     "rank_epochs": 1,
+    "rank_mix_passes": 1,
 }
 
 
@@ -80,6 +81,7 @@ def cli_args(prepared: Prepared, out: Path, epochs: int) -> list[str]:
         *("--epochs", str(epochs), "--meta-batch", str(SMALL["meta_batch"])),
         *("--max-tasks-per-epoch", str(SMALL["max_tasks_per_epoch"]), "--seed", str(SMALL["seed"])),
         *("--rank-epochs", str(SMALL["rank_epochs"])),
+        *("--rank-mix-passes", str(SMALL["rank_mix_passes"])),
         "--learn-inner-lr",  # Meta-SGD: the inner rates are reduced across ranks too
         "--float64",
     ]

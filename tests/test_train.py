@@ -29,13 +29,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**train: Any) -> Config:
-    return Config(train=TrainConfig(**{"max_tasks_per_epoch": 96, "rank_epochs": 2, **train}))
+    return Config(
+        train=TrainConfig(
+            **{"max_tasks_per_epoch": 96, "rank_epochs": 2, "rank_mix_passes": 1, **train}
+        )
+    )
 
 
 def test_training_adapts_below_before_and_below_the_global_mean(
     ml100k: Prepared, tmp_path: Path
 ) -> None:
-    result = train(Config(train=TrainConfig(epochs=3, patience=3, rank_epochs=2)), ml100k, tmp_path)
+    result = train(
+        Config(train=TrainConfig(epochs=3, patience=3, rank_epochs=2, rank_mix_passes=1)),
+        ml100k,
+        tmp_path,
+    )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] == [r["epoch"] for r in result.history]
     best = result.metrics

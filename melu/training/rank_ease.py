@@ -10,6 +10,7 @@ weights regressed on what users liked (``ranking_stats.liked_weights``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,44 +34,31 @@ def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> fl
     return float(torch.cat(validation_ndcgs(ranker, users, threshold)).mean())
 
 
-class EaseRanker:
-    """EASE^R alone from a precision matrix over item ids, the support weighted by
-    ``level_weight`` (per rating level; ones: binary): what picks λ and the weighting."""
+PartScores = Callable[[Mapping[str, Tensor], ranking.Bag, Tensor], Tensor]
+SCORES: dict[str, PartScores] = {"ease": ranking.ease_scores, "liked": ranking.liked_scores}
 
-    def __init__(self, prec: Tensor, ids: Tensor, level_weight: Tensor, space: Any) -> None:
+
+class PartRanker:
+    """One closed-form item–item part of the head alone (``part``: "ease", from EASE^R's
+    precision matrix; "liked", from the liked-target weights), over item ids, the support
+    weighted by ``level_weight`` (per rating level; ones: binary): what picks its λ and
+    weighting."""
+
+    def __init__(
+        self, part: str, matrix: Tensor, ids: Tensor, level_weight: Tensor, space: Any
+    ) -> None:
         self.params = {
-            "rank.ease": prec, "rank.ease_level": level_weight,
-            "rank.ease_weight": torch.ones(1),
+            f"rank.{part}": matrix, f"rank.{part}_level": level_weight,
+            f"rank.{part}_weight": torch.ones(1),
         }  # fmt: skip
-        self.ids, self.space = ids, space
+        self.part, self.ids, self.space = part, ids, space
 
     def scores(self, supports: Any) -> Tensor:
         low, step = self.space.rating_scale[0], self.space.rating_step
-        levels = ranking.rating_levels(
-            supports.ratings, low, step, len(self.params["rank.ease_level"])
-        )
+        n_levels = len(self.params[f"rank.{self.part}_level"])
+        levels = ranking.rating_levels(supports.ratings, low, step, n_levels)
         bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
-        return ranking.ease_scores(self.params, bag, self.ids)
-
-
-class LikedRanker:
-    """The liked-target item–item part alone, B (V, V) over item ids, the support weighted
-    by ``level_weight``: what picks its λ and weighting."""
-
-    def __init__(self, weights: Tensor, ids: Tensor, level_weight: Tensor, space: Any) -> None:
-        self.params = {
-            "rank.liked": weights, "rank.liked_level": level_weight,
-            "rank.liked_weight": torch.ones(1),
-        }  # fmt: skip
-        self.ids, self.space = ids, space
-
-    def scores(self, supports: Any) -> Tensor:
-        low, step = self.space.rating_scale[0], self.space.rating_step
-        levels = ranking.rating_levels(
-            supports.ratings, low, step, len(self.params["rank.liked_level"])
-        )
-        bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
-        return ranking.liked_scores(self.params, bag, self.ids)
+        return SCORES[self.part](self.params, bag, self.ids)
 
 
 EASE_LAMBDAS = (1e3, 3e3, 1e4, 2e4, 5e4, 1e5, 3e5)
@@ -92,11 +80,11 @@ class EaseChoice:
 
 
 def _pick(
-    solve: Any, ranker: Any, lambdas: tuple[float, ...], ids: Tensor, users: list[TopNUsers],
-    threshold: float, space: Any, levels: int,
+    solve: Callable[[float], Tensor], part: str, lambdas: tuple[float, ...], ids: Tensor,
+    users: list[TopNUsers], threshold: float, space: Any, levels: int,
 ) -> EaseChoice:  # fmt: skip
-    """The λ of ``lambdas`` and support weighting (binary or rating) whose ``ranker`` of the
-    matrix ``solve(λ)`` has the best validation NDCG@10, and its scale."""
+    """The λ of ``lambdas`` and support weighting (binary or rating) whose ``PartRanker`` of
+    ``part`` with the matrix ``solve(λ)`` has the best validation NDCG@10, and its scale."""
     values = torch.arange(1, levels + 1, dtype=torch.float32)
     weightings = {"binary": torch.ones(levels), "rating": values / values.mean()}
     grid: dict[str, float] = {}
@@ -104,14 +92,14 @@ def _pick(
     for lam in lambdas:
         matrix = solve(lam)
         for name, weight in weightings.items():
-            score = validation_ndcg(ranker(matrix, ids, weight, space), users, threshold)
+            score = validation_ndcg(PartRanker(part, matrix, ids, weight, space), users, threshold)
             grid[f"{lam:g}/{name}"] = score
             if best is None or score > best[0]:
                 best = (score, lam, matrix, weight)
     assert best is not None
     _, lam, matrix, weight = best
     middle = users[len(users) // 2].supports
-    top = float(ranker(matrix, ids, weight, space).scores(middle).max(-1).values.mean())
+    top = float(PartRanker(part, matrix, ids, weight, space).scores(middle).max(-1).values.mean())
     return EaseChoice(lam, matrix, weight, 1.0 / max(top, 1e-9), grid)
 
 
@@ -124,7 +112,7 @@ def pick_ease(
     def solve(lam: float) -> Tensor:
         return ranking_stats.ease_precision(gram, lam)
 
-    return _pick(solve, EaseRanker, EASE_LAMBDAS, ids, users, threshold, space, levels)
+    return _pick(solve, "ease", EASE_LAMBDAS, ids, users, threshold, space, levels)
 
 
 def pick_liked(
@@ -137,4 +125,4 @@ def pick_liked(
     def solve(lam: float) -> Tensor:
         return ranking_stats.liked_weights(gram, liked_gram, lam)
 
-    return _pick(solve, LikedRanker, LIKED_LAMBDAS, ids, users, threshold, space, levels)
+    return _pick(solve, "liked", LIKED_LAMBDAS, ids, users, threshold, space, levels)
