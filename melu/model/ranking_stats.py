@@ -54,7 +54,7 @@ def liked_weights(gram: Tensor, liked_gram: Tensor, lam: float) -> Tensor:
     I − P·diag(1/P_ii))."""
     # float32 through a Cholesky factor (XᵀX + λI is positive definite): ~3x faster than
     # float64, within 1e-6 of it relative on ML-100K (λ >= 1e3 keeps it well conditioned)
-    a = gram.float() + lam * torch.eye(len(gram))
+    a = gram.float() + lam * torch.eye(len(gram), dtype=torch.float32)
     prec = torch.cholesky_inverse(torch.linalg.cholesky(a))
     solved = prec @ liked_gram.float()
     mu = solved.diagonal() / prec.diagonal()
