@@ -79,7 +79,7 @@ class TopNBaselineConfig:
     knn_neighbours: tuple[int, ...] = (0, 20, 100)  # 0: every item
     ease_lambdas: tuple[float, ...] = (200.0, 1e3, 5e3, 2e4, 1e5, 5e5)
     # the liked-target EASE^R's: the grid the ranking head's own liked part picks from
-    liked_lambdas: tuple[float, ...] = (1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5)
+    liked_lambdas: tuple[float, ...] = ranking_stats.LIKED_LAMBDAS
     weightings: tuple[Weighting, ...] = WEIGHTINGS  # support weighting of kNN and EASE
     als_factors: tuple[int, ...] = (32, 64)
     als_regularization: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)

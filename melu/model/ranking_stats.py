@@ -46,6 +46,10 @@ def ease_precision(gram: Tensor, lam: float) -> Tensor:
     return torch.linalg.inv(gram.double() + lam * eye).float()
 
 
+# the λ grid of the liked-target weights, for the head's part and for its baseline alike
+LIKED_LAMBDAS = (1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5)
+
+
 def liked_weights(gram: Tensor, liked_gram: Tensor, lam: float) -> Tensor:
     """B (V, V) = argmin ‖Y − XB‖² + λ‖B‖² subject to diag(B) = 0: EASE^R's closed form
     with the *liked* pairs Y as the target instead of X itself (``gram`` = XᵀX,
@@ -61,4 +65,6 @@ def liked_weights(gram: Tensor, liked_gram: Tensor, lam: float) -> Tensor:
     return solved - prec * mu.unsqueeze(0)
 
 
-__all__ = ["co_ratings", "cooccurrence", "ease_precision", "liked_weights"]
+__all__ = [
+    "LIKED_LAMBDAS", "co_ratings", "cooccurrence", "ease_precision", "liked_weights",
+]  # fmt: skip

@@ -62,7 +62,6 @@ class PartRanker:
 
 
 EASE_LAMBDAS = (1e3, 3e3, 1e4, 2e4, 5e4, 1e5, 3e5)
-LIKED_LAMBDAS = (1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5)
 
 
 @dataclass
@@ -119,10 +118,12 @@ def pick_liked(
     gram: Tensor, liked_gram: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float,
     space: Any, levels: int,
 ) -> EaseChoice:  # fmt: skip
-    """The liked-target weights' λ (``LIKED_LAMBDAS``) and support weighting with the best
-    validation NDCG@10 alone; ``matrix`` holds the weights B (``ranking_stats.liked_weights``)."""
+    """The liked-target weights' λ (``ranking_stats.LIKED_LAMBDAS``) and support weighting
+    with the best validation NDCG@10 alone; ``matrix`` holds the weights B
+    (``ranking_stats.liked_weights``)."""
 
     def solve(lam: float) -> Tensor:
         return ranking_stats.liked_weights(gram, liked_gram, lam)
 
-    return _pick(solve, "liked", LIKED_LAMBDAS, ids, users, threshold, space, levels)
+    lambdas = ranking_stats.LIKED_LAMBDAS
+    return _pick(solve, "liked", lambdas, ids, users, threshold, space, levels)

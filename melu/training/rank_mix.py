@@ -202,14 +202,16 @@ def _search(
     kept = start
     best = objective(start) if start.shared <= max_shared else -1.0
 
-    def trial(weights: dict[str, float]) -> bool:
-        """Keep ``weights`` if they beat the best so far (within the cap)."""
+    def better(got: _Pooled) -> bool:
+        """Whether ``got`` beats the best so far within the cap (then it is the best)."""
         nonlocal best, kept
-        got = _Pooled.of([s.judge(s.scores(weights)) for s in settings])
         if objective(got) > best + 1e-6 and got.shared <= max_shared:
             best, kept = objective(got), got
             return True
         return False
+
+    def trial(weights: dict[str, float]) -> bool:
+        return better(_Pooled.of([s.judge(s.scores(weights)) for s in settings]))
 
     pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
     for _ in range(passes):
@@ -230,8 +232,7 @@ def _search(
                         s.judge(r + w_cooc * s.parts[cooc])
                         for r, s in zip(with_rate, settings, strict=True)
                     ])  # fmt: skip
-                    if objective(got) > best + 1e-6 and got.shared <= max_shared:
-                        best, kept = objective(got), got
+                    if better(got):
                         picked = zip(SEARCHED, (w_pop, w_rate, w_cooc), strict=True)
                         current = {**current, **dict(picked)}
         for name in AFTER:  # from the best (π, γ, c), one weight at a time
