@@ -151,14 +151,15 @@ def fold_rules(
             if not rule.liked:
                 head["rank.liked"] = torch.zeros_like(base["rank.liked"])
             ranker.params = dict(head)
-            choice = pick_mixing(
-                ranker, head, mix_users, threshold, rule.cap, shared_from=rule.cap_from,
-                passes=rule.passes, blend=rule.blend,
-            )  # fmt: skip
-            if rule.alone:
-                for k in PARTS:
-                    value = {"rank.pop_weight": 1e-3, "rank.liked_weight": 1.0}.get(k, 0.0)
-                    choice.weights[k].fill_(value)
+            if rule.alone:  # no pick: the liked part alone, popularity breaking ties
+                alone = {"rank.pop_weight": 1e-3, "rank.liked_weight": 1.0}
+                weights = {k: torch.full_like(head[k], alone.get(k, 0.0)) for k in PARTS}
+            else:
+                choice = pick_mixing(
+                    ranker, head, mix_users, threshold, rule.cap, shared_from=rule.cap_from,
+                    passes=rule.passes, blend=rule.blend,
+                )  # fmt: skip
+                weights = choice.weights
             if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance
                 free = pick_mixing(ranker, head, mix_users, threshold)
                 for b in range(len(rule.sizes)):
@@ -167,8 +168,8 @@ def fold_rules(
                         < free.objective(b, "ndcg+recall") - rule.tolerance
                     ):
                         for k in PARTS:
-                            choice.weights[k][b] = free.weights[k][b]
-            ranker.params = {**head, **choice.weights}
+                            weights[k][b] = free.weights[k][b]
+            ranker.params = {**head, **weights}
             empty = half(users(0, 0), 1 - pick_half)
             lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
             for n in SCORED:
@@ -182,7 +183,7 @@ def fold_rules(
                 got[n][1].append(len(torch.unique(top)) / len(scored.candidates))
         out[name] = {n: ([torch.cat(v) for v in rows], cov) for n, (rows, cov) in got.items()}
         picks = {k.removeprefix("rank."): [round(x, 3) for x in v.tolist()]
-                 for k, v in choice.weights.items()}  # fmt: skip
+                 for k, v in weights.items()}  # fmt: skip
         print(f"  {model_dir.parent.parent.name} {name}: last pick {picks}", flush=True)
     return out
 
