@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from melu.config import RankMixMetric, RankMixSizes
-from melu.evaluation.topn import TopNUsers, user_metrics, without_support
+from melu.evaluation.topn import TopNUsers, without_support
 from melu.evaluation.topn_model import ModelRanker
 from melu.model import ranking
 
@@ -122,6 +122,8 @@ def part_scores(
 
 
 Judged = tuple[Tensor, Tensor, Tensor | None]  # per user: NDCG@10, Recall@10, shared share
+DISCOUNT = 1.0 / torch.log2(torch.arange(2, 12, dtype=torch.float64))  # ranks 1..10
+CUM_DISCOUNT = torch.cat([DISCOUNT.new_zeros(1), DISCOUNT.cumsum(0)])  # ideal DCG by hits
 
 
 @dataclass
@@ -133,6 +135,12 @@ class _Setting:
     parts: Tensor
     relevant: Tensor
     empty: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # per user (U,): how many relevant items, and the ideal DCG@10 they allow
+        self.n_relevant = self.relevant.sum(1).double()
+        self.ideal = CUM_DISCOUNT[self.n_relevant.clamp(max=10).long()]
+        self.rows = torch.arange(len(self.relevant)).unsqueeze(1)  # (U, 1)
 
     @classmethod
     def of(cls, ranker: ModelRanker, params: Mapping[str, Tensor], users: TopNUsers,
@@ -149,14 +157,17 @@ class _Setting:
         return out
 
     def judge(self, scores: Tensor) -> Judged:
-        """Per user (U,): NDCG@10 and Recall@10 of the top 10 by ``scores`` (U, I), and the
-        share of it also in the no-ratings list (None without one)."""
-        top = scores.topk(10, dim=1).indices
-        got = user_metrics(top, self.relevant, (10,))
+        """Per user (..., U): NDCG@10 and Recall@10 (``topn.user_metrics``) of the top 10
+        by ``scores`` (..., U, I) — several mixes' scores at once along the leading
+        dimensions — and the share of it also in the no-ratings list (None without one)."""
+        top = scores.topk(10, dim=-1).indices  # (..., U, 10)
+        hits = self.relevant[self.rows, top].double()
+        ndcg = (hits * DISCOUNT).sum(-1) / self.ideal
+        recall = hits.sum(-1) / self.n_relevant
         shared = None
         if self.empty is not None:
-            shared = (top.unsqueeze(2) == self.empty.unsqueeze(1)).any(2).double().mean(1)
-        return got["ndcg@10"], got["recall@10"], shared
+            shared = (top.unsqueeze(-1) == self.empty.unsqueeze(-2)).any(-1).double().mean(-1)
+        return ndcg, recall, shared
 
 
 @dataclass(frozen=True)
@@ -169,12 +180,20 @@ class _Pooled:
 
     @classmethod
     def of(cls, judged: Sequence[Judged]) -> _Pooled:
-        shared = [s for _, _, s in judged if s is not None]
-        return cls(
-            float(torch.cat([n for n, _, _ in judged]).nanmean()),
-            float(torch.cat([r for _, r, _ in judged]).nanmean()),
-            float(torch.cat(shared).mean()) if shared else 0.0,
-        )
+        return cls.each(judged)[0]
+
+    @classmethod
+    def each(cls, judged: Sequence[Judged]) -> list[_Pooled]:
+        """One per mix of judged (..., U) per draw: the leading dimensions flattened."""
+
+        def pooled(which: int) -> list[float]:
+            values = [v for j in judged if (v := j[which]) is not None]
+            if not values:  # no share without no-ratings lists
+                return [0.0] * judged[0][0].shape[:-1].numel()
+            flat = torch.cat([v.reshape(-1, v.shape[-1]) for v in values], dim=1)  # (M, ΣU)
+            return [float(x) for x in flat.nanmean(1)]
+
+        return [cls(*row) for row in zip(pooled(0), pooled(1), pooled(2), strict=True)]
 
 
 def _search(
@@ -214,6 +233,7 @@ def _search(
         return better(_Pooled.of([s.judge(s.scores(weights)) for s in settings]))
 
     pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
+    w_coocs = torch.tensor(GRID[SEARCHED[2]]).view(-1, 1, 1)  # (C, 1, 1)
     for _ in range(passes):
         blends = itertools.product(EASE_SHARES, GRID["rank.liked_weight"]) if blend else ()
         for share, liked in blends:
@@ -227,11 +247,12 @@ def _search(
                 with_rate = [
                     p + w_rate * s.parts[rate] for p, s in zip(with_pop, settings, strict=True)
                 ]
-                for w_cooc in GRID[SEARCHED[2]]:
-                    got = _Pooled.of([
-                        s.judge(r + w_cooc * s.parts[cooc])
-                        for r, s in zip(with_rate, settings, strict=True)
-                    ])  # fmt: skip
+                # every c of the grid at once (C, U, I), judged in the grid's order
+                pooled = _Pooled.each([
+                    s.judge(r + w_coocs * s.parts[cooc])
+                    for r, s in zip(with_rate, settings, strict=True)
+                ])  # fmt: skip
+                for w_cooc, got in zip(GRID[SEARCHED[2]], pooled, strict=True):
                     if better(got):
                         picked = zip(SEARCHED, (w_pop, w_rate, w_cooc), strict=True)
                         current = {**current, **dict(picked)}
