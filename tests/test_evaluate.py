@@ -25,12 +25,12 @@ from melu.tasks import EVAL_SCENARIOS
 
 @pytest.fixture(scope="module")
 def run_dir(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_run(ml100k, tmp_path_factory.mktemp("eval"))
+    return tiny_run(ml100k, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def report(ml100k: Prepared, run_dir: Path) -> Report:
-    return tiny_report(ml100k, run_dir.parent)
+def report(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    return tiny_report(ml100k, tmp_path_factory)
 
 
 def test_curve_equals_separate_adaptations_and_the_per_task_loop(
@@ -87,6 +87,20 @@ def test_report_covers_every_scenario_and_method(report: Report, ml100k: Prepare
         assert cmp["mae"]["difference"] == pytest.approx(
             sc["methods"]["maml_after"]["mae"] - sc["methods"][best]["mae"], abs=1e-9
         )
+
+
+def test_the_top_n_tables_rank_by_the_rating_baselines_of_the_rating_tables(
+    report: Report,
+) -> None:
+    """One fit of μ + b_i + b_u and MF serves both tables: the top-N rankers built on them
+    carry the settings the rating tables report (MF's grid here is one point, not the
+    default grid the top-N study would pick from on its own)."""
+    fitted, topn = report.meta["baselines"], report.topn
+    assert topn is not None
+    mf = topn["settings"]["mf_fold_in"]["chosen"]
+    assert (mf["rank"], mf["reg"]) == (fitted["mf_rank"], fitted["mf_reg"]) == (4, 5.0)
+    bias = topn["settings"]["baseline_predictor"]["chosen"]
+    assert bias["user_shrinkage"] == fitted["bias_user_shrinkage"]
 
 
 def test_adaptation_lowers_the_error_of_the_initialisation(report: Report) -> None:

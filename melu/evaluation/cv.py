@@ -37,6 +37,7 @@ from melu.evaluation.baselines import BaselineConfig
 from melu.evaluation.evaluate import BASELINES, METHODS, Report, evaluate
 from melu.evaluation.metrics import bootstrap_ci, bootstrap_indices
 from melu.evaluation.topn import TopNProtocol
+from melu.evaluation.topn_baselines import TopNBaselineConfig
 from melu.evaluation.topn_eval import pool_topn
 from melu.prepare import prepare
 from melu.tasks import EVAL_SCENARIOS
@@ -56,6 +57,7 @@ class CVOptions:
     n_boot: int = 1000
     eval_seed: int = 0  # support subsets and pooled-baseline seed, the same in every run
     baselines: BaselineConfig | None = None
+    topn_baselines: TopNBaselineConfig | None = None  # their grids (default: the full ones)
     topn: bool = True  # also the full-catalog top-N study, pooled per user over the folds
     only_folds: tuple[int, ...] | None = None  # run and pool just these folds (a part study)
 
@@ -84,7 +86,7 @@ def run_fold(
         bundle, prepared, steps_curve=(0,), support_sizes=options.support_sizes,
         seed=options.eval_seed, n_boot=100, baselines=baselines, keep_per_user=True,
         topn=TopNProtocol(supports=options.support_sizes, seed=options.eval_seed)
-        if options.topn else None,
+        if options.topn else None, topn_baselines=options.topn_baselines,
     )  # fmt: skip
     return {"best_epoch": result.best_epoch, **report.to_dict()}
 

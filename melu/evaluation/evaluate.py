@@ -9,6 +9,7 @@ paired.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from melu.evaluation.metrics import (
 )
 from melu.evaluation.support import SUPPORT_BASELINES, per_user_mae, support_predictions
 from melu.evaluation.topn import TopNProtocol, TopNScenario
+from melu.evaluation.topn_baselines import TopNBaselineConfig
 from melu.evaluation.topn_eval import CANDIDATES, TOPN_SCENARIOS, topn_study
 from melu.model.maml import inner_rates
 from melu.model.predict import predict_queries
@@ -272,11 +274,15 @@ def evaluate(
     progress: Progress | None = None,
     keep_per_user: bool = False,
     topn: TopNProtocol | None = TopNProtocol(),
+    topn_baselines: TopNBaselineConfig | None = None,
 ) -> Report:
     """Evaluate ``bundle`` on ``prepared`` (which must be the bundle's data protocol).
 
     ``keep_per_user``: each scenario also holds ``per_user`` (see ``per_user_mae``), and
-    the top-N settings theirs. ``topn``: the top-N protocol (``None``: no top-N figures)."""
+    the top-N settings theirs. ``topn``: the top-N protocol (``None``: no top-N figures).
+    ``topn_baselines``: the top-N baselines' grids (default ``TopNBaselineConfig()``); the
+    rating baselines they rank by (μ + b_i + b_u, MF) are the ones fit for the rating
+    tables, under ``baselines``, whatever its ``rating`` says."""
     say = progress or (lambda _msg: None)
     check_compatible(bundle, prepared)
     check_tasks(prepared, ("train", "validation", *scenarios))
@@ -291,8 +297,10 @@ def evaluate(
             seed=seed, n_boot=n_boot, progress=say, keep_per_user=keep_per_user,
         )  # fmt: skip
     if topn is not None and topn_scenarios(scenarios):
+        grids = dataclasses.replace(topn_baselines or TopNBaselineConfig(), rating=options)
         report.topn = topn_study(
             bundle, prepared, topn, scenarios=topn_scenarios(scenarios), n_boot=n_boot,
-            seed=seed, keep_per_user=keep_per_user, progress=say,
+            seed=seed, keep_per_user=keep_per_user, progress=say, baselines=grids,
+            rating=(fitted.bias, fitted.mf),
         )  # fmt: skip
     return report

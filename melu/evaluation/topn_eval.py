@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from melu.bundle import Bundle
+from melu.evaluation.bias import BiasPredictor
 from melu.evaluation.metrics import bootstrap_ci, bootstrap_indices
+from melu.evaluation.mf import MatrixFactorization
 from melu.evaluation.topn import (
     Candidates,
     Ranker,
@@ -39,7 +41,7 @@ from melu.evaluation.topn import (
     training_popularity,
     user_metrics,
 )
-from melu.evaluation.topn_baselines import fit_topn_baselines
+from melu.evaluation.topn_baselines import TopNBaselineConfig, fit_topn_baselines
 from melu.evaluation.topn_model import ModelRanker
 from melu.prepare import Prepared
 
@@ -234,16 +236,19 @@ def topn_study(
     seed: int = 0,
     keep_per_user: bool = False,
     progress: Progress | None = None,
+    baselines: TopNBaselineConfig | None = None,
+    rating: tuple[BiasPredictor, MatrixFactorization] | None = None,
 ) -> dict[str, Any]:
     """``evaluate_topn`` of the bundle's model (``ModelRanker``) against every top-N
-    baseline (fit on ``prepared.train_ratings``, settings picked on validation users),
-    with the baselines' settings under ``"settings"``."""
+    baseline (fit on ``prepared.train_ratings``, settings picked on validation users from
+    the grids of ``baselines``), with the baselines' settings under ``"settings"``.
+    ``rating``: the rating baselines already fit (see ``fit_topn_baselines``)."""
     say = progress or (lambda _msg: None)
-    baselines, picked = fit_topn_baselines(prepared, protocol, lambda _msg: None)
+    fitted, picked = fit_topn_baselines(prepared, protocol, None, baselines, rating)
     say("top-N baselines fitted")
     rankers: dict[str, Ranker] = {
         MODEL: ModelRanker.from_bundle(bundle, prepared.tables),
-        **baselines,
+        **fitted,
     }
     out = evaluate_topn(
         prepared, rankers, protocol, scenarios=scenarios, n_boot=n_boot, seed=seed,
