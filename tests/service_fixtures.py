@@ -1,8 +1,9 @@
 """A small trained ML-100K bundle for the recommender and service tests.
 
 ``train_bundle`` runs a few Adam steps on ``melu.model.maml.meta_loss`` and saves the bundle with
-``melu.bundle.save_bundle``. It is cached per process (the fixture module is imported by
-several test files, each of which would otherwise build its own copy).
+``melu.bundle.save_bundle``. ``bundle_path`` builds it once per ``pytest`` run
+(``built_once``: the fixture module is imported by several test files on several workers,
+each of which would otherwise build its own copy).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from built_once import built_once
 
 from melu.bundle import save_bundle
 from melu.config import Config
@@ -28,16 +30,13 @@ from melu.prepare import Prepared
 from melu.serving import Recommender
 from melu.training.rank_train import train_ranking
 
-_BUNDLES: dict[tuple[str, int], Path] = {}
 _RECOMMENDERS: dict[Path, Recommender] = {}
 
 
 def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 0) -> Path:
-    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam and two epochs
-    of the ranking head; returns it."""
-    key = (str(out), steps)
-    if key in _BUNDLES:
-        return _BUNDLES[key]
+    """A bundle after ``steps`` meta-batches (8 tasks, second order) of Adam and the ranking
+    head's part weights picked in one pass (no likelihood epochs, as the default); returns
+    it."""
     config = Config().replace(data=prepared.config)
     torch.manual_seed(seed)
     model = PreferenceEstimator(config.model, prepared.features)
@@ -60,7 +59,7 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 
         loss.backward()
         optimiser.step()
     rating = {k: v.detach() for k, v in params.items() if not k.startswith("rank.")}
-    short = config.replace(train=config.train.replace(rank_epochs=2, rank_mix_passes=1))  # briefly
+    short = config.replace(train=config.train.replace(rank_epochs=0, rank_mix_passes=1))  # briefly
     head = train_ranking(short, model, rating, prepared, torch.device("cpu"), config.meta.inner_lr)
     params = {**rating, **head.params}
     save_bundle(
@@ -73,15 +72,17 @@ def train_bundle(prepared: Prepared, out: Path, *, steps: int = 12, seed: int = 
         metrics={"note": "test bundle", "steps": steps},
         fingerprint=prepared.fingerprint,
     )
-    _BUNDLES[key] = out
     return out
 
 
 @pytest.fixture(scope="session")
 def bundle_path(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained ML-100K bundle folder (``run/model``)."""
-    root = tmp_path_factory.getbasetemp() / "service-run"
-    return train_bundle(ml100k, root / "model")
+    """A trained ML-100K bundle folder (``run/model``), built once per ``pytest`` run."""
+
+    def build(folder: Path) -> None:
+        train_bundle(ml100k, folder / "model")
+
+    return built_once(tmp_path_factory, "service-run", build) / "model"
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from cli_process import melu, one_line
+from heads import CHEAP_HEAD, CHEAP_HEAD_FLAGS
 from safetensors.torch import load_file, save_file
 
 from melu.config import Config, TrainConfig
@@ -22,11 +23,11 @@ from melu.training.checkpoint import load_checkpoint, resign
 from melu.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FLAGS = ["--max-tasks-per-epoch", "96"]
+FLAGS = ["--max-tasks-per-epoch", "96", *CHEAP_HEAD_FLAGS]
 
 
 def config(epochs: int) -> Config:
-    return Config(train=TrainConfig(max_tasks_per_epoch=96, epochs=epochs))
+    return Config(train=TrainConfig(max_tasks_per_epoch=96, epochs=epochs, **CHEAP_HEAD))
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +159,10 @@ def test_resuming_may_change_how_the_head_is_trained_but_not_the_rating_part(
     """The ranking head is trained after the rating part and is never checkpointed, so its
     ``rank_*`` settings may change on resume; an outer-loop setting may not."""
     run = run_copy(trained, tmp_path)
-    head = config(1).replace(train=config(1).train.replace(rank_epochs=0, rank_mix=False))
-    assert train(head, ml100k, run, resume=True).metrics["rank_best_epoch"] == 0
+    head = config(1).replace(train=config(1).train.replace(rank_epochs=1, rank_patience=1))
+    train(head, ml100k, run, resume=True)
+    history = (run / "rank_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(row)["epoch"] for row in history] == [0, 1]  # the new head setting
     outer = config(1).replace(train=config(1).train.replace(outer_lr=2e-3))
     with pytest.raises(BundleError, match=r"cannot resume: train setting\(s\) outer_lr differ"):
         train(outer, ml100k, run, resume=True)

@@ -13,6 +13,7 @@ import termios
 from pathlib import Path
 
 import pytest
+from heads import CHEAP_HEAD_FLAGS
 
 from melu.cli.progress import Steps, is_terminal
 from melu.prepare import Prepared
@@ -35,7 +36,7 @@ def test_piped_train_logs_one_line_per_epoch_and_no_bar_frames(
     assert ml100k.path is not None  # the session's task cache: not built again
     common = ("--dataset", "ml-100k", "--data-dir", str(data_dir), "--cache-dir",
               str(ml100k.path.parent), "--epochs", "2", "--max-tasks-per-epoch", "32",
-              "--patience", "5", "--device", "cpu")  # fmt: skip
+              "--patience", "5", "--device", "cpu", *CHEAP_HEAD_FLAGS)  # fmt: skip
     done = melu("train", *common, "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stdout and "\r" not in done.stderr

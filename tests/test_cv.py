@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from eval_fixtures import TINY_CV_FLAGS, tiny_cv_study
 
 import melu.evaluation.cv as cv
 from melu.cli import run_app
@@ -115,25 +117,21 @@ def test_cv_plots_draw_every_curve_and_baseline() -> None:
 
 
 def test_cli_cv_writes_the_report_and_resumes_without_retraining(
-    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+    data_dir: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    out = tmp_path / "cv"
-    args = ["cv", "--dataset", "ml-100k", "--folds", "2", "--seeds", "1", "--out", str(out),
-            "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1",
-            "--max-tasks-per-epoch", "32", "--rank-epochs", "1", "--rank-mix-passes", "1",
-            "--pooled-epochs", "1", "--n-boot", "50",
-            "--device", "cpu", "--no-progress"]  # fmt: skip
-    assert run_app(args) == 0
-    printed = capsys.readouterr().out
-    assert "user_cold" in printed and "MF + fold-in" in printed
-    report = json.loads((out / "report" / "report.json").read_text())
+    study = tiny_cv_study(data_dir, tmp_path_factory)  # `melu cv`, shared with the notebook
+    report = json.loads((study / "report" / "report.json").read_text())
     for name in ("report.md", "methods.png", "diffs.png", "support_curve.png"):
-        assert (out / "report" / name).stat().st_size > 0
+        assert (study / "report" / name).stat().st_size > 0
     assert report["meta"]["folds"] == 2 and len(report["meta"]["baselines"]) == 2
     cold = report["scenarios"]["user_cold"]
     assert set(cold["methods"]) == set(METHODS)
     assert {"baseline_predictor", "mf", "maml"} <= set(cold["support_curve"])
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("folds/*/result/result.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(study.glob("folds/*/result/result.json"))]
     tested = [set(r["scenarios"]["user_cold"]["per_user"]["user_ids"]) for r in results]
     assert len(tested) == 2 and not tested[0] & tested[1]
     assert cold["n_users"] == len(tested[0]) + len(tested[1])
@@ -147,16 +145,22 @@ def test_cli_cv_writes_the_report_and_resumes_without_retraining(
         assert not fold_users[0] & fold_users[1]
         assert point["n_users"] == len(fold_users[0] | fold_users[1]) and point["n_runs"] == 2
         assert set(point["comparison"]) == set(report["topn"]["rankers"]) - {"model"}
-    text = (out / "report" / "report.md").read_text()
+    text = (study / "report" / "report.md").read_text()
     assert text.split("\n")[2].startswith("**Verdict.**") and "```" not in text
     assert "## Full-catalog top-N for new users" in text and "| Recall@10 | n = 0 |" in text
-    assert (out / "report" / "topn.png").stat().st_size > 0
+    assert (study / "report" / "topn.png").stat().st_size > 0
 
     def no_training(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("a finished fold was trained again")
 
     monkeypatch.setattr(cv, "train", no_training)
+    out = Path(shutil.copytree(study, tmp_path / "cv"))  # the shared study stays as it was
+    args = ["cv", *TINY_CV_FLAGS, "--out", str(out), "--data-dir", str(data_dir),
+            "--cache-dir", str(study.parent / "cache")]  # fmt: skip
+    capsys.readouterr()
     assert run_app(args) == 0
+    printed = capsys.readouterr().out
+    assert "user_cold" in printed and "MF + fold-in" in printed
     again = json.loads((out / "report" / "report.json").read_text())
     assert again["scenarios"] == report["scenarios"] and again["topn"] == report["topn"]
 

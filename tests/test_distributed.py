@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from heads import CHEAP_HEAD, CHEAP_HEAD_FLAGS
 from safetensors.torch import load_file
 
 from melu.config import Config, DataConfig, MetaConfig, TrainConfig
@@ -33,8 +34,7 @@ SMALL: dict[str, Any] = {
     "max_tasks_per_epoch": 65,
     "patience": 5,
     "seed": 3,
-    "rank_epochs": 1,
-    "rank_mix_passes": 1,
+    **CHEAP_HEAD,
 }
 
 
@@ -80,8 +80,7 @@ def cli_args(prepared: Prepared, out: Path, epochs: int) -> list[str]:
         *("--cache-dir", str(prepared.path.parent), "--out", str(out)),
         *("--epochs", str(epochs), "--meta-batch", str(SMALL["meta_batch"])),
         *("--max-tasks-per-epoch", str(SMALL["max_tasks_per_epoch"]), "--seed", str(SMALL["seed"])),
-        *("--rank-epochs", str(SMALL["rank_epochs"])),
-        *("--rank-mix-passes", str(SMALL["rank_mix_passes"])),
+        *CHEAP_HEAD_FLAGS,
         "--learn-inner-lr",  # Meta-SGD: the inner rates are reduced across ranks too
         "--float64",
     ]
@@ -178,7 +177,7 @@ def test_an_empty_shard_still_steps_with_the_others(ml100k: Prepared) -> None:
 
 
 def test_bf16_autocast_trains_with_a_finite_loss(ml100k: Prepared, tmp_path: Path) -> None:
-    config = Config(train=TrainConfig(epochs=1, amp="bf16", max_tasks_per_epoch=32))
+    config = Config(train=TrainConfig(epochs=1, amp="bf16", max_tasks_per_epoch=32, **CHEAP_HEAD))
     result = train(config, ml100k, tmp_path, device="cpu")
     row = result.history[0]
     assert np.isfinite([row["train_loss"], row["val_mae_after"], row["val_mae_before"]]).all()
@@ -208,7 +207,9 @@ def test_data_without_demographics_trains_on_item_features_from_mmap(
     built = prepare(DataConfig(dataset="ml-25m"), tmp_path / "data", tmp_path / "cache")
     assert built.path is not None and built.features.user_fields == ()
     mapped = load_prepared(built.path, mmap=True)
-    config = Config(data=mapped.config, train=TrainConfig(epochs=1, max_tasks_per_epoch=64))
+    config = Config(
+        data=mapped.config, train=TrainConfig(epochs=1, max_tasks_per_epoch=64, **CHEAP_HEAD)
+    )
     result = train(config, mapped, tmp_path / "run", device="cpu")
     assert (result.bundle / "weights.safetensors").is_file()
     assert np.isfinite(result.history[0]["val_mae_after"])

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from eval_fixtures import tiny_cv_report, tiny_report, tiny_run
+from eval_fixtures import tiny_cv_report, tiny_report_dir
 from nbclient import NotebookClient
 
 from melu.evaluation.evaluate import METHODS
-from melu.evaluation.report import LABELS, write_report
+from melu.evaluation.report import LABELS
 from melu.prepare import Prepared
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
@@ -19,14 +19,12 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 @pytest.fixture(scope="module")
 def report_dir(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("notebooks")
-    report = tiny_report(ml100k, tiny_run(ml100k, root).parent)
-    return write_report(report, root / "eval")
+    return tiny_report_dir(ml100k, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def cv_report_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_cv_report(data_dir, tmp_path_factory.mktemp("notebooks-cv"))
+    return tiny_cv_report(data_dir, tmp_path_factory)
 
 
 def test_there_are_notebooks() -> None:

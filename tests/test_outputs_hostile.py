@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_process import melu, one_line
+from heads import CHEAP_HEAD_FLAGS
 
 from melu.atomic import atomic_directory, write_text_atomic
 from melu.cli.app import run_app
@@ -77,7 +78,8 @@ def test_a_model_that_does_not_fit_leaves_the_whole_checkpoint_only(
     assert ml100k.path is not None
     out = small_disk / "run"
     argv = ["train", "--data-dir", str(data_dir), "--cache-dir", str(ml100k.path.parent)]
-    assert run_app([*argv, "--out", str(out), "--epochs", "1", "--max-tasks-per-epoch", "32"]) == 1
+    argv += ["--epochs", "1", "--max-tasks-per-epoch", "32", *CHEAP_HEAD_FLAGS]
+    assert run_app([*argv, "--out", str(out)]) == 1
     assert f"{out / 'model'}: no space left on device" in capsys.readouterr().err
     whole = ["run/checkpoint/state.json", "run/checkpoint/tensors.safetensors"]
     assert [f for f in files_under(small_disk) if not f.endswith("metrics.jsonl")] == whole

@@ -134,12 +134,12 @@ def test_an_empty_bag_adds_nothing() -> None:
     assert float(ranking.cooccurrence_scores(params, bag, ids).abs().sum()) == 0.0
 
 
-pytest_plugins = ["service_fixtures"]  # bundle_path: a brief rating part + 2 head epochs
+pytest_plugins = ["service_fixtures"]  # bundle_path: a brief rating part, its head picked
 
 
 @pytest.mark.slow
 def test_the_trained_head_beats_popularity_on_validation_users(ml100k, bundle_path) -> None:  # type: ignore[no-untyped-def]
-    """The service tests' bundle (a briefly meta-trained rating part, two head epochs):
+    """The service tests' bundle (a briefly meta-trained rating part, its head picked):
     validation users' NDCG@10 at 5 ratings beats popularity's."""
     from melu.bundle import load_bundle
     from melu.evaluation.topn_model import ModelRanker
@@ -169,7 +169,8 @@ def test_head_training_returns_only_the_head(ml100k, bundle_path) -> None:  # ty
 
     bundle = load_bundle(bundle_path)
     rating = {k: v.clone() for k, v in bundle.params.items() if not k.startswith("rank.")}
-    config = bundle.config.replace(train=bundle.config.train.replace(rank_epochs=1))
+    head = {"rank_epochs": 1, "rank_mix": False}  # one epoch of training, without the pick
+    config = bundle.config.replace(train=bundle.config.train.replace(**head))
     result = train_ranking(config, bundle.model, rating, ml100k, torch.device("cpu"), 0.5)
     assert set(result.params) == set(bundle.model.rank_shapes())
     for k, v in rating.items():
@@ -362,6 +363,36 @@ def _mixing_setting(seed: int = 0):  # type: ignore[no-untyped-def]
     parts[0], parts[1] = rest, popular
     empty = popular[0].topk(10).indices.expand(users, 10)  # everyone's no-ratings list
     return _Setting(parts, relevant, empty.clone()), PARTS
+
+
+def test_judging_several_mixes_at_once_is_judging_each_alone() -> None:
+    """``_Setting.judge`` on mixes stacked (M, U, I): per mix, NDCG@10 and Recall@10 equal
+    ``topn.user_metrics`` of that mix's top 10, and the shared share a direct count; and
+    ``_Pooled.each`` pools each mix over the draws as ``_Pooled.of`` pools it alone."""
+    from melu.training.rank_mix import _Pooled
+
+    setting, parts = _mixing_setting()
+    other, _ = _mixing_setting(seed=1)
+    weights = [{**dict.fromkeys(parts, 0.0), parts[0]: w} for w in (-1.0, 0.0, 0.5, 2.0)]
+    for s in (setting, other):
+        stacked = torch.stack([s.scores(w) for w in weights])  # (4, U, I)
+        ndcg, recall, shared = s.judge(stacked)
+        assert ndcg.shape == recall.shape == (4, 40) and shared is not None
+        for m, scores in enumerate(stacked):
+            top = scores.topk(10, dim=1).indices
+            direct = user_metrics(top, s.relevant, (10,))
+            torch.testing.assert_close(ndcg[m], direct["ndcg@10"])
+            torch.testing.assert_close(recall[m], direct["recall@10"])
+            lists = zip(top.tolist(), s.empty.tolist(), strict=True)
+            count = [len(set(a) & set(b)) / 10 for a, b in lists]
+            assert shared[m].tolist() == pytest.approx(count)
+    both = [s.judge(torch.stack([s.scores(w) for w in weights])) for s in (setting, other)]
+    alone = [_Pooled.of([s.judge(s.scores(w)) for s in (setting, other)]) for w in weights]
+    pooled = _Pooled.each(both)
+    assert [p.ndcg for p in pooled] == pytest.approx([p.ndcg for p in alone])
+    assert [p.recall for p in pooled] == pytest.approx([p.recall for p in alone])
+    assert [p.shared for p in pooled] == pytest.approx([p.shared for p in alone])
+    assert len({p.ndcg for p in pooled}) > 1  # the mixes differ
 
 
 def test_mixing_search_is_exhaustive_over_the_grid() -> None:

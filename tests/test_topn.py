@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from eval_fixtures import tiny_run
+from eval_fixtures import FAST_TOPN, tiny_run
 
 from melu.bundle import Bundle, load_bundle
 from melu.evaluation.topn import (
@@ -111,14 +111,14 @@ def _with_test_ratings_changed(prepared: Prepared) -> Prepared:
 
 @pytest.fixture(scope="module")
 def bundle(ml100k: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return load_bundle(tiny_run(ml100k, tmp_path_factory.mktemp("topn")) / "model")
+    return load_bundle(tiny_run(ml100k, tmp_path_factory) / "model")
 
 
 def test_no_test_user_rating_reaches_any_fit(ml100k: Prepared, bundle: Bundle) -> None:
     protocol = TopNProtocol(supports=(3,))
     supports = topn_users(ml100k, "user_cold", 3, protocol).supports.select(slice(0, 20))
-    fitted, _ = fit_topn_baselines(ml100k, protocol, None)
-    refitted, _ = fit_topn_baselines(_with_test_ratings_changed(ml100k), protocol, None)
+    fitted, _ = fit_topn_baselines(ml100k, protocol, None, FAST_TOPN)
+    refitted, _ = fit_topn_baselines(_with_test_ratings_changed(ml100k), protocol, None, FAST_TOPN)
     assert set(fitted) == set(refitted)
     for name, ranker in fitted.items():
         torch.testing.assert_close(ranker.scores(supports), refitted[name].scores(supports))
@@ -176,7 +176,7 @@ def test_evaluate_topn_pairs_every_baseline_and_counts_users(
     ml100k: Prepared, bundle: Bundle
 ) -> None:
     protocol = TopNProtocol(supports=(1, 5))
-    baselines, _ = fit_topn_baselines(ml100k, protocol, None)
+    baselines, _ = fit_topn_baselines(ml100k, protocol, None, FAST_TOPN)
     rankers = {MODEL: ModelRanker.from_bundle(bundle, ml100k.tables), **baselines}
     out = evaluate_topn(ml100k, rankers, protocol, scenarios=("user_cold",), n_boot=50,
                         keep_per_user=True)  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from heads import CHEAP_HEAD, CHEAP_HEAD_FLAGS
 from safetensors.torch import load_file
 
 from melu.cli.app import run_app
@@ -29,18 +30,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**train: Any) -> Config:
-    return Config(
-        train=TrainConfig(
-            **{"max_tasks_per_epoch": 96, "rank_epochs": 2, "rank_mix_passes": 1, **train}
-        )
-    )
+    return Config(train=TrainConfig(**{"max_tasks_per_epoch": 96, **CHEAP_HEAD, **train}))
 
 
 def test_training_adapts_below_before_and_below_the_global_mean(
     ml100k: Prepared, tmp_path: Path
 ) -> None:
     result = train(
-        Config(train=TrainConfig(epochs=3, patience=3, rank_epochs=2, rank_mix_passes=1)),
+        Config(train=TrainConfig(epochs=3, patience=3, **CHEAP_HEAD)),
         ml100k,
         tmp_path,
     )
@@ -105,7 +102,8 @@ def test_cli_trains_and_rejects_bad_flags(
 ) -> None:
     cache = ["--cache-dir", str(tmp_path / "cache")]
     out = ["--out", str(tmp_path / "run")]
-    assert run_app(["train", "--data-dir", str(data_dir), *out, *cache, "--epochs", "1"]) == 0
+    argv = ["train", "--data-dir", str(data_dir), *out, *cache, "--epochs", "1", *CHEAP_HEAD_FLAGS]
+    assert run_app(argv) == 0
     assert f"model bundle: {tmp_path / 'run' / 'model'}" in capsys.readouterr().out
     assert run_app(["train", *out, "--fast-params", "everything"]) == 2
     assert run_app(["train", *out, "--inner-lr", "-1"]) == 2
@@ -179,7 +177,7 @@ def test_a_real_melu_train_killed_mid_run_resumes_to_the_uninterrupted_result(
         return [
             sys.executable, "-m", "melu", "train", "--data-dir", str(data_dir),
             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "4",
-            "--patience", "4", "--max-tasks-per-epoch", "160", *extra,
+            "--patience", "4", "--max-tasks-per-epoch", "160", *CHEAP_HEAD_FLAGS, *extra,
         ]  # fmt: skip
 
     straight = subprocess.run(command(tmp_path / "a"), capture_output=True, text=True)
