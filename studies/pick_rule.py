@@ -27,8 +27,17 @@ import torch
 from torch import Tensor
 
 from melu.bundle import load_bundle
-from melu.evaluation.topn import TopNProtocol, TopNUsers, rank_users, topn_users, user_metrics
+from melu.evaluation.topn import (
+    Supports,
+    TopNProtocol,
+    TopNUsers,
+    rank_users,
+    topn_users,
+    user_metrics,
+    without_support,
+)  # fmt: skip
 from melu.evaluation.topn_model import ModelRanker
+from melu.model.ranking import SHOWN, limit_shared
 from melu.prepare import prepare
 from melu.training.rank_mix import MIX_SIZES, PARTS, mix_draws, pick_mixing
 from melu.training.rank_train import EASE_START_MIX
@@ -52,6 +61,10 @@ class Rule:
     passes: int = 1  # how many times each bucket's search runs (``pick_mixing``)
     blend: bool = True  # whether the search starts with EASE^R × the liked-target part
     alone: bool = False  # no pick: the liked-target part alone (popularity breaking ties)
+    keep: int | None = None  # at most this many of the no-ratings list in a top-10
+    keep_from: int = 1  # the fewest ratings ``keep`` applies to
+    keep_in_pick: bool = False  # whether the pick judges lists with ``keep`` applied (then
+    # ``keep_from`` is also where the cap starts)
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -82,7 +95,46 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     "rule 6, blend first, 1 pass": Rule(MIX_SIZES["spread"], 2, 0.40, 4, passes=1),
     "rule 6, blend first, 2 passes": Rule(MIX_SIZES["spread"], 2, 0.40, 4, passes=2),
     "no pick: the liked-target part alone": Rule(MIX_SIZES["spread"], alone=True),
+    "rule 15, keep <= 3 of the no-ratings list from 1 rating": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=3
+    ),
+    "rule 15, keep <= 4 from 1 rating": Rule(MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=4),
+    "rule 15, keep <= 5 from 1 rating": Rule(MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=5),
+    "rule 15 uncapped, keep <= 3 from 1 rating": Rule(MIX_SIZES["spread"], 2, passes=2, keep=3),
+    "rule 15 uncapped, keep <= 4 from 1 rating": Rule(MIX_SIZES["spread"], 2, passes=2, keep=4),
+    "rule 15 uncapped, keep <= 3 from 4 ratings, in the pick": Rule(
+        MIX_SIZES["spread"], 2, passes=2, keep=3, keep_from=4, keep_in_pick=True
+    ),
+    "rule 15 uncapped, keep <= 4 from 4 ratings, in the pick": Rule(
+        MIX_SIZES["spread"], 2, passes=2, keep=4, keep_from=4, keep_in_pick=True
+    ),
+    "rule 15, keep <= 3 from 4 ratings, in the pick": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=3, keep_from=4, keep_in_pick=True
+    ),
+    "rule 15, keep <= 3 from 4 ratings, after the pick": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=3, keep_from=4
+    ),
 }
+
+
+class KeepRanker:
+    """``ranker``'s scores with at most ``keep`` items of each user's no-ratings list (their
+    top-10 with no support) in reach of a top-10 (``limit_shared``), from ``keep_from``
+    ratings on; support items are out before the limit counts."""
+
+    def __init__(self, ranker: ModelRanker, keep: int, keep_from: int) -> None:
+        self.ranker, self.keep, self.keep_from = ranker, keep, keep_from
+
+    def scores(self, supports: Supports) -> Tensor:
+        s = self.ranker.scores(supports).float().cpu()
+        empty = dataclasses.replace(supports, mask=torch.zeros_like(supports.mask))
+        none = self.ranker.scores(empty).float().cpu().topk(SHOWN, dim=-1).indices
+        allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
+                                  supports.items, supports.mask)  # fmt: skip
+        s = torch.where(allowed, s, -torch.inf)
+        n = supports.mask.sum(1)
+        keep = torch.where(n >= self.keep_from, self.keep, SHOWN)
+        return limit_shared(s, none, keep)
 
 
 METRICS = ("NDCG@10", "Recall@10", "shared with the no-ratings list")
@@ -155,9 +207,11 @@ def fold_rules(
                 alone = {"rank.pop_weight": 1e-3, "rank.liked_weight": 1.0}
                 weights = {k: torch.full_like(head[k], alone.get(k, 0.0)) for k in PARTS}
             else:
+                in_pick = rule.keep if rule.keep is not None and rule.keep_in_pick else SHOWN
                 choice = pick_mixing(
-                    ranker, head, mix_users, threshold, rule.cap, shared_from=rule.cap_from,
-                    passes=rule.passes, blend=rule.blend,
+                    ranker, head, mix_users, threshold, rule.cap,
+                    shared_from=rule.keep_from if rule.keep_in_pick else rule.cap_from,
+                    passes=rule.passes, blend=rule.blend, keep_shared=in_pick,
                 )  # fmt: skip
                 weights = choice.weights
             if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance
@@ -172,9 +226,10 @@ def fold_rules(
             ranker.params = {**head, **weights}
             empty = half(users(0, 0), 1 - pick_half)
             lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
+            shown = ranker if rule.keep is None else KeepRanker(ranker, rule.keep, rule.keep_from)
             for n in SCORED:
                 scored = half(users(n, 0), 1 - pick_half)
-                top = rank_users(ranker, scored, 10)
+                top = rank_users(shown, scored, 10)
                 m = user_metrics(top, scored.relevant(threshold), (10,))
                 none = torch.stack([lists[int(u)] for u in scored.user_ids])
                 shared = (top.unsqueeze(2) == none.unsqueeze(1)).any(2).double().mean(1)

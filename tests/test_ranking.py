@@ -496,3 +496,111 @@ def test_the_blend_stage_lets_the_liked_part_replace_ease_and_passes_never_lower
         value = [mix_objective(k.ndcg, k.recall, s.ndcg, s.recall, metric)
                  for s, k, _ in (first, second)]  # fmt: skip
         assert value[1] >= value[0] - 1e-9
+
+
+def test_limit_shared_keeps_only_the_best_of_the_no_ratings_list_in_reach() -> None:
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    empty = torch.tensor([[0, 1, 2], [0, 1, 2]])  # each user's no-ratings list
+    out = ranking.limit_shared(scores, empty, torch.tensor([1, 3]))
+    # user 0 keeps item 0, items 1 and 2 go below every other item in their own order
+    assert out[0].tolist() == [5.0, -2.0, -3.0, 2.0, 1.0, 0.0]
+    assert out[0].argsort(descending=True).tolist() == [0, 3, 4, 5, 1, 2]
+    assert torch.equal(out[1], scores[1])  # keep >= the list's length changes nothing
+
+
+def test_limit_shared_counts_no_item_already_out() -> None:
+    inf = torch.inf
+    scores = torch.tensor([[-inf, 4.0, 3.0, 2.0, 1.0, 0.0]])  # item 0 is in the support
+    out = ranking.limit_shared(scores, torch.tensor([[0, 1, 2]]), torch.tensor([1]))
+    assert out[0, 0] == -inf and out[0, 1] == 4.0  # the out item takes no kept place
+    assert out[0].topk(2).indices.tolist() == [1, 3]  # item 2 is pushed down
+    assert bool((out[0, 2] < out[0, 3:]).all())
+
+
+def test_limit_shared_bounds_the_share_of_any_top_10() -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 200, generator=g)
+    empty = torch.stack([torch.randperm(200, generator=g)[: ranking.SHOWN] for _ in range(50)])
+    keep = torch.randint(0, ranking.SHOWN + 1, (50,), generator=g)
+    top = ranking.limit_shared(scores, empty, keep).topk(ranking.SHOWN).indices
+    shared = (top.unsqueeze(2) == empty.unsqueeze(1)).any(2).sum(1)
+    assert bool((shared <= keep).all())
+    # the kept ones are each user's best-scored of their list, and the rest of the list is
+    # the same as before
+    for t in range(50):
+        own = scores[t, empty[t]]
+        best = set(empty[t, own.argsort(descending=True)[: int(keep[t])]].tolist())
+        assert set(top[t].tolist()) & set(empty[t].tolist()) <= best
+
+
+def test_shown_scores_leave_the_support_out_of_the_count_and_the_cut_off_is_no_rule() -> None:
+    scores = torch.tensor([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    ids = torch.tensor([0, 1, 2, 3, 4, 5, 6])  # catalog row r has id r (id 0: unknown)
+    bag = Bag(torch.tensor([[1, 0]]), torch.tensor([[4, 4]]), torch.tensor([[True, False]]))
+    empty = torch.tensor([[1, 2, 3]])  # the no-ratings list; item 1 is now rated
+    out = ranking.shown_scores(scores, ids, bag, empty, torch.tensor([1]))
+    assert out[0, 1] == 5.0  # the rated item keeps its score and takes no kept place
+    assert out[0, 2] == 4.0  # the best of the rest of the list stays
+    assert bool((out[0, 3] < out[0, [0, 4, 5, 6]]).all())  # the next one goes below all
+    assert not bool(torch.isinf(out).any())
+    params = {"rank.shared_cut": torch.zeros(len(ranking.SUPPORT_BUCKETS))}
+    assert ranking.kept_of_list(params, bag) is None  # cut 0 everywhere: off
+    params["rank.shared_cut"][3:] = 7.0  # from 4 ratings on: keep 3
+    assert ranking.kept_of_list(params, bag) is None  # one rating: its bucket is off
+    five = Bag(torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long),
+               torch.tensor([[True] * 5, [True] * 2 + [False] * 3]))  # fmt: skip
+    assert ranking.kept_of_list(params, five).tolist() == [3, ranking.SHOWN]
+
+
+@pytest.mark.slow
+def test_the_personalisation_rule_bounds_what_a_list_shares_with_the_no_ratings_list(
+    ml100k, bundle_path
+) -> None:  # type: ignore[no-untyped-def]
+    """``ModelRanker`` (``rank_catalog``) with ``rank.shared_cut`` = 7 from 4 ratings: each
+    validation user's top-10 at 5 ratings holds at most 3 items of their no-ratings list
+    (which the rule leaves as it was), and at 1 rating the lists are as without the rule."""
+    from melu.bundle import load_bundle
+    from melu.evaluation.topn_model import ModelRanker
+    from melu.training.rank_mix import shared_cut
+
+    bundle = load_bundle(bundle_path)
+    free = ModelRanker.from_bundle(bundle, ml100k.tables)
+    free.params = {**free.params, "rank.shared_cut": shared_cut(10, 4)}  # the rule off
+    ruled = ModelRanker.from_bundle(bundle, ml100k.tables)
+    ruled.params = {**ruled.params, "rank.shared_cut": shared_cut(3, 4)}
+    assert ruled.params["rank.shared_cut"].tolist() == [0.0, 0.0, 0.0, 7.0, 7.0]
+    none_users = topn_users(ml100k, "validation", 0)
+    empty = rank_users(ruled, none_users, 10)
+    assert torch.equal(empty, rank_users(free, none_users, 10))
+    lists = dict(zip(none_users.user_ids.tolist(), empty, strict=True))
+    five = topn_users(ml100k, "validation", 5)
+    top, before = rank_users(ruled, five, 10), rank_users(free, five, 10)
+    none = torch.stack([lists[int(u)] for u in five.user_ids])
+    shared = (top.unsqueeze(2) == none.unsqueeze(1)).any(2).sum(1)
+    assert int(shared.max()) <= 3
+    assert int((before.unsqueeze(2) == none.unsqueeze(1)).any(2).sum(1).max()) > 3  # it binds
+    for t in range(len(top)):  # what stays of the list is what ranked best of it before
+        kept = [i for i in top[t].tolist() if i in set(none[t].tolist())]
+        assert kept == [i for i in before[t].tolist() if i in set(none[t].tolist())][: len(kept)]
+    one = topn_users(ml100k, "validation", 1)
+    assert torch.equal(rank_users(ruled, one, 10), rank_users(free, one, 10))
+
+
+def test_the_search_judges_lists_as_the_personalisation_rule_shows_them() -> None:
+    """With ``keep`` on a draw, every mix the search judges shares at most that many of 10
+    with the no-ratings lists (where without it the best mix shares more), and what it
+    reports is the limited list's NDCG@10."""
+    from melu.training.rank_mix import DISCOUNT, _Pooled, _search
+
+    setting, parts = _mixing_setting(1)
+    start = {**dict.fromkeys(parts, 0.0), "rank.pop_weight": 1.0}  # popularity first
+    _, free, _ = _search([setting], start, 1.0, "ndcg")
+    setting.keep = torch.full((len(setting.relevant),), 2)
+    _, limited, weights = _search([setting], start, 1.0, "ndcg")
+    assert free.shared > 0.2 and limited.shared <= 0.2
+    scores = ranking.limit_shared(setting.scores(weights), setting.empty, setting.keep)
+    top = scores.topk(10).indices
+    hits = setting.relevant[setting.rows, top].double()
+    ndcg = (hits * DISCOUNT).sum(-1) / setting.ideal
+    assert float(ndcg.mean()) == pytest.approx(limited.ndcg)
+    assert _Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.2

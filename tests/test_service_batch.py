@@ -279,3 +279,46 @@ def test_cli_batch_carries_each_users_id_through(
     bad.write_text(json.dumps({"id": [1], **USERS[0]}) + "\n")
     done = run_cli("--model", str(bundle_path), "--batch", str(bad), "--out", str(out))
     assert done.returncode == 2 and "line 1: id: must be a string or an integer" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["user", "mlp", "all"])
+def test_the_personalisation_rule_holds_one_at_a_time_and_in_a_batch(
+    recommender: Recommender, kind: str
+) -> None:
+    """The bundle with its head's rule off and on (at most 3 of the no-ratings list from 4 ratings):
+    everyone with 4+ ratings gets a top-10 of the whole catalog holding at most 3 of the
+    10 the same person gets with no ratings, one at a time and in a batch alike; people
+    with candidates or fewer ratings get what they got without the rule."""
+    from melu.training.rank_mix import shared_cut
+
+    def served_with(recommender: Recommender, keep: int) -> Recommender:
+        bundle = recommender.bundle
+        params = {**bundle.params, "rank.shared_cut": shared_cut(keep, 4)}
+        changed = dataclasses.replace(bundle, params=params)
+        return Recommender(changed, onboarding=False, threads=1)
+
+    base = recommender if kind == "user" else variant(recommender, kind)
+    served, ruled = served_with(base, 10), served_with(base, 3)  # the rule off, on
+    people = [
+        {"user": {"gender": "F", "age": 25}, "ratings": [{"item_id": i, "rating": 5} for i in (1, 50, 181, 172)]},
+        {"user": {"occupation": "student"}, "ratings": [{"item_id": i, "rating": float(1 + i % 5)} for i in range(1, 30)]},
+        {"ratings": [{"item_id": i, "rating": 4} for i in (98, 127, 56, 174, 100, 313)]},
+    ]  # fmt: skip
+    requests = [wanted({**p, "k": 10}) for p in people]
+    bound = 0
+    for request, batch in zip(requests, ruled.recommend_many(requests), strict=True):
+        single = ruled.recommend(request.user, request.ratings, 10)
+        assert_same(batch, single)
+        none = {i.item_id for i in ruled.recommend(request.user, [], 10).items}
+        mine = {i.item_id for i in single.items}
+        free = {i.item_id for i in served.recommend(request.user, request.ratings, 10).items}
+        assert len(mine & none) <= 3
+        bound += len(free & none) > 3
+    assert bound  # the rule changed someone's list
+    few = wanted(USERS[0])  # one rating: the rule is off
+    assert_same(
+        ruled.recommend(few.user, few.ratings, 10), served.recommend(few.user, few.ratings, 10)
+    )
+    picked = USERS[3]  # candidates: ranked among themselves as scored
+    got = ruled.recommend_many([wanted(picked)])[0]
+    assert_same(got, served.recommend_many([wanted(picked)])[0])

@@ -15,10 +15,12 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureTables
+from melu.model import ranking
 from melu.model.estimator import Encoded, PreferenceEstimator
 from melu.model.items import ItemCache, catalog_rankings
 from melu.model.kernel import task_predictions
 from melu.model.maml import Examples, Lr, adapt, task_examples, trim
+from melu.model.ranking import Bag
 from melu.tasks import TaskSet
 
 
@@ -111,7 +113,10 @@ def rank_catalog(
     Pure: the head's parameters may carry a graph (training the head), the adaptation
     never does.
     ``network``: the MLP's output (T, I) if the caller has it cached (``rank_score``).
-    ``rated`` (T, V): training only, the ids each user rated (``melu.model.ranking.Bag``)."""
+    ``rated`` (T, V): training only, the ids each user rated (``melu.model.ranking.Bag``).
+    Outside training the scores are held to the head's personalisation rule
+    (``ranking.shown_scores``: at most SHOWN − ``rank.shared_cut`` of the list each person
+    would see with no ratings stay in reach of their top 10; off at cut 0)."""
     names = list(fast) if fast is not None else model.fast_names()
     adapted: Mapping[str, Tensor] = params
     if steps and support.mask.shape[-1] and bool(support.mask.any()):
@@ -129,7 +134,18 @@ def rank_catalog(
     if model.ranking and model.id_field is not None:
         bag = model.bag(support.inputs[model.id_field], support.ratings, support.mask)
         bag = bag._replace(rated=rated)
-    if isinstance(catalog, ItemCache):  # the catalog's user-independent parts, cached
-        return catalog_rankings(model, adapted, catalog, user, bag, network)[1]
-    encoded = Encoded(user, catalog.items, catalog.ids)
-    return model.rank_score(adapted, encoded, bag, network)
+    encoded = catalog.encoded if isinstance(catalog, ItemCache) else catalog
+    encoded = Encoded(user, encoded.items, encoded.ids)
+
+    def scored(weights: Mapping[str, Tensor], bag: Bag | None) -> Tensor:
+        if isinstance(catalog, ItemCache):  # the catalog's user-independent parts, cached
+            return catalog_rankings(model, weights, catalog, user, bag, network)[1]
+        return model.rank_score(weights, encoded, bag, network)
+
+    scores = scored(adapted, bag)
+    keep = None if bag is None or rated is not None else ranking.kept_of_list(params, bag)
+    if keep is None:
+        return scores
+    # the personalisation rule: what the same people would see with no ratings
+    empty = scored(params, None).topk(min(ranking.SHOWN, scores.shape[-1]), dim=-1).indices
+    return ranking.shown_scores(scores, encoded.ids, bag, empty, keep)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
+from melu.model import ranking
 from melu.model.items import catalog_rankings, catalog_ratings
 from melu.model.linear import AffineExamples
 from melu.model.maml import Examples
@@ -209,6 +210,31 @@ def _rankings(
     return catalog_rankings(rec.model, params, cache, user, bags, rating=torch.cat(ratings))
 
 
+def _shown(
+    rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor], bags: Bag,
+    network: Tensor | None, rank: Tensor,
+) -> Tensor:  # fmt: skip
+    """The chunk's whole-catalog ranking scores ``rank`` (C, I) held to the head's
+    personalisation rule (``ranking.shown_scores``), as ``RowEncoder.rankings`` holds one
+    person's: their no-ratings lists from the bundle's unadapted params."""
+    keep = ranking.kept_of_list(params, bags)
+    if keep is None:
+        return rank
+    cache = rec.encoder.cache
+    assert cache is not None
+    user = _embedded(rec, rec.params, _users(rec, chunk), len(chunk))  # (C, E_u)
+    ratings = []
+    for lo in range(0, len(chunk), SCORE_CHUNK):
+        shared = None if network is None else network[lo : lo + SCORE_CHUNK]
+        ratings.append(
+            catalog_ratings(rec.model, rec.params, cache, user[lo : lo + SCORE_CHUNK], shared)
+        )
+    nothing = Bag(bags.ids[:, :0], bags.levels[:, :0], bags.mask[:, :0])
+    none = catalog_rankings(rec.model, rec.params, cache, user, nothing, rating=torch.cat(ratings))
+    empty = none[1].topk(min(ranking.SHOWN, none[1].shape[-1]), dim=-1).indices
+    return ranking.shown_scores(rank, cache.encoded.ids, bags, empty, keep)
+
+
 def _answer(
     rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor],
     infos: Sequence[Adaptation], network: Tensor | None,
@@ -220,9 +246,10 @@ def _answer(
         return [_alone(rec, p, params, bags, c, infos[c]) for c, p in enumerate(chunk)]
     with torch.no_grad():
         rating, rank = _rankings(rec, chunk, params, bags, network)
+        shown = _shown(rec, chunk, params, bags, network, rank)
     out: list[Recommendations | None] = [None] * len(chunk)
     whole = [c for c, p in enumerate(chunk) if p.request.candidates is None]
-    tops = _top_items(rec, [chunk[c] for c in whole], whole, rating, rank, bags)
+    tops = _top_items(rec, [chunk[c] for c in whole], whole, rating, shown, bags)
     for c, items in zip(whole, tops, strict=True):
         out[c] = Recommendations(items, infos[c])
     for c, person in enumerate(chunk):
@@ -295,6 +322,6 @@ def _alone(
     with torch.no_grad():
         who = rec.encoder.person(rec.params, person.request.user, catalog=False)
         bag = _own(bags, c, len(person.rated))
-        rating, rank = rec.encoder.rankings(mine, who, person.rows, bag)
+        rating, rank = rec.encoder.rankings(mine, who, person.rows, bag, rec.params)
     scores = _scores(rec, person, params, bags, c, person.rows, rating, rank)
     return results.top(rec, person.request, scores, info)

@@ -212,7 +212,7 @@ class Recommender:
             params, info = self._adapt_to(features, rated, values)
             bag = self.encoder.bag(rated, values)
             with torch.no_grad():
-                rating, rank = self.encoder.rankings(params, features, rows, bag)
+                rating, rank = self.encoder.rankings(params, features, rows, bag, self.params)
         return Scores(rows, rating, rank, rated, values, params, bag), info
 
     # ----------------------------------------------------------------- public API

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureSpace, FeatureTables
-from melu.model import reasons
+from melu.model import ranking, reasons
 from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
 from melu.model.items import ItemCache, cache_items, catalog_network, catalog_rankings
 from melu.model.linear import AffineExamples, at_prior, linear_applies, user_prior
@@ -153,11 +153,31 @@ class RowEncoder:
         return self.model.bag(self._ids[rated][None], values[None], mask[None])
 
     def rankings(
-        self, params: Mapping[str, Tensor], person: Person, rows: Tensor | None, bag: Bag
+        self,
+        params: Mapping[str, Tensor],
+        person: Person,
+        rows: Tensor | None,
+        bag: Bag,
+        base: Mapping[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(predicted ratings (N,), ranking scores (N,)) of catalog ``rows`` (``None``: the
         whole catalog, (I,)) for ``person``: the rating is what is shown, the ranking score
-        what orders (the same without a ranking head)."""
+        what orders (the same without a ranking head). Over the whole catalog, with the
+        bundle's unadapted ``base`` params, the scores are held to the head's
+        personalisation rule (``ranking.shown_scores``; candidates are ranked as scored)."""
+        rating, rank = self._rankings(params, person, rows, bag)
+        keep = None if rows is not None or base is None else ranking.kept_of_list(params, bag)
+        if keep is None:
+            return rating, rank
+        nothing = Bag(bag.ids[:, :0], bag.levels[:, :0], bag.mask[:, :0])
+        none = self._rankings(base, person, None, nothing)[1]
+        empty = none.topk(min(ranking.SHOWN, len(none))).indices
+        return rating, ranking.shown_scores(rank[None], self._ids, bag, empty[None], keep)[0]
+
+    def _rankings(
+        self, params: Mapping[str, Tensor], person: Person, rows: Tensor | None, bag: Bag
+    ) -> tuple[Tensor, Tensor]:
+        """``rankings`` before the personalisation rule."""
         user = person.features
         if self.cache is not None and person.user is not None:
             if rows is None:

@@ -33,6 +33,7 @@ from melu.model.maml import Lr
 from melu.prepare import Prepared
 from melu.training.rank_ease import pick_ease, pick_liked
 from melu.training.rank_epoch import HeadTrainer
+from melu.training.rank_mix import shared_cut
 
 Progress = Callable[[dict[str, Any]], None]
 EASE_SUPPORTS = (3, 5, 10)  # what EASE^R's λ is picked on
@@ -78,6 +79,7 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
     raters = prepared.train_ratings.user_rows.long()
     n_users = len(prepared.tables.user_ids)
     start = ranking.init_head(shapes, torch.bincount(rated_ids, minlength=n_ids), tc.seed)
+    start["rank.shared_cut"] = shared_cut(tc.rank_keep_shared, tc.rank_shared_from)
     start["rank.cooccurrence"], start["rank.item_count"] = ranking_stats.cooccurrence(
         rated_ids, raters, n_ids, n_users
     )
