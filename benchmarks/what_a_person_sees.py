@@ -8,7 +8,8 @@ bundle before and after a model change and paste the output into RESULTS.md.
     python benchmarks/what_a_person_sees.py --model runs/quickstart
 
 The users are ML-100K ids (the three of issue 15: a Star Wars fan, a horror fan, a
-romantic-comedy fan); ``--dataset`` picks the matching titles on other MovieLens sets.
+romantic-comedy fan, 3 ratings each; and a sci-fi fan with 5, whom the head's
+personalisation rule reaches); ``--dataset`` picks the matching titles on other MovieLens sets.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ PEOPLE: dict[str, list[tuple[str, float]]] = {
         ("Sleepless in Seattle (1993)", 5),
         ("When Harry Met Sally... (1989)", 5),
         ("Pretty Woman (1990)", 4),
+    ],
+    # five ratings: the head's personalisation rule (from 4 ratings) applies
+    "sci-fi fan, 5 ratings": [
+        ("Star Wars (1977)", 5),
+        ("Empire Strikes Back, The (1980)", 5),
+        ("Return of the Jedi (1983)", 4),
+        ("Alien (1979)", 5),
+        ("Blade Runner (1982)", 4),
     ],
 }
 

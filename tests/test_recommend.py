@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from melu.model import ranking
 from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import Examples, adapt
 from melu.serving import InvalidInput, Recommender
@@ -52,9 +53,7 @@ def test_recommend_is_the_top_of_the_ranking_head_and_shows_predicted_ratings(
     rated = torch.as_tensor(recommender.catalog.rows([r[0] for r in RATINGS], ("ratings",)))
     values = torch.tensor([r[1] for r in RATINGS])
     support = Examples(
-        bundle.item_features.with_user(user, rated)[None]
-        if False
-        else {k: v[None] for k, v in bundle.item_features.with_user(user, rated).items()},
+        {k: v[None] for k, v in bundle.item_features.with_user(user, rated).items()},
         values[None],
         torch.ones(1, len(RATINGS), dtype=torch.bool),
     )
@@ -67,7 +66,17 @@ def test_recommend_is_the_top_of_the_ranking_head_and_shows_predicted_ratings(
         params, {k: v[None] for k, v in bundle.item_features.with_user(user, rows).items()}
     )
     ids = bundle.item_features.items[model.id_field][rated][None]
-    rank = model.rank_score(params, encoded, model.bag(ids, values[None], support.mask))[0]
+    bag = model.bag(ids, values[None], support.mask)
+    rank = model.rank_score(params, encoded, bag)[0]
+    keep = ranking.kept_of_list(bundle.params, bag)  # the personalisation rule, if it applies
+    if keep is not None:
+        plain = model.encode(
+            bundle.params,
+            {k: v[None] for k, v in bundle.item_features.with_user(user, rows).items()},
+        )
+        empty = model.rank_score(bundle.params, plain, None)[0].topk(10).indices
+        every = bundle.item_features.items[model.id_field]
+        rank = ranking.shown_scores(rank[None], every, bag, empty[None], keep)[0]
     expected = torch.sort(rank, descending=True, stable=True).indices[:10]
     assert [i.item_id for i in top] == [all_ids[r] for r in expected.tolist()]
 

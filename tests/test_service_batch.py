@@ -309,6 +309,7 @@ def test_the_personalisation_rule_holds_one_at_a_time_and_in_a_batch(
     for request, batch in zip(requests, ruled.recommend_many(requests), strict=True):
         single = ruled.recommend(request.user, request.ratings, 10)
         assert_same(batch, single)
+        assert_same(ruled.recommend(request.user, request.ratings, 10), single)  # list kept
         none = {i.item_id for i in ruled.recommend(request.user, [], 10).items}
         mine = {i.item_id for i in single.items}
         free = {i.item_id for i in served.recommend(request.user, request.ratings, 10).items}

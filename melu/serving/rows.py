@@ -10,6 +10,7 @@ the cache (no per-request copy of catalog rows); otherwise rows are encoded per 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -25,6 +26,8 @@ from melu.model.linear import AffineExamples, at_prior, linear_applies, user_pri
 from melu.model.maml import Examples
 from melu.model.ranking import Bag
 from melu.serving.types import User
+
+LISTS_KEPT = 65_536  # no-ratings lists kept per encoder (distinct user fields; 10 rows each)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Person(NamedTuple):
     features: FeatureBatch
     user: Tensor | None = None
     network: Tensor | None = None
+    key: tuple[int, ...] | None = None  # the user fields' indices, for per-person caches
 
 
 class RowEncoder:
@@ -80,6 +84,8 @@ class RowEncoder:
         self.fixed_mlp = not any(k.startswith("mlp.") for k in fast)
         # the user offsets alone adapt: the support goes to the linear kernel in affine form
         self.linear = self.shared and linear_applies(model, fast)
+        self._lists: dict[tuple[int, ...], Tensor] = {}  # no-ratings lists by user fields
+        self._lock = threading.Lock()
         self._ids = (
             self.items.items[model.id_field].long()
             if model.id_field
@@ -98,13 +104,14 @@ class RowEncoder:
         """A person's ``Person`` from raw demographics; ``catalog``: the whole catalog will
         be scored (so the MLP's pass over it is done here, once)."""
         features = self.user(values)
+        key = tuple(self.features.user_indices(values).values())
         if self.cache is None:
-            return Person(features)
+            return Person(features, key=key)
         user = self.model.encode_user(params, features)  # (E_u,)
         network = None
         if catalog and self.fixed_mlp:
             network = catalog_network(self.model, params, self.cache, user)  # (I,)
-        return Person(features, user, network)
+        return Person(features, user, network, key)
 
     def support(
         self, params: Mapping[str, Tensor], person: Person, rated: Tensor, values: Tensor
@@ -169,10 +176,26 @@ class RowEncoder:
         keep = None if rows is not None or base is None else ranking.kept_of_list(params, bag)
         if keep is None:
             return rating, rank
+        empty = self.no_ratings_list(base, person, bag)
+        return rating, ranking.shown_scores(rank[None], self._ids, bag, empty[None], keep)[0]
+
+    def no_ratings_list(self, base: Mapping[str, Tensor], person: Person, bag: Bag) -> Tensor:
+        """The catalog rows (SHOWN,) ``person`` would see with no ratings, from the bundle's
+        unadapted ``base`` params (always the same ones for this encoder): ranked once per
+        distinct user fields and kept (a bounded cache, oldest out first)."""
+        with self._lock:
+            hit = None if person.key is None else self._lists.get(person.key)
+        if hit is not None:
+            return hit
         nothing = Bag(bag.ids[:, :0], bag.levels[:, :0], bag.mask[:, :0])
         none = self._rankings(base, person, None, nothing)[1]
         empty = none.topk(min(ranking.SHOWN, len(none))).indices
-        return rating, ranking.shown_scores(rank[None], self._ids, bag, empty[None], keep)[0]
+        if person.key is not None:
+            with self._lock:
+                if len(self._lists) >= LISTS_KEPT:
+                    self._lists.pop(next(iter(self._lists)))
+                self._lists[person.key] = empty
+        return empty
 
     def _rankings(
         self, params: Mapping[str, Tensor], person: Person, rows: Tensor | None, bag: Bag
