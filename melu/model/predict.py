@@ -143,7 +143,9 @@ def rank_catalog(
         return model.rank_score(weights, encoded, bag, network)
 
     scores = scored(adapted, bag)
-    keep = None if bag is None or rated is not None else ranking.kept_of_list(params, bag)
+    if bag is None or rated is not None:
+        return scores
+    keep = ranking.kept_of_list(params, bag)
     if keep is None:
         return scores
     # the personalisation rule: what the same people would see with no ratings

@@ -173,7 +173,9 @@ class RowEncoder:
         bundle's unadapted ``base`` params, the scores are held to the head's
         personalisation rule (``ranking.shown_scores``; candidates are ranked as scored)."""
         rating, rank = self._rankings(params, person, rows, bag)
-        keep = None if rows is not None or base is None else ranking.kept_of_list(params, bag)
+        if rows is not None or base is None:
+            return rating, rank
+        keep = ranking.kept_of_list(params, bag)
         if keep is None:
             return rating, rank
         empty = self.no_ratings_list(base, person, bag)
