@@ -65,6 +65,7 @@ class Rule:
     keep_from: int = 1  # the fewest ratings ``keep`` applies to
     keep_in_pick: bool = False  # whether the pick judges lists with ``keep`` applied (then
     # ``keep_from`` is also where the cap starts)
+    popular: int = 0  # > 0: ``keep`` holds the list to this many most popular items instead
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -114,6 +115,12 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     "rule 15, keep <= 3 from 4 ratings, after the pick": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=3, keep_from=4
     ),
+    "rule 15, <= 3 of the 50 most popular from 4 ratings, after the pick": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=3, keep_from=4, popular=50
+    ),
+    "rule 15, <= 5 of the 50 most popular from 4 ratings, after the pick": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=5, keep_from=4, popular=50
+    ),
 }
 
 
@@ -122,13 +129,19 @@ class KeepRanker:
     top-10 with no support) in reach of a top-10 (``limit_shared``), from ``keep_from``
     ratings on; support items are out before the limit counts."""
 
-    def __init__(self, ranker: ModelRanker, keep: int, keep_from: int) -> None:
+    def __init__(self, ranker: ModelRanker, keep: int, keep_from: int, popular: int = 0) -> None:
         self.ranker, self.keep, self.keep_from = ranker, keep, keep_from
+        self.popular = popular  # > 0: hold the list to the most popular items instead
 
     def scores(self, supports: Supports) -> Tensor:
         s = self.ranker.scores(supports).float().cpu()
-        empty = dataclasses.replace(supports, mask=torch.zeros_like(supports.mask))
-        none = self.ranker.scores(empty).float().cpu().topk(SHOWN, dim=-1).indices
+        if self.popular:
+            count = self.ranker.params["rank.item_count"].cpu()[self.ranker.catalog.ids.cpu()]
+            top = count.topk(self.popular).indices
+            none = top.expand(len(s), -1)
+        else:
+            empty = dataclasses.replace(supports, mask=torch.zeros_like(supports.mask))
+            none = self.ranker.scores(empty).float().cpu().topk(SHOWN, dim=-1).indices
         allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
                                   supports.items, supports.mask)  # fmt: skip
         s = torch.where(allowed, s, -torch.inf)
@@ -226,7 +239,11 @@ def fold_rules(
             ranker.params = {**head, **weights}
             empty = half(users(0, 0), 1 - pick_half)
             lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
-            shown = ranker if rule.keep is None else KeepRanker(ranker, rule.keep, rule.keep_from)
+            shown = (
+                ranker
+                if rule.keep is None
+                else KeepRanker(ranker, rule.keep, rule.keep_from, rule.popular)
+            )
             for n in SCORED:
                 scored = half(users(n, 0), 1 - pick_half)
                 top = rank_users(shown, scored, 10)
