@@ -177,13 +177,13 @@ class TrainConfig(_Config):
         "support-size bucket's weights; 1: every user with ratings).",
     )
     rank_keep_shared: int = setting(
-        3,
+        10,
         "Most items of a user's no-ratings list (the 10 they would see with no ratings) "
         "that may stay in their top 10 once they have rank_shared_from ratings or more: the "
         "rest are moved below every other item (the head's personalisation rule, also "
-        "applied while the part weights are picked; 10: off). 3 meets the ≤ 30% target and "
-        "costs ML-100K's held-out validation users about 0.006 NDCG@10 at 5 ratings, 4 "
-        "costs nothing measurable (RESULTS.md).",
+        "applied while the part weights are picked; 10: off, the default). 3 holds lists "
+        "to <= 30% shared, at a price in NDCG@10 and Recall@10 on validation and test users "
+        "of ML-100K (5 ratings) and ML-1M (5-20 ratings): RESULTS.md, sixth pass.",
     )
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
     rank_start: RankStart = setting(

@@ -170,9 +170,11 @@ def subset(users: TopNUsers, keep: Tensor) -> TopNUsers:
 def start_weights(params: dict[str, Tensor]) -> dict[str, Tensor]:
     """The head's part weights before any pick (``rank_train._start`` with rank_start=ease):
     EASE^R's back at its start weight in every bucket (the largest picked one: the
-    no-ratings bucket never moves it), the rest as ``EASE_START_MIX``."""
+    no-ratings bucket never moves it), the rest as ``EASE_START_MIX``; the personalisation
+    rule off (each rule here says whether it has one)."""
     out = {k: torch.full_like(params[k], v) for k, v in EASE_START_MIX.items()}
     ease = params["rank.ease_weight"]
+    out["rank.shared_cut"] = torch.zeros_like(params["rank.shared_cut"])
     return {**out, "rank.ease_weight": torch.full_like(ease, float(ease.max()))}
 
 
