@@ -1,5 +1,6 @@
 """What the head's personalisation rule costs a request: ``Recommender.recommend`` with the
-bundle's ``rank.shared_cut`` (the rule on) against the same bundle with it 0 (off),
+rule on (the bundle's ``rank.shared_cut``, or ``--keep`` from ``rank_shared_from`` ratings
+for a bundle trained without it) against the same bundle with it 0 (off),
 interleaved request by request in one run, 1 torch thread, ML-100K-style requests of 5
 ratings (``benchmarks/service.py``'s users). Prints p50/p99 of each and the ratio.
 
@@ -20,6 +21,7 @@ import torch
 
 from melu.bundle import load_bundle
 from melu.serving import Recommender
+from melu.training.rank_mix import shared_cut
 
 
 def make_requests(recommender: Recommender, count: int) -> list[dict[str, Any]]:
@@ -44,14 +46,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a bundle (runs/NAME/model)")
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument(
+        "--keep", type=int, default=3,
+        help="the rule's keep for a bundle trained without it (its own otherwise)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     bundle = load_bundle(args.model)
     if "rank.shared_cut" not in bundle.params:
         raise SystemExit(f"{args.model}: no ranking head with the personalisation rule")
     cut = bundle.params["rank.shared_cut"]
+    if not bool((cut > 0).any()):  # a bundle trained without the rule: switch it on
+        cut = shared_cut(args.keep, bundle.config.train.rank_shared_from)
+    on_params = {**bundle.params, "rank.shared_cut": cut}
     off_params = {**bundle.params, "rank.shared_cut": torch.zeros_like(cut)}
-    on = Recommender(bundle, onboarding=False, threads=1)
+    on = Recommender(dataclasses.replace(bundle, params=on_params), onboarding=False, threads=1)
     off = Recommender(dataclasses.replace(bundle, params=off_params), onboarding=False, threads=1)
     bodies = make_requests(on, args.requests)
     for body in bodies[:50]:  # warm-up: the first calls, and each one's no-ratings list
