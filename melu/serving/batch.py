@@ -192,19 +192,21 @@ def _embedded(rec: Recommender, params: dict[str, Tensor], users: FeatureBatch, 
 
 
 def _rankings(
-    rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor], bags: Bag,
-    network: Tensor | None,
+    rec: Recommender, chunk: Sequence[Checked], params: dict[str, Tensor], bags: Bag | None,
+    network: Tensor | None, per_person: Sequence[str] | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(predicted ratings, ranking scores) of the whole catalog (C, I) each for the chunk
-    (its fast params (C, ...); ``network`` its MLP output (C, I) if shared): the ratings
+    (its fast params (C, ...), or ``per_person`` of them — none: the bundle's own params;
+    ``bags`` None: no ratings; ``network`` its MLP output (C, I) if shared): the ratings
     ``SCORE_CHUNK`` people at a time (the MLP's activations stay in cache), the head at once."""
     cache = rec.encoder.cache
     assert cache is not None
+    own = rec.fast if per_person is None else per_person
     user = _embedded(rec, params, _users(rec, chunk), len(chunk))  # (C, E_u)
     ratings = []
     for lo in range(0, len(chunk), SCORE_CHUNK):
         hi = lo + SCORE_CHUNK
-        mine = {**params, **{k: params[k][lo:hi] for k in rec.fast}}
+        mine = {**params, **{k: params[k][lo:hi] for k in own}}
         shared = None if network is None else network[lo:hi]
         ratings.append(catalog_ratings(rec.model, mine, cache, user[lo:hi], shared))
     return catalog_rankings(rec.model, params, cache, user, bags, rating=torch.cat(ratings))
@@ -222,16 +224,8 @@ def _shown(
         return rank
     cache = rec.encoder.cache
     assert cache is not None
-    user = _embedded(rec, rec.params, _users(rec, chunk), len(chunk))  # (C, E_u)
-    ratings = []
-    for lo in range(0, len(chunk), SCORE_CHUNK):
-        shared = None if network is None else network[lo : lo + SCORE_CHUNK]
-        ratings.append(
-            catalog_ratings(rec.model, rec.params, cache, user[lo : lo + SCORE_CHUNK], shared)
-        )
-    nothing = Bag(bags.ids[:, :0], bags.levels[:, :0], bags.mask[:, :0])
-    none = catalog_rankings(rec.model, rec.params, cache, user, nothing, rating=torch.cat(ratings))
-    empty = none[1].topk(min(ranking.SHOWN, none[1].shape[-1]), dim=-1).indices
+    none = _rankings(rec, chunk, rec.params, None, network, per_person=())[1]
+    empty = none.topk(min(ranking.SHOWN, none.shape[-1]), dim=-1).indices
     return ranking.shown_scores(rank, cache.encoded.ids, bags, empty, keep)
 
 

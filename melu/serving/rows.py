@@ -55,7 +55,6 @@ class Person(NamedTuple):
     features: FeatureBatch
     user: Tensor | None = None
     network: Tensor | None = None
-    key: tuple[int, ...] | None = None  # the user fields' indices, for per-person caches
 
 
 class RowEncoder:
@@ -104,14 +103,13 @@ class RowEncoder:
         """A person's ``Person`` from raw demographics; ``catalog``: the whole catalog will
         be scored (so the MLP's pass over it is done here, once)."""
         features = self.user(values)
-        key = tuple(self.features.user_indices(values).values())
         if self.cache is None:
-            return Person(features, key=key)
+            return Person(features)
         user = self.model.encode_user(params, features)  # (E_u,)
         network = None
         if catalog and self.fixed_mlp:
             network = catalog_network(self.model, params, self.cache, user)  # (I,)
-        return Person(features, user, network, key)
+        return Person(features, user, network)
 
     def support(
         self, params: Mapping[str, Tensor], person: Person, rated: Tensor, values: Tensor
@@ -178,31 +176,31 @@ class RowEncoder:
         keep = ranking.kept_of_list(params, bag)
         if keep is None:
             return rating, rank
-        empty = self.no_ratings_list(base, person, bag)
+        empty = self.no_ratings_list(base, person)
         return rating, ranking.shown_scores(rank[None], self._ids, bag, empty[None], keep)[0]
 
-    def no_ratings_list(self, base: Mapping[str, Tensor], person: Person, bag: Bag) -> Tensor:
+    def no_ratings_list(self, base: Mapping[str, Tensor], person: Person) -> Tensor:
         """The catalog rows (SHOWN,) ``person`` would see with no ratings, from the bundle's
         unadapted ``base`` params (always the same ones for this encoder): ranked once per
         distinct user fields and kept (a bounded cache, oldest out first)."""
+        fields = list(person.features.values())
+        key = tuple(torch.stack(fields).tolist()) if fields else ()
         with self._lock:
-            hit = None if person.key is None else self._lists.get(person.key)
+            hit = self._lists.get(key)
         if hit is not None:
             return hit
-        nothing = Bag(bag.ids[:, :0], bag.levels[:, :0], bag.mask[:, :0])
-        none = self._rankings(base, person, None, nothing)[1]
+        none = self._rankings(base, person, None, None)[1]
         empty = none.topk(min(ranking.SHOWN, len(none))).indices
-        if person.key is not None:
-            with self._lock:
-                if len(self._lists) >= LISTS_KEPT:
-                    self._lists.pop(next(iter(self._lists)))
-                self._lists[person.key] = empty
+        with self._lock:
+            if len(self._lists) >= LISTS_KEPT:
+                self._lists.pop(next(iter(self._lists)))
+            self._lists[key] = empty
         return empty
 
     def _rankings(
-        self, params: Mapping[str, Tensor], person: Person, rows: Tensor | None, bag: Bag
+        self, params: Mapping[str, Tensor], person: Person, rows: Tensor | None, bag: Bag | None
     ) -> tuple[Tensor, Tensor]:
-        """``rankings`` before the personalisation rule."""
+        """``rankings`` before the personalisation rule (``bag`` None: no ratings)."""
         user = person.features
         if self.cache is not None and person.user is not None:
             if rows is None:
