@@ -219,7 +219,7 @@ def _shown(
     """The chunk's whole-catalog ranking scores ``rank`` (C, I) held to the head's
     personalisation rule (``ranking.shown_scores``), as ``RowEncoder.rankings`` holds one
     person's: their no-ratings lists from the bundle's unadapted params."""
-    keep = ranking.kept_of_list(params, bags)
+    keep = None if rec.rule_base is None else ranking.kept_of_list(params, bags)
     if keep is None:
         return rank
     cache = rec.encoder.cache
@@ -316,6 +316,6 @@ def _alone(
     with torch.no_grad():
         who = rec.encoder.person(rec.params, person.request.user, catalog=False)
         bag = _own(bags, c, len(person.rated))
-        rating, rank = rec.encoder.rankings(mine, who, person.rows, bag, rec.params)
+        rating, rank = rec.encoder.rankings(mine, who, person.rows, bag, rec.rule_base)
     scores = _scores(rec, person, params, bags, c, person.rows, rating, rank)
     return results.top(rec, person.request, scores, info)

@@ -68,6 +68,8 @@ class Recommender:
         )
         self.catalog = Catalog(bundle.catalog)
         self.params = {k: v.to(self.device) for k, v in bundle.params.items()}
+        cut = self.params.get("rank.shared_cut")  # the head's personalisation rule, if on
+        self.rule_base = self.params if cut is not None and bool((cut > 0).any()) else None
         meta = bundle.config.meta
         self.steps = meta.inner_steps
         learned = {k: v.to(self.device) for k, v in (bundle.inner_lr or {}).items()}
@@ -212,7 +214,7 @@ class Recommender:
             params, info = self._adapt_to(features, rated, values)
             bag = self.encoder.bag(rated, values)
             with torch.no_grad():
-                rating, rank = self.encoder.rankings(params, features, rows, bag, self.params)
+                rating, rank = self.encoder.rankings(params, features, rows, bag, self.rule_base)
         return Scores(rows, rating, rank, rated, values, params, bag), info
 
     # ----------------------------------------------------------------- public API

@@ -168,8 +168,8 @@ class RowEncoder:
         """(predicted ratings (N,), ranking scores (N,)) of catalog ``rows`` (``None``: the
         whole catalog, (I,)) for ``person``: the rating is what is shown, the ranking score
         what orders (the same without a ranking head). Over the whole catalog, with the
-        bundle's unadapted ``base`` params, the scores are held to the head's
-        personalisation rule (``ranking.shown_scores``; candidates are ranked as scored)."""
+        bundle's unadapted ``base`` params (None when its rule is off), the scores are held
+        to the head's personalisation rule (``ranking.shown_scores``; candidates are ranked as scored)."""
         rating, rank = self._rankings(params, person, rows, bag)
         if rows is not None or base is None:
             return rating, rank
