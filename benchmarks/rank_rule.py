@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from melu.bundle import load_bundle
+from melu.model.personal import shared_cut
 from melu.serving import Recommender
-from melu.training.rank_mix import shared_cut
 
 
 def make_requests(recommender: Recommender, count: int) -> list[dict[str, Any]]:

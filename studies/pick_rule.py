@@ -37,7 +37,7 @@ from melu.evaluation.topn import (
     without_support,
 )  # fmt: skip
 from melu.evaluation.topn_model import ModelRanker
-from melu.model.ranking import SHOWN, limit_shared
+from melu.model.personal import SHOWN, limit_shared, list_of
 from melu.prepare import prepare
 from melu.training.rank_mix import MIX_SIZES, PARTS, mix_draws, pick_mixing
 from melu.training.rank_train import EASE_START_MIX
@@ -141,7 +141,7 @@ class KeepRanker:
             none = top.expand(len(s), -1)
         else:
             empty = dataclasses.replace(supports, mask=torch.zeros_like(supports.mask))
-            none = self.ranker.scores(empty).float().cpu().topk(SHOWN, dim=-1).indices
+            none = list_of(self.ranker.scores(empty).float().cpu())
         allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
                                   supports.items, supports.mask)  # fmt: skip
         s = torch.where(allowed, s, -torch.inf)

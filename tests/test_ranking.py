@@ -9,7 +9,7 @@ import torch
 from melu.bundle import with_later_parts
 from melu.config import Config
 from melu.evaluation.topn import rank_users, topn_users, training_popularity, user_metrics
-from melu.model import ranking, ranking_stats, reasons
+from melu.model import personal, ranking, ranking_stats, reasons
 from melu.model.ranking import Bag
 from melu.training.rank_mix import _Setting
 
@@ -501,7 +501,7 @@ def test_the_blend_stage_lets_the_liked_part_replace_ease_and_passes_never_lower
 def test_limit_shared_keeps_only_the_best_of_the_no_ratings_list_in_reach() -> None:
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
     empty = torch.tensor([[0, 1, 2], [0, 1, 2]])  # each user's no-ratings list
-    out = ranking.limit_shared(scores, empty, torch.tensor([1, 3]))
+    out = personal.limit_shared(scores, empty, torch.tensor([1, 3]))
     # user 0 keeps item 0, items 1 and 2 go below every other item in their own order
     assert out[0].tolist() == [5.0, -2.0, -3.0, 2.0, 1.0, 0.0]
     assert out[0].argsort(descending=True).tolist() == [0, 3, 4, 5, 1, 2]
@@ -511,7 +511,7 @@ def test_limit_shared_keeps_only_the_best_of_the_no_ratings_list_in_reach() -> N
 def test_limit_shared_counts_no_item_already_out() -> None:
     inf = torch.inf
     scores = torch.tensor([[-inf, 4.0, 3.0, 2.0, 1.0, 0.0]])  # item 0 is in the support
-    out = ranking.limit_shared(scores, torch.tensor([[0, 1, 2]]), torch.tensor([1]))
+    out = personal.limit_shared(scores, torch.tensor([[0, 1, 2]]), torch.tensor([1]))
     assert out[0, 0] == -inf and out[0, 1] == 4.0  # the out item takes no kept place
     assert out[0].topk(2).indices.tolist() == [1, 3]  # item 2 is pushed down
     assert bool((out[0, 2] < out[0, 3:]).all())
@@ -520,9 +520,9 @@ def test_limit_shared_counts_no_item_already_out() -> None:
 def test_limit_shared_bounds_the_share_of_any_top_10() -> None:
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(50, 200, generator=g)
-    empty = torch.stack([torch.randperm(200, generator=g)[: ranking.SHOWN] for _ in range(50)])
-    keep = torch.randint(0, ranking.SHOWN + 1, (50,), generator=g)
-    top = ranking.limit_shared(scores, empty, keep).topk(ranking.SHOWN).indices
+    empty = torch.stack([torch.randperm(200, generator=g)[: personal.SHOWN] for _ in range(50)])
+    keep = torch.randint(0, personal.SHOWN + 1, (50,), generator=g)
+    top = personal.limit_shared(scores, empty, keep).topk(personal.SHOWN).indices
     shared = (top.unsqueeze(2) == empty.unsqueeze(1)).any(2).sum(1)
     assert bool((shared <= keep).all())
     # the kept ones are each user's best-scored of their list, and the rest of the list is
@@ -538,18 +538,18 @@ def test_shown_scores_leave_the_support_out_of_the_count_and_the_cut_off_is_no_r
     ids = torch.tensor([0, 1, 2, 3, 4, 5, 6])  # catalog row r has id r (id 0: unknown)
     bag = Bag(torch.tensor([[1, 0]]), torch.tensor([[4, 4]]), torch.tensor([[True, False]]))
     empty = torch.tensor([[1, 2, 3]])  # the no-ratings list; item 1 is now rated
-    out = ranking.shown_scores(scores, ids, bag, empty, torch.tensor([1]))
+    out = personal.shown_scores(scores, ids, bag, empty, torch.tensor([1]))
     assert out[0, 1] == 5.0  # the rated item keeps its score and takes no kept place
     assert out[0, 2] == 4.0  # the best of the rest of the list stays
     assert bool((out[0, 3] < out[0, [0, 4, 5, 6]]).all())  # the next one goes below all
     assert not bool(torch.isinf(out).any())
     params = {"rank.shared_cut": torch.zeros(len(ranking.SUPPORT_BUCKETS))}
-    assert ranking.kept_of_list(params, bag) is None  # cut 0 everywhere: off
+    assert personal.kept_of_list(params, bag) is None  # cut 0 everywhere: off
     params["rank.shared_cut"][3:] = 7.0  # from 4 ratings on: keep 3
-    assert ranking.kept_of_list(params, bag) is None  # one rating: its bucket is off
+    assert personal.kept_of_list(params, bag) is None  # one rating: its bucket is off
     five = Bag(torch.ones(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long),
                torch.tensor([[True] * 5, [True] * 2 + [False] * 3]))  # fmt: skip
-    assert ranking.kept_of_list(params, five).tolist() == [3, ranking.SHOWN]
+    assert personal.kept_of_list(params, five).tolist() == [3, personal.SHOWN]
 
 
 @pytest.mark.slow
@@ -561,7 +561,7 @@ def test_the_personalisation_rule_bounds_what_a_list_shares_with_the_no_ratings_
     (which the rule leaves as it was), and at 1 rating the lists are as without the rule."""
     from melu.bundle import load_bundle
     from melu.evaluation.topn_model import ModelRanker
-    from melu.training.rank_mix import shared_cut
+    from melu.model.personal import shared_cut
 
     bundle = load_bundle(bundle_path)
     free = ModelRanker.from_bundle(bundle, ml100k.tables)
@@ -598,7 +598,7 @@ def test_the_search_judges_lists_as_the_personalisation_rule_shows_them() -> Non
     setting.keep = torch.full((len(setting.relevant),), 2)
     _, limited, weights = _search([setting], start, 1.0, "ndcg")
     assert free.shared > 0.2 and limited.shared <= 0.2
-    scores = ranking.limit_shared(setting.scores(weights), setting.empty, setting.keep)
+    scores = personal.limit_shared(setting.scores(weights), setting.empty, setting.keep)
     top = scores.topk(10).indices
     hits = setting.relevant[setting.rows, top].double()
     ndcg = (hits * DISCOUNT).sum(-1) / setting.ideal

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from melu.model import ranking
+from melu.model import personal
 from melu.model.estimator import PreferenceEstimator
 from melu.model.maml import Examples, adapt
 from melu.serving import InvalidInput, Recommender
@@ -68,7 +68,7 @@ def test_recommend_is_the_top_of_the_ranking_head_and_shows_predicted_ratings(
     ids = bundle.item_features.items[model.id_field][rated][None]
     bag = model.bag(ids, values[None], support.mask)
     rank = model.rank_score(params, encoded, bag)[0]
-    keep = ranking.kept_of_list(bundle.params, bag)  # the personalisation rule, if it applies
+    keep = personal.kept_of_list(bundle.params, bag)  # the personalisation rule, if it applies
     if keep is not None:
         plain = model.encode(
             bundle.params,
@@ -76,7 +76,7 @@ def test_recommend_is_the_top_of_the_ranking_head_and_shows_predicted_ratings(
         )
         empty = model.rank_score(bundle.params, plain, None)[0].topk(10).indices
         every = bundle.item_features.items[model.id_field]
-        rank = ranking.shown_scores(rank[None], every, bag, empty[None], keep)[0]
+        rank = personal.shown_scores(rank[None], every, bag, empty[None], keep)[0]
     expected = torch.sort(rank, descending=True, stable=True).indices[:10]
     assert [i.item_id for i in top] == [all_ids[r] for r in expected.tolist()]
 

@@ -289,7 +289,7 @@ def test_the_personalisation_rule_holds_one_at_a_time_and_in_a_batch(
     everyone with 4+ ratings gets a top-10 of the whole catalog holding at most 3 of the
     10 the same person gets with no ratings, one at a time and in a batch alike; people
     with candidates or fewer ratings get what they got without the rule."""
-    from melu.training.rank_mix import shared_cut
+    from melu.model.personal import shared_cut
 
     def served_with(recommender: Recommender, keep: int) -> Recommender:
         bundle = recommender.bundle

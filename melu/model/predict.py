@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureTables
-from melu.model import ranking
+from melu.model import personal
 from melu.model.estimator import Encoded, PreferenceEstimator
 from melu.model.items import ItemCache, catalog_rankings
 from melu.model.kernel import task_predictions
@@ -115,7 +115,7 @@ def rank_catalog(
     ``network``: the MLP's output (T, I) if the caller has it cached (``rank_score``).
     ``rated`` (T, V): training only, the ids each user rated (``melu.model.ranking.Bag``).
     Outside training the scores are held to the head's personalisation rule
-    (``ranking.shown_scores``: at most SHOWN − ``rank.shared_cut`` of the list each person
+    (``personal.shown_scores``: at most SHOWN − ``rank.shared_cut`` of the list each person
     would see with no ratings stay in reach of their top 10; off at cut 0)."""
     names = list(fast) if fast is not None else model.fast_names()
     adapted: Mapping[str, Tensor] = params
@@ -145,9 +145,9 @@ def rank_catalog(
     scores = scored(adapted, bag)
     if bag is None or rated is not None:
         return scores
-    keep = ranking.kept_of_list(params, bag)
+    keep = personal.kept_of_list(params, bag)
     if keep is None:
         return scores
     # the personalisation rule: what the same people would see with no ratings
-    empty = scored(params, None).topk(min(ranking.SHOWN, scores.shape[-1]), dim=-1).indices
-    return ranking.shown_scores(scores, encoded.ids, bag, empty, keep)
+    empty = personal.list_of(scored(params, None))
+    return personal.shown_scores(scores, encoded.ids, bag, empty, keep)

@@ -20,10 +20,10 @@ log-odds that the user rates an item highly, as a sum of parts, each a function 
 - γ·r̂_i: the rating part's predicted rating after that ``adapt()`` (known ids only: a new
   item's comes from its content alone and orders new items no better than chance).
 
-What is shown is then held to a personalisation rule (``shown_scores``): of the items the
-same person would see with no ratings (their no-ratings list), at most SHOWN − κ stay
-within reach of the top 10, κ = ``rank.shared_cut`` per bucket (0: off; set from
-``train.rank_keep_shared``).
+What is shown may then be held to a personalisation rule (``melu.model.personal``): of
+the items the same person would see with no ratings (their no-ratings list), at most
+SHOWN − κ stay within reach of the top 10, κ = ``rank.shared_cut`` per bucket (0: off; set
+from ``train.rank_keep_shared``).
 
 π, γ, c, c_e, c_l and λ_L (which scales β + a_u·q + the B-bag) are one per support-size
 bucket (``SUPPORT_BUCKETS``), picked on validation users (``melu.training.rank_mix``).
@@ -303,52 +303,3 @@ def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Te
     """Rating values (...) → level indices 0..n_levels-1 (clamped)."""
     level = torch.round((ratings - low) / step).long()
     return level.clamp(0, n_levels - 1)
-
-
-SHOWN = 10  # the length of the list a person sees, and of the no-ratings list it is held to
-
-
-def limit_shared(scores: Tensor, empty: Tensor, keep: Tensor) -> Tensor:
-    """``scores`` (..., T, I) with all but each user's ``keep`` (T,) best-scored items of
-    their no-ratings list ``empty`` (T, SHOWN) (catalog rows) pushed below every other item,
-    in their order: then a top-10 shares at most ``keep`` items with that list (a
-    personalisation rule, ``rank.shared_cut``). Leading dimensions are several score sets
-    (mixes) of the same users. Items already out (score −inf: the support, non-candidates)
-    take no place among the kept; ``keep`` ≥ SHOWN changes nothing."""
-    index = empty.expand(*scores.shape[:-1], empty.shape[-1])
-    own = scores.gather(-1, index)  # (..., T, SHOWN)
-    place = torch.sort(own, dim=-1, descending=True, stable=True).indices.argsort(dim=-1)
-    cut = (place >= keep.unsqueeze(-1)) & torch.isfinite(own)
-    if not bool(cut.any()):
-        return scores
-    low = scores.masked_fill(~torch.isfinite(scores), torch.inf).amin(-1, keepdim=True)
-    spread = own.masked_fill(~torch.isfinite(own), 0.0)
-    top = spread.amax(-1, keepdim=True)
-    # below the user's lowest finite score, keeping the cut items' own order among them
-    moved = low - 1.0 - (top - spread)
-    return scores.scatter(-1, index, torch.where(cut, moved, own))
-
-
-def kept_of_list(params: Mapping[str, Tensor], bag: Bag) -> Tensor | None:
-    """(T,): how many of each user's no-ratings list may stay in reach of their top 10
-    (SHOWN − ``rank.shared_cut`` of their support-size bucket), or None when the rule
-    leaves every one of them as it is (so the caller need not rank the list at all)."""
-    cut = params.get("rank.shared_cut")
-    if cut is None or not bool((cut > 0).any()):
-        return None
-    keep = SHOWN - bucket_weight(cut.to(bag.mask.device), bag)[:, 0].round().long()
-    return keep if bool((keep < SHOWN).any()) else None
-
-
-def shown_scores(scores: Tensor, ids: Tensor, bag: Bag, empty: Tensor, keep: Tensor) -> Tensor:
-    """``scores`` (T, I) of catalog items with ids ``ids`` (I,) held to the personalisation
-    rule: ``limit_shared`` with each user's no-ratings list ``empty`` (T, SHOWN) (catalog
-    rows) and ``keep`` (T,) (``kept_of_list``), their support's items (``bag``) out of the
-    count and left at their scores (callers drop them anyway)."""
-    n_ids = int(max(int(ids.max()), int(bag.ids.max()) if bag.ids.numel() else 0)) + 1
-    rated = torch.zeros(len(bag.mask), n_ids, dtype=torch.bool, device=scores.device)
-    rated.scatter_(1, bag.ids.masked_fill(~bag.mask, 0).long(), True)
-    rated[:, 0] = False  # unknown ids name no catalog item
-    rated = rated[:, ids]  # (T, I)
-    limited = limit_shared(scores.masked_fill(rated, -torch.inf), empty, keep)
-    return torch.where(rated, scores, limited)

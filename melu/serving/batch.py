@@ -27,7 +27,7 @@ from torch import Tensor
 
 from melu.errors import InvalidInput
 from melu.features import FeatureBatch
-from melu.model import ranking
+from melu.model import personal
 from melu.model.items import catalog_rankings, catalog_ratings
 from melu.model.linear import AffineExamples
 from melu.model.maml import Examples
@@ -217,16 +217,15 @@ def _shown(
     network: Tensor | None, rank: Tensor,
 ) -> Tensor:  # fmt: skip
     """The chunk's whole-catalog ranking scores ``rank`` (C, I) held to the head's
-    personalisation rule (``ranking.shown_scores``), as ``RowEncoder.rankings`` holds one
+    personalisation rule (``personal.shown_scores``), as ``RowEncoder.rankings`` holds one
     person's: their no-ratings lists from the bundle's unadapted params."""
-    keep = None if rec.rule_base is None else ranking.kept_of_list(params, bags)
+    keep = None if rec.rule_base is None else personal.kept_of_list(params, bags)
     if keep is None:
         return rank
     cache = rec.encoder.cache
     assert cache is not None
     none = _rankings(rec, chunk, rec.params, None, network, per_person=())[1]
-    empty = none.topk(min(ranking.SHOWN, none.shape[-1]), dim=-1).indices
-    return ranking.shown_scores(rank, cache.encoded.ids, bags, empty, keep)
+    return personal.shown_scores(rank, cache.encoded.ids, bags, personal.list_of(none), keep)
 
 
 def _answer(

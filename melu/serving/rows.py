@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from melu.features import FeatureBatch, FeatureSpace, FeatureTables
-from melu.model import ranking, reasons
+from melu.model import personal, reasons
 from melu.model.estimator import Encoded, PreferenceEstimator, is_embedding
 from melu.model.items import ItemCache, cache_items, catalog_network, catalog_rankings
 from melu.model.linear import AffineExamples, at_prior, linear_applies, user_prior
@@ -169,15 +169,15 @@ class RowEncoder:
         whole catalog, (I,)) for ``person``: the rating is what is shown, the ranking score
         what orders (the same without a ranking head). Over the whole catalog, with the
         bundle's unadapted ``base`` params (None when its rule is off), the scores are held
-        to the head's personalisation rule (``ranking.shown_scores``; candidates are ranked as scored)."""
+        to the head's personalisation rule (``personal.shown_scores``; candidates are ranked as scored)."""
         rating, rank = self._rankings(params, person, rows, bag)
         if rows is not None or base is None:
             return rating, rank
-        keep = ranking.kept_of_list(params, bag)
+        keep = personal.kept_of_list(params, bag)
         if keep is None:
             return rating, rank
         empty = self.no_ratings_list(base, person)
-        return rating, ranking.shown_scores(rank[None], self._ids, bag, empty[None], keep)[0]
+        return rating, personal.shown_scores(rank[None], self._ids, bag, empty[None], keep)[0]
 
     def no_ratings_list(self, base: Mapping[str, Tensor], person: Person) -> Tensor:
         """The catalog rows (SHOWN,) ``person`` would see with no ratings, from the bundle's
@@ -190,7 +190,7 @@ class RowEncoder:
         if hit is not None:
             return hit
         none = self._rankings(base, person, None, None)[1]
-        empty = none.topk(min(ranking.SHOWN, len(none))).indices
+        empty = personal.list_of(none)
         with self._lock:
             if len(self._lists) >= LISTS_KEPT:
                 self._lists.pop(next(iter(self._lists)))

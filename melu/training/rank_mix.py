@@ -33,7 +33,7 @@ from torch import Tensor
 from melu.config import RankMixMetric, RankMixSizes
 from melu.evaluation.topn import TopNUsers, without_support
 from melu.evaluation.topn_model import ModelRanker
-from melu.model import ranking
+from melu.model import personal, ranking
 
 PARTS = (
     "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
@@ -131,7 +131,7 @@ class _Setting:
     """One validation draw of a bucket: its parts (1 + P, U, I) with the support and other
     non-candidates at −inf in the first, relevant items (U, I), and the users' no-ratings
     lists (U, 10) when the search limits what may be shared with them, and ``keep`` (U,)
-    when a list may hold at most that many of them (``ranking.limit_shared``)."""
+    when a list may hold at most that many of them (``personal.limit_shared``)."""
 
     parts: Tensor
     relevant: Tensor
@@ -163,7 +163,7 @@ class _Setting:
         by ``scores`` (..., U, I) — several mixes' scores at once along the leading
         dimensions — and the share of it also in the no-ratings list (None without one)."""
         if self.keep is not None and self.empty is not None:
-            scores = ranking.limit_shared(scores, self.empty.clamp(min=0), self.keep)
+            scores = personal.limit_shared(scores, self.empty.clamp(min=0), self.keep)
         top = scores.topk(10, dim=-1).indices  # (..., U, 10)
         hits = self.relevant[self.rows, top].double()
         ndcg = (hits * DISCOUNT).sum(-1) / self.ideal
@@ -277,7 +277,7 @@ def pick_mixing(
     shared_from: int = 1,
     passes: int = 1,
     blend: bool = True,
-    keep_shared: int = ranking.SHOWN,
+    keep_shared: int = personal.SHOWN,
 ) -> MixChoice:
     """Each bucket's π, γ, c, c_l, λ_L searched on the validation draws ``users[b]`` (one
     sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
@@ -289,7 +289,7 @@ def pick_mixing(
     whether it searches the blend of EASE^R and the liked-target part first (see
     ``_search``; off only to compare with the search before it). With ``keep_shared`` <
     SHOWN those buckets' lists are judged as the head shows them, holding at most that many
-    of the no-ratings list (``ranking.limit_shared``, ``rank.shared_cut``)."""
+    of the no-ratings list (``personal.limit_shared``, ``rank.shared_cut``)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
     # EASE^R's start weight is the same in every bucket, and the no-ratings bucket never
     # moves it (an empty support gives EASE^R no scores), so a re-pick still finds it here
@@ -301,7 +301,7 @@ def pick_mixing(
         settings = [_Setting.of(ranker, params, u, threshold) for u in draws]
         capped = b > 0 and ranking.SUPPORT_BUCKETS[b] >= shared_from and empty is not None
         cap = max_shared if capped else 1.0
-        limited = capped and keep_shared < ranking.SHOWN
+        limited = capped and keep_shared < personal.SHOWN
         if cap < 1.0 or limited:
             assert empty is not None
             for s, u in zip(settings, draws, strict=True):
@@ -314,19 +314,11 @@ def pick_mixing(
         recall_after.append(kept.recall)
         for k in PARTS:
             weights[k][b] = current[k]
-        if b == 0 and (max_shared < 1.0 or keep_shared < ranking.SHOWN):
+        if b == 0 and (max_shared < 1.0 or keep_shared < personal.SHOWN):
             top = settings[0].scores(current).topk(10, dim=1).indices
             empty = {int(u): row for u, row in zip(draws[0].user_ids, top, strict=True)}
     ranker.params = saved
     return MixChoice(weights, before, after, recall_before, recall_after)
-
-
-def shared_cut(keep_shared: int, shared_from: int) -> Tensor:
-    """``rank.shared_cut`` (B,): SHOWN − ``keep_shared`` in the buckets of ``shared_from``
-    ratings or more (never the no-ratings bucket), 0 (off) in the others."""
-    limited = [b > 0 and ranking.SUPPORT_BUCKETS[b] >= shared_from
-               for b in range(len(ranking.SUPPORT_BUCKETS))]  # fmt: skip
-    return torch.tensor([float(ranking.SHOWN - keep_shared) if x else 0.0 for x in limited])
 
 
 def _lists(
@@ -335,12 +327,12 @@ def _lists(
     """The users' no-ratings lists (U, 10) and, with ``keep``, how many of each may stay
     (U,). A user without one (not among bucket 0's) shares nothing: a list of −1, and
     ``keep`` = SHOWN, which changes nothing."""
-    missing = torch.full((ranking.SHOWN,), -1, dtype=torch.long)
+    missing = torch.full((personal.SHOWN,), -1, dtype=torch.long)
     rows = torch.stack([empty.get(int(i), missing) for i in user_ids])
     if keep is None:
         return rows, None
     known = (rows >= 0).all(1)
-    return rows, torch.where(known, keep, ranking.SHOWN)
+    return rows, torch.where(known, keep, personal.SHOWN)
 
 
-__all__ = ["GRID", "MIX_SIZES", "MixChoice", "mix_draws", "pick_mixing", "shared_cut"]
+__all__ = ["GRID", "MIX_SIZES", "MixChoice", "mix_draws", "pick_mixing"]

@@ -30,10 +30,10 @@ from melu.evaluation.topn import (
 from melu.model import ranking, ranking_stats
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import Lr
+from melu.model.personal import shared_cut
 from melu.prepare import Prepared
 from melu.training.rank_ease import pick_ease, pick_liked
 from melu.training.rank_epoch import HeadTrainer
-from melu.training.rank_mix import shared_cut
 
 Progress = Callable[[dict[str, Any]], None]
 EASE_SUPPORTS = (3, 5, 10)  # what EASE^R's λ is picked on
