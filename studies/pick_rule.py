@@ -58,6 +58,7 @@ class Rule:
     tolerance: float | None = None  # keep a bucket's cap only if its pick objective (the
     # sum of NDCG@10 and Recall@10 relative to the start's) is within this of the uncapped
     liked: bool = True  # whether the head has its liked-target item–item part
+    walk: bool = True  # whether the head has its RP³β walk part (bundles since the 7th pass)
     passes: int = 1  # how many times each bucket's search runs (``pick_mixing``)
     blend: bool = True  # whether the search starts with EASE^R × the liked-target part
     alone: bool = False  # no pick: the liked-target part alone (popularity breaking ties)
@@ -120,6 +121,9 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     ),
     "rule 15, <= 5 of the 50 most popular from 4 ratings, after the pick": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, passes=2, keep=5, keep_from=4, popular=50
+    ),
+    "rule 15 without the walk part (the sixth pass's head)": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, walk=False
     ),
 }
 
@@ -215,8 +219,9 @@ def fold_rules(
                 for bucket in rule.sizes
             ]
             head = dict(base)
-            if not rule.liked:
-                head["rank.liked"] = torch.zeros_like(base["rank.liked"])
+            for part, kept in (("liked", rule.liked), ("walk", rule.walk)):
+                if not kept and f"rank.{part}" in base:
+                    head[f"rank.{part}"] = torch.zeros_like(base[f"rank.{part}"])
             ranker.params = dict(head)
             if rule.alone:  # no pick: the liked part alone, popularity breaking ties
                 alone = {"rank.pop_weight": 1e-3, "rank.liked_weight": 1.0}

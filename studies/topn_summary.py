@@ -16,6 +16,7 @@ from pathlib import Path
 NAMES = {
     "model": "melu", "popularity": "popularity", "item_knn": "item-kNN", "ease": "EASE^R",
     "ease_liked": "EASE^R, liked target",
+    "rp3beta": "RP³β",
     "implicit_als": "implicit ALS", "baseline_predictor": "μ + b_i + b_u",
     "mf_fold_in": "MF + fold-in",
 }  # fmt: skip

@@ -29,6 +29,7 @@ FAST_BASELINES = BaselineConfig(
 # the top-N baselines' grids cut to two points or one (every kind still picked on validation)
 FAST_TOPN = TopNBaselineConfig(
     knn_neighbours=(0, 100), ease_lambdas=(1e3, 2e4), liked_lambdas=(2e3, 2e4),
+    walk_settings=((0.5, 0.2), (1.0, 0.4)),
     als_factors=(32,), als_regularization=(100.0,), als_alpha=(3.0, 10.0),
     rating=FAST_BASELINES,
 )  # fmt: skip

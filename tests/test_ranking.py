@@ -72,6 +72,7 @@ def test_contributions_are_the_bag_score_split_by_rated_item() -> None:
     no_ease = {
         **params, "rank.ease": torch.zeros(V, V, dtype=torch.float64),
         "rank.liked": torch.zeros(V, V, dtype=torch.float64),
+        "rank.walk": torch.zeros(V, V, dtype=torch.float64),
     }  # fmt: skip
     parts = reasons.contributions(no_ease, bag, ids)
     scale = ranking.bucket_weight(params["rank.learned_weight"], bag)  # λ_L of a 2-rating bag
@@ -186,6 +187,7 @@ def test_ease_contributions_sum_to_the_ease_part() -> None:
         "rank.item_item": torch.zeros(V, V, dtype=torch.float64),
         "rank.ease": torch.linalg.inv(a @ a.T + V * torch.eye(V, dtype=torch.float64)),
         "rank.liked": torch.zeros(V, V, dtype=torch.float64),
+        "rank.walk": torch.zeros(V, V, dtype=torch.float64),
     }
     bag = Bag(torch.tensor([[2, 4]]), torch.tensor([[4, 1]]), torch.tensor([[True, True]]))
     ids = torch.tensor([[1, 3, 5]])  # not in the bag
@@ -215,29 +217,62 @@ def test_liked_weights_are_the_constrained_least_squares_solve() -> None:
     assert same == pytest.approx(ease, abs=1e-5)
 
 
-def test_liked_part_scores_sum_weighted_rows_and_split_into_reasons() -> None:
-    """c_l·Σ_j w_l(r_j)·B_liked[j, i]; its reasons sum to it; unknown ids and padding add
-    nothing; a training user's episode (``rated``) gets 0 from it (it was solved with them)."""
+@pytest.mark.parametrize("part", ranking.PICKED)
+def test_picked_part_scores_sum_weighted_rows_and_split_into_reasons(part: str) -> None:
+    """c·Σ_j w(r_j)·M[j, i] of the liked-target and the walk part; its reasons sum to it;
+    unknown ids and padding add nothing; a training user's episode (``rated``) gets 0 from
+    it (it was solved with them)."""
     gen = torch.Generator().manual_seed(7)
-    liked = torch.randn(V, V, generator=gen, dtype=torch.float64)
-    liked.fill_diagonal_(0.0)
+    matrix = torch.randn(V, V, generator=gen, dtype=torch.float64)
+    matrix.fill_diagonal_(0.0)
     zero = torch.zeros(V, V, dtype=torch.float64)
-    params = {**head_params(4), "rank.item_item": zero, "rank.ease": zero, "rank.liked": liked}
+    params = {**head_params(4), "rank.item_item": zero, "rank.ease": zero}
+    params.update({f"rank.{other}": zero for other in ranking.PICKED})
+    params[f"rank.{part}"] = matrix
     bag = Bag(
         torch.tensor([[2, 4, 0]]), torch.tensor([[4, 1, 2]]), torch.tensor([[True, True, True]])
     )
     ids = torch.tensor([[1, 3, 5, 0]])
-    got = ranking.liked_scores(params, bag, ids)[0]
-    w, c = params["rank.liked_level"], ranking.bucket_weight(params["rank.liked_weight"], bag)
+    score = {"liked": ranking.liked_scores, "walk": ranking.walk_scores}[part]
+    got = score(params, bag, ids)[0]
+    w = params[f"rank.{part}_level"]
+    c = ranking.bucket_weight(params[f"rank.{part}_weight"], bag)
     for n, i in enumerate(ids[0].tolist()):
         expected = 0.0 if i == 0 else float(c) * sum(
-            float(w[level] * liked[j, i]) for j, level in ((2, 4), (4, 1))
+            float(w[level] * matrix[j, i]) for j, level in ((2, 4), (4, 1))
         )  # fmt: skip
         assert float(got[n]) == pytest.approx(expected, abs=1e-12)
     parts = reasons.contributions(params, bag, ids)
     assert parts.sum(-1)[0] == pytest.approx(got, abs=1e-12)
     rated = Bag(bag.ids, bag.levels, bag.mask, torch.ones(1, V, dtype=torch.float64))
-    assert float(ranking.liked_scores(params, rated, ids).abs().sum()) == 0.0
+    assert float(score(params, rated, ids).abs().sum()) == 0.0
+
+
+def test_walk_weights_are_rp3beta_by_hand() -> None:
+    """W[j, i] = Σ_u (x_uj / d_j)^α (x_ui / d_u)^α / d_i^β with a zero diagonal, computed
+    walk by walk; and β > 0 turns a popular neighbour below a rarer one."""
+    x = torch.tensor([
+        [1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 1, 0], [0, 1, 0, 0, 0], [1, 0, 0, 0, 0],
+    ], dtype=torch.float32)  # fmt: skip
+    users, items = x.shape
+    d_user, d_item = x.sum(1), x.sum(0)
+    for alpha, beta in ((1.0, 0.0), (0.5, 0.4)):
+        got = ranking_stats.walk_weights(x, alpha, beta)
+        for j in range(items):
+            for i in range(items):
+                walks = sum(
+                    (float(x[u, j]) / max(float(d_item[j]), 1.0)) ** alpha
+                    * (float(x[u, i]) / float(d_user[u])) ** alpha
+                    for u in range(users) if x[u, j] and x[u, i]
+                )  # fmt: skip
+                expected = 0.0 if i == j else walks / max(float(d_item[i]), 1.0) ** beta
+                assert float(got[j, i]) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert float(got[4].abs().sum()) == 0.0  # never rated: no walk starts there
+    # from item 0, item 1 (4 raters) is reached by three walks and item 3 (1 rater) by one:
+    # the plain walk puts 1 first, β = 2 the rarer 3
+    plain, lowered = (ranking_stats.walk_weights(x, 1.0, b) for b in (0.0, 2.0))
+    assert float(plain[0, 1]) > float(plain[0, 3])
+    assert float(lowered[0, 1]) < float(lowered[0, 3])
 
 
 def test_a_head_saved_before_the_liked_part_loads_with_it_off() -> None:

@@ -20,6 +20,7 @@ from melu.evaluation.topn_baselines import (
     PopularityRanker,
     TopNBaselineConfig,
     Validation,
+    _walk,
     fit_topn_baselines,
 )
 from melu.evaluation.topn_item_item import (
@@ -36,6 +37,7 @@ from melu.prepare import Prepared, RatingRows, prepare
 FAST_RATING = BaselineConfig(mf=MFConfig(ranks=(4,), regs=(5.0,), iterations=3))
 SMALL = TopNBaselineConfig(
     knn_neighbours=(0, 5), ease_lambdas=(10.0, 100.0), liked_lambdas=(10.0, 100.0),
+    walk_settings=((0.5, 0.0), (1.0, 0.5)),
     als_factors=(4,), als_regularization=(1.0,), als_alpha=(1.0, 10.0), als_iterations=(5,),
     rating=FAST_RATING,
 )  # fmt: skip
@@ -122,6 +124,25 @@ def test_item_knn_cosine_by_hand() -> None:
     assert weighted[0, 1].item() == pytest.approx(5 * c01 + 2 * c12, rel=1e-5)
     top1 = ItemItemRanker(keep_neighbours(sim, 1).float(), "binary", popularity)
     assert top1.scores(supports([[0]]))[0, 2].item() == pytest.approx(0.0, abs=1e-5)  # cut
+
+
+def test_rp3beta_scores_the_walk_from_the_support_over_catalog_rows() -> None:
+    """The baseline's grid is RP³β on who rated what (catalog row 0 a real item, unlike the
+    head's unknown id 0), a support scoring Σ_j W[j, :], each (α, β) of the grid offered."""
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 0), (3, 3)]
+    rows = rows_of(pairs)
+    x = torch.zeros(4, 5)
+    for u, i in pairs:
+        x[u, i] = 1.0
+    config = dataclasses.replace(SMALL, weightings=("binary",))
+    grid = list(_walk(rows, 5, config, training_popularity(rows, 5)))
+    assert [(g["alpha"], g["beta"]) for g, _ in grid] == list(SMALL.walk_settings)
+    for settings, ranker in grid:
+        w = ranking_stats.walk_weights(x, settings["alpha"], settings["beta"])
+        assert float(w[0].abs().sum()) > 0  # row 0 is a catalog item here
+        s = ranker.scores(supports([[0, 2]]))[0]
+        assert s[[1, 3]] == pytest.approx(w[0, [1, 3]] + w[2, [1, 3]], rel=1e-4)
+        assert s[4] < s[3]  # never rated: only the tie-break
 
 
 def test_popularity_ranks_by_training_count() -> None:
@@ -225,6 +246,7 @@ def test_fit_uses_validation_users_and_never_test_users(small: Prepared) -> None
     _, info3 = fit_topn_baselines(val_changed, PROTOCOL, config=SMALL)
     assert info3["ease"]["grid"] != info["ease"]["grid"]  # the validation users do count
     assert info3["ease_liked"]["grid"] != info["ease_liked"]["grid"]
+    assert info3["rp3beta"]["grid"] != info["rp3beta"]["grid"]
 
 
 def test_real_ml100k_ease_and_item_knn_beat_popularity(ml100k: Prepared) -> None:

@@ -11,6 +11,8 @@ validation or test user's rating):
 - ``ease_liked``: EASE^R regressed on the items users liked (rated ≥ the protocol's
   threshold) instead of on what they rated, λ and the weighting validated: the ranking
   head's liked part alone, so the tables show what the rest of the model adds to it;
+- ``rp3beta``: RP³β's random walk item → user → item (Paudel et al. 2017), α and β and the
+  support weighting validated: the ranking head's walk part alone;
 - ``implicit_als``: weighted ALS from the ``implicit`` library, new users folded in with
   ``recalculate_user`` (``melu.evaluation.topn_als``), its hyper-parameters validated;
 - ``baseline_predictor`` and ``mf_fold_in``: the rating baselines (μ + b_i + b_u and MF
@@ -31,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from melu.evaluation.baselines import BaselineConfig
@@ -57,6 +60,7 @@ from melu.evaluation.topn_item_item import (
     gram,
     keep_neighbours,
     liked_gram,
+    rated_matrix,
 )
 from melu.model import ranking_stats
 from melu.prepare import Prepared, RatingRows
@@ -65,8 +69,8 @@ from melu.tasks import TaskSet
 Progress = Callable[[str], None]
 Candidate = tuple[dict[str, Any], Ranker]
 NAMES = (
-    "popularity", "item_knn", "ease", "ease_liked", "implicit_als", "baseline_predictor",
-    "mf_fold_in",
+    "popularity", "item_knn", "ease", "ease_liked", "rp3beta", "implicit_als",
+    "baseline_predictor", "mf_fold_in",
 )  # fmt: skip
 
 
@@ -80,6 +84,8 @@ class TopNBaselineConfig:
     ease_lambdas: tuple[float, ...] = (200.0, 1e3, 5e3, 2e4, 1e5, 5e5)
     # the liked-target EASE^R's: the grid the ranking head's own liked part picks from
     liked_lambdas: tuple[float, ...] = ranking_stats.LIKED_LAMBDAS
+    # RP³β's (α, β): the grid the ranking head's own walk part picks from
+    walk_settings: tuple[tuple[float, float], ...] = ranking_stats.WALK_SETTINGS
     weightings: tuple[Weighting, ...] = WEIGHTINGS  # support weighting of kNN and EASE
     als_factors: tuple[int, ...] = (32, 64)
     als_regularization: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0)
@@ -208,6 +214,18 @@ def _ease_liked(
             yield {"lambda": lam, "weighting": weighting}, ItemItemRanker(b, weighting, popularity)
 
 
+def _walk(
+    rows: RatingRows, n_items: int, config: TopNBaselineConfig, popularity: Tensor
+) -> Iterator[Candidate]:
+    """RP³β (``ranking_stats.walk_weights``) on who rated what, (α, β) on validation."""
+    x = torch.from_numpy(rated_matrix(rows, n_items).toarray()).float()  # (users, I)
+    for alpha, beta in config.walk_settings:
+        w = ranking_stats.walk_weights(x, alpha, beta)
+        for weighting in config.weightings:
+            settings = {"alpha": alpha, "beta": beta, "weighting": weighting}
+            yield settings, ItemItemRanker(w, weighting, popularity)
+
+
 def _als(
     rows: RatingRows, n_items: int, config: TopNBaselineConfig, popularity: Tensor
 ) -> Iterator[Candidate]:
@@ -255,6 +273,7 @@ def fit_topn_baselines(
         "ease_liked": lambda: _ease_liked(
             g, liked_gram(rows, n_items, protocol.threshold), config, popularity
         ),
+        "rp3beta": lambda: _walk(rows, n_items, config, popularity),
         "implicit_als": lambda: _als(rows, n_items, config, popularity),
         "baseline_predictor": lambda: _bias(bias, config),
         "mf_fold_in": lambda: [(mf_settings, MFRanker(mf))],

@@ -17,6 +17,9 @@ log-odds that the user rates an item highly, as a sum of parts, each a function 
   validation users); the episode's user left out exactly while training (Sherman–Morrison);
 - c_l·Σ_j w_l(r_j)·B_liked[j, i]: the same closed form regressed on what the training
   users *liked* (rated ≥ 4), what the top-N protocol counts as relevant (its own λ);
+- c_w·Σ_j w_w(r_j)·W[j, i]: RP³β's random walk item → user → item (Paudel et al. 2017),
+  each step ∝ 1/degree^α, the landing item divided by its popularity^β (α, β chosen on
+  the validation users): a graph part whose lists lean away from the most popular films;
 - γ·r̂_i: the rating part's predicted rating after that ``adapt()`` (known ids only: a new
   item's comes from its content alone and orders new items no better than chance).
 
@@ -25,7 +28,7 @@ the items the same person would see with no ratings (their no-ratings list), at 
 SHOWN − κ stay within reach of the top 10, κ = ``rank.shared_cut`` per bucket (0: off; set
 from ``train.rank_keep_shared``).
 
-π, γ, c, c_e, c_l and λ_L (which scales β + a_u·q + the B-bag) are one per support-size
+π, γ, c, c_e, c_l, c_w and λ_L (which scales β + a_u·q + the B-bag) are one per support-size
 bucket (``SUPPORT_BUCKETS``), picked on validation users (``melu.training.rank_mix``).
 β, q, A, B and w can be trained (``melu.training.rank_train``) by the multinomial
 likelihood of each episode's held-out items (Mult-VAE's loss), the rating part fixed, so
@@ -90,6 +93,9 @@ def head_shapes(
         "rank.liked": torch.Size((n_ids, n_ids)),
         "rank.liked_level": torch.Size((n_levels,)),
         "rank.liked_weight": torch.Size((len(SUPPORT_BUCKETS),)),
+        "rank.walk": torch.Size((n_ids, n_ids)),
+        "rank.walk_level": torch.Size((n_levels,)),
+        "rank.walk_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.shared_cut": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
@@ -107,6 +113,7 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     out["rank.cooc_weight"].fill_(1.0)
     out["rank.ease_level"].fill_(1.0)
     out["rank.liked_level"].fill_(1.0)
+    out["rank.walk_level"].fill_(1.0)
     out["rank.item_count"] = popularity.float()
     out["rank.pop_weight"].fill_(1.0)
     out["rank.learned_weight"].fill_(1.0)
@@ -212,6 +219,7 @@ def head_scores(
         cooccurrence_scores(params, bag, ids)
         + ease_scores(params, bag, ids)
         + liked_scores(params, bag, ids)
+        + walk_scores(params, bag, ids)
     )
     learned = terms[..., 0] + interaction + bag_scores(params, bag, ids)
     learned = bucket_weight(params["rank.learned_weight"], bag) * learned
@@ -230,11 +238,15 @@ def popularity(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
 # counted or solved from the training ratings, or picked on validation users: never trained
 STATISTICS = (
     "rank.cooccurrence", "rank.item_count", "rank.ease", "rank.learned_weight", "rank.liked",
-    "rank.liked_level", "rank.liked_weight", "rank.shared_cut",
+    "rank.liked_level", "rank.liked_weight", "rank.shared_cut", "rank.walk", "rank.walk_level",
+    "rank.walk_weight",
 )  # fmt: skip
 # parts added after heads were first saved: a bundle without them loads with them at 0,
 # which scores exactly as the head it was saved with (``melu.bundle``)
-LATER = ("rank.liked", "rank.liked_level", "rank.liked_weight", "rank.shared_cut")
+LATER = (
+    "rank.liked", "rank.liked_level", "rank.liked_weight", "rank.shared_cut", "rank.walk",
+    "rank.walk_level", "rank.walk_weight",
+)  # fmt: skip
 
 
 EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
@@ -286,17 +298,35 @@ def ease_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
 def liked_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     """c_l · Σ_j w_l(r_j)·B_liked[j, i] (T, N): the item–item weights regressed on what the
     training users liked (``ranking_stats.liked_weights``; zero diagonal), the support
-    weighted by rating-level weights w_l, at the bucket's weight c_l.
+    weighted by rating-level weights w_l, at the bucket's weight c_l (``picked_scores``)."""
+    return picked_scores(params, bag, ids, "liked")
 
-    A picked part, never trained: on a training user's episode (``bag.rated``) it scores 0,
-    because B_liked was solved with that user's own held-out likes in it."""
+
+def walk_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c_w · Σ_j w_w(r_j)·W[j, i] (T, N): RP³β's walk weights (``ranking_stats.walk_weights``;
+    zero diagonal), the support weighted by rating-level weights w_w, at the bucket's
+    weight c_w (``picked_scores``)."""
+    return picked_scores(params, bag, ids, "walk")
+
+
+PICKED = ("liked", "walk")  # the item–item parts whose matrix is solved once, never trained
+
+
+def picked_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor, part: str) -> Tensor:
+    """c · Σ_j w(r_j)·M[j, i] (T, N) of the picked item–item part ``part`` (one of
+    ``PICKED``): its matrix M = ``rank.<part>``, level weights ``rank.<part>_level`` and
+    bucket weights ``rank.<part>_weight``.
+
+    Picked, never trained: on a training user's episode (``bag.rated``) it scores 0,
+    because M was computed from that user's own held-out ratings."""
+    matrix = params[f"rank.{part}"]
     targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(bag.mask), -1)
     if bag.rated is not None:
-        return targets.new_zeros(targets.shape, dtype=params["rank.liked"].dtype)
-    weight = params["rank.liked_level"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
-    per_id = (weight.unsqueeze(-1) * rows_of(params["rank.liked"], bag.ids)).sum(-2)  # (T, V)
+        return targets.new_zeros(targets.shape, dtype=matrix.dtype)
+    weight = params[f"rank.{part}_level"][bag.levels] * (bag.mask & (bag.ids != 0))  # (T, L)
+    per_id = (weight.unsqueeze(-1) * rows_of(matrix, bag.ids)).sum(-2)  # (T, V)
     value = per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
-    return bucket_weight(params["rank.liked_weight"], bag) * value
+    return bucket_weight(params[f"rank.{part}_weight"], bag) * value
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

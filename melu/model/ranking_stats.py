@@ -1,7 +1,7 @@
 """The ranking head's statistics, counted or solved once from the training ratings.
 
 ``melu.model.ranking`` scores with them (``rank.cooccurrence``, ``rank.item_count``,
-``rank.ease``, ``rank.liked``); ``melu.training.rank_train`` builds them before the head's
+``rank.ease``, ``rank.liked``, ``rank.walk``); ``melu.training.rank_train`` builds them before the head's
 weights are picked. None of them is trained.
 """
 
@@ -17,9 +17,7 @@ def co_ratings(
     """G (n_ids, n_ids): how many users rated both ids, from rated (user, id) pairs (N,)
     each (the unknown id 0 left out). With ``liked`` (N,) bool: G[j, i] = how many users
     rated j and liked i (XᵀY, Y the liked pairs)."""
-    x = torch.zeros(n_users, n_ids)
-    x[users, ids] = 1.0
-    x[:, 0] = 0.0
+    x = rated_ids(ids, users, n_ids, n_users)
     if liked is None:
         return x.T @ x
     y = torch.zeros(n_users, n_ids)
@@ -65,6 +63,36 @@ def liked_weights(gram: Tensor, liked_gram: Tensor, lam: float) -> Tensor:
     return solved - prec * mu.unsqueeze(0)
 
 
+# the (α, β) grid of RP³β's walk weights, for the head's part and for its baseline alike:
+# α = 1 is the plain walk (P³), α < 1 evens out the steps; β > 0 lowers popular items
+WALK_SETTINGS = tuple((a, b) for a in (0.5, 0.75, 1.0) for b in (0.0, 0.2, 0.4, 0.6))
+
+
+def walk_weights(rated: Tensor, alpha: float, beta: float) -> Tensor:
+    """RP³β's item–item weights W (V, V) (Paudel et al. 2017; Christoffel et al. 2015) from
+    the binary who-rated-what matrix ``rated`` (users, V): the chance of a 3-step walk item
+    j → user u → item i with every step's probability raised to α,
+    W[j, i] = d_j^-α · Σ_u x_uj·x_ui·d_u^-α, then divided by d_i^β (d: the degrees, the
+    count of ratings of an item or by a user), the diagonal 0. Rows or columns without
+    ratings are 0."""
+    x = rated.float()
+    user_degree = x.sum(1).clamp(min=1.0)  # (users,)
+    item_degree = x.sum(0).clamp(min=1.0)  # (V,)
+    first = x.T * item_degree.pow(-alpha).unsqueeze(1)  # (V, users): j → u
+    second = x * user_degree.pow(-alpha).unsqueeze(1)  # (users, V): u → i
+    weights = (first @ second) / item_degree.pow(beta).unsqueeze(0)
+    return weights.fill_diagonal_(0.0)
+
+
+def rated_ids(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> Tensor:
+    """X (n_users, n_ids) binary: 1 where the user rated the id (the unknown id 0 left out)."""
+    x = torch.zeros(n_users, n_ids)
+    x[users, ids] = 1.0
+    x[:, 0] = 0.0
+    return x
+
+
 __all__ = [
-    "LIKED_LAMBDAS", "co_ratings", "cooccurrence", "ease_precision", "liked_weights",
+    "LIKED_LAMBDAS", "WALK_SETTINGS", "co_ratings", "cooccurrence", "ease_precision",
+    "liked_weights", "rated_ids", "walk_weights",
 ]  # fmt: skip

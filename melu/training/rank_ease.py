@@ -5,12 +5,13 @@ ids; ``pick_ease`` tries each λ of ``EASE_LAMBDAS`` with a binary and a rating-
 support and keeps the best validation NDCG@10 (the top-N protocol's validation users at
 supports of 3, 5 and 10), so the head can start as the best EASE^R the validation users
 allow (``train.rank_start="ease"``). ``pick_liked`` does the same for the head's item–item
-weights regressed on what users liked (``ranking_stats.liked_weights``).
+weights regressed on what users liked (``ranking_stats.liked_weights``), and ``pick_walk``
+picks RP³β's (α, β) (``ranking_stats.walk_weights``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +36,14 @@ def validation_ndcg(ranker: Any, users: list[TopNUsers], threshold: float) -> fl
 
 
 PartScores = Callable[[Mapping[str, Tensor], ranking.Bag, Tensor], Tensor]
-SCORES: dict[str, PartScores] = {"ease": ranking.ease_scores, "liked": ranking.liked_scores}
+SCORES: dict[str, PartScores] = {
+    "ease": ranking.ease_scores, "liked": ranking.liked_scores, "walk": ranking.walk_scores,
+}  # fmt: skip
 
 
 class PartRanker:
     """One closed-form item–item part of the head alone (``part``: "ease", from EASE^R's
-    precision matrix; "liked", from the liked-target weights), over item ids, the support
+    precision matrix; "liked", from the liked-target weights; "walk", RP³β's), over item ids, the support
     weighted by ``level_weight`` (per rating level; ones: binary): what picks its λ and
     weighting."""
 
@@ -66,40 +69,46 @@ EASE_LAMBDAS = (1e3, 3e3, 1e4, 2e4, 5e4, 1e5, 3e5)
 
 @dataclass
 class EaseChoice:
-    """EASE^R (or the liked-target part) as picked on the validation users: λ, its matrix,
-    the support's level weights (binary or the rating itself, scaled to mean 1), the scale
-    at which its top validation score is 1, and the validation NDCG@10 of every
-    (λ, weighting)."""
+    """EASE^R (or the liked-target or walk part) as picked on the validation users: its
+    setting (λ; for the walk (α, β)), its matrix, the support's level weights (binary or the
+    rating itself, scaled to mean 1), the scale at which its top validation score is 1, and
+    the validation NDCG@10 of every (setting, weighting)."""
 
-    lam: float
+    setting: float | tuple[float, float]
     matrix: Tensor
     level_weight: Tensor
     scale: float
     grid: dict[str, float]
 
 
+def _label(setting: float | tuple[float, float]) -> str:
+    """A setting as the validation grid names it: "2000" or "0.5,0.2"."""
+    return ",".join(f"{v:g}" for v in setting) if isinstance(setting, tuple) else f"{setting:g}"
+
+
 def _pick(
-    solve: Callable[[float], Tensor], part: str, lambdas: tuple[float, ...], ids: Tensor,
-    users: list[TopNUsers], threshold: float, space: Any, levels: int,
+    solve: Callable[[Any], Tensor], part: str, settings: Sequence[float | tuple[float, float]],
+    ids: Tensor, users: list[TopNUsers], threshold: float, space: Any, levels: int,
 ) -> EaseChoice:  # fmt: skip
-    """The λ of ``lambdas`` and support weighting (binary or rating) whose ``PartRanker`` of
-    ``part`` with the matrix ``solve(λ)`` has the best validation NDCG@10, and its scale."""
+    """The setting of ``settings`` and support weighting (binary or rating) whose
+    ``PartRanker`` of ``part`` with the matrix ``solve(setting)`` has the best validation
+    NDCG@10, and its scale."""
     values = torch.arange(1, levels + 1, dtype=torch.float32)
     weightings = {"binary": torch.ones(levels), "rating": values / values.mean()}
     grid: dict[str, float] = {}
-    best: tuple[float, float, Tensor, Tensor] | None = None
-    for lam in lambdas:
-        matrix = solve(lam)
+    best: tuple[float, Any, Tensor, Tensor] | None = None
+    for setting in settings:
+        matrix = solve(setting)
         for name, weight in weightings.items():
             score = validation_ndcg(PartRanker(part, matrix, ids, weight, space), users, threshold)
-            grid[f"{lam:g}/{name}"] = score
+            grid[f"{_label(setting)}/{name}"] = score
             if best is None or score > best[0]:
-                best = (score, lam, matrix, weight)
+                best = (score, setting, matrix, weight)
     assert best is not None
-    _, lam, matrix, weight = best
+    _, setting, matrix, weight = best
     middle = users[len(users) // 2].supports
     top = float(PartRanker(part, matrix, ids, weight, space).scores(middle).max(-1).values.mean())
-    return EaseChoice(lam, matrix, weight, 1.0 / max(top, 1e-9), grid)
+    return EaseChoice(setting, matrix, weight, 1.0 / max(top, 1e-9), grid)
 
 
 def pick_ease(
@@ -127,3 +136,16 @@ def pick_liked(
 
     lambdas = ranking_stats.LIKED_LAMBDAS
     return _pick(solve, "liked", lambdas, ids, users, threshold, space, levels)
+
+
+def pick_walk(
+    rated: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float, space: Any, levels: int
+) -> EaseChoice:
+    """RP³β's (α, β) (``ranking_stats.WALK_SETTINGS``) and support weighting with the best
+    validation NDCG@10 alone, from the training users' binary ``rated`` (users, V) matrix;
+    ``matrix`` holds the weights W (``ranking_stats.walk_weights``)."""
+
+    def solve(setting: tuple[float, float]) -> Tensor:
+        return ranking_stats.walk_weights(rated, *setting)
+
+    return _pick(solve, "walk", ranking_stats.WALK_SETTINGS, ids, users, threshold, space, levels)

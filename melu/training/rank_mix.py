@@ -3,8 +3,8 @@
 The head (``melu.model.ranking``) adds its parts, each at a weight per support-size bucket
 (``ranking.SUPPORT_BUCKETS``): popularity π, the adapted predicted rating γ (the
 meta-learned rating part after the one ``adapt()``), co-occurrence c, the parts trained by
-likelihood λ_L (item bias, factors, the learned item–item matrix), EASE^R c_e and the
-liked-target item–item part c_l.
+likelihood λ_L (item bias, factors, the learned item–item matrix), EASE^R c_e, the
+liked-target item–item part c_l and RP³β's walk c_w.
 Training them by the likelihood of training users' held-out items moves them away from what
 ranks *new* users well (RESULTS.md, "What was tried for the head"), so ``pick_mixing``
 chooses them the way EASE^R's λ is chosen: NDCG@10 and Recall@10 of the validation users at
@@ -12,7 +12,7 @@ the validation support sizes that fall in each bucket (several seeded draws of e
 support, pooled). Each bucket's search (``train.rank_mix_passes`` times, each from the
 last one's mix) first blends the two closed-form item–item parts (EASE^R at 0, ½ or all of
 its start weight × every c_l), then tries every (π, γ, c) of the grid — π may be negative,
-a popularity penalty, which validation users reward on ML-100K — then c_l, then λ_L.
+a popularity penalty, which validation users reward on ML-100K — then c_l, c_w, then λ_L.
 Optionally the search keeps only mixes whose lists share at most ``max_shared`` with the
 no-ratings list on average (personalisation; the price in NDCG@10 is in RESULTS.md). Test
 users are never looked at.
@@ -37,10 +37,11 @@ from melu.model import personal, ranking
 
 PARTS = (
     "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
-    "rank.ease_weight", "rank.liked_weight",
+    "rank.ease_weight", "rank.liked_weight", "rank.walk_weight",
 )  # fmt: skip
 SEARCHED = PARTS[:3]  # searched jointly, after the blend of EASE^R and the liked part
-AFTER = ("rank.liked_weight", "rank.learned_weight")  # each searched alone, in this order
+# each searched alone, in this order
+AFTER = ("rank.liked_weight", "rank.walk_weight", "rank.learned_weight")
 EASE_SHARES = (0.0, 0.5, 1.0)  # EASE^R's weight in the blend stage, as shares of its start
 GRID: dict[str, tuple[float, ...]] = {
     "rank.pop_weight": (
@@ -52,6 +53,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "rank.learned_weight": (0.0, 0.3, 1.0, 2.0),  # the trained parts (0 before training)
     # the liked-target item–item part, whose top validation score is 5 logits at weight 1
     "rank.liked_weight": (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
+    # RP³β's walk, scaled alike (its top validation score alone: 5 logits at weight 1)
+    "rank.walk_weight": (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
 }  # fmt: skip
 
 
@@ -212,7 +215,7 @@ def _search(
     """The best mix for one bucket. Each of ``passes`` passes, from the last one's mix:
     the blend of the two closed-form item–item parts (EASE^R at 0, ½ or 1 of ``ease``, its
     start weight, × every c_l of the grid; skipped without ``blend``), then every (π, γ, c)
-    of the grid, then c_l, then λ_L. A mix replaces ``current`` only if it raises the objective
+    of the grid, then c_l, c_w, then λ_L. A mix replaces ``current`` only if it raises the objective
     (``metric``: "ndcg", NDCG@10; or "ndcg+recall", NDCG@10 and Recall@10 each relative to
     the start's, summed) and keeps the mean share with the no-ratings lists within
     ``max_shared`` (the start is kept if nothing does). Returns the start's figures, the

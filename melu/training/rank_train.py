@@ -32,7 +32,7 @@ from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import Lr
 from melu.model.personal import shared_cut
 from melu.prepare import Prepared
-from melu.training.rank_ease import pick_ease, pick_liked
+from melu.training.rank_ease import pick_ease, pick_liked, pick_walk
 from melu.training.rank_epoch import HeadTrainer
 
 Progress = Callable[[dict[str, Any]], None]
@@ -44,7 +44,7 @@ VALIDATION_SUPPORTS = (0, 1, 3, 5, 10)  # what the kept epoch is picked on
 # parts (still zero) at 1; EASE^R's weight is the scale.
 EASE_START_MIX = {
     "rank.pop_weight": 1e-3, "rank.rating_weight": 0.0, "rank.cooc_weight": 0.0,
-    "rank.learned_weight": 1.0, "rank.liked_weight": 0.0,
+    "rank.learned_weight": 1.0, "rank.liked_weight": 0.0, "rank.walk_weight": 0.0,
 }  # fmt: skip
 MIXING = (  # the head's scalar and per-rating-level weights: rank_trained="mixing"
     "rank.level_weight", "rank.rating_weight", "rank.unknown_bias", "rank.cooc_weight",
@@ -69,9 +69,10 @@ def _trained(name: str, which: str) -> bool:
 
 def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: Tensor,
            val_users: list[TopNUsers], report: Progress) -> tuple[Params, dict[str, Any]]:  # fmt: skip
-    """The head before training: popularity, co-occurrence, EASE^R and the liked-target
-    item–item weights (each one's λ and support weighting picked on the validation users),
-    as ``train.rank_start`` says (the liked part starts at weight 0 either way)."""
+    """The head before training: popularity, co-occurrence, EASE^R, the liked-target and
+    RP³β's walk item–item weights (each one's λ or (α, β) and support weighting picked on
+    the validation users), as ``train.rank_start`` says (the liked and walk parts start at
+    weight 0 either way)."""
     tc = config.train
     shapes = model.rank_shapes()
     n_ids = shapes["rank.item_bias"][0]
@@ -97,18 +98,23 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
         start["rank.ease_weight"] = torch.full_like(start["rank.ease_weight"], 5.0 * ease.scale)
         for name, value in EASE_START_MIX.items():
             start[name] = torch.full_like(start[name], value)
-    report({"event": "rank_ease", "lambda": ease.lam, "validation": ease.grid})
+    report({"event": "rank_ease", "lambda": ease.setting, "validation": ease.grid})
     liked_pairs = prepared.train_ratings.ratings >= threshold
     liked_gram = ranking_stats.co_ratings(rated_ids, raters, n_ids, n_users, liked_pairs)
     liked = pick_liked(
         gram, liked_gram, ids.cpu(), ease_users, threshold, prepared.features, levels
     )
-    start["rank.liked"] = liked.matrix * (5.0 * liked.scale)  # weight 1: top item +5 logits
-    start["rank.liked_level"] = liked.level_weight.clone()
-    report({"event": "rank_liked", "lambda": liked.lam, "validation": liked.grid})
+    rated = ranking_stats.rated_ids(rated_ids, raters, n_ids, n_users)
+    walk = pick_walk(rated, ids.cpu(), ease_users, threshold, prepared.features, levels)
+    for part, choice in (("liked", liked), ("walk", walk)):
+        # weight 1: the top item +5 logits; the part starts at weight 0 (EASE_START_MIX)
+        start[f"rank.{part}"] = choice.matrix * (5.0 * choice.scale)
+        start[f"rank.{part}_level"] = choice.level_weight.clone()
+        report({"event": f"rank_{part}", "setting": choice.setting, "validation": choice.grid})
     return start, {
-        "ease_lambda": ease.lam, "ease_validation": ease.grid,
-        "liked_lambda": liked.lam, "liked_validation": liked.grid,
+        "ease_lambda": ease.setting, "ease_validation": ease.grid,
+        "liked_lambda": liked.setting, "liked_validation": liked.grid,
+        "walk_alpha_beta": walk.setting, "walk_validation": walk.grid,
     }  # fmt: skip
 
 

@@ -285,6 +285,8 @@ def train(
         metrics["rank_val_ndcg@10"] = ranked.settings["kept"]["val_ndcg@10"]
         metrics["rank_ease_lambda"] = ranked.settings["ease_lambda"]
         metrics["rank_liked_lambda"] = ranked.settings["liked_lambda"]
+        alpha, beta = ranked.settings["walk_alpha_beta"]
+        metrics["rank_walk_alpha"], metrics["rank_walk_beta"] = alpha, beta
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
     bundle = out / "model"
