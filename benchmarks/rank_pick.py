@@ -29,18 +29,19 @@ from melu.model.estimator import PreferenceEstimator
 from melu.prepare import prepare
 from melu.training import rank_mix
 from melu.training.rank_epoch import HeadTrainer
-from melu.training.rank_mix import AFTER, EASE_SHARES, GRID, SEARCHED, _Pooled, _Setting
+from melu.training.rank_judge import Pooled, Setting
+from melu.training.rank_mix import AFTER, EASE_SHARES, GRID, SEARCHED
 from melu.training.rank_train import VALIDATION_SUPPORTS, _start
 
 
 def one_at_a_time(
-    settings: Sequence[_Setting], current: dict[str, float], max_shared: float,
+    settings: Sequence[Setting], current: dict[str, float], max_shared: float,
     metric: RankMixMetric, passes: int = 1, blend: bool = True, ease: float = 1.0,
-) -> tuple[_Pooled, _Pooled, dict[str, float]]:  # fmt: skip
+) -> tuple[Pooled, Pooled, dict[str, float]]:  # fmt: skip
     """``rank_mix._search`` as it was: every mix judged on its own by ``topn.user_metrics``
     (the same trials in the same order, the same partial sums down the grid)."""
 
-    def judge(scores: list[torch.Tensor]) -> _Pooled:
+    def judge(scores: list[torch.Tensor]) -> Pooled:
         ndcg, recall, shared = [], [], []
         for s, x in zip(settings, scores, strict=True):
             top = x.topk(10, dim=1).indices
@@ -50,16 +51,16 @@ def one_at_a_time(
             if s.empty is not None:
                 shared.append((top.unsqueeze(2) == s.empty.unsqueeze(1)).any(2).double().mean(1))
         share = float(torch.cat(shared).mean()) if shared else 0.0
-        return _Pooled(float(torch.cat(ndcg).nanmean()), float(torch.cat(recall).nanmean()), share)
+        return Pooled(float(torch.cat(ndcg).nanmean()), float(torch.cat(recall).nanmean()), share)
 
     start = kept = judge([s.scores(current) for s in settings])
 
-    def objective(got: _Pooled) -> float:
+    def objective(got: Pooled) -> float:
         return rank_mix.mix_objective(got.ndcg, got.recall, start.ndcg, start.recall, metric)
 
     best = objective(start) if start.shared <= max_shared else -1.0
 
-    def better(got: _Pooled) -> bool:
+    def better(got: Pooled) -> bool:
         nonlocal best, kept
         if objective(got) > best + 1e-6 and got.shared <= max_shared:
             best, kept = objective(got), got

@@ -26,7 +26,7 @@ from melu.evaluation.topn import TopNProtocol, rank_users, topn_users, user_metr
 from melu.evaluation.topn_model import ModelRanker
 from melu.model import ranking
 from melu.prepare import prepare
-from melu.training.rank_mix import PARTS, part_scores
+from melu.training.rank_judge import PARTS, part_scores
 
 POP = (-3.0, -2.0, -1.5, -1.0, -0.7, -0.5, -0.4, -0.3, -0.2, -0.1, -0.03, 0.0, 0.03, 0.1, 0.3)
 RATING = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

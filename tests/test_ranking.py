@@ -11,7 +11,7 @@ from melu.config import Config
 from melu.evaluation.topn import rank_users, topn_users, training_popularity, user_metrics
 from melu.model import personal, ranking, ranking_stats, reasons
 from melu.model.ranking import Bag
-from melu.training.rank_mix import _Setting
+from melu.training.rank_judge import Pooled, Setting
 
 V, LEVELS = 6, 5  # ids 0..5 (0 unknown), ratings 1..5
 
@@ -383,7 +383,7 @@ def _mixing_setting(seed: int = 0):  # type: ignore[no-untyped-def]
     """A small validation draw for ``rank_mix._search``: 40 users × 60 items, each user
     relevant on 6 items of their own taste; the popularity part favours items 0–9 (relevant
     to many), the 'rest' part (EASE^R's stand-in) knows each user's taste with noise."""
-    from melu.training.rank_mix import PARTS, _Setting
+    from melu.training.rank_mix import PARTS
 
     gen = torch.Generator().manual_seed(seed)
     users, items = 40, 60
@@ -397,14 +397,13 @@ def _mixing_setting(seed: int = 0):  # type: ignore[no-untyped-def]
     parts = torch.zeros(1 + len(PARTS), users, items)
     parts[0], parts[1] = rest, popular
     empty = popular[0].topk(10).indices.expand(users, 10)  # everyone's no-ratings list
-    return _Setting(parts, relevant, empty.clone()), PARTS
+    return Setting(parts, relevant, empty.clone()), PARTS
 
 
 def test_judging_several_mixes_at_once_is_judging_each_alone() -> None:
-    """``_Setting.judge`` on mixes stacked (M, U, I): per mix, NDCG@10 and Recall@10 equal
+    """``Setting.judge`` on mixes stacked (M, U, I): per mix, NDCG@10 and Recall@10 equal
     ``topn.user_metrics`` of that mix's top 10, and the shared share a direct count; and
-    ``_Pooled.each`` pools each mix over the draws as ``_Pooled.of`` pools it alone."""
-    from melu.training.rank_mix import _Pooled
+    ``Pooled.each`` pools each mix over the draws as ``Pooled.of`` pools it alone."""
 
     setting, parts = _mixing_setting()
     other, _ = _mixing_setting(seed=1)
@@ -422,8 +421,8 @@ def test_judging_several_mixes_at_once_is_judging_each_alone() -> None:
             count = [len(set(a) & set(b)) / 10 for a, b in lists]
             assert shared[m].tolist() == pytest.approx(count)
     both = [s.judge(torch.stack([s.scores(w) for w in weights])) for s in (setting, other)]
-    alone = [_Pooled.of([s.judge(s.scores(w)) for s in (setting, other)]) for w in weights]
-    pooled = _Pooled.each(both)
+    alone = [Pooled.of([s.judge(s.scores(w)) for s in (setting, other)]) for w in weights]
+    pooled = Pooled.each(both)
     assert [p.ndcg for p in pooled] == pytest.approx([p.ndcg for p in alone])
     assert [p.recall for p in pooled] == pytest.approx([p.recall for p in alone])
     assert [p.shared for p in pooled] == pytest.approx([p.shared for p in alone])
@@ -435,22 +434,22 @@ def test_mixing_search_is_exhaustive_over_the_grid() -> None:
     scores higher, and what it reports is what its weights score."""
     import itertools
 
-    from melu.training.rank_mix import GRID, SEARCHED, _Pooled, _search
+    from melu.training.rank_mix import GRID, SEARCHED, _search
 
     setting, parts = _mixing_setting()
     start = dict.fromkeys(parts, 0.0)
     _, kept, picked = _search([setting], start, 1.0, "ndcg")
-    again = _Pooled.of([setting.judge(setting.scores(picked))])
+    again = Pooled.of([setting.judge(setting.scores(picked))])
     assert again.ndcg == pytest.approx(kept.ndcg)
     for values in itertools.product(*(GRID[k] for k in SEARCHED)):
         trial = {**picked, **dict(zip(SEARCHED, values, strict=True))}
-        assert _Pooled.of([setting.judge(setting.scores(trial))]).ndcg <= kept.ndcg + 1e-6
+        assert Pooled.of([setting.judge(setting.scores(trial))]).ndcg <= kept.ndcg + 1e-6
 
 
 def test_mixing_search_keeps_the_share_with_the_no_ratings_list_under_its_cap() -> None:
     """With ``max_shared``, the kept mix shares at most that with the no-ratings lists,
     and without it the best mix here shares more (the cap binds)."""
-    from melu.training.rank_mix import _Pooled, _search
+    from melu.training.rank_mix import _search
 
     setting, parts = _mixing_setting(1)
     start = dict.fromkeys(parts, 0.0)
@@ -458,7 +457,7 @@ def test_mixing_search_keeps_the_share_with_the_no_ratings_list_under_its_cap() 
     _, capped, weights = _search([setting], start, 0.1, "ndcg")
     assert free.shared > 0.1
     assert capped.shared <= 0.1
-    assert _Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.1
+    assert Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.1
     assert capped.ndcg <= free.ndcg
 
 
@@ -496,7 +495,7 @@ def test_the_cap_on_shared_items_limits_only_the_buckets_from_its_size(ml100k, b
         assert float(shared) <= 0.3 + 0.02, setting.n
 
 
-def _mix_setting(seed: int) -> _Setting:
+def _mix_setting(seed: int) -> Setting:
     """A bucket's validation draw built by hand: 40 users × 30 items, 3 relevant each;
     EASE^R's part pushes the relevant items down hard, the liked-target part lifts them."""
     from melu.training.rank_mix import PARTS
@@ -510,7 +509,7 @@ def _mix_setting(seed: int) -> _Setting:
     parts[1 + PARTS.index("rank.pop_weight")] = torch.rand(users, items, generator=gen)
     parts[1 + PARTS.index("rank.ease_weight")] = -10.0 * relevant.float()
     parts[1 + PARTS.index("rank.liked_weight")] = relevant.float()
-    return _Setting(parts, relevant)
+    return Setting(parts, relevant)
 
 
 def test_the_blend_stage_lets_the_liked_part_replace_ease_and_passes_never_lower_the_pick() -> None:
@@ -625,7 +624,8 @@ def test_the_search_judges_lists_as_the_personalisation_rule_shows_them() -> Non
     """With ``keep`` on a draw, every mix the search judges shares at most that many of 10
     with the no-ratings lists (where without it the best mix shares more), and what it
     reports is the limited list's NDCG@10."""
-    from melu.training.rank_mix import DISCOUNT, _Pooled, _search
+    from melu.training.rank_judge import DISCOUNT
+    from melu.training.rank_mix import _search
 
     setting, parts = _mixing_setting(1)
     start = {**dict.fromkeys(parts, 0.0), "rank.pop_weight": 1.0}  # popularity first
@@ -638,4 +638,4 @@ def test_the_search_judges_lists_as_the_personalisation_rule_shows_them() -> Non
     hits = setting.relevant[setting.rows, top].double()
     ndcg = (hits * DISCOUNT).sum(-1) / setting.ideal
     assert float(ndcg.mean()) == pytest.approx(limited.ndcg)
-    assert _Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.2
+    assert Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.2

@@ -208,6 +208,13 @@ def rank_users(ranker: Ranker, users: TopNUsers, k: int, chunk: int = 256) -> Te
     return torch.cat(out)
 
 
+def discounts(k: int) -> tuple[Tensor, Tensor]:
+    """NDCG's discounts of ranks 1..k, 1 / log₂(r + 1) (k,) float64, and the ideal DCG of
+    0..k hits, their cumulative sums from 0 (k + 1,)."""
+    discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+    return discount, torch.cat([discount.new_zeros(1), discount.cumsum(0)])
+
+
 def user_metrics(top: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
     """Per-user metrics (U,) of top lists ``top`` (U, K ≥ max ks) against ``relevant`` (U, I).
 
@@ -217,8 +224,7 @@ def user_metrics(top: Tensor, relevant: Tensor, ks: Sequence[int]) -> dict[str, 
     """
     hits = torch.gather(relevant, 1, top).double()  # (U, K)
     n_rel = relevant.sum(1).double()  # (U,)
-    discount = 1.0 / torch.log2(torch.arange(2, top.shape[1] + 2, dtype=torch.float64))
-    cum_discount = torch.cat([discount.new_zeros(1), discount.cumsum(0)])
+    discount, cum_discount = discounts(top.shape[1])
     out: dict[str, Tensor] = {}
     for k in ks:
         h = hits[:, :k]

@@ -31,14 +31,11 @@ import torch
 from torch import Tensor
 
 from melu.config import RankMixMetric, RankMixSizes
-from melu.evaluation.topn import TopNUsers, without_support
+from melu.evaluation.topn import TopNUsers
 from melu.evaluation.topn_model import ModelRanker
 from melu.model import personal, ranking
+from melu.training.rank_judge import PARTS, Pooled, Setting
 
-PARTS = (
-    "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
-    "rank.ease_weight", "rank.liked_weight", "rank.walk_weight",
-)  # fmt: skip
 SEARCHED = PARTS[:3]  # searched jointly, after the blend of EASE^R and the liked part
 # each searched alone, in this order
 AFTER = ("rank.liked_weight", "rank.walk_weight", "rank.learned_weight")
@@ -105,113 +102,15 @@ class MixChoice:
         )
 
 
-def part_scores(
-    ranker: ModelRanker, params: Mapping[str, Tensor], users: TopNUsers
-) -> tuple[Tensor, Tensor]:
-    """(1 + P, U, I): for ``users``, the scores of everything but the mixed parts, then each
-    mixed part's at weight 1; and (U, I) bool: the candidates they may be shown (the
-    scenario's items minus their support)."""
-
-    def scores(weights: Mapping[str, Tensor]) -> Tensor:
-        ranker.params = {**ranker.params, **weights}
-        with torch.no_grad():
-            return ranker.scores(users.supports).float().cpu()
-
-    off = {k: torch.zeros_like(params[k]) for k in PARTS}
-    rest = scores(off)
-    parts = [rest] + [scores({**off, k: torch.ones_like(params[k])}) - rest for k in PARTS]
-    s = users.supports
-    return torch.stack(parts), without_support(users.candidates, s.items, s.mask)
-
-
-Judged = tuple[Tensor, Tensor, Tensor | None]  # per user: NDCG@10, Recall@10, shared share
-DISCOUNT = 1.0 / torch.log2(torch.arange(2, 12, dtype=torch.float64))  # ranks 1..10
-CUM_DISCOUNT = torch.cat([DISCOUNT.new_zeros(1), DISCOUNT.cumsum(0)])  # ideal DCG by hits
-
-
-@dataclass
-class _Setting:
-    """One validation draw of a bucket: its parts (1 + P, U, I) with the support and other
-    non-candidates at −inf in the first, relevant items (U, I), and the users' no-ratings
-    lists (U, 10) when the search limits what may be shared with them, and ``keep`` (U,)
-    when a list may hold at most that many of them (``personal.limit_shared``)."""
-
-    parts: Tensor
-    relevant: Tensor
-    empty: Tensor | None = None
-    keep: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        # per user (U,): how many relevant items, and the ideal DCG@10 they allow
-        self.n_relevant = self.relevant.sum(1).double()
-        self.ideal = CUM_DISCOUNT[self.n_relevant.clamp(max=10).long()]
-        self.rows = torch.arange(len(self.relevant)).unsqueeze(1)  # (U, 1)
-
-    @classmethod
-    def of(cls, ranker: ModelRanker, params: Mapping[str, Tensor], users: TopNUsers,
-           threshold: float) -> _Setting:  # fmt: skip
-        parts, allowed = part_scores(ranker, params, users)
-        parts[0].masked_fill_(~allowed, -torch.inf)
-        return cls(parts, users.relevant(threshold))
-
-    def scores(self, weights: Mapping[str, float]) -> Tensor:
-        """(U, I) the scores under the mix ``weights`` (one per name of PARTS)."""
-        out = self.parts[0].clone()
-        for p, name in enumerate(PARTS):
-            out.add_(self.parts[1 + p], alpha=weights[name])
-        return out
-
-    def judge(self, scores: Tensor) -> Judged:
-        """Per user (..., U): NDCG@10 and Recall@10 (``topn.user_metrics``) of the top 10
-        by ``scores`` (..., U, I) — several mixes' scores at once along the leading
-        dimensions — and the share of it also in the no-ratings list (None without one)."""
-        if self.keep is not None and self.empty is not None:
-            scores = personal.limit_shared(scores, self.empty.clamp(min=0), self.keep)
-        top = scores.topk(10, dim=-1).indices  # (..., U, 10)
-        hits = self.relevant[self.rows, top].double()
-        ndcg = (hits * DISCOUNT).sum(-1) / self.ideal
-        recall = hits.sum(-1) / self.n_relevant
-        shared = None
-        if self.empty is not None:
-            shared = (top.unsqueeze(-1) == self.empty.unsqueeze(-2)).any(-1).double().mean(-1)
-        return ndcg, recall, shared
-
-
-@dataclass(frozen=True)
-class _Pooled:
-    """Means over the draws' users."""
-
-    ndcg: float
-    recall: float
-    shared: float
-
-    @classmethod
-    def of(cls, judged: Sequence[Judged]) -> _Pooled:
-        return cls.each(judged)[0]
-
-    @classmethod
-    def each(cls, judged: Sequence[Judged]) -> list[_Pooled]:
-        """One per mix of judged (..., U) per draw: the leading dimensions flattened."""
-
-        def pooled(which: int) -> list[float]:
-            values = [v for j in judged if (v := j[which]) is not None]
-            if not values:  # no share without no-ratings lists
-                return [0.0] * judged[0][0].shape[:-1].numel()
-            flat = torch.cat([v.reshape(-1, v.shape[-1]) for v in values], dim=1)  # (M, ΣU)
-            return [float(x) for x in flat.nanmean(1)]
-
-        return [cls(*row) for row in zip(pooled(0), pooled(1), pooled(2), strict=True)]
-
-
 def _search(
-    settings: Sequence[_Setting],
+    settings: Sequence[Setting],
     current: dict[str, float],
     max_shared: float,
     metric: RankMixMetric,
     passes: int = 1,
     blend: bool = True,
     ease: float = 1.0,
-) -> tuple[_Pooled, _Pooled, dict[str, float]]:
+) -> tuple[Pooled, Pooled, dict[str, float]]:
     """The best mix for one bucket. Each of ``passes`` passes, from the last one's mix:
     the blend of the two closed-form item–item parts (EASE^R at 0, ½ or 1 of ``ease``, its
     start weight, × every c_l of the grid; skipped without ``blend``), then every (π, γ, c)
@@ -220,15 +119,15 @@ def _search(
     the start's, summed) and keeps the mean share with the no-ratings lists within
     ``max_shared`` (the start is kept if nothing does). Returns the start's figures, the
     kept mix's and the kept mix."""
-    start = _Pooled.of([s.judge(s.scores(current)) for s in settings])
+    start = Pooled.of([s.judge(s.scores(current)) for s in settings])
 
-    def objective(got: _Pooled) -> float:
+    def objective(got: Pooled) -> float:
         return mix_objective(got.ndcg, got.recall, start.ndcg, start.recall, metric)
 
     kept = start
     best = objective(start) if start.shared <= max_shared else -1.0
 
-    def better(got: _Pooled) -> bool:
+    def better(got: Pooled) -> bool:
         """Whether ``got`` beats the best so far within the cap (then it is the best)."""
         nonlocal best, kept
         if objective(got) > best + 1e-6 and got.shared <= max_shared:
@@ -237,7 +136,7 @@ def _search(
         return False
 
     def trial(weights: dict[str, float]) -> bool:
-        return better(_Pooled.of([s.judge(s.scores(weights)) for s in settings]))
+        return better(Pooled.of([s.judge(s.scores(weights)) for s in settings]))
 
     pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
     w_coocs = torch.tensor(GRID[SEARCHED[2]]).view(-1, 1, 1)  # (C, 1, 1)
@@ -255,7 +154,7 @@ def _search(
                     p + w_rate * s.parts[rate] for p, s in zip(with_pop, settings, strict=True)
                 ]
                 # every c of the grid at once (C, U, I), judged in the grid's order
-                pooled = _Pooled.each([
+                pooled = Pooled.each([
                     s.judge(r + w_coocs * s.parts[cooc])
                     for r, s in zip(with_rate, settings, strict=True)
                 ])  # fmt: skip
@@ -301,7 +200,7 @@ def pick_mixing(
     before, after, recall_before, recall_after = [], [], [], []
     empty: dict[int, Tensor] | None = None  # user id → their no-ratings list (10,)
     for b, draws in enumerate(users):
-        settings = [_Setting.of(ranker, params, u, threshold) for u in draws]
+        settings = [Setting.of(ranker, params, u, threshold) for u in draws]
         capped = b > 0 and ranking.SUPPORT_BUCKETS[b] >= shared_from and empty is not None
         cap = max_shared if capped else 1.0
         limited = capped and keep_shared < personal.SHOWN
@@ -338,4 +237,4 @@ def _lists(
     return rows, torch.where(known, keep, personal.SHOWN)
 
 
-__all__ = ["GRID", "MIX_SIZES", "MixChoice", "mix_draws", "pick_mixing"]
+__all__ = ["GRID", "MIX_SIZES", "PARTS", "MixChoice", "mix_draws", "pick_mixing"]
