@@ -204,3 +204,38 @@ def test_seen_candidates_leave_out_items_without_training_ratings(ml100k: Prepar
     seen = scenario_items(ml100k, "user_cold", "seen")
     assert 0 < int(seen.sum()) < len(seen)
     assert not bool(scenario_items(ml100k, "user_item_cold", "seen").any())  # new items: unseen
+
+
+def test_identical_rankers_are_grouped_once_in_the_report() -> None:
+    """Rankers equal at every n form one group (one note), not a note per pair."""
+    from melu.evaluation.topn_report import identical, topn_markdown
+
+    def point(n: int, figures: dict[str, float]) -> dict[str, Any]:
+        return {
+            "n": n, "n_users": 3, "n_candidates": 10, "best_baseline": "popularity",
+            "comparison": {},
+            "methods": {r: {"recall@10": v, "recall@10_ci": [v, v]} for r, v in figures.items()},
+        }  # fmt: skip
+
+    same = {"model": 0.2, "popularity": 0.2, "ease": 0.2, "item_knn": 0.1, "implicit_als": 0.1}
+    other = {**same, "ease": 0.3}
+    points = [point(0, same), point(5, other)]
+    rankers = list(same)
+    assert identical(points, rankers) == [["model", "popularity"], ["item_knn", "implicit_als"]]
+    assert identical([point(0, same)], ["model", "popularity", "ease"]) == [
+        ["model", "popularity", "ease"]
+    ]
+    topn = {
+        "protocol": {"threshold": 4.0, "min_ratings": 20, "min_heldout": 5},
+        "rankers": ["model", "popularity", "ease"], "k_lists": 10,
+        "scenarios": {"user_item_cold": {"all": [point(0, same)]}},
+    }  # fmt: skip
+    notes = [line for line in topn_markdown(topn) if line.startswith("Note:")]
+    assert notes == [
+        "Note: every method ranks identically here (every figure equal at every n); their"
+        " rows and curves coincide."
+    ]
+    topn["rankers"] = ["model", "popularity", "ease", "item_knn"]
+    topn["scenarios"]["user_item_cold"]["all"] = [point(0, same)]
+    notes = [line for line in topn_markdown(topn) if line.startswith("Note:")]
+    assert len(notes) == 1 and notes[0].startswith("Note: melu (adapted); popularity and EASE^R")

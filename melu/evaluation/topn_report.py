@@ -58,20 +58,30 @@ def settings(topn: dict[str, Any]) -> Iterator[tuple[str, str, list[dict[str, An
                 yield scenario, cand, points
 
 
-def identical(points: list[dict[str, Any]], rankers: list[str]) -> list[tuple[str, str]]:
-    """Pairs of rankers whose every figure is the same at every n (one curve hides the other)."""
+def identical(points: list[dict[str, Any]], rankers: list[str]) -> list[list[str]]:
+    """Groups of two or more rankers whose every figure is the same at every n (one curve
+    hides the others), each group in ``rankers``' order."""
     metrics = [m for m in points[0]["methods"][rankers[0]] if not m.endswith("_ci")]
-    pairs = []
-    for i, a in enumerate(rankers):
-        for b in rankers[i + 1 :]:
-            same = all(
-                abs(p["methods"][a][m] - p["methods"][b][m]) < 1e-12
-                for p in points
-                for m in metrics
-            )
-            if same:
-                pairs.append((a, b))
-    return pairs
+
+    def same(a: str, b: str) -> bool:
+        return all(
+            abs(p["methods"][a][m] - p["methods"][b][m]) < 1e-12 for p in points for m in metrics
+        )
+
+    groups: list[list[str]] = []
+    for r in rankers:
+        group = next((g for g in groups if same(g[0], r)), None)
+        if group is None:
+            groups.append([r])
+        else:
+            group.append(r)
+    return [g for g in groups if len(g) > 1]
+
+
+def _names(rankers: list[str]) -> str:
+    """'a and b', 'a; b and c' (labels may hold commas)."""
+    names = [label(r) for r in rankers]
+    return f"{'; '.join(names[:-1])} and {names[-1]}"
 
 
 def _metric_table(points: list[dict[str, Any]], rankers: list[str], metric: str) -> list[str]:
@@ -145,9 +155,10 @@ def topn_markdown(topn: dict[str, Any], level: str = "##") -> list[str]:
     for scenario, cand, points in settings(topn):
         users = ", ".join(f"{q['n_users']}" for q in points)
         parts += [f"{level}# {scenario}, {CANDIDATE_TEXT[cand]} (users per n: {users})", ""]
-        for a, b in identical(points, rankers):
-            parts += [f"Note: {label(a)} and {label(b)} rank identically here (every figure"
-                      " equal at every n); their curves coincide.", ""]  # fmt: skip
+        for group in identical(points, rankers):
+            who = "every method ranks" if len(group) == len(rankers) else f"{_names(group)} rank"
+            parts += [f"Note: {who} identically here (every figure equal at every n); their"
+                      " rows and curves coincide.", ""]  # fmt: skip
         for metric in (m for m in points[0]["methods"][rankers[0]] if "@" in m and "_ci" not in m):
             parts += _metric_table(points, rankers, metric)
         parts += _diff_table(points, rankers)
