@@ -163,6 +163,12 @@ class TrainConfig(_Config):
         "last search's mix (the blend of EASE^R and the liked-target part, then popularity, "
         "predicted rating and co-occurrence, then the rest).",
     )
+    rank_mix_bags: int = setting(
+        1,
+        "Bootstrap resamples of the validation users each support-size bucket's part weights "
+        "are picked on, the picks averaged (bagging: less noise in a pick on few validation "
+        "users; 1: one pick on all of them; each bag costs one more search).",
+    )
     rank_max_shared: float = setting(
         0.4,
         "Most mean share of a validation user's top-10 that may also be in their "
@@ -225,6 +231,7 @@ class TrainConfig(_Config):
         need(0 <= self.rank_empty_share < 1, "rank_empty_share", "must be in [0, 1)")
         need(self.rank_mix_draws >= 1, "rank_mix_draws", "must be >= 1")
         need(self.rank_mix_passes >= 1, "rank_mix_passes", "must be >= 1")
+        need(1 <= self.rank_mix_bags <= 1000, "rank_mix_bags", "must be in 1..1000")
         need(0 < self.rank_max_shared <= 1, "rank_max_shared", "must be in (0, 1]")
         need(self.rank_shared_from >= 1, "rank_shared_from", "must be >= 1")
         need(0 <= self.rank_keep_shared <= 10, "rank_keep_shared", "must be in 0..10")

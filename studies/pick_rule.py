@@ -67,6 +67,7 @@ class Rule:
     keep_in_pick: bool = False  # whether the pick judges lists with ``keep`` applied (then
     # ``keep_from`` is also where the cap starts)
     popular: int = 0  # > 0: ``keep`` holds the list to this many most popular items instead
+    bags: int = 1  # the mean of the picks on this many bootstrap resamples (``rank_mix_bags``)
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -124,6 +125,15 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     ),
     "rule 15 without the walk part (the sixth pass's head)": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, passes=2, walk=False
+    ),
+    "rule 15, the mean of picks on 8 bootstrap resamples": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, bags=8
+    ),
+    "rule 15, the mean of picks on 16 bootstrap resamples": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, bags=16
+    ),
+    "rule 15, 1 pass, the mean of picks on 8 bootstrap resamples": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=1, bags=8
     ),
 }
 
@@ -231,7 +241,7 @@ def fold_rules(
                 choice = pick_mixing(
                     ranker, head, mix_users, threshold, rule.cap,
                     shared_from=rule.keep_from if rule.keep_in_pick else rule.cap_from,
-                    passes=rule.passes, blend=rule.blend, keep_shared=in_pick,
+                    passes=rule.passes, blend=rule.blend, keep_shared=in_pick, bags=rule.bags,
                 )  # fmt: skip
                 weights = choice.weights
             if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance

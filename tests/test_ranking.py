@@ -639,3 +639,51 @@ def test_the_search_judges_lists_as_the_personalisation_rule_shows_them() -> Non
     ndcg = (hits * DISCOUNT).sum(-1) / setting.ideal
     assert float(ndcg.mean()) == pytest.approx(limited.ndcg)
     assert Pooled.of([setting.judge(setting.scores(weights))]).shared <= 0.2
+
+
+def test_a_setting_subset_counts_a_repeated_user_as_often_as_drawn() -> None:
+    """``Setting.subset`` (a bootstrap resample): judging it pools each picked user as many
+    times as their row is drawn, with their own parts, relevance and no-ratings list."""
+    setting, parts = _mixing_setting()
+    mix = {**dict.fromkeys(parts, 0.0), parts[0]: 0.5}
+    ndcg, recall, shared = setting.judge(setting.scores(mix))
+    assert shared is not None
+    rows = torch.tensor([3, 3, 3, 7, 12])
+    got = Pooled.of([setting.subset(rows).judge(setting.subset(rows).scores(mix))])
+    assert got.ndcg == pytest.approx(float(ndcg[rows].mean()))
+    assert got.recall == pytest.approx(float(recall[rows].mean()))
+    assert got.shared == pytest.approx(float(shared[rows].mean()))
+
+
+def test_a_bagged_pick_is_the_mean_of_picks_on_resamples_and_seeded() -> None:
+    """``rank_mix._bagged``: one bag is the plain search; on users who are all alike every
+    resample picks what the plain search picks (so their mean is it); on real variety the
+    mean of B picks lies within the grid's range, is the same for the same seed, and its
+    reported figures are what its weights score on all the users."""
+    from melu.training.rank_mix import GRID, SEARCHED, _bagged, _search
+
+    setting, parts = _mixing_setting()
+    ids = [torch.arange(40) + 100]
+    start = dict.fromkeys(parts, 0.0)
+    plain = _search([setting], start, 1.0, "ndcg")
+    one = _bagged([setting], ids, start, 1.0, "ndcg", 1, True, 1.0, 1, 0)
+    assert one[2] == plain[2] and one[1] == plain[1]
+
+    alike = setting.subset(torch.zeros(40, dtype=torch.long))  # 40 copies of user 0
+    alone = _search([alike], start, 1.0, "ndcg")[2]
+    bagged = _bagged([alike], ids, start, 1.0, "ndcg", 1, True, 1.0, 4, 0)[2]
+    assert bagged == pytest.approx(alone)
+
+    _, kept, mean = _bagged([setting], ids, start, 1.0, "ndcg", 1, True, 1.0, 5, 3)
+    again = _bagged([setting], ids, start, 1.0, "ndcg", 1, True, 1.0, 5, 3)[2]
+    assert mean == again
+    for k in SEARCHED:
+        assert min(GRID[k]) <= mean[k] <= max(GRID[k])
+    assert Pooled.of([setting.judge(setting.scores(mean))]) == kept
+    gen = torch.Generator().manual_seed(3)  # the resamples, drawn as ``_bagged`` draws them
+    picks = []
+    for _ in range(5):
+        times = torch.bincount(torch.randint(40, (40,), generator=gen), minlength=40)
+        rows = torch.arange(40).repeat_interleave(times)
+        picks.append(_search([setting.subset(rows)], start, 1.0, "ndcg")[2])
+    assert mean == pytest.approx({k: sum(p[k] for p in picks) / 5 for k in start})

@@ -76,6 +76,13 @@ class Setting:
         parts[0].masked_fill_(~allowed, -torch.inf)
         return cls(parts, users.relevant(threshold))
 
+    def subset(self, rows: Tensor) -> Setting:
+        """The draw restricted to the users ``rows`` (R,) (indices; a repeated row counts
+        as many times: a bootstrap resample), the parts shared, not copied, where possible."""
+        empty = None if self.empty is None else self.empty[rows]
+        keep = None if self.keep is None else self.keep[rows]
+        return Setting(self.parts[:, rows], self.relevant[rows], empty, keep)
+
     def scores(self, weights: Mapping[str, float]) -> Tensor:
         """(U, I) the scores under the mix ``weights`` (one per name of PARTS)."""
         out = self.parts[0].clone()

@@ -169,6 +169,43 @@ def _search(
     return start, kept, current
 
 
+def _bagged(
+    settings: Sequence[Setting],
+    user_ids: Sequence[Tensor],
+    current: dict[str, float],
+    max_shared: float,
+    metric: RankMixMetric,
+    passes: int,
+    blend: bool,
+    ease: float,
+    bags: int,
+    seed: int,
+) -> tuple[Pooled, Pooled, dict[str, float]]:
+    """``_search`` on the draws ``settings`` (each of the users ``user_ids[d]`` (U_d,)), or,
+    with ``bags`` > 1, the mean of the mixes ``_search`` picks on ``bags`` bootstrap
+    resamples of the users (Breiman's bagging: a grid's argmax on a few validation users is
+    an unstable pick, and the mean of picks on resamples varies less). A user is resampled
+    with all their draws; the resamples are seeded by ``seed``. Each bag's pick keeps the
+    cap ``max_shared``; their mean is a weighted sum of capped mixes, not checked against
+    it. Returns the start's figures and the kept mix's on all the users, and the kept mix."""
+    if bags <= 1:
+        return _search(settings, current, max_shared, metric, passes, blend, ease)
+    ids = torch.unique(torch.cat(list(user_ids)))  # sorted
+    gen = torch.Generator().manual_seed(seed)
+    picked = []
+    for _ in range(bags):
+        draw = torch.randint(len(ids), (len(ids),), generator=gen)
+        times = torch.bincount(draw, minlength=len(ids))  # (V,) how often each user is in
+        sample = [
+            s.subset(torch.arange(len(u)).repeat_interleave(times[torch.searchsorted(ids, u)]))
+            for s, u in zip(settings, user_ids, strict=True)
+        ]
+        picked.append(_search(sample, current, max_shared, metric, passes, blend, ease)[2])
+    mean = {k: sum(p[k] for p in picked) / bags for k in current}
+    start = Pooled.of([s.judge(s.scores(current)) for s in settings])
+    return start, Pooled.of([s.judge(s.scores(mean)) for s in settings]), mean
+
+
 def pick_mixing(
     ranker: ModelRanker,
     params: Mapping[str, Tensor],
@@ -180,6 +217,8 @@ def pick_mixing(
     passes: int = 1,
     blend: bool = True,
     keep_shared: int = personal.SHOWN,
+    bags: int = 1,
+    seed: int = 0,
 ) -> MixChoice:
     """Each bucket's π, γ, c, c_l, λ_L searched on the validation draws ``users[b]`` (one
     sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
@@ -191,7 +230,9 @@ def pick_mixing(
     whether it searches the blend of EASE^R and the liked-target part first (see
     ``_search``; off only to compare with the search before it). With ``keep_shared`` <
     SHOWN those buckets' lists are judged as the head shows them, holding at most that many
-    of the no-ratings list (``personal.limit_shared``, ``rank.shared_cut``)."""
+    of the no-ratings list (``personal.limit_shared``, ``rank.shared_cut``). With ``bags``
+    > 1 each bucket's weights are the mean of the picks on that many bootstrap resamples
+    of its validation users (``_bagged``, seeded by ``seed`` and the bucket)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
     # EASE^R's start weight is the same in every bucket, and the no-ratings bucket never
     # moves it (an empty support gives EASE^R no scores), so a re-pick still finds it here
@@ -209,7 +250,10 @@ def pick_mixing(
             for s, u in zip(settings, draws, strict=True):
                 s.empty, s.keep = _lists(empty, u.user_ids, keep_shared if limited else None)
         current = {k: float(weights[k][b]) for k in PARTS}
-        start, kept, current = _search(settings, current, cap, metric, passes, blend, ease)
+        ids = [u.user_ids for u in draws]
+        start, kept, current = _bagged(
+            settings, ids, current, cap, metric, passes, blend, ease, bags, 1_000 * seed + b
+        )
         before.append(start.ndcg)
         after.append(kept.ndcg)
         recall_before.append(start.recall)
