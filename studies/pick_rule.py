@@ -68,6 +68,9 @@ class Rule:
     # ``keep_from`` is also where the cap starts)
     popular: int = 0  # > 0: ``keep`` holds the list to this many most popular items instead
     bags: int = 1  # the mean of the picks on this many bootstrap resamples (``rank_mix_bags``)
+    tail: int = 0  # > 0: show the least popular of each user's top ``tail`` first (TailRanker)
+    tail_penalty: float | None = None  # ... or their scores less this × log(1 + popularity)
+    tail_from: int = 4  # the fewest ratings the tail re-rank applies to
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -135,6 +138,24 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     "rule 15, 1 pass, the mean of picks on 8 bootstrap resamples": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, passes=1, bags=8
     ),
+    "rule 15, from 4 ratings the 10 least popular of the top 12": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=12
+    ),
+    "rule 15, from 4 ratings the 10 least popular of the top 15": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=15
+    ),
+    "rule 15, from 4 ratings the 10 least popular of the top 20": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=20
+    ),
+    "rule 15, from 4 ratings the top 20 less 0.5 log(1 + popularity)": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=20, tail_penalty=0.5
+    ),
+    "rule 15, from 4 ratings the top 20 less 1.0 log(1 + popularity)": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=20, tail_penalty=1.0
+    ),
+    "rule 15, from 1 rating the 10 least popular of the top 15": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=15, tail_from=1
+    ),
 }
 
 
@@ -162,6 +183,32 @@ class KeepRanker:
         n = supports.mask.sum(1)
         keep = torch.where(n >= self.keep_from, self.keep, SHOWN)
         return limit_shared(s, none, keep)
+
+
+class TailRanker:
+    """``ranker``'s scores re-ranked for aggregate diversity (Adomavicius & Kwon 2012, "Improving
+    aggregate recommendation diversity using ranking-based techniques"): from ``tail_from``
+    ratings on, of each user's top ``pool`` candidates the least popular (training raters)
+    come first, or, with ``penalty``, those candidates are ordered by their score less
+    ``penalty`` · log(1 + popularity); every other item stays below them, in its order."""
+
+    def __init__(
+        self, ranker: ModelRanker, pool: int, penalty: float | None, tail_from: int
+    ) -> None:
+        self.ranker, self.pool, self.penalty, self.tail_from = ranker, pool, penalty, tail_from
+
+    def scores(self, supports: Supports) -> Tensor:
+        s = self.ranker.scores(supports).float().cpu()
+        allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
+                                  supports.items, supports.mask)  # fmt: skip
+        s = torch.where(allowed, s, -torch.inf)
+        count = self.ranker.params["rank.item_count"].cpu()[self.ranker.catalog.ids.cpu()]
+        value, top = s.topk(self.pool, dim=1)  # (U, pool)
+        pop = torch.log1p(count.float())[top]
+        order = -pop if self.penalty is None else value - self.penalty * pop
+        lifted = s.clone().scatter_(1, top, 1e6 + order)  # the pool above everything else
+        n = supports.mask.sum(1, keepdim=True)
+        return torch.where(n >= self.tail_from, lifted, s)
 
 
 METRICS = ("NDCG@10", "Recall@10", "shared with the no-ratings list")
@@ -219,6 +266,7 @@ def fold_rules(
         return subset(u, torch.tensor([int(i) in halves[h] for i in u.user_ids]))
 
     out: dict[str, dict[int, tuple[list[Tensor], list[float]]]] = {}
+    picks: dict[tuple[Rule, int], dict[str, Tensor]] = {}  # rules that differ only after the pick
     for name, rule in rules.items():
         got: dict[int, tuple[list[list[Tensor]], list[float]]] = {
             n: ([[], [], []], []) for n in SCORED
@@ -233,7 +281,13 @@ def fold_rules(
                 if not kept and f"rank.{part}" in base:
                     head[f"rank.{part}"] = torch.zeros_like(base[f"rank.{part}"])
             ranker.params = dict(head)
-            if rule.alone:  # no pick: the liked part alone, popularity breaking ties
+            pick_key = (
+                dataclasses.replace(rule, tail=0, tail_penalty=None, tail_from=4),
+                pick_half,
+            )
+            if pick_key in picks:
+                weights = picks[pick_key]
+            elif rule.alone:  # no pick: the liked part alone, popularity breaking ties
                 alone = {"rank.pop_weight": 1e-3, "rank.liked_weight": 1.0}
                 weights = {k: torch.full_like(head[k], alone.get(k, 0.0)) for k in PARTS}
             else:
@@ -244,7 +298,7 @@ def fold_rules(
                     passes=rule.passes, blend=rule.blend, keep_shared=in_pick, bags=rule.bags,
                 )  # fmt: skip
                 weights = choice.weights
-            if rule.tolerance is not None:  # keep the cap only where it costs <= tolerance
+            if rule.tolerance is not None and pick_key not in picks:  # cap where it's cheap
                 free = pick_mixing(ranker, head, mix_users, threshold)
                 for b in range(len(rule.sizes)):
                     if (
@@ -253,14 +307,15 @@ def fold_rules(
                     ):
                         for k in PARTS:
                             weights[k][b] = free.weights[k][b]
+            picks[pick_key] = weights
             ranker.params = {**head, **weights}
             empty = half(users(0, 0), 1 - pick_half)
             lists = dict(zip(empty.user_ids.tolist(), rank_users(ranker, empty, 10), strict=True))
-            shown = (
-                ranker
-                if rule.keep is None
-                else KeepRanker(ranker, rule.keep, rule.keep_from, rule.popular)
-            )
+            shown: ModelRanker | KeepRanker | TailRanker = ranker
+            if rule.keep is not None:
+                shown = KeepRanker(ranker, rule.keep, rule.keep_from, rule.popular)
+            if rule.tail:
+                shown = TailRanker(ranker, rule.tail, rule.tail_penalty, rule.tail_from)
             for n in SCORED:
                 scored = half(users(n, 0), 1 - pick_half)
                 top = rank_users(shown, scored, 10)
