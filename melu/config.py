@@ -170,6 +170,12 @@ class TrainConfig(_Config):
         "pick on all of them, the default: 8 bags ranked ML-100K's held-out validation users "
         "no better (RESULTS.md, eighth pass).",
     )
+    rank_mix_walk_blend: bool = setting(
+        False,
+        "Search RP³β's walk weight inside the blend of the closed-form item-item parts "
+        "(EASE^R x the liked-target part x the walk, so each part alone is among the mixes "
+        "tried) rather than only after the grid.",
+    )
     rank_max_shared: float = setting(
         0.4,
         "Most mean share of a validation user's top-10 that may also be in their "

@@ -68,6 +68,7 @@ class Rule:
     # ``keep_from`` is also where the cap starts)
     popular: int = 0  # > 0: ``keep`` holds the list to this many most popular items instead
     bags: int = 1  # the mean of the picks on this many bootstrap resamples (``rank_mix_bags``)
+    walk_blend: bool = False  # the walk's weight inside the blend stage (``rank_mix_walk_blend``)
     tail: int = 0  # > 0: show the least popular of each user's top ``tail`` first (TailRanker)
     tail_penalty: float | None = None  # ... or their scores less this × log(1 + popularity)
     tail_from: int = 4  # the fewest ratings the tail re-rank applies to
@@ -155,6 +156,9 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     ),
     "rule 15, from 1 rating the 10 least popular of the top 15": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, passes=2, tail=15, tail_from=1
+    ),
+    "rule 15, the walk in the blend (EASE^R x liked x walk)": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, walk_blend=True
     ),
 }
 
@@ -296,6 +300,7 @@ def fold_rules(
                     ranker, head, mix_users, threshold, rule.cap,
                     shared_from=rule.keep_from if rule.keep_in_pick else rule.cap_from,
                     passes=rule.passes, blend=rule.blend, keep_shared=in_pick, bags=rule.bags,
+                    walk_blend=rule.walk_blend,
                 )  # fmt: skip
                 weights = choice.weights
             if rule.tolerance is not None and pick_key not in picks:  # cap where it's cheap

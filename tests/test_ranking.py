@@ -687,3 +687,31 @@ def test_a_bagged_pick_is_the_mean_of_picks_on_resamples_and_seeded() -> None:
         rows = torch.arange(40).repeat_interleave(times)
         picks.append(_search([setting.subset(rows)], start, 1.0, "ndcg")[2])
     assert mean == pytest.approx({k: sum(p[k] for p in picks) / 5 for k in start})
+
+
+def test_the_walk_blend_tries_every_mix_of_the_three_closed_form_parts() -> None:
+    """With ``walk``, the blend stage judges every (EASE^R share, c_l, c_w) of its grid: the
+    kept mix scores at least each of them (so each part alone is within reach: here the
+    walk alone lists perfectly), and no less than the search without it."""
+    import itertools
+
+    from melu.training.rank_mix import EASE_SHARES, GRID, PARTS, _search, mix_objective
+
+    settings = [_mix_setting(0), _mix_setting(1)]
+    for s in settings:  # the liked part now misleads too; the walk knows the relevant items
+        s.parts[1 + PARTS.index("rank.liked_weight")] *= -10.0
+        s.parts[1 + PARTS.index("rank.walk_weight")] = s.relevant.float()
+    start = {k: 0.0 for k in PARTS} | {"rank.ease_weight": 1.0, "rank.liked_weight": 1.0}
+    first, kept, mix = _search(settings, start, 1.0, "ndcg", blend=True, ease=1.0, walk=True)
+    best = mix_objective(kept.ndcg, kept.recall, first.ndcg, first.recall, "ndcg")
+    for share, liked, walk in itertools.product(
+        EASE_SHARES, GRID["rank.liked_weight"], GRID["rank.walk_weight"]
+    ):
+        trial = {**start, "rank.ease_weight": share, "rank.liked_weight": liked,
+                 "rank.walk_weight": walk}  # fmt: skip
+        got = Pooled.of([s.judge(s.scores(trial)) for s in settings])
+        assert mix_objective(got.ndcg, got.recall, first.ndcg, first.recall, "ndcg") <= best + 1e-9
+    assert kept.ndcg == pytest.approx(1.0) and mix["rank.walk_weight"] > 0
+    assert mix["rank.ease_weight"] == 0.0 and mix["rank.liked_weight"] == 0.0
+    _, two, _ = _search(settings, start, 1.0, "ndcg", passes=1, blend=True, ease=1.0)
+    assert two.ndcg <= kept.ndcg

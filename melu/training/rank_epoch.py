@@ -168,6 +168,7 @@ class HeadTrainer:
             ranker, ranker.params, self.mix_users, self.threshold, tc.rank_max_shared,
             tc.rank_mix_metric, tc.rank_shared_from, tc.rank_mix_passes,
             keep_shared=tc.rank_keep_shared, bags=tc.rank_mix_bags, seed=tc.seed,
+            walk_blend=tc.rank_mix_walk_blend,
         )  # fmt: skip
         with torch.no_grad():
             for k, v in choice.weights.items():

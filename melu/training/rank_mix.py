@@ -39,6 +39,7 @@ from melu.training.rank_judge import PARTS, Pooled, Setting
 SEARCHED = PARTS[:3]  # searched jointly, after the blend of EASE^R and the liked part
 # each searched alone, in this order
 AFTER = ("rank.liked_weight", "rank.walk_weight", "rank.learned_weight")
+WALK = "rank.walk_weight"  # RP³β's walk: in the blend stage too with ``walk_blend``
 EASE_SHARES = (0.0, 0.5, 1.0)  # EASE^R's weight in the blend stage, as shares of its start
 GRID: dict[str, tuple[float, ...]] = {
     "rank.pop_weight": (
@@ -110,10 +111,13 @@ def _search(
     passes: int = 1,
     blend: bool = True,
     ease: float = 1.0,
+    walk: bool = False,
 ) -> tuple[Pooled, Pooled, dict[str, float]]:
     """The best mix for one bucket. Each of ``passes`` passes, from the last one's mix:
     the blend of the two closed-form item–item parts (EASE^R at 0, ½ or 1 of ``ease``, its
-    start weight, × every c_l of the grid; skipped without ``blend``), then every (π, γ, c)
+    start weight, × every c_l of the grid; with ``walk`` also × every c_w of the grid, so
+    that each of the three parts alone is among the mixes tried; skipped without
+    ``blend``), then every (π, γ, c)
     of the grid, then c_l, c_w, then λ_L. A mix replaces ``current`` only if it raises the objective
     (``metric``: "ndcg", NDCG@10; or "ndcg+recall", NDCG@10 and Recall@10 each relative to
     the start's, summed) and keeps the mean share with the no-ratings lists within
@@ -140,12 +144,24 @@ def _search(
 
     pop, rate, cooc = (1 + PARTS.index(k) for k in SEARCHED)  # their rows of ``parts``
     w_coocs = torch.tensor(GRID[SEARCHED[2]]).view(-1, 1, 1)  # (C, 1, 1)
+    walk_row, w_walks = 1 + PARTS.index(WALK), torch.tensor(GRID[WALK]).view(-1, 1, 1)
     for _ in range(passes):
         blends = itertools.product(EASE_SHARES, GRID["rank.liked_weight"]) if blend else ()
         for share, liked in blends:
             mix = {**current, "rank.ease_weight": share * ease, "rank.liked_weight": liked}
-            if trial(mix):
-                current = mix
+            if not walk:
+                if trial(mix):
+                    current = mix
+                continue
+            # every c_w of the grid at once (W, U, I), judged in the grid's order
+            without = [s.scores({**mix, WALK: 0.0}) for s in settings]
+            pooled = Pooled.each([
+                s.judge(f + w_walks * s.parts[walk_row])
+                for f, s in zip(without, settings, strict=True)
+            ])  # fmt: skip
+            for w_walk, got in zip(GRID[WALK], pooled, strict=True):
+                if better(got):
+                    current = {**mix, WALK: w_walk}
         fixed = [s.scores({**current, **dict.fromkeys(SEARCHED, 0.0)}) for s in settings]
         for w_pop in GRID[SEARCHED[0]]:  # partial sums reused down the nested grid
             with_pop = [f + w_pop * s.parts[pop] for f, s in zip(fixed, settings, strict=True)]
@@ -180,6 +196,7 @@ def _bagged(
     ease: float,
     bags: int,
     seed: int,
+    walk: bool = False,
 ) -> tuple[Pooled, Pooled, dict[str, float]]:
     """``_search`` on the draws ``settings`` (each of the users ``user_ids[d]`` (U_d,)), or,
     with ``bags`` > 1, the mean of the mixes ``_search`` picks on ``bags`` bootstrap
@@ -189,7 +206,7 @@ def _bagged(
     cap ``max_shared``; their mean is a weighted sum of capped mixes, not checked against
     it. Returns the start's figures and the kept mix's on all the users, and the kept mix."""
     if bags <= 1:
-        return _search(settings, current, max_shared, metric, passes, blend, ease)
+        return _search(settings, current, max_shared, metric, passes, blend, ease, walk)
     ids = torch.unique(torch.cat(list(user_ids)))  # sorted
     gen = torch.Generator().manual_seed(seed)
     picked = []
@@ -200,7 +217,7 @@ def _bagged(
             s.subset(torch.arange(len(u)).repeat_interleave(times[torch.searchsorted(ids, u)]))
             for s, u in zip(settings, user_ids, strict=True)
         ]
-        picked.append(_search(sample, current, max_shared, metric, passes, blend, ease)[2])
+        picked.append(_search(sample, current, max_shared, metric, passes, blend, ease, walk)[2])
     mean = {k: sum(p[k] for p in picked) / bags for k in current}
     start = Pooled.of([s.judge(s.scores(current)) for s in settings])
     return start, Pooled.of([s.judge(s.scores(mean)) for s in settings]), mean
@@ -219,6 +236,7 @@ def pick_mixing(
     keep_shared: int = personal.SHOWN,
     bags: int = 1,
     seed: int = 0,
+    walk_blend: bool = False,
 ) -> MixChoice:
     """Each bucket's π, γ, c, c_l, λ_L searched on the validation draws ``users[b]`` (one
     sequence per bucket of ``ranking.SUPPORT_BUCKETS``, in order, each of seeded draws of
@@ -232,7 +250,8 @@ def pick_mixing(
     SHOWN those buckets' lists are judged as the head shows them, holding at most that many
     of the no-ratings list (``personal.limit_shared``, ``rank.shared_cut``). With ``bags``
     > 1 each bucket's weights are the mean of the picks on that many bootstrap resamples
-    of its validation users (``_bagged``, seeded by ``seed`` and the bucket)."""
+    of its validation users (``_bagged``, seeded by ``seed`` and the bucket). With
+    ``walk_blend`` the blend stage also tries every weight of RP³β's walk (``_search``)."""
     weights = {k: params[k].detach().float().cpu().clone() for k in PARTS}
     # EASE^R's start weight is the same in every bucket, and the no-ratings bucket never
     # moves it (an empty support gives EASE^R no scores), so a re-pick still finds it here
@@ -252,7 +271,17 @@ def pick_mixing(
         current = {k: float(weights[k][b]) for k in PARTS}
         ids = [u.user_ids for u in draws]
         start, kept, current = _bagged(
-            settings, ids, current, cap, metric, passes, blend, ease, bags, 1_000 * seed + b
+            settings,
+            ids,
+            current,
+            cap,
+            metric,
+            passes,
+            blend,
+            ease,
+            bags,
+            1_000 * seed + b,
+            walk_blend,
         )
         before.append(start.ndcg)
         after.append(kept.ndcg)
