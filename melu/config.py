@@ -171,10 +171,10 @@ class TrainConfig(_Config):
         "no better (RESULTS.md, eighth pass).",
     )
     rank_mix_walk_blend: bool = setting(
-        False,
+        True,
         "Search RP³β's walk weight inside the blend of the closed-form item-item parts "
         "(EASE^R x the liked-target part x the walk, so each part alone is among the mixes "
-        "tried) rather than only after the grid.",
+        "tried), not only after the grid (off: the seventh pass's search).",
     )
     rank_max_shared: float = setting(
         0.4,
