@@ -8,7 +8,7 @@ draw's relevance counts kept; the baseline here is the straightforward search, o
 a time through ``topn.user_metrics`` (what the library did before). Both run in the same
 process on the same validation draws, alternating, and must pick the same weights.
 
-    python benchmarks/rank_pick.py --data-dir ../shared/data --repeats 2
+    python benchmarks/rank_pick.py --data-dir ../shared/data --repeats 2 [--walk-blend]
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ from melu.training.rank_train import VALIDATION_SUPPORTS, _start
 def one_at_a_time(
     settings: Sequence[Setting], current: dict[str, float], max_shared: float,
     metric: RankMixMetric, passes: int = 1, blend: bool = True, ease: float = 1.0,
+    walk: bool = False,
 ) -> tuple[Pooled, Pooled, dict[str, float]]:  # fmt: skip
     """``rank_mix._search`` as it was: every mix judged on its own by ``topn.user_metrics``
-    (the same trials in the same order, the same partial sums down the grid)."""
+    (the same trials in the same order, the same partial sums down the grid); the walk in
+    the blend stage is not part of that comparison (``--walk-blend`` times it)."""
+    assert not walk, "the one-at-a-time reference has no walk blend"
 
     def judge(scores: list[torch.Tensor]) -> Pooled:
         ndcg, recall, shared = [], [], []
@@ -109,10 +112,15 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--walk-blend", action="store_true",
+        help="also time the pick with the walk in the blend stage against without",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prepared = prepare(DataConfig(dataset="ml-100k"), args.data_dir, args.cache_dir)
-    config = Config(data=prepared.config, train=TrainConfig(device="cpu", rank_mix_passes=1))
+    train = TrainConfig(device="cpu", rank_mix_passes=1, rank_mix_walk_blend=False)
+    config = Config(data=prepared.config, train=train)
     model = PreferenceEstimator(config.model, prepared.features)
     torch.manual_seed(0)
     rating = {k: v for k, v in model.init_params().items() if not k.startswith("rank.")}
@@ -150,6 +158,21 @@ def main() -> None:
     print(
         f"  speed-up (median, one at a time / batched): x{ratio:.2f}; same weights picked: {same}"
     )
+    if args.walk_blend:  # the cost of the walk in the blend stage, the same draws, alternating
+        costs: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.repeats):
+            for walk in (False, True):
+                trainer.config = config.replace(train=train.replace(rank_mix_walk_blend=walk))
+                head = {k: v.clone() for k, v in start.items()}
+                began = time.perf_counter()
+                trainer.remix(head, lambda _e: None)
+                costs[walk].append(time.perf_counter() - began)
+        for walk, values in costs.items():
+            label = "walk in the blend" if walk else "walk after the grid"
+            print(f"  {label:18s} median {statistics.median(values):6.2f} s"
+                  f"  ({', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
+        cost = statistics.median(costs[True]) / statistics.median(costs[False])
+        print(f"  the walk in the blend costs x{cost:.2f} the pick (median)")
 
 
 if __name__ == "__main__":
