@@ -10,9 +10,12 @@ ranks *new* users well (RESULTS.md, "What was tried for the head"), so ``pick_mi
 chooses them the way EASE^R's λ is chosen: NDCG@10 and Recall@10 of the validation users at
 the validation support sizes that fall in each bucket (several seeded draws of each user's
 support, pooled). Each bucket's search (``train.rank_mix_passes`` times, each from the
-last one's mix) first blends the two closed-form item–item parts (EASE^R at 0, ½ or all of
-its start weight × every c_l), then tries every (π, γ, c) of the grid — π may be negative,
-a popularity penalty, which validation users reward on ML-100K — then c_l, c_w, then λ_L.
+last one's mix) first blends the closed-form item–item parts (EASE^R at 0, ½ or all of
+its start weight × every c_l × every c_w — ``train.rank_mix_walk_blend``, the default; off,
+the walk is only tried after the grid — so each part alone is among the mixes tried),
+then tries every (π, γ, c) of the grid — π may be negative, a popularity penalty, which
+validation users reward on ML-100K — then c_l, c_w, then λ_L. Optionally each bucket's
+weights are the mean of picks on bootstrap resamples of its users (``train.rank_mix_bags``).
 Optionally the search keeps only mixes whose lists share at most ``max_shared`` with the
 no-ratings list on average (personalisation; the price in NDCG@10 is in RESULTS.md). Test
 users are never looked at.
@@ -36,7 +39,7 @@ from melu.evaluation.topn_model import ModelRanker
 from melu.model import personal, ranking
 from melu.training.rank_judge import PARTS, Pooled, Setting
 
-SEARCHED = PARTS[:3]  # searched jointly, after the blend of EASE^R and the liked part
+SEARCHED = PARTS[:3]  # searched jointly, after the blend of the closed-form parts
 # each searched alone, in this order
 AFTER = ("rank.liked_weight", "rank.walk_weight", "rank.learned_weight")
 WALK = "rank.walk_weight"  # RP³β's walk: in the blend stage too with ``walk_blend``
