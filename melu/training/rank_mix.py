@@ -120,8 +120,8 @@ def _search(
     the blend of the two closed-form item–item parts (EASE^R at 0, ½ or 1 of ``ease``, its
     start weight, × every c_l of the grid; with ``walk`` also × every c_w of the grid, so
     that each of the three parts alone is among the mixes tried; skipped without
-    ``blend``), then every (π, γ, c)
-    of the grid, then c_l, c_w, then λ_L. A mix replaces ``current`` only if it raises the objective
+    ``blend``), then every (π, γ, c) of the grid, then c_l, c_w, then λ_L. A mix replaces
+    ``current`` only if it raises the objective
     (``metric``: "ndcg", NDCG@10; or "ndcg+recall", NDCG@10 and Recall@10 each relative to
     the start's, summed) and keeps the mean share with the no-ratings lists within
     ``max_shared`` (the start is kept if nothing does). Returns the start's figures, the
@@ -215,7 +215,7 @@ def _bagged(
     picked = []
     for _ in range(bags):
         draw = torch.randint(len(ids), (len(ids),), generator=gen)
-        times = torch.bincount(draw, minlength=len(ids))  # (V,) how often each user is in
+        times = torch.bincount(draw, minlength=len(ids))  # (N,): how often each user is in
         sample = [
             s.subset(torch.arange(len(u)).repeat_interleave(times[torch.searchsorted(ids, u)]))
             for s, u in zip(settings, user_ids, strict=True)
