@@ -163,6 +163,19 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
 }
 
 
+def candidate_scores(ranker: ModelRanker, supports: Supports) -> Tensor:
+    """(U, I) ``ranker``'s scores on the CPU with each user's support items at −inf."""
+    s = ranker.scores(supports).float().cpu()
+    allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
+                              supports.items, supports.mask)  # fmt: skip
+    return torch.where(allowed, s, -torch.inf)
+
+
+def catalog_counts(ranker: ModelRanker) -> Tensor:
+    """(I,) each catalog row's count of training raters (``rank.item_count`` of its id)."""
+    return ranker.params["rank.item_count"].cpu()[ranker.catalog.ids.cpu()]
+
+
 class KeepRanker:
     """``ranker``'s scores with at most ``keep`` items of each user's no-ratings list (their
     top-10 with no support) in reach of a top-10 (``limit_shared``), from ``keep_from``
@@ -173,17 +186,13 @@ class KeepRanker:
         self.popular = popular  # > 0: hold the list to the most popular items instead
 
     def scores(self, supports: Supports) -> Tensor:
-        s = self.ranker.scores(supports).float().cpu()
+        s = candidate_scores(self.ranker, supports)
         if self.popular:
-            count = self.ranker.params["rank.item_count"].cpu()[self.ranker.catalog.ids.cpu()]
-            top = count.topk(self.popular).indices
+            top = catalog_counts(self.ranker).topk(self.popular).indices
             none = top.expand(len(s), -1)
         else:
             empty = dataclasses.replace(supports, mask=torch.zeros_like(supports.mask))
             none = list_of(self.ranker.scores(empty).float().cpu())
-        allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
-                                  supports.items, supports.mask)  # fmt: skip
-        s = torch.where(allowed, s, -torch.inf)
         n = supports.mask.sum(1)
         keep = torch.where(n >= self.keep_from, self.keep, SHOWN)
         return limit_shared(s, none, keep)
@@ -202,13 +211,9 @@ class TailRanker:
         self.ranker, self.pool, self.penalty, self.tail_from = ranker, pool, penalty, tail_from
 
     def scores(self, supports: Supports) -> Tensor:
-        s = self.ranker.scores(supports).float().cpu()
-        allowed = without_support(torch.ones(s.shape[1], dtype=torch.bool),
-                                  supports.items, supports.mask)  # fmt: skip
-        s = torch.where(allowed, s, -torch.inf)
-        count = self.ranker.params["rank.item_count"].cpu()[self.ranker.catalog.ids.cpu()]
+        s = candidate_scores(self.ranker, supports)
         value, top = s.topk(self.pool, dim=1)  # (U, pool)
-        pop = torch.log1p(count.float())[top]
+        pop = torch.log1p(catalog_counts(self.ranker).float())[top]
         order = -pop if self.penalty is None else value - self.penalty * pop
         lifted = s.clone().scatter_(1, top, 1e6 + order)  # the pool above everything else
         n = supports.mask.sum(1, keepdim=True)
