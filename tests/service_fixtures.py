@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 from built_once import built_once
+from fastapi.testclient import TestClient
 
 from melu.bundle import save_bundle
 from melu.config import Config
@@ -29,6 +30,9 @@ from melu.model.maml import meta_loss, task_examples
 from melu.prepare import Prepared
 from melu.serving import Recommender
 from melu.training.rank_train import train_ranking
+from service.app import create_app, model_version
+from service.deps import Loaded
+from service.settings import Settings
 
 _RECOMMENDERS: dict[Path, Recommender] = {}
 
@@ -100,6 +104,25 @@ def wait_ready(get: Callable[[str], int], seconds: float = 60) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the service did not become ready")
         time.sleep(0.02)
+
+
+# one person's request, as the service tests send it
+BODY = {"user": {"gender": "F"}, "ratings": [{"item_id": 50, "rating": 5}], "k": 3}
+
+
+def wait_client_ready(client: TestClient) -> None:
+    """``wait_ready`` through a ``fastapi.testclient.TestClient``."""
+    wait_ready(lambda path: client.get(path).status_code)
+
+
+@pytest.fixture(scope="module")
+def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
+    """A ready ``TestClient`` of the app over ``recommender`` (no reloading), per module."""
+    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
+    app = create_app(Settings(model=bundle_path, reload_interval=0), loaded)
+    with TestClient(app) as test_client:
+        wait_client_ready(test_client)
+        yield test_client
 
 
 def point(link: Path, target: Path) -> None:

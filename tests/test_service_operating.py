@@ -5,33 +5,19 @@ route labels (parsed by prometheus-client's parser), CORS behind ``MELU_CORS_ORI
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import wait_ready as wait_until_ready
+from service_fixtures import BODY
+from service_fixtures import wait_client_ready as wait_ready
 
 from melu.serving import Recommender
 from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
-pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
-
-BODY = {"user": {"gender": "F"}, "ratings": [{"item_id": 50, "rating": 5}], "k": 3}
-
-
-def wait_ready(client: TestClient) -> None:
-    wait_until_ready(lambda path: client.get(path).status_code)
-
-
-@pytest.fixture(scope="module")
-def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
-    with TestClient(create_app(Settings(model=bundle_path, reload_interval=0), loaded)) as c:
-        wait_ready(c)
-        yield c
+pytest_plugins = ["service_fixtures"]  # bundle_path, recommender, client
 
 
 def test_metrics_have_no_created_series_and_label_real_routes(client: TestClient) -> None:

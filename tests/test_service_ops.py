@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
-from service_fixtures import point
-from service_fixtures import wait_ready as wait_until_ready
+from service_fixtures import BODY, point
+from service_fixtures import wait_client_ready as wait_ready
 
 import service.slot
 from melu.bundle import file_sha256
@@ -25,22 +25,7 @@ from service.app import create_app, model_version
 from service.deps import Loaded
 from service.settings import Settings
 
-pytest_plugins = ["service_fixtures"]  # bundle_path, recommender
-
-BODY = {"user": {"gender": "F"}, "ratings": [{"item_id": 50, "rating": 5}], "k": 3}
-
-
-def wait_ready(client: TestClient) -> None:
-    wait_until_ready(lambda path: client.get(path).status_code)
-
-
-@pytest.fixture(scope="module")
-def client(bundle_path: Path, recommender: Recommender) -> Iterator[TestClient]:
-    loaded = Loaded(recommender, model_version(recommender), "ml-100k")
-    app = create_app(Settings(model=bundle_path, reload_interval=0), loaded)
-    with TestClient(app) as test_client:
-        wait_ready(test_client)
-        yield test_client
+pytest_plugins = ["service_fixtures"]  # bundle_path, recommender, client
 
 
 class Lines(logging.Handler):

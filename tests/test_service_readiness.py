@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import point, wait_ready
+from service_fixtures import BODY, point, wait_ready
 
 import service.slot
 from melu.errors import MeluError
@@ -23,7 +23,6 @@ from service.settings import Settings
 
 pytest_plugins = ["service_fixtures"]  # bundle_path
 
-BODY = {"user": {"gender": "F"}, "ratings": [{"item_id": 50, "rating": 5}], "k": 3}
 MODEL_ROUTES = [
     ("post", "/v1/recommendations", BODY),
     ("post", "/v1/predictions", {**{k: BODY[k] for k in ("user", "ratings")}, "item_ids": [1]}),
