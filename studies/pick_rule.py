@@ -72,6 +72,7 @@ class Rule:
     tail: int = 0  # > 0: show the least popular of each user's top ``tail`` first (TailRanker)
     tail_penalty: float | None = None  # ... or their scores less this × log(1 + popularity)
     tail_from: int = 4  # the fewest ratings the tail re-rank applies to
+    pick_share: float = 1.0  # the pick sees only this seeded share of its half's users
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -159,6 +160,15 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     ),
     "rule 15, the walk in the blend (EASE^R x liked x walk)": Rule(
         MIX_SIZES["spread"], 2, 0.40, 4, passes=2, walk_blend=True
+    ),
+    "rule 38 picked on half of its half (a quarter of the validation users)": Rule(
+        MIX_SIZES["spread"], 2, 0.40, 4, passes=2, walk_blend=True, pick_share=0.5
+    ),
+    "rule 38 with >= 4 draws per bucket": Rule(
+        MIX_SIZES["spread"], 4, 0.40, 4, passes=2, walk_blend=True
+    ),
+    "rule 38 with >= 8 draws per bucket": Rule(
+        MIX_SIZES["spread"], 8, 0.40, 4, passes=2, walk_blend=True
     ),
 }
 
@@ -271,8 +281,14 @@ def fold_rules(
     order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
     halves = [set(ids[order[: len(ids) // 2]].tolist()), set(ids[order[len(ids) // 2 :]].tolist())]
 
-    def half(u: TopNUsers, h: int) -> TopNUsers:
-        return subset(u, torch.tensor([int(i) in halves[h] for i in u.user_ids]))
+    def half(u: TopNUsers, h: int, share: float = 1.0) -> TopNUsers:
+        """``u``'s users in half ``h``; with ``share`` < 1 only a seeded share of them."""
+        members = halves[h]
+        if share < 1.0:
+            ordered = sorted(members)
+            keep = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(1))
+            members = {ordered[i] for i in keep[: round(share * len(ordered))].tolist()}
+        return subset(u, torch.tensor([int(i) in members for i in u.user_ids]))
 
     out: dict[str, dict[int, tuple[list[Tensor], list[float]]]] = {}
     picks: dict[tuple[Rule, int], dict[str, Tensor]] = {}  # rules that differ only after the pick
@@ -282,7 +298,10 @@ def fold_rules(
         }
         for pick_half in (0, 1):
             mix_users = [
-                [half(users(n, seed), pick_half) for n, seed in mix_draws(bucket, rule.draws)]
+                [
+                    half(users(n, seed), pick_half, rule.pick_share)
+                    for n, seed in mix_draws(bucket, rule.draws)
+                ]
                 for bucket in rule.sizes
             ]
             head = dict(base)
