@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from loo_pick import TRAIN, LooRanker, allow_training_users, joined
 from torch import Tensor
 
 from melu.bundle import load_bundle
@@ -73,6 +74,9 @@ class Rule:
     tail_penalty: float | None = None  # ... or their scores less this × log(1 + popularity)
     tail_from: int = 4  # the fewest ratings the tail re-rank applies to
     pick_share: float = 1.0  # the pick sees only this seeded share of its half's users
+    train_users: bool = False  # the pick also sees the training users, each left out of the
+    # head's statistics (``loo_pick.LooRanker``)
+    train_rating: bool = False  # ... their adapted predicted rating kept (fit on them) or 0
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -169,6 +173,19 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
     ),
     "rule 38 with >= 8 draws per bucket": Rule(
         MIX_SIZES["spread"], 8, 0.40, 4, passes=2, walk_blend=True
+    ),
+    "rule 40 + the training users, left out, their predicted rating 0": Rule(
+        MIX_SIZES["spread"], 4, 0.40, 4, passes=2, walk_blend=True, train_users=True
+    ),
+    "rule 40 + the training users, left out, their predicted rating kept": Rule(
+        MIX_SIZES["spread"],
+        4,
+        0.40,
+        4,
+        passes=2,
+        walk_blend=True,
+        train_users=True,
+        train_rating=True,
     ),
 }
 
@@ -270,12 +287,15 @@ def fold_rules(
     ranker.params = {**ranker.params, **start_weights(dict(ranker.params))}
     base = dict(ranker.params)
     threshold = TopNProtocol().threshold
-    cache: dict[tuple[int, int], TopNUsers] = {}
+    cache: dict[tuple[int, int, str], TopNUsers] = {}
 
-    def users(n: int, seed: int) -> TopNUsers:
-        if (n, seed) not in cache:
-            cache[n, seed] = topn_users(prepared, "validation", n, TopNProtocol(seed=seed))
-        return cache[n, seed]
+    def users(n: int, seed: int, role: str = "validation") -> TopNUsers:
+        if (n, seed, role) not in cache:
+            got = topn_users(prepared, role, n, TopNProtocol(seed=seed))  # type: ignore[arg-type]
+            cache[n, seed, role] = got
+        return cache[n, seed, role]
+
+    loos: dict[bool, LooRanker] = {}  # training users left out, by whether r̂ is kept
 
     ids = users(0, 0).user_ids
     order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
@@ -320,8 +340,20 @@ def fold_rules(
                 weights = {k: torch.full_like(head[k], alone.get(k, 0.0)) for k in PARTS}
             else:
                 in_pick = rule.keep if rule.keep is not None and rule.keep_in_pick else SHOWN
+                picker: ModelRanker | LooRanker = ranker
+                if rule.train_users:  # the same draws of the training users join each bucket
+                    if not loos:
+                        allow_training_users(prepared)
+                    if rule.train_rating not in loos:
+                        loos[rule.train_rating] = LooRanker(ranker, prepared, rule.train_rating)
+                    picker = loos[rule.train_rating]
+                    mix_users = [
+                        [joined(u, users(n, seed, TRAIN))
+                         for u, (n, seed) in zip(draws, mix_draws(bucket, rule.draws), strict=True)]
+                        for draws, bucket in zip(mix_users, rule.sizes, strict=True)
+                    ]  # fmt: skip
                 choice = pick_mixing(
-                    ranker, head, mix_users, threshold, rule.cap,
+                    picker, head, mix_users, threshold, rule.cap,  # type: ignore[arg-type]
                     shared_from=rule.keep_from if rule.keep_in_pick else rule.cap_from,
                     passes=rule.passes, blend=rule.blend, keep_shared=in_pick, bags=rule.bags,
                     walk_blend=rule.walk_blend,
