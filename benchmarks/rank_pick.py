@@ -8,7 +8,7 @@ draw's relevance counts kept; the baseline here is the straightforward search, o
 a time through ``topn.user_metrics`` (what the library did before). Both run in the same
 process on the same validation draws, alternating, and must pick the same weights.
 
-    python benchmarks/rank_pick.py --data-dir ../shared/data --repeats 2 [--walk-blend]
+    python benchmarks/rank_pick.py --data-dir ../shared/data --repeats 2 [--walk-blend] [--draws]
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ def main() -> None:
         "--walk-blend", action="store_true",
         help="also time the pick with the walk in the blend stage against without",
     )  # fmt: skip
+    parser.add_argument(
+        "--draws", action="store_true",
+        help="also time the pick at 4 support draws per user (the default) against 2",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prepared = prepare(DataConfig(dataset="ml-100k"), args.data_dir, args.cache_dir)
@@ -173,6 +177,21 @@ def main() -> None:
                   f"  ({', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
         cost = statistics.median(costs[True]) / statistics.median(costs[False])
         print(f"  the walk in the blend costs x{cost:.2f} the pick (median)")
+    if args.draws:  # the cost of 4 draws per user against 2, the same users, alternating
+        by_draws: dict[int, list[float]] = {2: [], 4: []}
+        for _ in range(args.repeats):
+            for draws in by_draws:
+                trainer.config = config.replace(train=train.replace(rank_mix_draws=draws))
+                trainer.mix_users = None  # the draws are built once per trainer: anew here
+                head = {k: v.clone() for k, v in start.items()}
+                began = time.perf_counter()
+                trainer.remix(head, lambda _e: None)
+                by_draws[draws].append(time.perf_counter() - began)
+        for draws, values in by_draws.items():
+            print(f"  {draws} draws per user    median {statistics.median(values):6.2f} s"
+                  f"  ({', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
+        cost = statistics.median(by_draws[4]) / statistics.median(by_draws[2])
+        print(f"  4 draws cost x{cost:.2f} the pick of 2 (median)")
 
 
 if __name__ == "__main__":
