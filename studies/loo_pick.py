@@ -10,7 +10,7 @@ of every counted or solved part, exactly —
   (``ranking.Bag.rated``: counts less the user's, Sherman–Morrison for EASE^R's inverse);
 - the liked-target part B = S − P·diag(μ), S = P·XᵀY, P = (XᵀX + λI)⁻¹: with the user's
   rated row x and liked row l out, P' = P + yyᵀ/c (y = Px, c = 1 − xᵀy) and
-  S' = S + y·zᵀ with z = (Yᵀ... ) = (Mᵀy − l)/c (M = XᵀY), so a bag's score is
+  S' = S + y·zᵀ with z = (Mᵀy − l)/c (M = XᵀY), so a bag's score is
   Σ_j w_j S[j] + a·z − (Σ_j w_j P[j])·μ' − a·y·μ'/c with a = Σ_j w_j y_j and
   μ'_i = (S_ii + y_i z_i) / (P_ii + y_i²/c);
 - RP³β's walk W[j, i] = d_j^−α·K[j, i] / d_i^β, K = Xᵀ·diag(d_u^−α)·X: with the user out,
