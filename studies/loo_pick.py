@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -38,6 +39,7 @@ from melu.model.maml import Examples
 from melu.model.predict import rank_catalog
 from melu.prepare import Prepared
 
+K = TypeVar("K")
 TRAIN = "train"  # the role (and scenario) name training users are drawn under here
 
 
@@ -48,14 +50,14 @@ def allow_training_users(prepared: Prepared) -> None:
     prepared.user_ratings[TRAIN] = prepared.train_ratings
 
 
-def _matching(stored: Tensor, solves: Mapping[object, Tensor]) -> tuple[Tensor, float]:
-    """The solve that ``stored`` is a positive multiple of, and that multiple."""
-    best: tuple[float, Tensor, float] | None = None
-    for solve in solves.values():
+def _matching(stored: Tensor, solves: Mapping[K, Tensor]) -> tuple[K, float]:
+    """The setting whose solve ``stored`` is a positive multiple of, and that multiple."""
+    best: tuple[float, K, float] | None = None
+    for setting, solve in solves.items():
         scale = float((stored * solve).sum() / (solve * solve).sum().clamp(min=1e-30))
         err = float((stored - scale * solve).abs().max() / stored.abs().max().clamp(min=1e-30))
         if best is None or err < best[0]:
-            best = (err, solve, scale)
+            best = (err, setting, scale)
     assert best is not None and best[0] < 1e-4, f"no solve matches the stored part ({best})"
     return best[1], best[2]
 
@@ -102,21 +104,15 @@ class LooRanker:
         self.y[:, 0] = 0.0
         gram = self.x.T @ self.x
         self.m = self.x.T @ self.y  # XᵀY
-        precisions = {
-            lam: torch.cholesky_inverse(torch.linalg.cholesky(gram + lam * torch.eye(n_ids)))
-            for lam in ranking_stats.LIKED_LAMBDAS
-        }
         solves = {
             lam: ranking_stats.liked_weights(gram, self.m, lam)
             for lam in ranking_stats.LIKED_LAMBDAS
         }
-        b, self.liked_scale = _matching(p["rank.liked"].cpu(), solves)
-        lam = next(k for k, v in solves.items() if v is b)
-        self.prec = precisions[lam]
+        self.lam, self.liked_scale = _matching(p["rank.liked"].cpu(), solves)
+        self.prec = ranking_stats.ease_precision(gram, self.lam)  # P of the matched λ
         self.s = self.prec @ self.m
         walks = {s: ranking_stats.walk_weights(self.x, *s) for s in ranking_stats.WALK_SETTINGS}
-        w, self.walk_scale = _matching(p["rank.walk"].cpu(), walks)
-        self.alpha, self.beta = next(k for k, v in walks.items() if v is w)
+        (self.alpha, self.beta), self.walk_scale = _matching(p["rank.walk"].cpu(), walks)
         self.d_item = self.x.sum(0)  # (V,)
         self.d_user = self.x.sum(1)  # (users,)
         inv = self.d_user.clamp(min=1.0).pow(-self.alpha)
@@ -162,9 +158,11 @@ class LooRanker:
         train = self.x[supports.user_rows.long()].sum(1) > 0  # (C,)
         if bool(train.all()):
             return self._left_out(supports)
-        out = self.inner.scores(supports).cpu()
-        if bool(train.any()):
-            out[train] = self._left_out(supports.select(train))
+        if not bool(train.any()):
+            return self.inner.scores(supports).cpu()
+        out = torch.empty(len(supports), len(self.ids))
+        out[~train] = self.inner.scores(supports.select(~train)).cpu()
+        out[train] = self._left_out(supports.select(train))
         return out
 
     def _left_out(self, supports: Supports) -> Tensor:
@@ -182,18 +180,12 @@ class LooRanker:
             )
             users = {k: v[rows] for k, v in r.tables.users.items()}
             x, liked = self.x[rows], self.y[rows]
+            # popularity, co-occurrence and EASE^R left out (``rated``); liked and walk score 0
             with torch.inference_mode(False), torch.no_grad():
                 base = rank_catalog(
-                    r.model,
-                    params,
-                    users,
-                    support,
-                    r.items,
-                    steps=r.steps,
-                    lr=r.lr,
-                    fast=r.fast,
-                    rated=x,
-                )  # fmt: skip  (popularity, co-occurrence, EASE^R left out; liked, walk 0)
+                    r.model, params, users, support, r.items, steps=r.steps, lr=r.lr,
+                    fast=r.fast, rated=x,
+                )  # fmt: skip
             bag = r.model.bag(self.ids[items], support.ratings, support.mask)
             liked_part = self._liked(bag, x, liked) * self.liked_scale
             walk_part = self._walk(bag, x, self.d_user[rows]) * self.walk_scale
@@ -220,12 +212,6 @@ def check(model_dir: str, data_dir: str, users: int = 3) -> None:
     loo = LooRanker(ranker, prepared, keep_rating=True)
     drawn = topn.topn_users(prepared, TRAIN, 5)  # type: ignore[arg-type]
     p = ranker.params
-    lam = next(
-        k for k in ranking_stats.LIKED_LAMBDAS
-        if torch.allclose(loo.prec, torch.cholesky_inverse(torch.linalg.cholesky(
-            loo.x.T @ loo.x + k * torch.eye(len(loo.prec))
-        )))
-    )  # fmt: skip
     for t in range(users):
         row = int(drawn.supports.user_rows[t])
         items = drawn.supports.items[t : t + 1].long()
@@ -234,14 +220,14 @@ def check(model_dir: str, data_dir: str, users: int = 3) -> None:
         others = torch.ones(len(loo.x), dtype=torch.bool)
         others[row] = False
         x, y = loo.x[others], loo.y[others]
-        for name, solved, mine, level, scale in (
-            ("liked", ranking_stats.liked_weights(x.T @ x, x.T @ y, lam),
-             loo._liked(bag, loo.x[row : row + 1], loo.y[row : row + 1]), "liked", 1.0),
+        for name, solved, mine in (
+            ("liked", ranking_stats.liked_weights(x.T @ x, x.T @ y, loo.lam),
+             loo._liked(bag, loo.x[row : row + 1], loo.y[row : row + 1])),
             ("walk", ranking_stats.walk_weights(x, loo.alpha, loo.beta),
-             loo._walk(bag, loo.x[row : row + 1], loo.d_user[row : row + 1]), "walk", 1.0),
+             loo._walk(bag, loo.x[row : row + 1], loo.d_user[row : row + 1])),
         ):  # fmt: skip
-            w = p[f"rank.{level}_level"][bag.levels[0]] * (bag.mask[0] & (bag.ids[0] != 0))
-            again = (w.unsqueeze(-1) * solved[bag.ids[0]]).sum(0) * scale
+            w = p[f"rank.{name}_level"][bag.levels[0]] * (bag.mask[0] & (bag.ids[0] != 0))
+            again = (w.unsqueeze(-1) * solved[bag.ids[0]]).sum(0)
             out = torch.ones_like(again, dtype=torch.bool)
             out[bag.ids[0]] = False
             out[0] = False
