@@ -104,6 +104,30 @@ def one_at_a_time(
     return start, kept, current
 
 
+def alternate(
+    trainer: HeadTrainer, config: Config, start: dict[str, torch.Tensor], repeats: int,
+    trains: dict[str, TrainConfig], new_draws: bool = False,
+) -> dict[str, list[float]]:  # fmt: skip
+    """label → the seconds of each whole pick (``trainer.remix``) under that label's train
+    settings, the settings taking turns ``repeats`` times; printed as they are timed.
+    ``new_draws``: the validation draws rebuilt before each pick (the trainer keeps the
+    draws it built, so settings that change them need it)."""
+    times: dict[str, list[float]] = {label: [] for label in trains}
+    for _ in range(repeats):
+        for label, train in trains.items():
+            trainer.config = config.replace(train=train)
+            if new_draws:
+                trainer.mix_users = None
+            head = {k: v.clone() for k, v in start.items()}
+            began = time.perf_counter()
+            trainer.remix(head, lambda _e: None)
+            times[label].append(time.perf_counter() - began)
+    for label, values in times.items():
+        print(f"  {label:18s} median {statistics.median(values):6.2f} s"
+              f"  ({', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -163,34 +187,22 @@ def main() -> None:
         f"  speed-up (median, one at a time / batched): x{ratio:.2f}; same weights picked: {same}"
     )
     if args.walk_blend:  # the cost of the walk in the blend stage, the same draws, alternating
-        costs: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(args.repeats):
-            for walk in (False, True):
-                trainer.config = config.replace(train=train.replace(rank_mix_walk_blend=walk))
-                head = {k: v.clone() for k, v in start.items()}
-                began = time.perf_counter()
-                trainer.remix(head, lambda _e: None)
-                costs[walk].append(time.perf_counter() - began)
-        for walk, values in costs.items():
-            label = "walk in the blend" if walk else "walk after the grid"
-            print(f"  {label:18s} median {statistics.median(values):6.2f} s"
-                  f"  ({', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
-        cost = statistics.median(costs[True]) / statistics.median(costs[False])
+        walks = {"walk after the grid": False, "walk in the blend": True}
+        costs = alternate(trainer, config, start, args.repeats, {
+            label: train.replace(rank_mix_walk_blend=walk) for label, walk in walks.items()
+        })  # fmt: skip
+        cost = statistics.median(costs["walk in the blend"]) / statistics.median(
+            costs["walk after the grid"]
+        )
         print(f"  the walk in the blend costs x{cost:.2f} the pick (median)")
     if args.draws:  # the cost of 4 draws per user against 2, the same users, alternating
-        by_draws: dict[int, list[float]] = {2: [], 4: []}
-        for _ in range(args.repeats):
-            for draws in by_draws:
-                trainer.config = config.replace(train=train.replace(rank_mix_draws=draws))
-                trainer.mix_users = None  # the draws are built once per trainer: anew here
-                head = {k: v.clone() for k, v in start.items()}
-                began = time.perf_counter()
-                trainer.remix(head, lambda _e: None)
-                by_draws[draws].append(time.perf_counter() - began)
-        for draws, values in by_draws.items():
-            print(f"  {draws} draws per user    median {statistics.median(values):6.2f} s"
-                  f"  ({', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
-        cost = statistics.median(by_draws[4]) / statistics.median(by_draws[2])
+        draws = {"2 draws per user": 2, "4 draws per user": 4}
+        costs = alternate(trainer, config, start, args.repeats, {
+            label: train.replace(rank_mix_draws=n) for label, n in draws.items()
+        }, new_draws=True)  # fmt: skip
+        cost = statistics.median(costs["4 draws per user"]) / statistics.median(
+            costs["2 draws per user"]
+        )
         print(f"  4 draws cost x{cost:.2f} the pick of 2 (median)")
 
 
