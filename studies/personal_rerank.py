@@ -98,8 +98,8 @@ def fold_variants(model_dir: Path, data_dir: str) -> dict[int, dict[str, tuple[l
     prepared = prepare(bundle.config.data, data_dir)
     ranker = ModelRanker.from_bundle(bundle, prepared.tables)
     shares = genre_shares(prepared.tables.items["genres"])
-    log_pop = torch.log1p(catalog_counts(ranker).float())  # (I,)
-    counts = catalog_counts(ranker).float()
+    counts = catalog_counts(ranker).float()  # (I,)
+    log_pop = torch.log1p(counts)
     mean_log_pop = float((log_pop * counts).sum() / counts.sum())  # m̄ of a training rating
     threshold = TopNProtocol().threshold
     out: dict[int, dict[str, tuple[list, float]]] = {}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from service_fixtures import same_answer, serve_in_thread, wait_ready
+from service_fixtures import same_answer, serve_in_thread, wait_client_ready
 from test_service_concurrency import requests_for_users
 
 from melu.errors import ConfigError
@@ -170,7 +170,7 @@ def test_a_lone_request_does_not_wait_for_company(
     settings = Settings(model=bundle_path, reload_interval=0, batch_wait_ms=1000)
     body = {"user": {"age": 30}, "ratings": [{"item_id": 50, "rating": 5}], "k": 5}
     with TestClient(create_app(settings, loaded)) as client:
-        wait_ready(lambda path: client.get(path).status_code)
+        wait_client_ready(client)
         started = time.perf_counter()
         assert client.post("/v1/recommendations", json=body).status_code == 200
         assert time.perf_counter() - started < 0.7

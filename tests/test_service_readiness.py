@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import BODY, point, wait_ready
+from service_fixtures import BODY, point, wait_client_ready
 
 import service.slot
 from melu.errors import MeluError
@@ -52,7 +52,7 @@ def test_a_reload_that_changes_only_config_json_changes_the_version(
     seven = with_meta(bundle_path, tmp_path / "b", inner_steps=7)
     app = create_app(Settings(model=live, reload_interval=0))
     with TestClient(app) as client:
-        wait_ready(lambda path: client.get(path).status_code)
+        wait_client_ready(client)
         before = client.post("/v1/recommendations", json=BODY)
         point(live, seven)
         assert app.state.slot.check() == "swapped"
@@ -98,7 +98,7 @@ def test_non_finite_scores_are_never_answered(
     monkeypatch.setattr(Recommender, "warm_up", lambda self: None)
     app = create_app(Settings(model=exploding, reload_interval=0))
     with TestClient(app) as client:
-        wait_ready(lambda path: client.get(path).status_code)
+        wait_client_ready(client)
         for method, path, body in MODEL_ROUTES[:3]:  # with ratings: adapted to NaN
             response = call(client, method, path, body)
             assert response.status_code == 503, path  # type: ignore[attr-defined]
