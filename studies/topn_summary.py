@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 NAMES = {
-    "model": "melu", "popularity": "popularity", "item_knn": "item-kNN", "ease": "EASE^R",
+    "model": "melu", "popularity": "popularity", "item_knn": "item-kNN", "user_knn": "user-kNN",
+    "ease": "EASE^R",
     "ease_liked": "EASE^R, liked target",
     "rp3beta": "RP³β",
     "implicit_als": "implicit ALS", "baseline_predictor": "μ + b_i + b_u",

@@ -1,5 +1,6 @@
-"""Top-N baselines: EASE^R against a direct constrained solve, item-kNN by hand, popularity,
-implicit ALS fold-in, settings picked on validation users only, and on real ML-100K."""
+"""Top-N baselines: EASE^R against a direct constrained solve, item-kNN and user-kNN by hand,
+popularity, implicit ALS fold-in, settings picked on validation users only, and on real
+ML-100K."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ from melu.evaluation.topn_item_item import (
     keep_neighbours,
     liked_gram,
 )
+from melu.evaluation.topn_user_knn import Neighbours, UserKnnRanker
 from melu.model import ranking_stats
 from melu.prepare import Prepared, RatingRows, prepare
 
 FAST_RATING = BaselineConfig(mf=MFConfig(ranks=(4,), regs=(5.0,), iterations=3))
 SMALL = TopNBaselineConfig(
     knn_neighbours=(0, 5), ease_lambdas=(10.0, 100.0), liked_lambdas=(10.0, 100.0),
-    walk_settings=((0.5, 0.0), (1.0, 0.5)),
+    walk_settings=((0.5, 0.0), (1.0, 0.5)), user_knn_alphas=(1.0, 2.0), user_knn_neighbours=(0, 2),
     als_factors=(4,), als_regularization=(1.0,), als_alpha=(1.0, 10.0), als_iterations=(5,),
     rating=FAST_RATING,
 )  # fmt: skip
@@ -124,6 +126,36 @@ def test_item_knn_cosine_by_hand() -> None:
     assert weighted[0, 1].item() == pytest.approx(5 * c01 + 2 * c12, rel=1e-5)
     top1 = ItemItemRanker(keep_neighbours(sim, 1).float(), "binary", popularity)
     assert top1.scores(supports([[0]]))[0, 2].item() == pytest.approx(0.0, abs=1e-5)  # cut
+
+
+def test_user_knn_by_hand() -> None:
+    """sim = overlap / √|X_v|, w = sim^α (top-K kept), scores = w·X or w·Y, by hand on four
+    training users; a support sharing two films with a user weighs it 2^α / 1^α more."""
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 3), (2, 1), (2, 2), (2, 4), (2, 3), (3, 4)]
+    ratings = [5.0, 5.0, 2.0, 4.0, 5.0, 4.0, 5.0, 1.0, 3.0, 4.0]
+    rows = rows_of(pairs, ratings)
+    neighbours = Neighbours.from_rows(rows, 6, threshold=4.0)
+    popularity = training_popularity(rows, 6)
+    batch = supports([[1, 2]])
+    sim = np.array([2 / np.sqrt(3), 0.0, 2 / np.sqrt(4), 0.0])  # overlap {1, 2} / √|X_v|
+    x = np.zeros((4, 6))
+    y = np.zeros((4, 6))
+    for (u, i), r in zip(pairs, ratings, strict=True):
+        x[u, i] = 1.0
+        y[u, i] = float(r >= 4.0)
+    for alpha in (1.0, 2.0):
+        w = sim**alpha
+        rated = UserKnnRanker(neighbours, alpha, 0, "rated", popularity)
+        assert rated.similarity(batch)[0].numpy() == pytest.approx(w, rel=1e-6)
+        got = rated.scores(batch)[0].numpy()
+        assert got[[0, 3, 4]] == pytest.approx((w @ x)[[0, 3, 4]], rel=1e-5)
+        liked = UserKnnRanker(neighbours, alpha, 0, "liked", popularity).scores(batch)[0]
+        assert liked.numpy()[[0, 3, 4]] == pytest.approx((w @ y)[[0, 3, 4]], rel=1e-5, abs=1e-5)
+    one = UserKnnRanker(neighbours, 1.0, 1, "rated", popularity)  # user 0 only (2/√3 > 2/2)
+    assert one.similarity(batch)[0].numpy() == pytest.approx([2 / np.sqrt(3), 0, 0, 0], rel=1e-6)
+    assert one.scores(batch)[0, 3] < one.scores(batch)[0, 0]  # item 3 only via user 2, cut
+    empty = UserKnnRanker(neighbours, 2.0, 0, "rated", popularity).scores(supports([[], []]))
+    assert torch.equal(empty.argsort(1, descending=True)[0], popularity.argsort(descending=True))
 
 
 def test_rp3beta_scores_the_walk_from_the_support_over_catalog_rows() -> None:
@@ -247,6 +279,7 @@ def test_fit_uses_validation_users_and_never_test_users(small: Prepared) -> None
     assert info3["ease"]["grid"] != info["ease"]["grid"]  # the validation users do count
     assert info3["ease_liked"]["grid"] != info["ease_liked"]["grid"]
     assert info3["rp3beta"]["grid"] != info["rp3beta"]["grid"]
+    assert info3["user_knn"]["grid"] != info["user_knn"]["grid"]
 
 
 def test_real_ml100k_ease_and_item_knn_beat_popularity(ml100k: Prepared) -> None:
@@ -256,6 +289,8 @@ def test_real_ml100k_ease_and_item_knn_beat_popularity(ml100k: Prepared) -> None
     )  # fmt: skip
     rankers, _info = fit_topn_baselines(ml100k, config=config)
     at5 = Validation.build(ml100k, TopNProtocol(), (5,), 10)
-    score = {name: at5.score(rankers[name]) for name in ("popularity", "item_knn", "ease")}
+    names = ("popularity", "item_knn", "user_knn", "ease")
+    score = {name: at5.score(rankers[name]) for name in names}
     assert score["ease"] > score["popularity"] + 0.03
     assert score["item_knn"] > score["popularity"] + 0.02
+    assert score["user_knn"] > score["popularity"] + 0.03

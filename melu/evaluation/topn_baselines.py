@@ -7,6 +7,9 @@ validation or test user's rating):
 - ``popularity``: the number of training ratings of each item;
 - ``item_knn``: cosine on co-ratings, K neighbours and the support weighting validated
   (``melu.evaluation.topn_item_item``);
+- ``user_knn``: the training users who rated what the new user rated, weighted by their
+  overlap^α, K neighbours and the target (what they rated or liked) validated
+  (``melu.evaluation.topn_user_knn``);
 - ``ease``: EASE^R, λ and the support weighting validated;
 - ``ease_liked``: EASE^R regressed on the items users liked (rated ≥ the protocol's
   threshold) instead of on what they rated, λ and the weighting validated: the ranking
@@ -62,6 +65,7 @@ from melu.evaluation.topn_item_item import (
     liked_gram,
     rated_matrix,
 )
+from melu.evaluation.topn_user_knn import TARGETS, Neighbours, Target, UserKnnRanker
 from melu.model import ranking_stats
 from melu.prepare import Prepared, RatingRows
 from melu.tasks import TaskSet
@@ -69,7 +73,7 @@ from melu.tasks import TaskSet
 Progress = Callable[[str], None]
 Candidate = tuple[dict[str, Any], Ranker]
 NAMES = (
-    "popularity", "item_knn", "ease", "ease_liked", "rp3beta", "implicit_als",
+    "popularity", "item_knn", "user_knn", "ease", "ease_liked", "rp3beta", "implicit_als",
     "baseline_predictor", "mf_fold_in",
 )  # fmt: skip
 
@@ -81,6 +85,9 @@ class TopNBaselineConfig:
     supports: tuple[int, ...] = (3, 5, 10)  # validation support sizes (NDCG averaged)
     k: int = 10  # validated metric: NDCG@k
     knn_neighbours: tuple[int, ...] = (0, 20, 100)  # 0: every item
+    user_knn_alphas: tuple[float, ...] = (1.0, 2.0, 3.0)  # sim^α
+    user_knn_neighbours: tuple[int, ...] = (25, 100, 0)  # 0: every training user
+    user_knn_targets: tuple[Target, ...] = TARGETS
     ease_lambdas: tuple[float, ...] = (200.0, 1e3, 5e3, 2e4, 1e5, 5e5)
     # the liked-target EASE^R's: the grid the ranking head's own liked part picks from
     liked_lambdas: tuple[float, ...] = ranking_stats.LIKED_LAMBDAS
@@ -196,6 +203,17 @@ def _knn(g: Tensor, config: TopNBaselineConfig, popularity: Tensor) -> Iterator[
         yield {"neighbours": neighbours, "weighting": weighting}, ranker
 
 
+def _user_knn(
+    neighbours: Neighbours, config: TopNBaselineConfig, popularity: Tensor
+) -> Iterator[Candidate]:
+    grid = itertools.product(
+        config.user_knn_alphas, config.user_knn_neighbours, config.user_knn_targets
+    )
+    for alpha, keep, target in grid:
+        ranker = UserKnnRanker(neighbours, alpha, keep, target, popularity)
+        yield {"alpha": alpha, "neighbours": keep, "target": target}, ranker
+
+
 def _ease(g: Tensor, config: TopNBaselineConfig, popularity: Tensor) -> Iterator[Candidate]:
     g32 = g.float()  # float32: twice as fast; |B₃₂ − B₆₄| ≤ 2e-6 on ML-1M (entries ≤ 0.3)
     for lam in config.ease_lambdas:
@@ -269,6 +287,9 @@ def fit_topn_baselines(
     grids: dict[str, Callable[[], Iterable[Candidate]]] = {
         "popularity": lambda: [({}, PopularityRanker(popularity))],
         "item_knn": lambda: _knn(g, config, popularity),
+        "user_knn": lambda: _user_knn(
+            Neighbours.from_rows(rows, n_items, protocol.threshold), config, popularity
+        ),
         "ease": lambda: _ease(g, config, popularity),
         "ease_liked": lambda: _ease_liked(
             g, liked_gram(rows, n_items, protocol.threshold), config, popularity

@@ -19,6 +19,7 @@ TOPN_LABELS = {
     MODEL: "melu (adapted)",
     "popularity": "popularity",
     "item_knn": "item-kNN",
+    "user_knn": "user-kNN",
     "ease": "EASE^R",
     "ease_liked": "EASE^R, liked target",
     "rp3beta": "RP³β",
