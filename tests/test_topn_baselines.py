@@ -294,3 +294,16 @@ def test_real_ml100k_ease_and_item_knn_beat_popularity(ml100k: Prepared) -> None
     assert score["ease"] > score["popularity"] + 0.03
     assert score["item_knn"] > score["popularity"] + 0.02
     assert score["user_knn"] > score["popularity"] + 0.03
+
+
+def test_fit_a_few_baselines_by_name(small: Prepared) -> None:
+    """``names`` fits just those, the same as in a full fit; an unknown name is refused."""
+    few, info = fit_topn_baselines(small, PROTOCOL, config=SMALL, names=("user_knn", "ease"))
+    assert tuple(few) == ("user_knn", "ease") == tuple(info)  # NAMES' order
+    full, full_info = fit_topn_baselines(small, PROTOCOL, config=SMALL)
+    batch = supports([[0, 2, 4]], [[5, 4, 5]])
+    for name in few:
+        assert info[name] == full_info[name]
+        assert torch.equal(few[name].scores(batch), full[name].scores(batch))
+    with pytest.raises(ValueError, match="user_nn"):
+        fit_topn_baselines(small, PROTOCOL, config=SMALL, names=("user_nn",))

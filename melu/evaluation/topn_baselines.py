@@ -31,8 +31,9 @@ support sizes ``n ∈ {3, 5, 10}`` of the mean NDCG@10, candidates the whole cat
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -256,6 +257,10 @@ def _als(
         yield asdict(settings), fit_implicit_als(rows, n_items, settings, popularity, config.seed)
 
 
+def _mf(mf: MatrixFactorization) -> Iterator[Candidate]:
+    yield {"rank": mf.rank, "reg": mf.reg, "picked_on": "validation MAE"}, MFRanker(mf)
+
+
 def _bias(bias: BiasPredictor, config: TopNBaselineConfig) -> Iterator[Candidate]:
     """λ_i on the top-N validation (it alone sets the order: b_u is the same for every
     item); λ_u as picked on validation MAE."""
@@ -270,38 +275,43 @@ def fit_topn_baselines(
     progress: Progress | None = None,
     config: TopNBaselineConfig | None = None,
     rating: tuple[BiasPredictor, MatrixFactorization] | None = None,
+    names: Sequence[str] = NAMES,
 ) -> tuple[dict[str, Ranker], dict[str, Any]]:
-    """name → fitted ranker (``NAMES``) and name → {chosen settings, validation NDCG@k of
-    the choice and of every grid point}. Fit on ``prepared.train_ratings`` only.
+    """name → fitted ranker and name → {chosen settings, validation NDCG@k of the choice
+    and of every grid point}, for each of ``names`` (default all of ``NAMES``, in that
+    order). Fit on ``prepared.train_ratings`` only.
 
     ``rating``: μ + b_i + b_u and MF as ``fit_rating_baselines(prepared, config.rating)``
-    returns them, where the caller has them already (they are fit here otherwise)."""
+    returns them, where the caller has them already (they are fit here otherwise, only if
+    one of ``names`` needs them)."""
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise ValueError(f"top-N baselines {unknown}: not among {list(NAMES)}")
     config = config or TopNBaselineConfig()
     say = progress or (lambda _msg: None)
     validation = Validation.build(prepared, protocol, config.supports, config.k)
     rows, n_items = prepared.train_ratings, len(prepared.tables.item_ids)
     popularity = training_popularity(rows, n_items)
-    g = gram(rows, n_items)
-    bias, mf = rating or fit_rating_baselines(prepared, config.rating)
-    mf_settings = {"rank": mf.rank, "reg": mf.reg, "picked_on": "validation MAE"}
+    co_rated = functools.cache(lambda: gram(rows, n_items))  # shared by three grids
+    rating_fit = functools.cache(lambda: rating or fit_rating_baselines(prepared, config.rating))
     grids: dict[str, Callable[[], Iterable[Candidate]]] = {
         "popularity": lambda: [({}, PopularityRanker(popularity))],
-        "item_knn": lambda: _knn(g, config, popularity),
+        "item_knn": lambda: _knn(co_rated(), config, popularity),
         "user_knn": lambda: _user_knn(
             Neighbours.from_rows(rows, n_items, protocol.threshold), config, popularity
         ),
-        "ease": lambda: _ease(g, config, popularity),
+        "ease": lambda: _ease(co_rated(), config, popularity),
         "ease_liked": lambda: _ease_liked(
-            g, liked_gram(rows, n_items, protocol.threshold), config, popularity
+            co_rated(), liked_gram(rows, n_items, protocol.threshold), config, popularity
         ),
         "rp3beta": lambda: _walk(rows, n_items, config, popularity),
         "implicit_als": lambda: _als(rows, n_items, config, popularity),
-        "baseline_predictor": lambda: _bias(bias, config),
-        "mf_fold_in": lambda: [(mf_settings, MFRanker(mf))],
+        "baseline_predictor": lambda: _bias(rating_fit()[0], config),
+        "mf_fold_in": lambda: _mf(rating_fit()[1]),
     }
     rankers: dict[str, Ranker] = {}
     info: dict[str, Any] = {}
-    for name, grid in grids.items():
-        rankers[name], info[name] = pick(grid(), validation)
+    for name in (n for n in NAMES if n in names):
+        rankers[name], info[name] = pick(grids[name](), validation)
         say(f"top-N baseline {name}: {info[name]['chosen']}")
     return rankers, info
