@@ -20,6 +20,7 @@ import torch
 from melu.config import Config
 from melu.errors import BundleError
 from melu.features import FeatureSpace, Field
+from melu.model import ranking
 from melu.model.estimator import Params, PreferenceEstimator
 from melu.tables import FeatureTables
 
@@ -103,10 +104,19 @@ def check_weights(
             f"{file}: inner learning rates {sorted(inner)} do not match the adapted "
             f"parameters {sorted(fast)} (learn_inner_lr={config.meta.learn_inner_lr})"
         )
+    free = {params[k].shape[-1] for k in ranking.FREE_LAST if k in params}
+    if len(free) > 1:
+        raise BundleError(
+            f"{file}: {', '.join(ranking.FREE_LAST)} disagree on the number of training "
+            f"users ({sorted(free)})"
+        )
     for prefix, group in (("", params), (INNER_LR_PREFIX, inner)):
         for k in [k for k in expected if k in group]:  # in the model's order
             value = group[k]
-            if value.shape != expected[k]:
+            want = expected[k]
+            if k in ranking.FREE_LAST and group is params and value.dim() == len(want):
+                want = torch.Size((*want[:-1], value.shape[-1]))  # any number of users
+            if value.shape != want:
                 raise BundleError(
                     f"{file}: {prefix}{k} has shape {tuple(value.shape)}, expected "
                     f"{tuple(expected[k])}"

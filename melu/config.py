@@ -199,6 +199,13 @@ class TrainConfig(_Config):
         "to <= 30% shared, at a price in NDCG@10 and Recall@10 on validation and test users "
         "of ML-100K (5 ratings) and ML-1M (5-20 ratings): RESULTS.md, sixth pass.",
     )
+    rank_neighbours: bool = setting(
+        True,
+        "Give the ranking head a user-kNN part: the training users who rated what the "
+        "user rated vote for what they liked, each by (overlap / sqrt(their count))^alpha, "
+        "alpha and the number of neighbours picked on validation users, its weight per "
+        "support size picked with the other parts' (off: the head of the ninth pass).",
+    )
     rank_lr: float = setting(3e-3, "Adam learning rate of the ranking head.")
     rank_start: RankStart = setting(
         "ease",

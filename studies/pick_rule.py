@@ -39,9 +39,10 @@ from melu.evaluation.topn import (
 )  # fmt: skip
 from melu.evaluation.topn_model import ModelRanker
 from melu.model.personal import SHOWN, limit_shared, list_of
+from melu.model.ranking import FREE_LAST
 from melu.prepare import prepare
 from melu.training.rank_mix import MIX_SIZES, PARTS, mix_draws, pick_mixing
-from melu.training.rank_train import EASE_START_MIX
+from melu.training.rank_train import EASE_START_MIX, EASE_SUPPORTS, neighbour_start
 
 SCORED = (0, 1, 3, 5, 10, 20)
 
@@ -77,6 +78,8 @@ class Rule:
     train_users: bool = False  # the pick also sees the training users, each left out of the
     # head's statistics (``loo_pick.LooRanker``)
     train_rating: bool = False  # ... their adapted predicted rating kept (fit on them) or 0
+    neighbours: bool = False  # whether the head has its user-kNN part (α, K picked on the
+    # pick half; ``train.rank_neighbours``)
 
 
 RULES: dict[str, Rule] = {  # the first is the yardstick
@@ -186,6 +189,9 @@ RULES: dict[str, Rule] = {  # the first is the yardstick
         walk_blend=True,
         train_users=True,
         train_rating=True,
+    ),
+    "rule 40 + the user-kNN part": Rule(
+        MIX_SIZES["spread"], 4, 0.40, 4, passes=2, walk_blend=True, neighbours=True
     ),
 }
 
@@ -328,6 +334,14 @@ def fold_rules(
             for part, kept in (("liked", rule.liked), ("walk", rule.walk)):
                 if not kept and f"rank.{part}" in base:
                     head[f"rank.{part}"] = torch.zeros_like(base[f"rank.{part}"])
+            for free in FREE_LAST:  # no user-kNN part unless the rule has one
+                head[free] = base[free][..., :0]
+            if rule.neighbours:  # α and K on the pick half, at 3, 5 and 10 ratings
+                on = [half(users(n, 0), pick_half) for n in EASE_SUPPORTS]
+                n_ids = len(base["rank.item_count"])
+                head.update(
+                    neighbour_start(prepared, ranker.catalog.ids, n_ids, on, threshold).params
+                )
             ranker.params = dict(head)
             pick_key = (
                 dataclasses.replace(rule, tail=0, tail_penalty=None, tail_from=4),

@@ -111,3 +111,29 @@ def test_a_bundle_without_digests_is_refused(
         (path / "weights.safetensors").write_bytes(bytes(data))
     assert run_app(["recommend", "--model", str(path), "--rate", "50=5"]) == 1
     assert "no 'digests' record" in capsys.readouterr().err
+
+
+def test_the_neighbour_part_loads_for_any_number_of_training_users_but_one(
+    saved: Path, tmp_path: Path
+) -> None:
+    """The user-kNN part's matrices are as wide as the training users were many (data, not
+    the model, sets it): any width loads and serves; widths that disagree are refused."""
+    path = forged(saved, tmp_path)
+    tensors = load_file(str(path / "weights.safetensors"))
+    n_ids = tensors["rank.neighbour_rated"].shape[0]
+    gen = torch.Generator().manual_seed(0)
+    rated = (torch.rand(n_ids, 7, generator=gen) < 0.3).float()
+    tensors |= {
+        "rank.neighbour_rated": rated, "rank.neighbour_liked": rated.clone(),
+        "rank.neighbour_norm": rated.sum(0).clamp(min=1.0).sqrt(),
+        "rank.neighbour_weight": torch.ones_like(tensors["rank.neighbour_weight"]),
+    }  # fmt: skip
+    save_file(tensors, str(path / "weights.safetensors"))
+    sign(path)
+    assert load_bundle(path).params["rank.neighbour_rated"].shape == (n_ids, 7)
+    assert len(Recommender.from_bundle(path, onboarding=False).recommend({}, [(50, 5.0)]).items)
+    tensors["rank.neighbour_norm"] = tensors["rank.neighbour_norm"][:5]
+    save_file(tensors, str(path / "weights.safetensors"))
+    sign(path)
+    with pytest.raises(BundleError, match="disagree on the number of training users"):
+        load_bundle(path)

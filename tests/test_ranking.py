@@ -8,9 +8,17 @@ import torch
 
 from melu.bundle import with_later_parts
 from melu.config import Config
-from melu.evaluation.topn import rank_users, topn_users, training_popularity, user_metrics
+from melu.evaluation.topn import (
+    Supports,
+    rank_users,
+    topn_users,
+    training_popularity,
+    user_metrics,
+)
+from melu.evaluation.topn_user_knn import Neighbours, UserKnnRanker
 from melu.model import personal, ranking, ranking_stats, reasons
 from melu.model.ranking import Bag
+from melu.prepare import RatingRows
 from melu.training.rank_judge import Pooled, Setting
 
 V, LEVELS = 6, 5  # ids 0..5 (0 unknown), ratings 1..5
@@ -715,3 +723,68 @@ def test_the_walk_blend_tries_every_mix_of_the_three_closed_form_parts() -> None
     assert mix["rank.ease_weight"] == 0.0 and mix["rank.liked_weight"] == 0.0
     _, two, _ = _search(settings, start, 1.0, "ndcg", passes=1, blend=True, ease=1.0)
     assert two.ndcg <= kept.ndcg
+
+
+def _neighbours(alpha: float, keep: int) -> tuple[dict[str, torch.Tensor], RatingRows]:
+    """A head whose only part is user-kNN over four training users of ids 1..5 (catalog
+    rows 0..4), and those users' ratings as catalog rows."""
+    pairs = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 3), (2, 1), (2, 2), (2, 4), (2, 3), (3, 4)]
+    ratings = [5.0, 5.0, 2.0, 4.0, 5.0, 4.0, 5.0, 1.0, 3.0, 4.0]
+    rated, liked = torch.zeros(4, V), torch.zeros(4, V)
+    for (u, row), r in zip(pairs, ratings, strict=True):
+        rated[u, row + 1] = 1.0
+        liked[u, row + 1] = float(r >= 4.0)
+    zero = torch.zeros(V, V)
+    params = {k: v.float() for k, v in head_params(5).items()}
+    params.update({
+        "rank.item_item": zero, "rank.ease": zero, "rank.liked": zero, "rank.walk": zero,
+        "rank.neighbour_rated": rated.T.contiguous(), "rank.neighbour_liked": liked.T.contiguous(),
+        "rank.neighbour_norm": rated.sum(1).sqrt(), "rank.neighbour_alpha": torch.tensor([alpha]),
+        "rank.neighbour_keep": torch.tensor([float(keep)]),
+    })  # fmt: skip
+    users, rows = zip(*pairs, strict=True)
+    training = RatingRows(
+        torch.tensor(users, dtype=torch.int32), torch.tensor(rows, dtype=torch.int32),
+        torch.tensor(ratings),
+    )  # fmt: skip
+    return params, training
+
+
+@pytest.mark.parametrize(("alpha", "keep"), [(1.0, 0), (2.0, 0), (3.0, 1), (1.0, 2)])
+def test_the_neighbour_part_is_the_user_knn_baseline_on_what_they_liked(
+    alpha: float, keep: int
+) -> None:
+    """c_n·Σ_v w_v·Y[i, v] scores every id as the user-kNN baseline (target: liked) scores
+    the catalog rows, for each α and K; a repeated support id counts once; unknown ids,
+    training users' episodes and a head without neighbours get 0."""
+    params, training = _neighbours(alpha, keep)
+    catalog_ids = torch.arange(1, V)  # catalog row r is id r + 1
+    knn = UserKnnRanker(
+        Neighbours.from_rows(training, V - 1, 4.0), alpha, keep, "liked", torch.zeros(V - 1)
+    )
+    c = torch.tensor([0.0, 0.5, 2.0, 3.0, 4.0])  # per support-size bucket
+    params["rank.neighbour_weight"] = c
+    for support in ([1, 2], [0], [3, 4]):
+        expected = knn.scores(Supports(
+            torch.zeros(1), torch.tensor([support]), torch.full((1, len(support)), 4.0),
+            torch.ones(1, len(support), dtype=torch.bool),
+        ))[0]  # fmt: skip
+        bag = Bag(torch.tensor([support]) + 1, torch.zeros(1, len(support), dtype=torch.long),
+                  torch.ones(1, len(support), dtype=torch.bool))  # fmt: skip
+        got = ranking.neighbour_scores(params, bag, catalog_ids)[0]
+        bucket = ranking.SUPPORT_BUCKETS.index(len(support) if len(support) < 2 else 2)
+        assert got == pytest.approx(float(c[bucket]) * expected, abs=1e-5)
+    twice = Bag(torch.tensor([[2, 3, 2, 0]]), torch.zeros(1, 4, dtype=torch.long),
+                torch.tensor([[True, True, True, True]]))  # fmt: skip
+    once = Bag(torch.tensor([[2, 3]]), torch.zeros(1, 2, dtype=torch.long),
+               torch.ones(1, 2, dtype=torch.bool))  # fmt: skip
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    params["rank.neighbour_weight"] = torch.ones(5)  # the same at 2 and 4 slots
+    assert torch.allclose(
+        ranking.neighbour_scores(params, twice, ids), ranking.neighbour_scores(params, once, ids)
+    )
+    assert float(ranking.neighbour_scores(params, once, ids)[0, 0]) == 0.0  # unknown id
+    rated = Bag(once.ids, once.levels, once.mask, torch.ones(1, V))
+    assert float(ranking.neighbour_scores(params, rated, ids).abs().sum()) == 0.0
+    none = {**params, **{k: params[k][..., :0] for k in ranking.FREE_LAST}}
+    assert float(ranking.neighbour_scores(none, once, ids).abs().sum()) == 0.0

@@ -20,6 +20,10 @@ log-odds that the user rates an item highly, as a sum of parts, each a function 
 - c_w·Σ_j w_w(r_j)·W[j, i]: RP³β's random walk item → user → item (Paudel et al. 2017),
   each step ∝ 1/degree^α, the landing item divided by its popularity^β (α, β chosen on
   the validation users): a graph part whose lists lean away from the most popular films;
+- c_n·Σ_v w_v·Y[i, v]: the training users who rated what the user rated, each at
+  w_v = (overlap / √(their count))^α, the K largest kept, voting for what they *liked*
+  (user-kNN; α and K chosen on the validation users): the one part not linear in the
+  support, where a user who shares several of the person's films counts far more;
 - γ·r̂_i: the rating part's predicted rating after that ``adapt()`` (known ids only: a new
   item's comes from its content alone and orders new items no better than chance).
 
@@ -28,7 +32,7 @@ the items the same person would see with no ratings (their no-ratings list), at 
 SHOWN − κ stay within reach of the top 10, κ = ``rank.shared_cut`` per bucket (0: off; set
 from ``train.rank_keep_shared``).
 
-π, γ, c, c_e, c_l, c_w and λ_L (which scales β + a_u·q + the B-bag) are one per support-size
+π, γ, c, c_e, c_l, c_w, c_n and λ_L (which scales β + a_u·q + the B-bag) are one per support-size
 bucket (``SUPPORT_BUCKETS``), picked on validation users (``melu.training.rank_mix``).
 β, q, A, B and w can be trained (``melu.training.rank_train``) by the multinomial
 likelihood of each episode's held-out items (Mult-VAE's loss), the rating part fixed, so
@@ -97,6 +101,14 @@ def head_shapes(
         "rank.walk_level": torch.Size((n_levels,)),
         "rank.walk_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.shared_cut": torch.Size((len(SUPPORT_BUCKETS),)),
+        # the training users as neighbours: their last dimension is how many there are
+        # (0 in a fresh model; ``FREE_LAST``)
+        "rank.neighbour_rated": torch.Size((n_ids, 0)),
+        "rank.neighbour_liked": torch.Size((n_ids, 0)),
+        "rank.neighbour_norm": torch.Size((0,)),
+        "rank.neighbour_alpha": torch.Size((1,)),
+        "rank.neighbour_keep": torch.Size((1,)),
+        "rank.neighbour_weight": torch.Size((len(SUPPORT_BUCKETS),)),
         "rank.user.weight": torch.Size((rank, user_width + factors + 1)),
         "rank.user.bias": torch.Size((rank,)),
     }
@@ -114,6 +126,7 @@ def init_head(shapes: Mapping[str, torch.Size], popularity: Tensor, seed: int) -
     out["rank.ease_level"].fill_(1.0)
     out["rank.liked_level"].fill_(1.0)
     out["rank.walk_level"].fill_(1.0)
+    out["rank.neighbour_alpha"].fill_(1.0)
     out["rank.item_count"] = popularity.float()
     out["rank.pop_weight"].fill_(1.0)
     out["rank.learned_weight"].fill_(1.0)
@@ -220,6 +233,7 @@ def head_scores(
         + ease_scores(params, bag, ids)
         + liked_scores(params, bag, ids)
         + walk_scores(params, bag, ids)
+        + neighbour_scores(params, bag, ids)
     )
     learned = terms[..., 0] + interaction + bag_scores(params, bag, ids)
     learned = bucket_weight(params["rank.learned_weight"], bag) * learned
@@ -235,18 +249,24 @@ def popularity(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
     return torch.log1p(count)
 
 
+NEIGHBOURS = (
+    "rank.neighbour_rated", "rank.neighbour_liked", "rank.neighbour_norm",
+    "rank.neighbour_alpha", "rank.neighbour_keep", "rank.neighbour_weight",
+)  # fmt: skip
 # counted or solved from the training ratings, or picked on validation users: never trained
 STATISTICS = (
     "rank.cooccurrence", "rank.item_count", "rank.ease", "rank.learned_weight", "rank.liked",
     "rank.liked_level", "rank.liked_weight", "rank.shared_cut", "rank.walk", "rank.walk_level",
-    "rank.walk_weight",
+    "rank.walk_weight", *NEIGHBOURS,
 )  # fmt: skip
 # parts added after heads were first saved: a bundle without them loads with them at 0,
 # which scores exactly as the head it was saved with (``melu.bundle``)
 LATER = (
     "rank.liked", "rank.liked_level", "rank.liked_weight", "rank.shared_cut", "rank.walk",
-    "rank.walk_level", "rank.walk_weight",
+    "rank.walk_level", "rank.walk_weight", *NEIGHBOURS,
 )  # fmt: skip
+# whose last dimension is the number of training users, set by the data, not the model
+FREE_LAST = ("rank.neighbour_rated", "rank.neighbour_liked", "rank.neighbour_norm")
 
 
 EPSILON = 1e-3  # floor of the mean co-occurrence rate inside its log
@@ -327,6 +347,44 @@ def picked_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor, part: str
     per_id = (weight.unsqueeze(-1) * rows_of(matrix, bag.ids)).sum(-2)  # (T, V)
     value = per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
     return bucket_weight(params[f"rank.{part}_weight"], bag) * value
+
+
+def neighbour_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Tensor:
+    """c_n · Σ_v w_v·Y[i, v] (T, N): user-kNN over the training users (V of them).
+
+    X = ``rank.neighbour_rated`` (V_ids, V) is 1 where a training user rated an id, Y =
+    ``rank.neighbour_liked`` (V_ids, V) where they liked it (scaled so that weight 1 puts
+    the top validation item at +5 logits), ``rank.neighbour_norm`` (V,) √(their count).
+    The overlap of each bag with every training user, o_v = Σ_j X[j, v] (known ids j of
+    the bag, each once), gives w_v = (o_v / norm_v)^α (α = ``rank.neighbour_alpha``), of
+    which each user keeps the K = ``rank.neighbour_keep`` largest (0: all).
+
+    Picked, never trained: on a training user's episode (``bag.rated``) it scores 0 (the
+    user is among the neighbours), as does a head without neighbours (V = 0)."""
+    rated, liked = params["rank.neighbour_rated"], params["rank.neighbour_liked"]
+    targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(bag.mask), -1)
+    if bag.rated is not None or rated.shape[-1] == 0:
+        return targets.new_zeros(targets.shape, dtype=liked.dtype)
+    keep = bag.mask & (bag.ids != 0)
+    first = _first_of_each(bag.ids, keep)  # a repeated id counts once
+    overlap = (first.to(rated.dtype).unsqueeze(-1) * rows_of(rated, bag.ids)).sum(-2)  # (T, V)
+    w = (overlap / params["rank.neighbour_norm"]).pow(params["rank.neighbour_alpha"])
+    w = w * (overlap > 0).to(w.dtype)  # no overlap, no vote (also when α = 0)
+    k = int(params["rank.neighbour_keep"])
+    if 0 < k < w.shape[-1]:
+        value, index = w.topk(k, dim=-1)
+        w = torch.zeros_like(w).scatter_(-1, index, value)
+    per_id = w @ liked.mT  # (T, V_ids)
+    value = per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
+    return bucket_weight(params["rank.neighbour_weight"], bag) * value
+
+
+def _first_of_each(ids: Tensor, keep: Tensor) -> Tensor:
+    """(T, L) bool: ``keep`` and no earlier kept slot of the row holds the same id."""
+    same = (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & keep.unsqueeze(-2)  # (T, L, L) [l, l']
+    earlier = torch.ones(ids.shape[-1], ids.shape[-1], dtype=torch.bool, device=ids.device)
+    earlier = earlier.tril(-1)  # l' < l
+    return keep & ~(same & earlier).any(-1)
 
 
 def rating_levels(ratings: Tensor, low: float, step: float, n_levels: int) -> Tensor:

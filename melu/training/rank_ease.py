@@ -6,7 +6,8 @@ support and keeps the best validation NDCG@10 (the top-N protocol's validation u
 supports of 3, 5 and 10), so the head can start as the best EASE^R the validation users
 allow (``train.rank_start="ease"``). ``pick_liked`` does the same for the head's item–item
 weights regressed on what users liked (``ranking_stats.liked_weights``), and ``pick_walk``
-picks RP³β's (α, β) (``ranking_stats.walk_weights``).
+picks RP³β's (α, β) (``ranking_stats.walk_weights``); ``pick_neighbours`` the user-kNN
+part's α and K (``ranking.neighbour_scores``).
 """
 
 from __future__ import annotations
@@ -149,3 +150,61 @@ def pick_walk(
         return ranking_stats.walk_weights(rated, *setting)
 
     return _pick(solve, "walk", ranking_stats.WALK_SETTINGS, ids, users, threshold, space, levels)
+
+
+# the user-kNN part's (α, K) grid, as its baseline's (``TopNBaselineConfig``): K = 0 is
+# every training user
+NEIGHBOUR_SETTINGS = tuple((a, k) for a in (1.0, 2.0, 3.0) for k in (25, 100, 0))
+
+
+@dataclass
+class NeighbourChoice:
+    """The user-kNN part as picked on the validation users: its params (``rank.neighbour_*``
+    but the bucket weights; the liked matrix scaled so that weight 1 puts the top validation
+    score at 5 logits), its (α, K) and the validation NDCG@10 of every (α, K)."""
+
+    params: dict[str, Tensor]
+    setting: tuple[float, int]
+    grid: dict[str, float]
+
+
+class NeighbourRanker:
+    """The head's user-kNN part alone over item ids (``ranking.neighbour_scores``)."""
+
+    def __init__(self, params: dict[str, Tensor], ids: Tensor) -> None:
+        self.params = {**params, "rank.neighbour_weight": torch.ones(1)}
+        self.ids = ids
+
+    def scores(self, supports: Any) -> Tensor:
+        levels = torch.zeros_like(supports.items)  # the part ignores rating levels
+        bag = ranking.Bag(self.ids[supports.items], levels, supports.mask)
+        return ranking.neighbour_scores(self.params, bag, self.ids)
+
+
+def pick_neighbours(
+    rated: Tensor, liked: Tensor, ids: Tensor, users: list[TopNUsers], threshold: float
+) -> NeighbourChoice:
+    """The (α, K) of ``NEIGHBOUR_SETTINGS`` with the best validation NDCG@10 of the user-kNN
+    part alone, from the training users' binary ``rated`` and ``liked`` (users, V) by id."""
+    base = {
+        "rank.neighbour_rated": rated.T.contiguous(),
+        "rank.neighbour_liked": liked.T.contiguous(),
+        "rank.neighbour_norm": rated.sum(1).clamp(min=1.0).sqrt(),
+    }
+    grid: dict[str, float] = {}
+    best: tuple[float, dict[str, Tensor], tuple[float, int]] | None = None
+    for alpha, keep in NEIGHBOUR_SETTINGS:
+        params = {
+            **base, "rank.neighbour_alpha": torch.tensor([alpha]),
+            "rank.neighbour_keep": torch.tensor([float(keep)]),
+        }  # fmt: skip
+        score = validation_ndcg(NeighbourRanker(params, ids), users, threshold)
+        grid[_label((alpha, float(keep)))] = score
+        if best is None or score > best[0]:
+            best = (score, params, (alpha, keep))
+    assert best is not None
+    _, params, setting = best
+    middle = users[len(users) // 2].supports
+    top = float(NeighbourRanker(params, ids).scores(middle).max(-1).values.mean())
+    params["rank.neighbour_liked"] = params["rank.neighbour_liked"] * (5.0 / max(top, 1e-9))
+    return NeighbourChoice(params, setting, grid)

@@ -23,7 +23,7 @@ from melu.model import personal
 # the head's mixed parts: each one's weight per support-size bucket is what the pick chooses
 PARTS = (
     "rank.pop_weight", "rank.rating_weight", "rank.cooc_weight", "rank.learned_weight",
-    "rank.ease_weight", "rank.liked_weight", "rank.walk_weight",
+    "rank.ease_weight", "rank.liked_weight", "rank.walk_weight", "rank.neighbour_weight",
 )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ The head (``melu.model.ranking``) adds its parts, each at a weight per support-s
 (``ranking.SUPPORT_BUCKETS``): popularity π, the adapted predicted rating γ (the
 meta-learned rating part after the one ``adapt()``), co-occurrence c, the parts trained by
 likelihood λ_L (item bias, factors, the learned item–item matrix), EASE^R c_e, the
-liked-target item–item part c_l and RP³β's walk c_w.
+liked-target item–item part c_l, RP³β's walk c_w and user-kNN c_n.
 Training them by the likelihood of training users' held-out items moves them away from what
 ranks *new* users well (RESULTS.md, "What was tried for the head"), so ``pick_mixing``
 chooses them the way EASE^R's λ is chosen: NDCG@10 and Recall@10 of the validation users at
@@ -14,7 +14,7 @@ last one's mix) first blends the closed-form item–item parts (EASE^R at 0, ½ 
 its start weight × every c_l × every c_w — ``train.rank_mix_walk_blend``, the default; off,
 the walk is only tried after the grid — so each part alone is among the mixes tried),
 then tries every (π, γ, c) of the grid — π may be negative, a popularity penalty, which
-validation users reward on ML-100K — then c_l, c_w, then λ_L. Optionally each bucket's
+validation users reward on ML-100K — then c_l, c_w, c_n, then λ_L. Optionally each bucket's
 weights are the mean of picks on bootstrap resamples of its users (``train.rank_mix_bags``).
 Optionally the search keeps only mixes whose lists share at most ``max_shared`` with the
 no-ratings list on average (personalisation; the price in NDCG@10 is in RESULTS.md). Test
@@ -41,7 +41,7 @@ from melu.training.rank_judge import PARTS, Pooled, Setting
 
 SEARCHED = PARTS[:3]  # searched jointly, after the blend of the closed-form parts
 # each searched alone, in this order
-AFTER = ("rank.liked_weight", "rank.walk_weight", "rank.learned_weight")
+AFTER = ("rank.liked_weight", "rank.walk_weight", "rank.neighbour_weight", "rank.learned_weight")
 WALK = "rank.walk_weight"  # RP³β's walk: in the blend stage too with ``walk_blend``
 EASE_SHARES = (0.0, 0.5, 1.0)  # EASE^R's weight in the blend stage, as shares of its start
 GRID: dict[str, tuple[float, ...]] = {
@@ -56,6 +56,8 @@ GRID: dict[str, tuple[float, ...]] = {
     "rank.liked_weight": (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
     # RP³β's walk, scaled alike (its top validation score alone: 5 logits at weight 1)
     "rank.walk_weight": (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
+    # user-kNN, scaled alike
+    "rank.neighbour_weight": (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0),
 }  # fmt: skip
 
 
@@ -120,7 +122,7 @@ def _search(
     the blend of the two closed-form item–item parts (EASE^R at 0, ½ or 1 of ``ease``, its
     start weight, × every c_l of the grid; with ``walk`` also × every c_w of the grid, so
     that each of the three parts alone is among the mixes tried; skipped without
-    ``blend``), then every (π, γ, c) of the grid, then c_l, c_w, then λ_L. A mix replaces
+    ``blend``), then every (π, γ, c) of the grid, then c_l, c_w, c_n, then λ_L. A mix replaces
     ``current`` only if it raises the objective
     (``metric``: "ndcg", NDCG@10; or "ndcg+recall", NDCG@10 and Recall@10 each relative to
     the start's, summed) and keeps the mean share with the no-ratings lists within

@@ -32,7 +32,13 @@ from melu.model.estimator import Params, PreferenceEstimator
 from melu.model.maml import Lr
 from melu.model.personal import shared_cut
 from melu.prepare import Prepared
-from melu.training.rank_ease import pick_ease, pick_liked, pick_walk
+from melu.training.rank_ease import (
+    NeighbourChoice,
+    pick_ease,
+    pick_liked,
+    pick_neighbours,
+    pick_walk,
+)
 from melu.training.rank_epoch import HeadTrainer
 
 Progress = Callable[[dict[str, Any]], None]
@@ -45,6 +51,7 @@ VALIDATION_SUPPORTS = (0, 1, 3, 5, 10)  # what the kept epoch is picked on
 EASE_START_MIX = {
     "rank.pop_weight": 1e-3, "rank.rating_weight": 0.0, "rank.cooc_weight": 0.0,
     "rank.learned_weight": 1.0, "rank.liked_weight": 0.0, "rank.walk_weight": 0.0,
+    "rank.neighbour_weight": 0.0,
 }  # fmt: skip
 MIXING = (  # the head's scalar and per-rating-level weights: rank_trained="mixing"
     "rank.level_weight", "rank.rating_weight", "rank.unknown_bias", "rank.cooc_weight",
@@ -67,12 +74,28 @@ def _trained(name: str, which: str) -> bool:
     return which == "all" or name in MIXING
 
 
+def neighbour_start(
+    prepared: Prepared, ids: Tensor, n_ids: int, users: list[TopNUsers], threshold: float
+) -> NeighbourChoice:
+    """The user-kNN part from the training users who rated anything (``pick_neighbours``:
+    α and K picked on the validation draws ``users``); ``ids`` (I,) each catalog row's id."""
+    rated_ids = ids.cpu()[prepared.train_ratings.item_rows.long()]
+    raters = prepared.train_ratings.user_rows.long()
+    n_users = len(prepared.tables.user_ids)
+    liked = prepared.train_ratings.ratings >= threshold
+    rated = ranking_stats.rated_ids(rated_ids, raters, n_ids, n_users)
+    active = rated.sum(1) > 0  # (n_users,): the training users
+    liked_by = ranking_stats.rated_ids(rated_ids[liked], raters[liked], n_ids, n_users)
+    return pick_neighbours(rated[active], liked_by[active], ids.cpu(), users, threshold)
+
+
 def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: Tensor,
            val_users: list[TopNUsers], report: Progress) -> tuple[Params, dict[str, Any]]:  # fmt: skip
     """The head before training: popularity, co-occurrence, EASE^R, the liked-target and
     RP³β's walk item–item weights (each one's λ or (α, β) and support weighting picked on
-    the validation users), as ``train.rank_start`` says (the liked and walk parts start at
-    weight 0 either way)."""
+    the validation users) and, with ``train.rank_neighbours``, the training users as
+    user-kNN neighbours (α and K picked alike), as ``train.rank_start`` says (the liked,
+    walk and neighbour parts start at weight 0 either way)."""
     tc = config.train
     shapes = model.rank_shapes()
     n_ids = shapes["rank.item_bias"][0]
@@ -111,11 +134,17 @@ def _start(config: Config, model: PreferenceEstimator, prepared: Prepared, ids: 
         start[f"rank.{part}"] = choice.matrix * (5.0 * choice.scale)
         start[f"rank.{part}_level"] = choice.level_weight.clone()
         report({"event": f"rank_{part}", "setting": choice.setting, "validation": choice.grid})
-    return start, {
+    settings = {
         "ease_lambda": ease.setting, "ease_validation": ease.grid,
         "liked_lambda": liked.setting, "liked_validation": liked.grid,
         "walk_alpha_beta": walk.setting, "walk_validation": walk.grid,
     }  # fmt: skip
+    if tc.rank_neighbours:
+        near = neighbour_start(prepared, ids, n_ids, ease_users, threshold)
+        start.update(near.params)  # its weight starts at 0 (EASE_START_MIX)
+        report({"event": "rank_neighbours", "setting": near.setting, "validation": near.grid})
+        settings |= {"neighbour_alpha_keep": near.setting, "neighbour_validation": near.grid}
+    return start, settings
 
 
 def _pooled(values: list[Tensor], supports: tuple[int, ...]) -> float:

@@ -287,6 +287,9 @@ def train(
         metrics["rank_liked_lambda"] = ranked.settings["liked_lambda"]
         alpha, beta = ranked.settings["walk_alpha_beta"]
         metrics["rank_walk_alpha"], metrics["rank_walk_beta"] = alpha, beta
+        if "neighbour_alpha_keep" in ranked.settings:
+            alpha, keep = ranked.settings["neighbour_alpha_keep"]
+            metrics["rank_neighbour_alpha"], metrics["rank_neighbour_keep"] = alpha, keep
         if ctx.is_main:
             _write_jsonl(out / "rank_metrics.jsonl", ranked.history)
     bundle = out / "model"
