@@ -9,6 +9,7 @@ a time through ``topn.user_metrics`` (what the library did before). Both run in 
 process on the same validation draws, alternating, and must pick the same weights.
 
     python benchmarks/rank_pick.py --data-dir ../shared/data --repeats 2 [--walk-blend] [--draws]
+        [--neighbours]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from melu.config import Config, DataConfig, RankMixMetric, TrainConfig
 from melu.evaluation.topn import topn_users, user_metrics
 from melu.model.estimator import PreferenceEstimator
+from melu.model.ranking import FREE_LAST
 from melu.prepare import prepare
 from melu.training import rank_mix
 from melu.training.rank_epoch import HeadTrainer
@@ -107,18 +109,20 @@ def one_at_a_time(
 def alternate(
     trainer: HeadTrainer, config: Config, start: dict[str, torch.Tensor], repeats: int,
     trains: dict[str, TrainConfig], new_draws: bool = False,
+    starts: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, list[float]]:  # fmt: skip
     """label → the seconds of each whole pick (``trainer.remix``) under that label's train
     settings, the settings taking turns ``repeats`` times; printed as they are timed.
     ``new_draws``: the validation draws rebuilt before each pick (the trainer keeps the
-    draws it built, so settings that change them need it)."""
+    draws it built, so settings that change them need it). ``starts``: a label's own head
+    to pick from, instead of ``start``."""
     times: dict[str, list[float]] = {label: [] for label in trains}
     for _ in range(repeats):
         for label, train in trains.items():
             trainer.config = config.replace(train=train)
             if new_draws:
                 trainer.mix_users = None
-            head = {k: v.clone() for k, v in start.items()}
+            head = {k: v.clone() for k, v in (starts or {}).get(label, start).items()}
             began = time.perf_counter()
             trainer.remix(head, lambda _e: None)
             times[label].append(time.perf_counter() - began)
@@ -143,6 +147,10 @@ def main() -> None:
     parser.add_argument(
         "--draws", action="store_true",
         help="also time the pick at 4 support draws per user (the default) against 2",
+    )  # fmt: skip
+    parser.add_argument(
+        "--neighbours", action="store_true",
+        help="also time the pick with the user-kNN part (the default) against without",
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -204,6 +212,17 @@ def main() -> None:
             costs["2 draws per user"]
         )
         print(f"  4 draws cost x{cost:.2f} the pick of 2 (median)")
+    if args.neighbours:  # the cost of the user-kNN part, the same draws, alternating
+        without = {**start, **{k: start[k][..., :0] for k in FREE_LAST}}  # no neighbours
+        costs = alternate(
+            trainer, config, start, args.repeats,
+            {"without user-kNN": train, "with user-kNN": train},
+            starts={"without user-kNN": without},
+        )  # fmt: skip
+        cost = statistics.median(costs["with user-kNN"]) / statistics.median(
+            costs["without user-kNN"]
+        )
+        print(f"  the user-kNN part costs x{cost:.2f} the pick (median)")
 
 
 if __name__ == "__main__":
