@@ -7,12 +7,9 @@ weigh far more than those who share one (sim^α), so "who rated The Shining, A N
 Elm Street and Carrie" speaks for itself. Neighbourhood methods of this kind are among the
 strong top-N baselines (Dacrema et al. 2019).
 
-For a support x (C, I) (1 per rated item) and the training users' who-rated-what X (V, I):
-
-    sim = (x Xᵀ) / |X_v|^γ            (C, V) asymmetric cosine (the user's own norm is a
-                                       constant per row: it does not change the order)
-    w   = sim^α, the top k per row     (C, V)
-    s   = w T                          (C, I), T = X (what they rated) or Y (what they liked)
+The scores are the library's user-kNN baseline (``melu.evaluation.topn_user_knn``, which
+this study came before): sim = x Xᵀ / √|X_v|, w = sim^α with the top k per row, s = w T, T
+what the neighbours rated or liked.
 
 For each fold of a finished ``melu cv`` study, the validation users at n = 1, 3, 5, 10 and
 20 ratings (3 seeded support draws each) are ranked by the served head, by user-kNN alone
@@ -39,46 +36,17 @@ from pick_rule import candidate_scores, catalog_counts
 from torch import Tensor
 
 from melu.bundle import load_bundle
-from melu.evaluation.topn import Supports, TopNProtocol, TopNUsers, topn_users, user_metrics
-from melu.evaluation.topn_item_item import rated_matrix
+from melu.evaluation.topn import TopNProtocol, TopNUsers, topn_users, user_metrics
 from melu.evaluation.topn_model import ModelRanker
-from melu.prepare import Prepared, prepare
+from melu.evaluation.topn_user_knn import TARGETS, Neighbours, UserKnnRanker
+from melu.prepare import prepare
 
 SIZES = (1, 3, 5, 10, 20)
 SEEDS = (0, 1, 2)
-GAMMA = 0.5
 ALPHAS = (1.0, 2.0, 3.0, 5.0)
 NEIGHBOURS = (25, 100, 0)  # 0: every training user
-TARGETS = ("rated", "liked")
 WEIGHTS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, math.inf)  # inf: user-kNN alone
 COLUMNS = ("NDCG@10", "Recall@10", "shared")
-
-
-def training_matrices(prepared: Prepared, threshold: float) -> tuple[Tensor, Tensor]:
-    """X, Y (V, I) float32: who rated what, and who liked what (rating ≥ ``threshold``)."""
-    rows, n_items = prepared.train_ratings, len(prepared.tables.item_ids)
-    x = torch.from_numpy(rated_matrix(rows, n_items).toarray()).float()
-    liked = rows.ratings >= threshold
-    y = torch.zeros_like(x)
-    _, users = torch.unique(rows.user_rows, return_inverse=True)
-    y[users[liked], rows.item_rows[liked].long()] = 1.0
-    return x, y
-
-
-def knn_scores(supports: Supports, x: Tensor, targets: dict[str, Tensor]) -> dict[tuple, Tensor]:
-    """(α, k, target) → (C, I) user-kNN scores of each support."""
-    bag = torch.zeros(len(supports), x.shape[1])
-    bag.scatter_(1, supports.items.long(), supports.mask.float())
-    sim = (bag @ x.T) / x.sum(1).clamp(min=1.0).pow(GAMMA)  # (C, V)
-    out = {}
-    for alpha, k in itertools.product(ALPHAS, NEIGHBOURS):
-        w = sim.pow(alpha)
-        if 0 < k < w.shape[1]:
-            value, index = w.topk(k, dim=1)
-            w = torch.zeros_like(w).scatter_(1, index, value)
-        for name, t in targets.items():
-            out[(alpha, k, name)] = w @ t
-    return out
 
 
 def standardised(s: Tensor) -> Tensor:
@@ -98,9 +66,9 @@ def fold_table(model_dir: Path, data_dir: str) -> tuple[Tensor, dict[int, dict]]
     prepared = prepare(bundle.config.data, data_dir)
     ranker = ModelRanker.from_bundle(bundle, prepared.tables)
     threshold = TopNProtocol().threshold
-    x, y = training_matrices(prepared, threshold)
+    neighbours = Neighbours.from_rows(prepared.train_ratings, len(prepared.tables.item_ids),
+                                      threshold)  # fmt: skip
     pop = catalog_counts(ranker).float()
-    tie = 1e-6 * pop / pop.max()
     out: dict[int, dict] = {}
     with torch.no_grad():
         empty = topn_users(prepared, "validation", 0)
@@ -114,10 +82,9 @@ def fold_table(model_dir: Path, data_dir: str) -> tuple[Tensor, dict[int, dict]]
                 none = torch.stack([none_of[int(u)] for u in users.user_ids])
                 lists = {"served": head.topk(10, 1).indices}
                 z_head = standardised(head)
-                for (alpha, k, t), s in knn_scores(
-                    users.supports, x, {"rated": x, "liked": y}
-                ).items():
-                    z = standardised(torch.where(torch.isfinite(head), s + tie, -torch.inf))
+                for alpha, k, t in itertools.product(ALPHAS, NEIGHBOURS, TARGETS):
+                    s = UserKnnRanker(neighbours, alpha, k, t, pop).scores(users.supports)
+                    z = standardised(torch.where(torch.isfinite(head), s, -torch.inf))
                     for w in WEIGHTS:
                         blend = z if math.isinf(w) else z_head + w * z
                         lists[(alpha, k, t, w)] = blend.topk(10, 1).indices

@@ -784,6 +784,10 @@ def test_the_neighbour_part_is_the_user_knn_baseline_on_what_they_liked(
         ranking.neighbour_scores(params, twice, ids), ranking.neighbour_scores(params, once, ids)
     )
     assert float(ranking.neighbour_scores(params, once, ids)[0, 0]) == 0.0  # unknown id
+    others = torch.tensor([[1, 4, 5]])  # the reasons: each vote shared among the bag items
+    shares = reasons.contributions(params, twice, others)  # a neighbour rated, summing to it
+    assert shares.sum(-1)[0] == pytest.approx(ranking.neighbour_scores(params, twice, others)[0])
+    assert float(shares[0, :, 2:].abs().sum()) == 0.0  # the repeated id and the unknown one
     rated = Bag(once.ids, once.levels, once.mask, torch.ones(1, V))
     assert float(ranking.neighbour_scores(params, rated, ids).abs().sum()) == 0.0
     none = {**params, **{k: params[k][..., :0] for k in ranking.FREE_LAST}}

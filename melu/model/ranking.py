@@ -361,12 +361,31 @@ def neighbour_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Ten
 
     Picked, never trained: on a training user's episode (``bag.rated``) it scores 0 (the
     user is among the neighbours), as does a head without neighbours (V = 0)."""
-    rated, liked = params["rank.neighbour_rated"], params["rank.neighbour_liked"]
+    liked = params["rank.neighbour_liked"]
     targets = ids if ids.dim() == 2 else ids.unsqueeze(0).expand(len(bag.mask), -1)
-    if bag.rated is not None or rated.shape[-1] == 0:
+    if bag.rated is not None or liked.shape[-1] == 0:
         return targets.new_zeros(targets.shape, dtype=liked.dtype)
-    keep = bag.mask & (bag.ids != 0)
-    first = _first_of_each(bag.ids, keep)  # a repeated id counts once
+    w = neighbour_votes(params, bag).weight
+    per_id = w @ liked.mT  # (T, V_ids)
+    value = per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
+    return bucket_weight(params["rank.neighbour_weight"], bag) * value
+
+
+class Votes(NamedTuple):
+    """The training users' votes for a batch of bags: ``weight`` w (T, V) (0 beyond the K
+    kept), ``overlap`` o (T, V) how many of the bag's ids each rated, ``first`` (T, L) the
+    bag slots that count (known ids, each id once)."""
+
+    weight: Tensor
+    overlap: Tensor
+    first: Tensor
+
+
+def neighbour_votes(params: Mapping[str, Tensor], bag: Bag) -> Votes:
+    """w_v = (o_v / norm_v)^α of every training user, the K largest per bag kept
+    (``neighbour_scores``)."""
+    rated = params["rank.neighbour_rated"]
+    first = _first_of_each(bag.ids, bag.mask & (bag.ids != 0))  # a repeated id counts once
     overlap = (first.to(rated.dtype).unsqueeze(-1) * rows_of(rated, bag.ids)).sum(-2)  # (T, V)
     w = (overlap / params["rank.neighbour_norm"]).pow(params["rank.neighbour_alpha"])
     w = w * (overlap > 0).to(w.dtype)  # no overlap, no vote (also when α = 0)
@@ -374,9 +393,7 @@ def neighbour_scores(params: Mapping[str, Tensor], bag: Bag, ids: Tensor) -> Ten
     if 0 < k < w.shape[-1]:
         value, index = w.topk(k, dim=-1)
         w = torch.zeros_like(w).scatter_(-1, index, value)
-    per_id = w @ liked.mT  # (T, V_ids)
-    value = per_id.gather(-1, targets) * (targets != 0).to(per_id.dtype)
-    return bucket_weight(params["rank.neighbour_weight"], bag) * value
+    return Votes(w, overlap, first)
 
 
 def _first_of_each(ids: Tensor, keep: Tensor) -> Tensor:
