@@ -86,8 +86,9 @@ class TopNBaselineConfig:
     supports: tuple[int, ...] = (3, 5, 10)  # validation support sizes (NDCG averaged)
     k: int = 10  # validated metric: NDCG@k
     knn_neighbours: tuple[int, ...] = (0, 20, 100)  # 0: every item
-    user_knn_alphas: tuple[float, ...] = (1.0, 2.0, 3.0)  # sim^α
-    user_knn_neighbours: tuple[int, ...] = (25, 100, 0)  # 0: every training user
+    # user-kNN's α and K (0: every training user): the grid the head's own part picks from
+    user_knn_alphas: tuple[float, ...] = ranking_stats.NEIGHBOUR_ALPHAS
+    user_knn_neighbours: tuple[int, ...] = ranking_stats.NEIGHBOUR_KEEPS
     user_knn_targets: tuple[Target, ...] = TARGETS
     ease_lambdas: tuple[float, ...] = (200.0, 1e3, 5e3, 2e4, 1e5, 5e5)
     # the liked-target EASE^R's: the grid the ranking head's own liked part picks from

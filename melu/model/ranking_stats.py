@@ -67,6 +67,11 @@ def liked_weights(gram: Tensor, liked_gram: Tensor, lam: float) -> Tensor:
 # α = 1 is the plain walk (P³), α < 1 evens out the steps; β > 0 lowers popular items
 WALK_SETTINGS = tuple((a, b) for a in (0.5, 0.75, 1.0) for b in (0.0, 0.2, 0.4, 0.6))
 
+# user-kNN's grid, for the head's part and for its baseline alike: the exponent α of each
+# training user's similarity, and how many of the most similar are kept (0: all of them)
+NEIGHBOUR_ALPHAS = (1.0, 2.0, 3.0)
+NEIGHBOUR_KEEPS = (25, 100, 0)
+
 
 def walk_weights(rated: Tensor, alpha: float, beta: float) -> Tensor:
     """RP³β's item–item weights W (V, V) (Paudel et al. 2017; Christoffel et al. 2015) from
@@ -93,6 +98,6 @@ def rated_ids(ids: Tensor, users: Tensor, n_ids: int, n_users: int) -> Tensor:
 
 
 __all__ = [
-    "LIKED_LAMBDAS", "WALK_SETTINGS", "co_ratings", "cooccurrence", "ease_precision",
+    "LIKED_LAMBDAS", "NEIGHBOUR_ALPHAS", "NEIGHBOUR_KEEPS", "WALK_SETTINGS", "co_ratings", "cooccurrence", "ease_precision",
     "liked_weights", "rated_ids", "walk_weights",
 ]  # fmt: skip

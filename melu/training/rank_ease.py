@@ -12,6 +12,7 @@ part's α and K (``ranking.neighbour_scores``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,9 +108,14 @@ def _pick(
                 best = (score, setting, matrix, weight)
     assert best is not None
     _, setting, matrix, weight = best
-    middle = users[len(users) // 2].supports
-    top = float(PartRanker(part, matrix, ids, weight, space).scores(middle).max(-1).values.mean())
+    top = _mean_top(PartRanker(part, matrix, ids, weight, space), users)
     return EaseChoice(setting, matrix, weight, 1.0 / max(top, 1e-9), grid)
+
+
+def _mean_top(ranker: Any, users: list[TopNUsers]) -> float:
+    """The mean top score ``ranker`` gives the middle validation draw's users (what a
+    part's scale is set from)."""
+    return float(ranker.scores(users[len(users) // 2].supports).max(-1).values.mean())
 
 
 def pick_ease(
@@ -152,9 +158,10 @@ def pick_walk(
     return _pick(solve, "walk", ranking_stats.WALK_SETTINGS, ids, users, threshold, space, levels)
 
 
-# the user-kNN part's (α, K) grid, as its baseline's (``TopNBaselineConfig``): K = 0 is
-# every training user
-NEIGHBOUR_SETTINGS = tuple((a, k) for a in (1.0, 2.0, 3.0) for k in (25, 100, 0))
+# the user-kNN part's (α, K) grid, its baseline's too (``TopNBaselineConfig``)
+NEIGHBOUR_SETTINGS = tuple(
+    itertools.product(ranking_stats.NEIGHBOUR_ALPHAS, ranking_stats.NEIGHBOUR_KEEPS)
+)
 
 
 @dataclass
@@ -204,7 +211,6 @@ def pick_neighbours(
             best = (score, params, (alpha, keep))
     assert best is not None
     _, params, setting = best
-    middle = users[len(users) // 2].supports
-    top = float(NeighbourRanker(params, ids).scores(middle).max(-1).values.mean())
+    top = _mean_top(NeighbourRanker(params, ids), users)
     params["rank.neighbour_liked"] = params["rank.neighbour_liked"] * (5.0 / max(top, 1e-9))
     return NeighbourChoice(params, setting, grid)
